@@ -7,8 +7,8 @@ __version__ = "0.1.0"
 
 
 def corpus(task: str, out: str, **kwargs) -> dict:
-    """Build an embedded corpus; see :func:`phf.corpus.build_corpus`."""
-    from phf.corpus import build_corpus
+    """Build an embedded corpus; see :func:`phf.corpora.build.build_corpus`."""
+    from phf.corpora.build import build_corpus
 
     return build_corpus(task, out, **kwargs)
 
@@ -18,3 +18,6 @@ def score(input: str, out: str, scorer: str = "toxicity", scorer_options: dict |
     from phf.score_corpus import score_corpus
 
     return score_corpus(input, out, scorer, scorer_options, **kwargs)
+
+# Module names must not shadow these functions: `import phf.<name>` would replace the function
+# by the module. Hence phf.corpora.build (not phf.corpus), phf.score_corpus (not phf.score).

@@ -17,8 +17,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from phf.errors import PhfError
 
-class FetchError(RuntimeError):
+
+class FetchError(PhfError, RuntimeError):
     """An artifact could not be fetched or failed verification; the message says what to do."""
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 import phf
+from phf.errors import PhfError
 from phf.readers import SCORED_ISSUES, Record, open_source
 from phf.scoring import HIT_THRESHOLDS, get_scorer
 from phf.scoring.base import Scorer
@@ -39,7 +40,7 @@ SCHEMA_COLUMNS = ["texts", "scores", "avg_score", "num_sents", "meta", "doc_inde
 ISSUE_EXAMPLES = 20  # per kind, in the manifest; the full list is in issues.jsonl
 
 
-class ScoringError(RuntimeError):
+class ScoringError(PhfError, RuntimeError):
     """A problem that stops a scoring run (bad arguments, a mismatched output dir, --strict)."""
 
 
@@ -58,6 +59,13 @@ class Job:
     num_records: int
     strict: bool
     batch_docs: int
+
+
+def auto_shard_size(num_records: int) -> int:
+    """About 64 shards for small corpora (enough to keep every process busy), at most 1000
+    documents per shard for large ones. A function of the corpus alone, never of --num-proc, so
+    every job of an array and every resumed run agree on the layout."""
+    return min(1000, max(16, math.ceil(num_records / 64)))
 
 
 def parse_shard(spec: str | None) -> tuple[int, int]:
@@ -307,7 +315,7 @@ def _finish(out: Path, plan: dict, wall: float, done_now: list[dict]) -> dict:
 
 def score_corpus(input: str, out: str, scorer: str = "toxicity", scorer_options: dict | None = None, *,
                  text_field: str = "text", split: str = "train", num_proc: int = 1, shard: str | None = None,
-                 shard_size: int = 1000, batch_docs: int = 64, strict: bool = False, overwrite: bool = False,
+                 shard_size: int | None = None, batch_docs: int = 64, strict: bool = False, overwrite: bool = False,
                  progress: bool = True) -> dict:
     """Score every segment of a corpus; see the module docstring for the output layout.
 
@@ -315,7 +323,7 @@ def score_corpus(input: str, out: str, scorer: str = "toxicity", scorer_options:
     """
     from tqdm.auto import tqdm
 
-    if num_proc < 1 or shard_size < 1 or batch_docs < 1:
+    if num_proc < 1 or (shard_size is not None and shard_size < 1) or batch_docs < 1:
         raise ScoringError("--num-proc, --shard-size and --batch-docs must be >= 1")
     job_index, job_count = parse_shard(shard)
     scorer_options = dict(scorer_options or {})
@@ -325,6 +333,9 @@ def score_corpus(input: str, out: str, scorer: str = "toxicity", scorer_options:
     except (ValueError, FileNotFoundError) as exc:
         raise ScoringError(str(exc)) from exc
     num_records = len(source)
+    if shard_size is None and (Path(out) / "plan.json").exists() and not overwrite:
+        shard_size = json.loads((Path(out) / "plan.json").read_text())["shard_size"]  # resume its layout
+    shard_size = shard_size or auto_shard_size(num_records)
     job = Job(input=str(input), text_field=text_field, split=split, scorer=scorer, scorer_options=scorer_options,
               out=str(out), shard_size=shard_size, num_shards=max(1, math.ceil(num_records / shard_size)),
               num_records=num_records, strict=strict, batch_docs=batch_docs)

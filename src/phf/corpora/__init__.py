@@ -2,7 +2,7 @@
 
 Every reader returns a :class:`SourceData`: a list of *units* (a Shakespeare chunk, an HTML page,
 a file) that are cheap to list and load their documents only when asked, so a small ``max_mb``
-never pays for converting pages it will not keep. ``phf.corpus`` orders the units by a seeded
+never pays for converting pages it will not keep. ``phf.corpora.build`` orders the units by a seeded
 hash of their key, takes documents until the source's share of the budget is used, splits and
 writes them. Readers never print; an optional source that cannot be used raises
 :class:`SourceUnavailable` (or ``phf.fetch.FetchError``) with a one-line reason.

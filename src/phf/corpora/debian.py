@@ -10,6 +10,7 @@ Every source here is optional: the caller turns any failure into a one-line warn
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import io
 import re
 import shutil
@@ -209,7 +210,7 @@ def load_python_doc(package: str = "python3.11-doc") -> SourceData:
 
     def convert(path: str) -> list[Doc]:
         title, text = html_to_text(pages[path].decode("utf-8", errors="replace"))
-        return [Doc(chunk, _meta(package, license, artifact, path, title=title, part=i))
+        return [Doc(chunk, _meta("python-doc", license, artifact, path, title=title, part=i))
                 for i, chunk in enumerate(chunk_paragraphs(text, DOC_CHUNK_CHARS))]
 
     units = [Unit(path, lambda p=path: convert(p)) for path in pages]
@@ -243,10 +244,8 @@ def _read_lazyload_db(rdx: bytes, rdb: bytes) -> dict[str, list[str]]:
 
 
 def load_janeausten(package: str = "r-cran-janeaustenr") -> SourceData:
-    try:
-        import rdata  # noqa: F401
-    except ImportError:
-        raise SourceUnavailable("r-cran-janeaustenr needs the PyPI package `rdata` (pip install rdata)") from None
+    if importlib.util.find_spec("rdata") is None:
+        raise SourceUnavailable("r-cran-janeaustenr needs the PyPI package `rdata` (pip install rdata)")
     deb = fetch_apt(package)
     artifact = _deb_artifact(package, deb)
     files = deb_files(deb, "usr/lib/R/site-library/janeaustenr/data/")
@@ -258,7 +257,7 @@ def load_janeausten(package: str = "r-cran-janeaustenr") -> SourceData:
     units = []
     for book, lines in books.items():
         for i, chunk in enumerate(chunk_paragraphs(clean_text("\n".join(lines)), TEXT_CHUNK_CHARS)):
-            doc = Doc(chunk, _meta(package, license, artifact, f"{prefix}.rdb", book=book, part=i))
+            doc = Doc(chunk, _meta("janeaustenr", license, artifact, f"{prefix}.rdb", book=book, part=i))
             units.append(Unit(f"{book}#{i:05d}", lambda d=doc: [d]))
     return SourceData(units, [artifact], {"books": sorted(books)})
 

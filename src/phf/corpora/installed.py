@@ -63,8 +63,9 @@ def load_stdlib(root: str | None = None) -> SourceData:
 
 _PII_FILE = re.compile(r"^(METADATA|PKG-INFO|LICEN[CS]E|COPYING|AUTHORS|CONTRIBUTORS|CHANGELOG|CHANGES|HISTORY)"
                        r"([-_.][A-Za-z0-9_.-]*)?$", re.I)
-_NOT_TEXT = {".py", ".pyc", ".pyi", ".pyx", ".pxd", ".so", ".pyd", ".dll", ".dylib", ".json", ".html", ".js",
-             ".png", ".gz", ".zip"}
+# Plain-text suffixes only: "LICENSE.txt", "LICENSE.APACHE", not sklearn's "metadata_routing.py" or "metadata.h".
+_TEXT_SUFFIXES = {"", ".txt", ".md", ".rst", ".markdown", ".apache", ".apache2", ".mit", ".bsd", ".psf", ".gpl",
+                  ".lgpl"}
 
 
 def _dist_license(dist: importlib_metadata.Distribution) -> str:
@@ -86,7 +87,7 @@ def _dist_files(dist: importlib_metadata.Distribution) -> list[tuple[str, bytes]
     out = []
     for file in dist.files or []:
         name = PurePosixPath(str(file)).name
-        if not _PII_FILE.match(name) or PurePosixPath(name).suffix.lower() in _NOT_TEXT:
+        if not _PII_FILE.match(name) or PurePosixPath(name).suffix.lower() not in _TEXT_SUFFIXES:
             continue
         try:
             data = Path(dist.locate_file(file)).read_bytes()

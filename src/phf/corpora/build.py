@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 import phf
 from phf.corpora import Doc, SourceData, SourceUnavailable, sha256_text
 from phf.corpora import debian, installed, pypi
+from phf.errors import PhfError
 from phf.fetch import FetchError
 
 logger = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ TASKS: dict[str, Task] = {
 }
 
 
-class CorpusError(RuntimeError):
+class CorpusError(PhfError, RuntimeError):
     """The corpus cannot be built as asked (output directory in the way, a source missing)."""
 
 
@@ -170,13 +171,13 @@ def _load_sources(task: str, progress: bool) -> tuple[dict[str, SourceData], dic
 
 
 def _select(task: str, loaded: dict[str, SourceData], budget: int, seed: int,
-            progress: bool) -> tuple[list[Doc], dict[str, dict]]:
+            progress: bool) -> tuple[list[tuple[str, Doc]], dict[str, dict]]:
     """Take documents source by source within their shares (see the module docstring)."""
     specs = [s for s in SOURCES[task] if s.name in loaded]
     claimers = [s for s in specs if s.claim > 0]
     sharers = [s for s in specs if s.claim <= 0]
     seen: set[str] = set()
-    chosen: list[Doc] = []
+    chosen: list[tuple[str, Doc]] = []
     stats: dict[str, dict] = {}
     remaining = budget
     weight_left = sum(s.weight for s in sharers)
@@ -204,15 +205,49 @@ def _select(task: str, loaded: dict[str, SourceData], budget: int, seed: int,
                     continue
                 misses = 0
                 seen.add(digest)
-                chosen.append(doc)
+                chosen.append((spec.name, doc))
                 used += size
                 docs += 1
                 bar.update(size)
         remaining -= used
         stats[spec.name] = {"documents": docs, "bytes": used, "share_bytes": share,
-                            "available_units": len(units), "duplicates_dropped": duplicates}
+                            "available_units": len(units), "duplicates_dropped": duplicates,
+                            "train_documents": 0, "test_documents": 0}
     bar.close()
     return chosen, stats
+
+
+def _manifest(task: str, seed: int, max_mb: float, budget: int, test_fraction: float,
+              loaded: dict[str, SourceData], skipped: dict[str, str], stats: dict[str, dict],
+              splits: dict[str, list[Doc]]) -> dict[str, Any]:
+    sources = {}
+    for spec in SOURCES[task]:
+        if spec.name in loaded:
+            sources[spec.name] = {**stats[spec.name], "required": spec.required, "weight": spec.weight,
+                                  "claim": spec.claim, "info": loaded[spec.name].info}
+    totals = {split: {"documents": len(docs), "bytes": sum(len(d.text.encode("utf-8")) for d in docs)}
+              for split, docs in splits.items()}
+    artifacts = [a for name in loaded for a in loaded[name].artifacts]
+    installed_sources = [name for name in loaded if not loaded[name].artifacts]
+    return {
+        "format": FORMAT,
+        "task": task,
+        "description": TASKS[task].description,
+        "seed": seed,
+        "max_mb": max_mb,
+        "budget_bytes": budget,
+        "test_fraction": test_fraction,
+        "totals": {**totals, "all": {k: totals["train"][k] + totals["test"][k] for k in ("documents", "bytes")}},
+        "sources": sources,
+        "skipped": skipped,
+        "artifacts": sorted(artifacts, key=lambda a: a["name"]),
+        # Sources read from this machine (stdlib, installed distributions, /usr/share/doc) make the
+        # corpus depend on the Python version and on what is installed: recorded here.
+        "depends_on_machine": installed_sources,
+        "environment": {"python": platform.python_version(), "platform": platform.platform(terse=True)},
+        "phf_version": phf.__version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def _write_jsonl(path: Path, docs: list[Doc]) -> None:
@@ -244,18 +279,20 @@ def build_corpus(task: str, out_dir: str | os.PathLike, *, max_mb: float | None 
     budget = int(max_mb * MB)
     chosen, stats = _select(task, loaded, budget, seed, progress)
 
-    chosen.sort(key=lambda d: _hash_unit(seed, sha256_text(d.text)))
+    chosen.sort(key=lambda pair: _hash_unit(seed, sha256_text(pair[1].text)))
     splits: dict[str, list[Doc]] = {"train": [], "test": []}
-    for doc in chosen:
+    for name, doc in chosen:
         split = "test" if _in_test(doc.text, test_fraction) else "train"
         splits[split].append(doc)
-        stats[doc.meta["source"] if doc.meta["source"] in stats else _owner(doc, stats)][f"{split}_documents"] = (
-            stats.get(doc.meta["source"], {}).get(f"{split}_documents", 0) + 1)
+        stats[name][f"{split}_documents"] += 1
 
     manifest = _manifest(task, seed, max_mb, budget, test_fraction, loaded, skipped, stats, splits)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the corpus is an ordinary directory
         for split, docs in splits.items():
             _write_jsonl(tmp / f"{split}.jsonl", docs)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", "utf-8")
@@ -263,8 +300,13 @@ def build_corpus(task: str, out_dir: str | os.PathLike, *, max_mb: float | None 
         if out.exists() and any(out.iterdir()):
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, old / "corpus")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
+            try:
+                os.replace(tmp, out)
+            except BaseException:
+                os.replace(old / "corpus", out)  # put the previous corpus back
+                raise
+            finally:
+                shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)  # an empty directory is replaced atomically
     except BaseException:

@@ -1,0 +1,105 @@
+"""Scoring throughput on the embedded corpora.
+
+Prints, per scorer: segments/s when phf scores whole batches of documents, segments/s of the
+authors' per-text loop (one scorer call per segment) on a sample, and the ratio of the two; then
+the 1 -> 2 process speed-up of `phf score`. Ends with ``RESULT <json>`` holding every figure.
+
+    python bench/scoring.py [--max-mb 1.0] [--loop-sample 2000]
+
+Figures are ratios measured in one run on one machine; absolute numbers vary with the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from phf.corpora.build import build_corpus
+from phf.score_corpus import score_corpus
+from phf.scoring import get_scorer
+from phf.segment import get_segmenter
+
+# scorer -> the embedded corpus it is benchmarked on
+SCORER_CORPUS = {"toxicity": "toxicity", "toxicity-judge": "toxicity", "pii": "pii", "pep8": "pep8"}
+
+
+def load_documents(path: Path) -> list[str]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line)["text"] for line in handle]
+
+
+def time_batched(scorer, documents: list[list[str]], batch_docs: int = 64) -> float:
+    started = time.perf_counter()
+    for i in range(0, len(documents), batch_docs):
+        scorer.score_documents(documents[i : i + batch_docs])
+    return time.perf_counter() - started
+
+
+def time_per_segment(scorer, segments: list[str]) -> float:
+    started = time.perf_counter()
+    for segment in segments:
+        scorer.score([segment])
+    return time.perf_counter() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--max-mb", type=float, default=1.0, help="size of each corpus (default 1 MB)")
+    parser.add_argument("--loop-sample", type=int, default=2000, help="segments timed in the per-text loop")
+    parser.add_argument("--workdir", default=None, help="keep corpora here (default: a temp dir)")
+    args = parser.parse_args()
+    result: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(args.workdir or tmp)
+        corpora = {}
+        for task in sorted(set(SCORER_CORPUS.values())):
+            out = root / f"corpus-{task}"
+            if not (out / "manifest.json").exists():
+                build_corpus(task, out, max_mb=args.max_mb, progress=False)
+            corpora[task] = out / "train.jsonl"
+
+        print(f"{'scorer':<16}{'segments':>10}{'batched seg/s':>15}{'per-text seg/s':>16}{'speed-up':>10}")
+        for name, task in SCORER_CORPUS.items():
+            scorer = get_scorer(name)
+            segment = get_segmenter(scorer.segmenter)
+            documents = [segment(text) for text in load_documents(corpora[task])]
+            scorer.score_documents(documents[:2])  # load models outside the timing
+            n_segments = sum(map(len, documents))
+            batched = n_segments / time_batched(scorer, documents)
+            sample = [s for doc in documents for s in doc]
+            random.Random(0).shuffle(sample)
+            sample = sample[: args.loop_sample]
+            per_text = len(sample) / time_per_segment(scorer, sample)
+            result[f"seg_s.{name}.batched"] = round(batched, 1)
+            result[f"seg_s.{name}.per_text"] = round(per_text, 1)
+            result[f"ratio.{name}.batched_vs_per_text"] = round(batched / per_text, 2)
+            print(f"{name:<16}{n_segments:>10}{batched:>15.0f}{per_text:>16.0f}{batched / per_text:>9.1f}x")
+
+        cpus = os.cpu_count() or 1
+        print(f"\nphf score, 1 vs 2 processes ({cpus} CPUs here; includes process start-up and Parquet writing)")
+        for name in ("pii", "toxicity"):
+            seconds = {}
+            for procs in (1, 2):
+                out = root / f"scored-{name}-{procs}"
+                started = time.perf_counter()
+                manifest = score_corpus(str(corpora[SCORER_CORPUS[name]]), str(out), name, num_proc=procs,
+                                        overwrite=True, progress=False)
+                seconds[procs] = time.perf_counter() - started
+            speedup = seconds[1] / seconds[2]
+            result[f"seconds.score.{name}.1proc"] = round(seconds[1], 2)
+            result[f"seconds.score.{name}.2proc"] = round(seconds[2], 2)
+            result[f"ratio.score.{name}.2proc_vs_1proc"] = round(speedup, 2)
+            print(f"{name:<16}{manifest['counts']['segments']:>8} segments  1 proc {seconds[1]:6.2f}s  "
+                  f"2 procs {seconds[2]:6.2f}s  speed-up {speedup:.2f}x")
+    print("RESULT " + json.dumps(result, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
