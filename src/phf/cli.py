@@ -10,7 +10,7 @@ import warnings
 
 
 def _cmd_corpus(args) -> int:
-    from phf.corpus import build_corpus
+    from phf.corpora.build import build_corpus
 
     summary = build_corpus(args.task, args.out, max_mb=args.max_mb, seed=args.seed,
                            test_fraction=args.test_fraction, progress=not args.quiet)
@@ -39,6 +39,20 @@ def _cmd_score(args) -> int:
     if share is not None:
         print(f"misaligned segments (score > {result['misaligned']['threshold']:g}): "
               f"{counts['segments_misaligned']} of {counts['segments']} ({100 * share:.2f}%)")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from phf.config import load_config
+    from phf.trainer import train
+
+    files = [a for a in args.configs if "=" not in a]
+    overrides = [a for a in args.configs if "=" in a]
+    if not files and not overrides:
+        raise ValueError("give at least one config file (e.g. configs/tiny/toxicity/mle.yaml)")
+    last = train(load_config(files, overrides), resume=args.resume)
+    if last:
+        print(json.dumps({k: v for k, v in last.items() if v is not None}))
     return 0
 
 
@@ -77,12 +91,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-proc", type=int, default=1, help="worker processes on this machine (default 1)")
     p.add_argument("--shard", default=None, metavar="i/N",
                    help="score only the shards of job i of an N-job array (the last job writes the manifest)")
-    p.add_argument("--shard-size", type=int, default=1000, help="documents per output shard (default 1000)")
+    p.add_argument("--shard-size", type=int, default=None,
+                   help="documents per output shard (default: about 64 shards, at most 1000 documents each)")
     p.add_argument("--batch-docs", type=int, default=64, help="documents scored per scorer call (default 64)")
     p.add_argument("--strict", action="store_true", help="fail on the first bad record instead of reporting it")
     p.add_argument("--overwrite", action="store_true", help="discard an existing run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_score)
+
+    p = sub.add_parser("train", help="train a causal LM with a feedback objective",
+                       description="Train on a scored corpus with one of the six objectives (mle, filtering, "
+                                   "conditional, ul, rwr, awr). YAML files are merged in order, then key=value "
+                                   "overrides (e.g. training.lr=3e-4). Multi-GPU: accelerate launch -m phf.cli train "
+                                   "... or torchrun --nproc_per_node N -m phf.cli train ...")
+    p.add_argument("configs", nargs="+", metavar="CONFIG.yaml|key=value")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    p.set_defaults(func=_cmd_train)
     return parser
 
 
@@ -94,13 +118,12 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from phf.fetch import FetchError
-    from phf.score_corpus import ScoringError
+    from phf.errors import PhfError
 
     warnings.filterwarnings("ignore", module="scrubadub")
     try:
         return args.func(args)
-    except (FetchError, ScoringError, ValueError, FileNotFoundError) as exc:
+    except (PhfError, ValueError, FileNotFoundError) as exc:
         print(f"phf {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -375,6 +375,16 @@ def score_corpus(input: str, out: str, scorer: str = "toxicity", scorer_options:
             "num_shards": job.num_shards}
 
 
+def scored_documents(path: str | os.PathLike):
+    """Yield each scored document's full text ("".join(texts)), reading the shards in order."""
+    import pyarrow.parquet as pq
+
+    for file in sorted((Path(path) / "data").glob("train-*.parquet")):
+        for batch in pq.ParquetFile(file).iter_batches(columns=["texts"], batch_size=1024):
+            for texts in batch.column(0).to_pylist():
+                yield "".join(texts)
+
+
 def load_scored(path: str | os.PathLike):
     """A scored corpus as a ``datasets.Dataset`` (meta decoded lazily by the caller)."""
     import datasets

@@ -1,0 +1,185 @@
+"""Training configuration: typed dataclasses, YAML files merged in order, then dotted overrides.
+
+``load_config(["configs/tiny/toxicity/conditional.yaml"], ["training.lr=3e-4"])`` returns a
+:class:`TrainConfig`. A YAML file may name a file it extends with ``_base_: relative/path.yaml``
+(the shared part of a task's configs lives in one base file). Unknown keys and wrong types are
+errors that name the key and the file, so a typo never silently trains with a default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from phf.errors import PhfError
+
+
+class ConfigError(PhfError, ValueError):
+    """A configuration file or override is invalid; the message names the key and its source."""
+
+
+@dataclass
+class TokenizerConfig:
+    name: str = "gpt2"  # "gpt2" (exact GPT-2 BPE, offline), "bpe" (trained on the corpus), or a local directory
+    vocab_size: int = 8192  # for "bpe"
+
+
+@dataclass
+class DataConfig:
+    path: str = MISSING  # a scored corpus directory (`phf score --out`)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    seq_len: int = 1024
+    shuffle: bool = True  # shuffle document order every epoch (seeded by training.seed)
+    continue_from: Optional[str] = None  # a run dir: start where its stream stopped (pretrain-then-finetune)
+
+
+@dataclass
+class ModelConfig:
+    init: Optional[str] = None  # an HF checkpoint directory to start from; None builds a new model
+    model_type: str = "gpt2"
+    # Keyword arguments of the HF config class for `model_type`, over phf.model.DEFAULT_SHAPES
+    # (GPT-2 small, 124M, for gpt2). n_positions / max_position_embeddings default to data.seq_len.
+    config: dict[str, Any] = field(default_factory=dict)
+    pad_vocab_multiple: int = 64
+    dropout: float = 0.0
+    attn_implementation: str = "sdpa"
+
+
+OBJECTIVE_NAMES = ("mle", "filtering", "conditional", "ul", "rwr", "awr")
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = "mle"  # mle | filtering | conditional | ul | rwr | awr
+    threshold: Optional[float] = None  # filtering: max avg_score kept; conditional: <|good|> iff s <= t; ul: a = 1[s <= t]
+    percentile: Optional[float] = None  # filtering: keep documents up to this percentile of avg_score instead
+    drop_prob: float = 0.0  # conditional: probability of inserting no control token before a segment
+    buckets: Optional[int] = None  # conditional: K quantile tokens instead of good/bad (Quark)
+    alpha: Optional[float] = None  # ul: unlikelihood weight; awr: policy vs value loss
+    beta: Optional[float] = None  # rwr / awr temperature
+    weight_clip: Optional[float] = None  # awr
+    soft: bool = False  # ul: the soft weight a = 1 - s (only when asked)
+    good_token: str = "<|good|>"
+    bad_token: str = "<|bad|>"
+
+
+@dataclass
+class TrainingConfig:
+    max_steps: Optional[int] = None  # optimizer steps; or derived from num_tokens
+    num_tokens: Optional[int] = None  # token budget (e.g. 3.3e9 for the paper)
+    batch_size: int = 64  # sequences per optimizer step, summed over devices and accumulation
+    micro_batch_size: int = 8  # sequences per device per forward pass
+    lr: float = 5e-4
+    min_lr_ratio: float = 0.0
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_ratio: float = 0.01
+    schedule: str = "linear"  # linear | cosine | constant
+    grad_clip: float = 1.0
+    mixed_precision: str = "auto"  # auto (bf16 on a GPU that has it, else fp32) | no | bf16 | fp16
+    compile: bool = False
+    seed: int = 42
+    log_every: int = 10
+    save_every: int = 1000
+    keep_checkpoints: int = 2
+    eval_every: int = 0  # 0: no periodic evaluation
+    logprob_chunk_tokens: int = 2048
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = False
+    wandb: bool = False
+    wandb_project: str = "phf"
+    progress: bool = True
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = MISSING
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, DictConfig]]:
+    """The file and the chain of ``_base_`` files it extends, bases first."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: _base_ chain loops back to itself")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        node = OmegaConf.load(path)
+    except Exception as exc:  # noqa: BLE001 - yaml raises several kinds
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    chain: list[tuple[str, DictConfig]] = []
+    base = node.pop("_base_", None)
+    for entry in [base] if isinstance(base, str) else list(base or []):
+        chain += _load_yaml(path.parent / entry, seen + (path,))
+    return chain + [(str(path), node)]
+
+
+def _merge(schema: DictConfig, node: DictConfig, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(schema, node)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None)
+        reason = str(exc).split("\n")[0]
+        raise ConfigError(f"{source}: {'key ' + repr(key) + ': ' if key else ''}{reason}") from None
+
+
+def load_config(files: list[str] | tuple[str, ...] = (), overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    merged = OmegaConf.structured(TrainConfig)
+    for file in files:
+        for source, node in _load_yaml(Path(file)):
+            merged = _merge(merged, node, source)
+    for override in overrides:
+        if "=" not in override:
+            raise ConfigError(f"override {override!r} must look like key=value (e.g. training.lr=3e-4)")
+        merged = _merge(merged, OmegaConf.from_dotlist([override]), f"override {override!r}")
+    missing = sorted(OmegaConf.missing_keys(merged))
+    if missing:
+        raise ConfigError(f"missing required setting(s): {', '.join(missing)} (set them in a file or as key=value)")
+    config: TrainConfig = OmegaConf.to_object(merged)
+    validate(config)
+    return config
+
+
+def validate(config: TrainConfig) -> None:
+    """Checks across fields that types alone cannot express."""
+    t, o = config.training, config.objective
+    if t.max_steps is None and t.num_tokens is None:
+        raise ConfigError("set training.max_steps or training.num_tokens")
+    for name in ("batch_size", "micro_batch_size"):
+        if getattr(t, name) < 1:
+            raise ConfigError(f"training.{name} must be >= 1")
+    if t.batch_size % t.micro_batch_size:
+        raise ConfigError(f"training.batch_size ({t.batch_size}) must be a multiple of training.micro_batch_size "
+                          f"({t.micro_batch_size})")
+    if t.schedule not in ("linear", "cosine", "constant"):
+        raise ConfigError(f"training.schedule {t.schedule!r}: choose linear, cosine or constant")
+    if t.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+        raise ConfigError(f"training.mixed_precision {t.mixed_precision!r}: choose auto, no, bf16 or fp16")
+    if config.data.seq_len < 2:
+        raise ConfigError("data.seq_len must be >= 2")
+    if o.name not in OBJECTIVE_NAMES:
+        raise ConfigError(f"objective.name {o.name!r}: choose one of {', '.join(OBJECTIVE_NAMES)}")
+    if not 0.0 <= o.drop_prob <= 1.0:
+        raise ConfigError(f"objective.drop_prob {o.drop_prob} must be in [0, 1]")
+    if o.buckets is not None and o.buckets < 2:
+        raise ConfigError("objective.buckets must be >= 2")
+    if o.percentile is not None and not 0 < o.percentile <= 100:
+        raise ConfigError("objective.percentile must be in (0, 100]")
+
+
+def to_yaml(config: TrainConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))

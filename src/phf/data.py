@@ -1,0 +1,227 @@
+"""The training stream: token store -> batch transform -> packed blocks, random-access by index.
+
+Documents are visited in a seeded permutation per epoch, each becomes ``EOS + tokens`` (with
+control tokens inserted at segment starts for conditional training), and the concatenation is cut
+into blocks of ``seq_len + 1`` tokens that overlap by one (inputs are block[:-1], targets
+block[1:]), with no padding. Because every quantity is a pure function of (seed, epoch, block
+index), sample ``g`` can be built on any rank at any time: the data position in a checkpoint is
+just the number of samples consumed, resume needs no replay, and data-parallel ranks take
+disjoint slices of each global batch.
+
+Transforms change the stream without re-tokenizing:
+- filtering drops whole documents whose ``avg_score`` is above a threshold (or a percentile);
+- conditional inserts ``<|good|>`` (s <= t) or ``<|bad|>`` before each segment, nothing with
+  probability ``drop_prob``, or one of K quantile tokens in ``buckets`` mode.
+The permutation is over *all* documents (filtering removes from it), so a position in the stream
+means the same documents under every transform: that is how a finetuning run continues exactly
+where its base run stopped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from phf.token_store import TokenStore
+
+EOS_SCORE = 0.0  # the EOS before each document carries no misalignment of its own
+
+
+@dataclass(frozen=True)
+class Filtering:
+    """Keep documents with avg_score <= threshold (threshold from a percentile if given)."""
+
+    threshold: float | None = None
+    percentile: float | None = None
+
+    def keep(self, store: TokenStore) -> np.ndarray:
+        avg = np.asarray(store.doc_avg_score, dtype=np.float64)
+        threshold = self.resolved_threshold(store)
+        return avg <= threshold  # NaN averages compare False: unscored documents are dropped
+
+    def resolved_threshold(self, store: TokenStore) -> float:
+        if self.percentile is not None:
+            return float(np.nanpercentile(np.asarray(store.doc_avg_score, dtype=np.float64), self.percentile))
+        if self.threshold is None:
+            raise ValueError("filtering needs objective.threshold or objective.percentile")
+        return float(self.threshold)
+
+
+@dataclass(frozen=True)
+class Conditional:
+    """Control tokens at segment starts. ``token_ids[0]`` is the aligned token (``<|good|>``, or the
+    least-misaligned bucket); with ``edges`` set, segment scores pick among len(edges)+1 buckets."""
+
+    token_ids: tuple[int, ...]
+    threshold: float = 0.0
+    drop_prob: float = 0.0
+    edges: tuple[float, ...] | None = None
+
+    def choose(self, segment_scores: np.ndarray) -> np.ndarray:
+        """Index into token_ids for each segment score."""
+        if self.edges is not None:
+            return np.searchsorted(np.asarray(self.edges), segment_scores, side="left")
+        return (segment_scores > self.threshold).astype(np.int64)
+
+
+def bucket_edges(store: TokenStore, buckets: int) -> tuple[float, ...]:
+    """K-1 interior quantiles of segment scores: bucket 0 holds the least misaligned segments."""
+    seg_scores = np.asarray(store.scores)[np.asarray(store.seg_start, dtype=bool)]
+    return tuple(float(x) for x in np.quantile(seg_scores, np.linspace(0, 1, buckets + 1)[1:-1]))
+
+
+@dataclass
+class Sample:
+    input_ids: np.ndarray  # (seq_len,) int64
+    labels: np.ndarray  # (seq_len,) int64: next tokens
+    scores: np.ndarray  # (seq_len,) float32: misalignment of each target token's segment
+    is_control: np.ndarray  # (seq_len,) bool: target is a control token (excluded from text-only metrics)
+
+
+class PackedStream:
+    def __init__(self, store: TokenStore, seq_len: int, eos_id: int, *, seed: int = 0, shuffle: bool = True,
+                 filtering: Filtering | None = None, conditional: Conditional | None = None, start_doc: int = 0):
+        self.store, self.seq_len, self.eos_id = store, int(seq_len), int(eos_id)
+        self.seed, self.shuffle = int(seed), bool(shuffle)
+        self.conditional, self.start_doc = conditional, int(start_doc)
+        self.doc_offsets = np.asarray(store.doc_offsets, dtype=np.int64)
+        self.num_docs = len(self.doc_offsets) - 1
+        self.keep = filtering.keep(store) if filtering else np.ones(self.num_docs, dtype=bool)
+        if not self.keep.any():
+            raise ValueError("the transform keeps no document (filtering threshold too low?)")
+        seg_positions = np.flatnonzero(np.asarray(store.seg_start))
+        self.seg_positions = seg_positions
+        # Segment index range of each document: segments [doc_segs[d], doc_segs[d+1]).
+        self.doc_segs = np.searchsorted(seg_positions, self.doc_offsets)
+        self.segs_per_doc = np.diff(self.doc_segs)
+        self._epoch_blocks: list[int] = []
+        self._epochs: dict[int, tuple] = {}
+
+    # --- per-epoch layout ---------------------------------------------------------------------
+    def _rng(self, epoch: int, purpose: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, epoch, purpose])
+
+    def _epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(documents in order, cumulative stream length after each, segment drop mask)."""
+        if epoch not in self._epochs:
+            if len(self._epochs) >= 2:  # a run moves forward: keep the current and the next epoch
+                self._epochs.pop(min(self._epochs))
+            self._epochs[epoch] = self._layout(epoch)
+        return self._epochs[epoch]
+
+    def _layout(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        order = self._rng(epoch, 0).permutation(self.num_docs) if self.shuffle else np.arange(self.num_docs)
+        if epoch == 0 and self.start_doc:
+            order = order[self.start_doc:]
+        order = order[self.keep[order]]
+        lengths = np.diff(self.doc_offsets)[order] + 1  # + EOS
+        dropped = None
+        if self.conditional is not None:
+            inserted = self.segs_per_doc[order].copy()
+            if self.conditional.drop_prob > 0:
+                dropped = self._rng(epoch, 1).random(len(self.seg_positions)) < self.conditional.drop_prob
+                cumulative = np.concatenate([[0], np.cumsum(dropped)])
+                inserted -= (cumulative[self.doc_segs[1:]] - cumulative[self.doc_segs[:-1]])[order]
+            lengths = lengths + inserted
+        return order, np.cumsum(lengths), dropped
+
+    def blocks_in_epoch(self, epoch: int) -> int:
+        total = int(self._epoch(epoch)[1][-1]) if self.num_docs else 0
+        return max(0, (total - 1) // self.seq_len)
+
+    def tokens_per_epoch(self, epoch: int = 0) -> int:
+        return int(self._epoch(epoch)[1][-1])
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        epoch = 0
+        while True:
+            while len(self._epoch_blocks) <= epoch:
+                n = self.blocks_in_epoch(len(self._epoch_blocks))
+                if n == 0:
+                    raise ValueError(f"the corpus yields fewer than {self.seq_len + 1} tokens per epoch: "
+                                     "lower data.seq_len or use a larger corpus")
+                self._epoch_blocks.append(n)
+            if index < self._epoch_blocks[epoch]:
+                return epoch, index
+            index -= self._epoch_blocks[epoch]
+            epoch += 1
+
+    # --- building samples ---------------------------------------------------------------------
+    def document(self, doc: int, epoch: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One transformed document: (tokens, scores, is_control), EOS first."""
+        a, b = self.doc_offsets[doc], self.doc_offsets[doc + 1]
+        tokens = np.asarray(self.store.tokens[a:b], dtype=np.int64)
+        scores = np.asarray(self.store.scores[a:b], dtype=np.float32)
+        control = np.zeros(len(tokens), dtype=bool)
+        if self.conditional is not None and self.segs_per_doc[doc]:
+            s0, s1 = self.doc_segs[doc], self.doc_segs[doc + 1]
+            starts = self.seg_positions[s0:s1] - a
+            dropped = self._epoch(epoch)[2]
+            if dropped is not None:
+                starts = starts[~dropped[s0:s1]]
+            seg_scores = scores[starts]
+            ids = np.asarray(self.conditional.token_ids, dtype=np.int64)[self.conditional.choose(seg_scores)]
+            tokens = np.insert(tokens, starts, ids)
+            scores = np.insert(scores, starts, seg_scores)
+            control = np.insert(control, starts, True)
+        return (np.concatenate([[self.eos_id], tokens]), np.concatenate([[EOS_SCORE], scores]).astype(np.float32),
+                np.concatenate([[False], control]))
+
+    def __getitem__(self, index: int) -> Sample:
+        epoch, block = self._locate(int(index))
+        order, cum, _ = self._epoch(epoch)
+        start, stop = block * self.seq_len, block * self.seq_len + self.seq_len + 1
+        first = int(np.searchsorted(cum, start, side="right"))
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        position = start
+        i = first
+        while position < stop:
+            doc_start = int(cum[i - 1]) if i else 0
+            tokens, scores, control = self.document(int(order[i]), epoch)
+            lo, hi = position - doc_start, min(stop - doc_start, len(tokens))
+            parts.append((tokens[lo:hi], scores[lo:hi], control[lo:hi]))
+            position = doc_start + hi
+            i += 1
+        tokens = np.concatenate([p[0] for p in parts])
+        scores = np.concatenate([p[1] for p in parts])
+        control = np.concatenate([p[2] for p in parts])
+        return Sample(tokens[:-1], tokens[1:], scores[1:], control[1:])
+
+    def position_to_doc(self, samples_consumed: int) -> int:
+        """Index into epoch 0's order (over all documents) of the document where a run that has
+        consumed this many samples stopped: the start of a continuation run."""
+        epoch, block = self._locate(int(samples_consumed))
+        if epoch > 0:
+            raise ValueError("the base run went past one epoch; nothing unseen is left to continue on")
+        order, cum, _ = self._epoch(0)
+        i = int(np.searchsorted(cum, block * self.seq_len, side="right"))
+        kept_position = min(i + 1, len(order))  # the partially seen document counts as seen
+        # Map back from the filtered order to a position in the full permutation.
+        full = self._rng(0, 0).permutation(self.num_docs) if self.shuffle else np.arange(self.num_docs)
+        full = full[self.start_doc:]
+        kept_index = np.flatnonzero(self.keep[full])
+        return self.start_doc + (int(kept_index[kept_position]) if kept_position < len(kept_index) else len(full))
+
+
+def step_sample_indices(step: int, batch_size: int, micro_batch_size: int, accum: int, rank: int) -> list[list[int]]:
+    """Global sample indices of one rank's micro-batches at one optimizer step.
+
+    Step s owns samples [s*B, (s+1)*B); rank r takes the r-th contiguous share of A*m of them and
+    cuts it into A micro-batches of m. Ranks are disjoint and together cover the step exactly, so
+    the update does not depend on how B is split over ranks and accumulation.
+    """
+    first = step * batch_size + rank * accum * micro_batch_size
+    return [list(range(first + k * micro_batch_size, first + (k + 1) * micro_batch_size)) for k in range(accum)]
+
+
+def collate(samples: list[Sample]):
+    """Samples -> a dict of torch tensors (B, seq_len)."""
+    import torch
+
+    return {
+        "input_ids": torch.from_numpy(np.stack([s.input_ids for s in samples])),
+        "labels": torch.from_numpy(np.stack([s.labels for s in samples])),
+        "scores": torch.from_numpy(np.stack([s.scores for s in samples])),
+        "is_control": torch.from_numpy(np.stack([s.is_control for s in samples])),
+    }

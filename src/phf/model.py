@@ -1,0 +1,129 @@
+"""Causal LMs for phf: build one from a config or load a checkpoint, add control tokens, save.
+
+Any ``transformers`` causal LM works. New models get dropout 0 (the paper's setting, and free
+speed) and a vocabulary padded to a multiple of 64 (tensor-core friendly matmuls). Saved
+checkpoints are plain HF directories: the tokenizer, a ``generation_config.json`` that already
+forbids the control tokens, ``phf.json`` (what a sampler must know: the prefix to condition on)
+and a model card, so ``AutoModelForCausalLM.from_pretrained(run_dir)`` + ``generate`` work with no
+phf code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from phf.config import ModelConfig
+
+# Shapes used when the config does not say: GPT-2 small (124M), the paper's model.
+DEFAULT_SHAPES: dict[str, dict[str, Any]] = {
+    "gpt2": {"n_layer": 12, "n_head": 12, "n_embd": 768},
+}
+CONTROL_INIT_NOISE = 0.01  # new control-token rows: mean of existing rows + 0.01 * N(0, 1) (paper)
+
+
+def padded_vocab(size: int, multiple: int) -> int:
+    return int(math.ceil(size / multiple) * multiple) if multiple > 1 else size
+
+
+def _zero_dropout(config, dropout: float) -> None:
+    for name, value in list(vars(config).items()):
+        if isinstance(value, float) and ("dropout" in name or "pdrop" in name):
+            setattr(config, name, dropout)
+
+
+def build_model(cfg: ModelConfig, vocab_size: int, seq_len: int, eos_id: int):
+    """A freshly initialised causal LM whose embedding covers ``vocab_size`` (padded)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    kwargs = {**DEFAULT_SHAPES.get(cfg.model_type, {}), **cfg.config}
+    try:
+        config = AutoConfig.for_model(cfg.model_type, **kwargs)
+    except ValueError as exc:
+        raise ValueError(f"model.model_type {cfg.model_type!r}: {exc}") from None
+    unknown = sorted(k for k in kwargs if not hasattr(config, k))
+    if unknown:
+        raise ValueError(f"model.config: {cfg.model_type} configs have no field(s) {', '.join(unknown)}")
+    config.vocab_size = padded_vocab(vocab_size, cfg.pad_vocab_multiple)
+    for name in ("n_positions", "max_position_embeddings"):
+        if hasattr(config, name) and name not in cfg.config:
+            setattr(config, name, seq_len)
+    config.eos_token_id = config.bos_token_id = eos_id
+    config.pad_token_id = None
+    _zero_dropout(config, cfg.dropout)
+    config.tie_word_embeddings = cfg.config.get("tie_word_embeddings", True)
+    return AutoModelForCausalLM.from_config(config, attn_implementation=cfg.attn_implementation)
+
+
+def load_model(path: str, attn_implementation: str = "sdpa", dropout: float | None = 0.0):
+    from transformers import AutoModelForCausalLM
+
+    if not (Path(path) / "config.json").exists():
+        raise FileNotFoundError(f"model.init {path!r} is not an HF checkpoint directory (no config.json)")
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn_implementation)
+    if dropout is not None:
+        _zero_dropout(model.config, dropout)
+    return model
+
+
+def add_token_rows(model, tokenizer, new_token_ids: list[int], known_rows: int, pad_multiple: int,
+                   generator: torch.Generator | None = None) -> None:
+    """Cover tokens added to a trained model's tokenizer (control tokens when finetuning).
+
+    Their rows start at the mean of the ``known_rows`` trained rows plus 0.01 * N(0, 1), as in the
+    paper, rather than at whatever a resize or the vocabulary padding left there.
+    """
+    if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+        model.resize_token_embeddings(padded_vocab(len(tokenizer), pad_multiple), mean_resizing=False)
+    if not new_token_ids:
+        return
+    weight = model.get_input_embeddings().weight
+    with torch.no_grad():
+        mean = weight[:known_rows].float().mean(0)
+        noise = torch.randn(len(new_token_ids), weight.shape[1], generator=generator) * CONTROL_INIT_NOISE
+        weight[new_token_ids] = (mean + noise.to(mean.device)).to(weight.dtype)
+
+
+def check_vocab(model, tokenizer, source: str) -> None:
+    rows = model.get_input_embeddings().weight.shape[0]
+    if rows < len(tokenizer):
+        raise ValueError(f"{source}: the model's embedding has {rows} rows but the tokenizer has {len(tokenizer)} "
+                         "tokens: this tokenizer does not belong to this checkpoint")
+
+
+def save_checkpoint(model, tokenizer, out: str | Path, *, phf_info: dict[str, Any]) -> None:
+    """An HF directory that samples correctly with plain transformers."""
+    from transformers import GenerationConfig
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    forbidden = phf_info.get("forbidden_tokens", [])
+    padding_rows = list(range(len(tokenizer), model.get_input_embeddings().weight.shape[0]))
+    positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    generation = GenerationConfig(
+        # The paper's sampling settings; at most 128 new tokens, fewer if the context is shorter.
+        do_sample=True, temperature=0.7, top_p=0.9, top_k=0, max_new_tokens=min(128, (positions or 130) - 2),
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
+        # Control tokens must never be sampled, nor the unused rows that pad the vocabulary.
+        suppress_tokens=[tokenizer.convert_tokens_to_ids(t) for t in forbidden] + padding_rows or None,
+    )
+    generation.save_pretrained(out)
+    (out / "phf.json").write_text(json.dumps(phf_info, indent=2))
+    prefix = phf_info.get("prompt_prefix", "")
+    (out / "README.md").write_text(
+        f"# {out.name}\n\nA causal LM trained with phf ({phf_info.get('objective')} objective on "
+        f"{phf_info.get('data')}).\n\n"
+        "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        f"model = AutoModelForCausalLM.from_pretrained({str(out)!r})\n"
+        f"tokenizer = AutoTokenizer.from_pretrained({str(out)!r})\n"
+        f"prompt = tokenizer.eos_token + {prefix!r}  # condition on the aligned control token\n"
+        "ids = tokenizer(prompt, return_tensors='pt').input_ids\n"
+        "print(tokenizer.decode(model.generate(ids)[0], skip_special_tokens=True))\n```\n\n"
+        f"Prompt prefix: `{prefix or '(none)'}`. Control tokens forbidden at sampling (already in "
+        f"generation_config.json): {', '.join(forbidden) or 'none'}.\n")

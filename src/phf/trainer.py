@@ -1,0 +1,415 @@
+"""The training loop: one screen of plain PyTorch on ``accelerate``.
+
+Each optimizer step takes a fixed slice of the global sample sequence (``phf.data``): rank r of W
+takes its share, split into gradient-accumulation micro-batches. Losses are sums over target
+tokens divided by the *global* number of target tokens of the step, and each rank's loss is
+multiplied by W to undo DDP's gradient averaging, so neither accumulation nor data parallelism
+changes the update. The data position is the step number, so a checkpoint (model, optimizer,
+scheduler, RNG, step) resumes on exactly the batch an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from phf.config import TrainConfig, to_yaml
+from phf.errors import PhfError
+from phf.data import Conditional, Filtering, PackedStream, bucket_edges, collate, step_sample_indices
+from phf.logprobs import target_logprobs
+from phf.objectives import LossInputs, ValueHead, build_objective
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.json"
+
+# Peak dense bf16 FLOP/s by device name, for MFU. Unknown devices (and CPUs) report no MFU.
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "4090": 165e12}
+
+
+class TrainingError(PhfError, RuntimeError):
+    """Training cannot go on (NaN loss, a run directory in the way); the message says what to do."""
+
+
+# Objective parameters each objective reads from the config (others must stay unset).
+OBJECTIVE_PARAMS = {"mle": (), "filtering": (), "conditional": (), "ul": ("threshold", "alpha", "soft"),
+                    "rwr": ("beta",), "awr": ("alpha", "beta", "weight_clip")}
+
+
+class PolicyModel(nn.Module):
+    """The LM plus, for AWR, a value head; forward returns target log-probs (and values).
+
+    Log-probs come from the final hidden states and the output embedding in chunks
+    (``phf.logprobs``), so full-vocabulary fp32 logits never exist.
+    """
+
+    def __init__(self, lm, value_head: ValueHead | None, chunk_tokens: int):
+        super().__init__()
+        self.lm, self.value_head, self.chunk_tokens = lm, value_head, chunk_tokens
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor):
+        hidden = self.lm.base_model(input_ids=input_ids).last_hidden_state
+        head = self.lm.get_output_embeddings()
+        logp = target_logprobs(hidden, head.weight, labels, bias=getattr(head, "bias", None),
+                               chunk_tokens=self.chunk_tokens)
+        values = self.value_head(hidden) if self.value_head is not None else None
+        return logp, values
+
+
+def objective_params(config: TrainConfig) -> dict:
+    o = config.objective
+    if o.name not in OBJECTIVE_PARAMS:
+        raise TrainingError(f"objective.name {o.name!r}: choose one of {', '.join(OBJECTIVE_PARAMS)}")
+    # `is not None`, never truthiness: threshold 0.0 is the paper's PII/PEP8 setting (the authors'
+    # `if self.score_threshold:` dropped it).
+    return {k: getattr(o, k) for k in OBJECTIVE_PARAMS[o.name] if getattr(o, k) is not None}
+
+
+def make_schedule(optimizer, cfg, total_steps: int):
+    warmup = max(1, int(round(cfg.warmup_ratio * total_steps))) if cfg.warmup_ratio > 0 else 0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        decay = 1 - progress if cfg.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def make_optimizer(model: nn.Module, cfg, device: torch.device):
+    # No weight decay on biases, norms and other 1-D parameters (nanoGPT, GPT-2 practice).
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=device.type == "cuda")
+
+
+def flops_per_token(model, seq_len: int) -> float:
+    """6N for the parameter matmuls plus attention (PaLM's estimate), for MFU."""
+    cfg = model.config
+    n = sum(p.numel() for p in model.parameters())
+    layers = getattr(cfg, "num_hidden_layers", 0)
+    hidden = getattr(cfg, "hidden_size", 0)
+    return 6 * n + 12 * layers * hidden * seq_len
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
+
+
+def _mixed_precision(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def _checkpoint_dirs(run: Path) -> list[Path]:
+    root = run / CHECKPOINTS
+    done = [p for p in root.glob("step-*") if (p / STATE_FILE).exists()] if root.exists() else []
+    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop metric lines a killed run wrote after its last checkpoint: they are about to be redone."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= last_step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, *, resume: bool = False,
+                 evaluate: Callable[[nn.Module, object, int], dict] | None = None):
+        from accelerate import Accelerator
+
+        self.config, self.evaluate = config, evaluate
+        self.run_dir = Path(config.output_dir)
+        self._check_run_dir(resume)
+        # cpu=True on a machine without CUDA is what makes torchrun/accelerate launch use gloo (MULTI_CPU).
+        self.accelerator = Accelerator(mixed_precision=_mixed_precision(config.training.mixed_precision),
+                                       cpu=not torch.cuda.is_available(),
+                                       step_scheduler_with_optimizer=False)
+        from accelerate.utils import set_seed
+
+        set_seed(config.training.seed)
+        self._build()
+
+    # --- set-up -------------------------------------------------------------------------------
+    def _check_run_dir(self, resume: bool) -> None:
+        has_state = bool(_checkpoint_dirs(self.run_dir)) or (self.run_dir / "metrics.jsonl").exists()
+        if has_state and not resume:
+            raise TrainingError(f"{self.run_dir} already holds a run: pass --resume to continue it, "
+                                "or choose a new output_dir")
+        self.resume_from = _checkpoint_dirs(self.run_dir)[-1] if resume and has_state else None
+
+    def _build(self) -> None:
+        from phf.model import add_token_rows, build_model, check_vocab, load_model
+        from phf.token_store import build_token_store
+        from phf.tokenizer import add_control_tokens, load_tokenizer
+
+        cfg, acc = self.config, self.accelerator
+        data_path = Path(cfg.data.path)
+        if not (data_path / "manifest.json").exists():
+            raise TrainingError(f"data.path {str(data_path)!r} is not a scored corpus (no manifest.json); "
+                                "make one with `phf score`")
+        o = cfg.objective
+        objective_name = o.name
+        self.objective = build_objective(objective_name, **objective_params(cfg))
+
+        # The corpus is tokenized with the base tokenizer (no control tokens), so every objective
+        # trains on the same token store and literal "<|good|>" in a document stays plain text.
+        tokenizer_spec = cfg.model.init or cfg.data.tokenizer.name
+        texts = None
+        if tokenizer_spec == "bpe":
+            from phf.score_corpus import scored_documents
+
+            texts = scored_documents(data_path)
+        with acc.main_process_first():
+            base_tokenizer = load_tokenizer(tokenizer_spec, texts=texts, vocab_size=cfg.data.tokenizer.vocab_size)
+            self.store = build_token_store(data_path, base_tokenizer, progress=acc.is_main_process)
+        tokenizer = copy.deepcopy(base_tokenizer)
+        known_rows = len(tokenizer)
+
+        filtering = conditional = None
+        control_tokens: list[str] = []
+        if objective_name == "filtering":
+            filtering = Filtering(o.threshold, o.percentile)
+        if objective_name == "conditional":
+            if o.buckets:
+                control_tokens = [f"<|bucket{k}|>" for k in range(o.buckets)]
+                edges = bucket_edges(self.store, o.buckets)
+            else:
+                if o.threshold is None:
+                    raise TrainingError("conditional training needs objective.threshold (or objective.buckets)")
+                control_tokens, edges = [o.good_token, o.bad_token], None
+            ids = add_control_tokens(tokenizer, control_tokens)
+            conditional = Conditional(tuple(ids), threshold=o.threshold or 0.0, drop_prob=o.drop_prob, edges=edges)
+        self.tokenizer, self.control_tokens = tokenizer, control_tokens
+
+        start_doc = 0
+        if cfg.data.continue_from:
+            start_doc = self._continuation_start(Path(cfg.data.continue_from), base_tokenizer)
+        self.stream = PackedStream(self.store, cfg.data.seq_len, tokenizer.eos_token_id, seed=cfg.training.seed,
+                                   shuffle=cfg.data.shuffle, filtering=filtering, conditional=conditional,
+                                   start_doc=start_doc)
+        self.filter_threshold = filtering.resolved_threshold(self.store) if filtering else None
+
+        if cfg.model.init:
+            lm = load_model(cfg.model.init, cfg.model.attn_implementation, cfg.model.dropout)
+            check_vocab(lm, base_tokenizer, f"model.init {cfg.model.init}")
+            new_ids = [tokenizer.convert_tokens_to_ids(t) for t in control_tokens]
+            new_ids = [i for i in new_ids if i >= known_rows]
+            add_token_rows(lm, tokenizer, new_ids, known_rows, cfg.model.pad_vocab_multiple,
+                           generator=torch.Generator().manual_seed(cfg.training.seed))
+        else:
+            lm = build_model(cfg.model, len(tokenizer), cfg.data.seq_len, tokenizer.eos_token_id)
+        if lm.get_input_embeddings().weight.shape[0] < len(tokenizer):
+            raise TrainingError(f"the model's vocabulary ({lm.get_input_embeddings().weight.shape[0]}) is smaller "
+                                f"than the tokenizer's ({len(tokenizer)})")
+        value_head = ValueHead(lm.config.hidden_size) if self.objective.needs_value_head else None
+        self.lm = lm
+        model = PolicyModel(lm, value_head, cfg.training.logprob_chunk_tokens)
+        self.flops_per_token = flops_per_token(lm, cfg.data.seq_len)
+
+        t = cfg.training
+        world = acc.num_processes
+        if t.batch_size % (t.micro_batch_size * world):
+            raise TrainingError(f"training.batch_size {t.batch_size} is not a multiple of micro_batch_size "
+                                f"{t.micro_batch_size} x {world} processes")
+        self.accum = t.batch_size // (t.micro_batch_size * world)
+        tokens_per_step = t.batch_size * cfg.data.seq_len
+        self.total_steps = t.max_steps if t.max_steps is not None else math.ceil(t.num_tokens / tokens_per_step)
+        optimizer = make_optimizer(model, t, acc.device)
+        scheduler = make_schedule(optimizer, t, self.total_steps)
+        self.model, self.optimizer, self.scheduler = acc.prepare(model, optimizer, scheduler)
+        if t.compile:
+            self.model = torch.compile(self.model)
+        self.step = 0
+        if self.resume_from is not None:
+            acc.load_state(str(self.resume_from))
+            self.step = json.loads((self.resume_from / STATE_FILE).read_text())["step"]
+
+    def _continuation_start(self, base_run: Path, base_tokenizer) -> int:
+        """Where the base run's stream stopped, as a position in the shared document order."""
+        from phf.config import load_config
+
+        base = load_config([str(base_run / "config.yaml")])
+        states = _checkpoint_dirs(base_run)
+        state_file = base_run / STATE_FILE if (base_run / STATE_FILE).exists() else (
+            states[-1] / STATE_FILE if states else None)
+        if state_file is None:
+            raise TrainingError(f"data.continue_from {str(base_run)!r} has no trainer state")
+        if base.training.seed != self.config.training.seed or base.data.seq_len != self.config.data.seq_len:
+            raise TrainingError("data.continue_from: the base run must use the same training.seed and data.seq_len")
+        consumed = json.loads(state_file.read_text())["samples"]
+        base_filter = Filtering(base.objective.threshold, base.objective.percentile) \
+            if base.objective.name == "filtering" else None
+        base_stream = PackedStream(self.store, base.data.seq_len, base_tokenizer.eos_token_id, seed=base.training.seed,
+                                   shuffle=base.data.shuffle, filtering=base_filter)
+        return base_stream.position_to_doc(consumed)
+
+    # --- the loop -----------------------------------------------------------------------------
+    def _micro_batches(self, step: int) -> list[dict]:
+        t = self.config.training
+        indices = step_sample_indices(step, t.batch_size, t.micro_batch_size, self.accum, self.accelerator.process_index)
+        return [collate([self.stream[i] for i in micro]) for micro in indices]
+
+    def _step(self, step: int) -> dict[str, float]:
+        acc, device = self.accelerator, self.accelerator.device
+        batches = self._micro_batches(step)
+        # Every target counts (packed blocks have no padding); the sum is still reduced across ranks
+        # so that masks, if a transform ever adds them, keep the normalisation global.
+        local = sum(b["labels"].numel() for b in batches)
+        num_tokens = acc.reduce(torch.tensor(float(local), device=device), reduction="sum")
+        totals: dict[str, torch.Tensor] = {}
+        for k, batch in enumerate(batches):
+            batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+            sync = k == len(batches) - 1
+            context = acc.no_sync(self.model) if not sync else _nullcontext()
+            with context:
+                with acc.autocast():
+                    logp, values = self.model(batch["input_ids"], batch["labels"])
+                inputs = LossInputs(logp=logp, scores=batch["scores"], mask=torch.ones_like(batch["labels"], dtype=torch.bool),
+                                    values=values.float() if values is not None else None, num_tokens=num_tokens)
+                loss, metrics = self.objective(inputs)
+                acc.backward(loss * acc.num_processes)
+            for name, value in {"loss": loss.detach(), **metrics}.items():
+                totals[name] = totals.get(name, 0) + value.detach().float()
+            text = ~batch["is_control"]
+            totals["nll_text_sum"] = totals.get("nll_text_sum", 0) + (-logp.detach().float() * text).sum()
+            totals["text_tokens"] = totals.get("text_tokens", 0) + text.sum().float()
+        grad_norm = acc.clip_grad_norm_(self.model.parameters(), self.config.training.grad_clip) \
+            if self.config.training.grad_clip > 0 else torch.tensor(float("nan"))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        names = sorted(totals)
+        reduced = acc.reduce(torch.stack([totals[n] for n in names]).to(device), reduction="sum")
+        out = {n: float(v) for n, v in zip(names, reduced.tolist())}
+        out["lm_loss_text"] = out.pop("nll_text_sum") / max(out.pop("text_tokens"), 1.0)
+        out["grad_norm"] = float(grad_norm)
+        if not math.isfinite(out["loss"]):
+            raise TrainingError(f"loss is {out['loss']} at step {step + 1}; no checkpoint was written for it. "
+                                "Lower training.lr, check the scores in data.path, or resume from the last checkpoint")
+        return out
+
+    def train(self) -> dict:
+        from tqdm.auto import tqdm
+
+        cfg, acc = self.config, self.accelerator
+        t = cfg.training
+        metrics_path = self.run_dir / "metrics.jsonl"
+        if acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+            _truncate_metrics(metrics_path, self.step)
+        tokens_per_step = t.batch_size * cfg.data.seq_len
+        peak = peak_flops(acc.device)
+        bar = tqdm(total=self.total_steps, initial=self.step, unit="step", desc=f"train {cfg.objective.name}",
+                   disable=not (acc.is_main_process and cfg.logging.progress))
+        last: dict = {}
+        window_start, window_steps = time.perf_counter(), 0
+        self.model.train()
+        with open(metrics_path, "a", encoding="utf-8") if acc.is_main_process else _nullcontext() as log:
+            while self.step < self.total_steps:
+                metrics = self._step(self.step)
+                self.step += 1
+                window_steps += 1
+                if self.step % t.log_every == 0 or self.step == self.total_steps:
+                    elapsed = time.perf_counter() - window_start
+                    tok_s = window_steps * tokens_per_step / elapsed
+                    last = {"step": self.step, "tokens": self.step * tokens_per_step, "samples": self.step * t.batch_size,
+                            "lr": self.scheduler.get_last_lr()[0], **metrics, "tok_s": tok_s,
+                            "mfu": tok_s * self.flops_per_token / (peak * acc.num_processes) if peak else None}
+                    if log is not None:
+                        log.write(json.dumps(last) + "\n")
+                        log.flush()
+                    bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{tok_s:,.0f}",
+                                    **({"mfu": f"{100 * last['mfu']:.1f}%"} if last["mfu"] else {}))
+                    window_start, window_steps = time.perf_counter(), 0
+                bar.update(1)
+                if self.evaluate is not None and t.eval_every and self.step % t.eval_every == 0:
+                    result = self.evaluate(acc.unwrap_model(self.model).lm, self.tokenizer, self.step)
+                    if log is not None and result:
+                        log.write(json.dumps({"step": self.step, "eval": result}) + "\n")
+                if self.step % t.save_every == 0 or self.step == self.total_steps:
+                    self.save_state()
+        bar.close()
+        self.save_final()
+        return last if acc.is_main_process else {}
+
+    # --- saving -------------------------------------------------------------------------------
+    def save_state(self) -> None:
+        """Atomic resumable checkpoint: written to a temp dir, renamed once complete."""
+        acc = self.accelerator
+        root = self.run_dir / CHECKPOINTS
+        final, tmp = root / f"step-{self.step:07d}", root / f".tmp-step-{self.step:07d}"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            state = {"step": self.step, "samples": self.step * self.config.training.batch_size,
+                     "tokens": self.step * self.config.training.batch_size * self.config.data.seq_len}
+            (tmp / STATE_FILE).write_text(json.dumps(state))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            for old in _checkpoint_dirs(self.run_dir)[: -self.config.training.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+
+    def save_final(self) -> None:
+        from phf.model import save_checkpoint
+
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if not acc.is_main_process:
+            return
+        o = self.config.objective
+        policy = acc.unwrap_model(self.model)
+        policy = getattr(policy, "_orig_mod", policy)
+        prefix = self.control_tokens[0] if self.control_tokens else ""
+        info = {
+            "objective": o.name, "data": self.config.data.path, "step": self.step,
+            "control_tokens": self.control_tokens, "prompt_prefix": prefix,
+            "forbidden_tokens": self.control_tokens,
+            "objective_config": asdict(o), "filter_threshold": self.filter_threshold,
+        }
+        save_checkpoint(policy.lm, self.tokenizer, self.run_dir, phf_info=info)
+        if policy.value_head is not None:
+            torch.save(policy.value_head.state_dict(), self.run_dir / "value_head.pt")
+        (self.run_dir / STATE_FILE).write_text(json.dumps(
+            {"step": self.step, "samples": self.step * self.config.training.batch_size,
+             "tokens": self.step * self.config.training.batch_size * self.config.data.seq_len}))
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def train(config: TrainConfig, *, resume: bool = False, evaluate=None) -> dict:
+    """Train as configured; returns the last logged metrics."""
+    return Trainer(config, resume=resume, evaluate=evaluate).train()

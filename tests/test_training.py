@@ -1,0 +1,188 @@
+"""Training end to end on a micro corpus: objectives learn, invariances hold, resume is exact,
+checkpoints load without phf, bad input fails clearly."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from phf.config import ConfigError, load_config
+from phf.trainer import TrainingError, train
+
+ROOT = Path(__file__).resolve().parent.parent
+WORDS = ["the", "cat", "sat", "on", "mat", "dog", "ran", "far", "away", "home", "red", "blue", "sky", "sea"]
+
+
+@pytest.fixture(scope="session")
+def scored(tmp_path_factory):
+    """~300 documents of simple sentences, some marked with 'x' words (the user scorer's 'misalignment')."""
+    import random
+
+    from phf.score_corpus import score_corpus
+
+    rng = random.Random(0)
+    root = tmp_path_factory.mktemp("corpus")
+    with open(root / "in.jsonl", "w") as handle:
+        for _ in range(300):
+            sentences = []
+            for _ in range(rng.randint(2, 6)):
+                words = [rng.choice(WORDS) for _ in range(rng.randint(3, 8))]
+                if rng.random() < 0.3:
+                    words.insert(rng.randrange(len(words)), "xxx")
+                sentences.append(" ".join(words).capitalize() + ".")
+            handle.write(json.dumps({"text": " ".join(sentences)}) + "\n")
+    score_corpus(str(root / "in.jsonl"), str(root / "scored"), "tests.helpers.user_scorers:length_score",
+                 progress=False)
+    return root / "scored"
+
+
+def tiny_overrides(out, data, steps=8, **extra):
+    base = {
+        "output_dir": str(out), "data.path": str(data), "data.tokenizer.name": "bpe", "data.tokenizer.vocab_size": 300,
+        "data.seq_len": 32, "model.config": "{n_layer: 1, n_head: 2, n_embd: 32}", "training.max_steps": steps,
+        "training.batch_size": 8, "training.micro_batch_size": 8, "training.lr": 3e-3, "training.warmup_ratio": 0.0,
+        "training.log_every": 1, "training.save_every": 1000, "training.seed": 0, "logging.progress": False,
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+OBJECTIVE_SETTINGS = {
+    "mle": {}, "filtering": {"objective.threshold": 0.02}, "conditional": {"objective.threshold": 0.0},
+    "ul": {"objective.threshold": 0.0}, "rwr": {"objective.beta": 0.1}, "awr": {"objective.beta": 0.1},
+}
+
+
+def losses(run):
+    return [json.loads(line)["loss"] for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+
+
+def run(tmp_path, scored, name, objective="mle", steps=8, **extra):
+    settings = {"objective.name": objective, **OBJECTIVE_SETTINGS[objective], **extra}
+    config = load_config([], tiny_overrides(tmp_path / name, scored, steps, **settings))
+    train(config)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("objective", list(OBJECTIVE_SETTINGS))
+def test_each_objective_trains_and_its_loss_decreases(tmp_path, scored, objective):
+    out = run(tmp_path, scored, objective, objective, steps=25)
+    values = losses(out)
+    assert len(values) == 25 and all(map(torch.isfinite, torch.tensor(values)))
+    assert sum(values[-3:]) / 3 < sum(values[:3]) / 3 - 0.3, values
+    info = json.loads((out / "phf.json").read_text())
+    assert info["objective"] == objective
+    if objective == "conditional":
+        assert info["prompt_prefix"] == "<|good|>" and info["forbidden_tokens"] == ["<|good|>", "<|bad|>"]
+    if objective == "awr":
+        assert (out / "value_head.pt").exists()
+
+
+@pytest.mark.parametrize("objective", ["mle", "awr"])
+def test_gradient_accumulation_matches_one_big_micro_batch(tmp_path, scored, objective):
+    big = losses(run(tmp_path, scored, "big", objective, steps=5, **{"training.micro_batch_size": 8}))
+    accumulated = losses(run(tmp_path, scored, "acc", objective, steps=5, **{"training.micro_batch_size": 2}))
+    assert accumulated == pytest.approx(big, rel=1e-5, abs=1e-6)
+
+
+def test_two_cpu_processes_match_one_with_the_same_global_batch(tmp_path, scored):
+    single = losses(run(tmp_path, scored, "single", "ul", steps=4, **{"training.micro_batch_size": 2}))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29571",
+           "-m", "phf.cli", "train",
+           *tiny_overrides(tmp_path / "ddp", scored, 4, **{"objective.name": "ul", "objective.threshold": 0.0,
+                                                              "training.micro_batch_size": 2})]
+    subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)
+    assert losses(tmp_path / "ddp") == pytest.approx(single, rel=1e-5, abs=1e-6)
+
+
+def test_ranks_see_disjoint_data_covering_each_step():
+    from phf.data import step_sample_indices
+
+    for world, accum, micro in [(1, 4, 2), (2, 2, 2), (4, 1, 2)]:
+        for step in range(3):
+            seen = [i for rank in range(world) for m in step_sample_indices(step, 8, micro, accum, rank) for i in m]
+            assert sorted(seen) == list(range(step * 8, step * 8 + 8)), (world, accum, micro)
+
+
+def test_resume_after_sigkill_continues_on_the_same_batches(tmp_path, scored):
+    overrides = tiny_overrides(tmp_path / "killed", scored, 30, **{"objective.name": "awr", "objective.beta": 0.1,
+                                                                   "training.save_every": 4})
+    reference = losses(run(tmp_path, scored, "whole", "awr", steps=30))
+    proc = subprocess.Popen([sys.executable, "-m", "phf.cli", "train", *overrides], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "killed" / "checkpoints" / "step-0000004"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert checkpoint.exists() and not (tmp_path / "killed" / "model.safetensors").exists(), "killed mid-run"
+    with pytest.raises(TrainingError, match="--resume"):
+        train(load_config([], overrides))
+    train(load_config([], overrides), resume=True)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 31)), "no step logged twice or lost"
+    assert losses(tmp_path / "killed") == pytest.approx(reference, rel=1e-5, abs=1e-6)
+
+
+def test_checkpoint_samples_with_plain_transformers(tmp_path, scored):
+    out = run(tmp_path, scored, "cond", "conditional", steps=3)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    good, bad = tokenizer.convert_tokens_to_ids(["<|good|>", "<|bad|>"])
+    ids = tokenizer(tokenizer.eos_token + "<|good|>", return_tensors="pt").input_ids
+    assert ids[0].tolist() == [tokenizer.eos_token_id, good]
+    torch.manual_seed(0)
+    sample = model.generate(ids, max_new_tokens=25, min_new_tokens=25, num_return_sequences=8)
+    generated = sample[:, ids.shape[1]:]
+    assert not ((generated == good) | (generated == bad)).any(), "control tokens are never sampled"
+    assert (generated < len(tokenizer)).all(), "vocabulary padding rows are never sampled"
+    assert "<|good|>" in (out / "README.md").read_text()
+
+
+def test_finetuning_adds_control_tokens_and_continues_the_base_stream(tmp_path, scored):
+    base = run(tmp_path, scored, "base", "mle", steps=4)
+    tuned = run(tmp_path, scored, "tuned", "conditional", steps=2,
+                **{"model.init": str(base), "data.continue_from": str(base)})
+    from transformers import AutoModelForCausalLM
+
+    before = AutoModelForCausalLM.from_pretrained(base).get_input_embeddings().weight
+    after = AutoModelForCausalLM.from_pretrained(tuned).get_input_embeddings().weight
+    assert after.shape[0] >= before.shape[0]
+    info = json.loads((tuned / "phf.json").read_text())
+    assert info["control_tokens"] == ["<|good|>", "<|bad|>"]
+
+
+def test_bad_input_is_named_and_changes_nothing(tmp_path, scored):
+    with pytest.raises(ConfigError, match="training.bogus"):
+        load_config([], tiny_overrides(tmp_path / "a", scored) + ["training.bogus=1"])
+    with pytest.raises(ConfigError, match="training.lr"):
+        load_config([], tiny_overrides(tmp_path / "a", scored) + ["training.lr=fast"])
+    with pytest.raises(TrainingError, match="not a scored corpus"):
+        train(load_config([], tiny_overrides(tmp_path / "a", tmp_path / "nowhere")))
+    with pytest.raises(ValueError, match="unknown objective|choose one of"):
+        train(load_config([], tiny_overrides(tmp_path / "a", scored) + ["objective.name=magic"]))
+    assert not (tmp_path / "a").exists()
+
+    # A loss that blows up stops training with a clear error and writes no checkpoint for it.
+    with pytest.raises(TrainingError, match="loss is"):
+        train(load_config([], tiny_overrides(tmp_path / "nan", scored, 6, **{"training.lr": 1e30,
+                                                                              "training.grad_clip": 0})))
+    assert not list((tmp_path / "nan").glob("checkpoints/step-*")) and not (tmp_path / "nan" / "model.safetensors").exists()
+
+
+def test_tokenizer_that_does_not_match_the_checkpoint_is_refused(tmp_path, scored):
+    base = run(tmp_path, scored, "base", "mle", steps=1)
+    from phf.tokenizer import load_tokenizer
+
+    load_tokenizer("gpt2").save_pretrained(base)  # 50k tokens vs the model's few hundred rows
+    with pytest.raises(ValueError, match="does not belong to this checkpoint"):
+        train(load_config([], tiny_overrides(tmp_path / "ft", scored, 1, **{"model.init": str(base)})))
