@@ -28,6 +28,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python bench/scoring.py
+	$(BIN)/python bench/train.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -186,3 +186,10 @@ def test_tokenizer_that_does_not_match_the_checkpoint_is_refused(tmp_path, score
     load_tokenizer("gpt2").save_pretrained(base)  # 50k tokens vs the model's few hundred rows
     with pytest.raises(ValueError, match="does not belong to this checkpoint"):
         train(load_config([], tiny_overrides(tmp_path / "ft", scored, 1, **{"model.init": str(base)})))
+
+
+def test_tensorboard_logging_when_asked(tmp_path, scored):
+    pytest.importorskip("tensorboard")
+    out = run(tmp_path, scored, "tb", "mle", steps=3, **{"logging.tensorboard": True})
+    events = list(out.rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
 import shutil
@@ -120,6 +121,29 @@ def _mixed_precision(choice: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
+def _trackers(cfg) -> list[str]:
+    """TensorBoard / W&B through accelerate's trackers, checked up front: a missing package is an
+    error before training, not a surprise at the first log line."""
+    import importlib.util
+
+    wanted = [(cfg.tensorboard, "tensorboard", "tensorboard"), (cfg.wandb, "wandb", "wandb")]
+    for asked, name, package in wanted:
+        if asked and importlib.util.find_spec(package) is None:
+            raise TrainingError(f"logging.{name}=true needs the {package} package: pip install {package}")
+    return [name for asked, name, _ in wanted if asked]
+
+
+def _scalars(values: dict, prefix: str = "") -> dict:
+    """Flatten a nested dict to the scalar entries trackers accept."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_scalars(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float, str, bool)):
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def _checkpoint_dirs(run: Path) -> list[Path]:
     root = run / CHECKPOINTS
     done = [p for p in root.glob("step-*") if (p / STATE_FILE).exists()] if root.exists() else []
@@ -138,14 +162,18 @@ class Trainer:
     def __init__(self, config: TrainConfig, *, resume: bool = False,
                  evaluate: Callable[[nn.Module, object, int], dict] | None = None):
         from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration
 
         self.config, self.evaluate = config, evaluate
         self.run_dir = Path(config.output_dir)
         self._check_run_dir(resume)
         # cpu=True on a machine without CUDA is what makes torchrun/accelerate launch use gloo (MULTI_CPU).
+        # The scheduler steps once per optimizer step (accelerate would step it once per process).
         self.accelerator = Accelerator(mixed_precision=_mixed_precision(config.training.mixed_precision),
-                                       cpu=not torch.cuda.is_available(),
-                                       step_scheduler_with_optimizer=False)
+                                       cpu=not torch.cuda.is_available(), step_scheduler_with_optimizer=False,
+                                       log_with=_trackers(config.logging) or None,
+                                       project_config=ProjectConfiguration(str(self.run_dir),
+                                                                           logging_dir=str(self.run_dir / "logs")))
         from accelerate.utils import set_seed
 
         set_seed(config.training.seed)
@@ -327,6 +355,9 @@ class Trainer:
         last: dict = {}
         window_start, window_steps = time.perf_counter(), 0
         self.model.train()
+        if acc.log_with:
+            acc.init_trackers(cfg.logging.wandb_project, config=_scalars(asdict(cfg)),
+                              init_kwargs={"wandb": {"name": self.run_dir.name}} if cfg.logging.wandb else None)
         with open(metrics_path, "a", encoding="utf-8") if acc.is_main_process else _nullcontext() as log:
             while self.step < self.total_steps:
                 metrics = self._step(self.step)
@@ -341,6 +372,8 @@ class Trainer:
                     if log is not None:
                         log.write(json.dumps(last) + "\n")
                         log.flush()
+                    if acc.trackers:
+                        acc.log({k: v for k, v in last.items() if isinstance(v, (int, float))}, step=self.step)
                     bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{tok_s:,.0f}",
                                     **({"mfu": f"{100 * last['mfu']:.1f}%"} if last["mfu"] else {}))
                     window_start, window_steps = time.perf_counter(), 0
@@ -352,6 +385,8 @@ class Trainer:
                 if self.step % t.save_every == 0 or self.step == self.total_steps:
                     self.save_state()
         bar.close()
+        if acc.trackers:
+            acc.end_training()
         self.save_final()
         return last if acc.is_main_process else {}
 
@@ -365,6 +400,9 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
+        # safetensors drops the tied lm_head copy and accelerate warns each time; loading re-ties it
+        # (the resume test checks the losses), so the warning is noise.
+        logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
         acc.save_state(str(tmp))
         acc.wait_for_everyone()
         if acc.is_main_process:
