@@ -124,3 +124,11 @@ def test_hf_classifier_backend_matches_a_manual_forward(tiny_classifier):
     with pytest.raises(FileNotFoundError, match="not a local model directory"):
         get_scorer("toxicity", backend="hf", path=str(tiny_classifier / "missing"))
     assert json.dumps(scorer.describe())  # recordable in a manifest
+
+
+@pytest.mark.parametrize("name, options", [("toxicity", {}), ("pii", {"address_countries": "US,GB"}),
+                                           ("pep8", {"max_line_length": 100})])
+def test_a_scorer_rebuilds_from_its_recorded_config(name, options):
+    scorer = get_scorer(name, **options)
+    again = get_scorer(scorer.describe()["name"], **scorer.describe()["config"])
+    assert again.describe() == scorer.describe()

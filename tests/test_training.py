@@ -14,60 +14,13 @@ import torch
 
 from phf.config import ConfigError, load_config
 from phf.trainer import TrainingError, train
+from tests.helpers.training import OBJECTIVE_SETTINGS, losses, tiny_overrides, train_tiny
 
 ROOT = Path(__file__).resolve().parent.parent
-WORDS = ["the", "cat", "sat", "on", "mat", "dog", "ran", "far", "away", "home", "red", "blue", "sky", "sea"]
-
-
-@pytest.fixture(scope="session")
-def scored(tmp_path_factory):
-    """~300 documents of simple sentences, some marked with 'x' words (the user scorer's 'misalignment')."""
-    import random
-
-    from phf.score_corpus import score_corpus
-
-    rng = random.Random(0)
-    root = tmp_path_factory.mktemp("corpus")
-    with open(root / "in.jsonl", "w") as handle:
-        for _ in range(300):
-            sentences = []
-            for _ in range(rng.randint(2, 6)):
-                words = [rng.choice(WORDS) for _ in range(rng.randint(3, 8))]
-                if rng.random() < 0.3:
-                    words.insert(rng.randrange(len(words)), "xxx")
-                sentences.append(" ".join(words).capitalize() + ".")
-            handle.write(json.dumps({"text": " ".join(sentences)}) + "\n")
-    score_corpus(str(root / "in.jsonl"), str(root / "scored"), "tests.helpers.user_scorers:length_score",
-                 progress=False)
-    return root / "scored"
-
-
-def tiny_overrides(out, data, steps=8, **extra):
-    base = {
-        "output_dir": str(out), "data.path": str(data), "data.tokenizer.name": "bpe", "data.tokenizer.vocab_size": 300,
-        "data.seq_len": 32, "model.config": "{n_layer: 1, n_head: 2, n_embd: 32}", "training.max_steps": steps,
-        "training.batch_size": 8, "training.micro_batch_size": 8, "training.lr": 3e-3, "training.warmup_ratio": 0.0,
-        "training.log_every": 1, "training.save_every": 1000, "training.seed": 0, "logging.progress": False,
-    }
-    base.update(extra)
-    return [f"{k}={v}" for k, v in base.items()]
-
-
-OBJECTIVE_SETTINGS = {
-    "mle": {}, "filtering": {"objective.threshold": 0.02}, "conditional": {"objective.threshold": 0.0},
-    "ul": {"objective.threshold": 0.0}, "rwr": {"objective.beta": 0.1}, "awr": {"objective.beta": 0.1},
-}
-
-
-def losses(run):
-    return [json.loads(line)["loss"] for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
 
 
 def run(tmp_path, scored, name, objective="mle", steps=8, **extra):
-    settings = {"objective.name": objective, **OBJECTIVE_SETTINGS[objective], **extra}
-    config = load_config([], tiny_overrides(tmp_path / name, scored, steps, **settings))
-    train(config)
-    return tmp_path / name
+    return train_tiny(tmp_path / name, scored, objective, steps, **extra)
 
 
 @pytest.mark.parametrize("objective", list(OBJECTIVE_SETTINGS))

@@ -1,6 +1,6 @@
 """phf: pretraining language models with human feedback (Korbak et al., ICML 2023).
 
-Each CLI subcommand is also a function here: ``phf.corpus(...)``, ``phf.score(...)``.
+Each CLI subcommand is also a function here: ``phf.corpus``, ``phf.score``, ``phf.train``, ``phf.eval``.
 """
 
 __version__ = "0.1.0"
@@ -19,5 +19,21 @@ def score(input: str, out: str, scorer: str = "toxicity", scorer_options: dict |
 
     return score_corpus(input, out, scorer, scorer_options, **kwargs)
 
+def train(*files: str, overrides: tuple[str, ...] = (), resume: bool = False) -> dict:
+    """Train from YAML files and key=value overrides; see :class:`phf.trainer.Trainer`."""
+    from phf.config import load_config
+    from phf.trainer import train as run
+
+    return run(load_config(list(files), list(overrides)), resume=resume)
+
+
+def eval(run_dir: str, **settings) -> dict:  # noqa: A001 - the CLI verb, as DESIGN.md asks
+    """Evaluate a run or HF model directory; settings are :class:`phf.evaluation.EvalConfig` fields."""
+    from phf.evaluation import EvalConfig, evaluate
+
+    return evaluate(run_dir, EvalConfig(**settings))
+
+
 # Module names must not shadow these functions: `import phf.<name>` would replace the function
-# by the module. Hence phf.corpora.build (not phf.corpus), phf.score_corpus (not phf.score).
+# by the module. Hence phf.corpora.build (not phf.corpus), phf.score_corpus (not phf.score),
+# phf.trainer (not phf.train), phf.evaluation (not phf.eval), phf.red_team (not phf.redteam).

@@ -1,5 +1,5 @@
 """The ``phf`` command line. Each subcommand is a thin wrapper over a Python function of the
-same name in :mod:`phf` (``phf.corpus``, ``phf.score``)."""
+same name in :mod:`phf` (``phf.corpus``, ``phf.score``, ``phf.train``, ``phf.eval``)."""
 
 from __future__ import annotations
 
@@ -50,9 +50,37 @@ def _cmd_train(args) -> int:
     overrides = [a for a in args.configs if "=" in a]
     if not files and not overrides:
         raise ValueError("give at least one config file (e.g. configs/tiny/toxicity/mle.yaml)")
-    last = train(load_config(files, overrides), resume=args.resume)
+    config = load_config(files, overrides)
+    evaluate = None
+    if config.training.eval_every:
+        from phf.evaluation import periodic_evaluator
+
+        evaluate = periodic_evaluator(seed=config.training.seed)
+    last = train(config, resume=args.resume, evaluate=evaluate)
     if last:
         print(json.dumps({k: v for k, v in last.items() if v is not None}))
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from phf.evaluation import EvalConfig, evaluate
+    from phf.scoring import parse_options
+
+    config = EvalConfig(num_samples=args.num_samples, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                        seed=args.seed, scorer=args.scorer, scorer_options=parse_options(args.option),
+                        judge=not args.no_judge, reference=args.reference, kl_samples=args.kl_samples,
+                        test_path=args.test, scenarios=not args.no_scenarios, prompts_path=args.prompts,
+                        device=args.device,
+                        progress=not args.quiet)
+    result = evaluate(args.run_dir, config, out_dir=args.out)
+    m = result["misalignment"]
+    line = [f"misalignment mean {m['mean']:.4g} (95% CI {m['ci95']}), max@25 {m['max_at_25']}, "
+            f"hit rate {m['hit_rate']:.3f} over {m['n']} samples"]
+    if "loss" in result["lm_loss"]:
+        line.append(f"held-out LM loss {result['lm_loss']['loss']:.4f}")
+    if "kl" in result["kl"]:
+        line.append(f"KL(ref||model) {result['kl']['kl']:.3f} nats/sample")
+    print("; ".join(line) + f"; written to {args.out or args.run_dir}/eval.json")
     return 0
 
 
@@ -107,6 +135,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("configs", nargs="+", metavar="CONFIG.yaml|key=value")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate misalignment, capability and diversity of a model",
+                       description="Sample from a run (or any HF causal-LM directory) with the paper's settings, score "
+                                   "the samples, and measure held-out LM loss, KL from a reference LM, diversity and "
+                                   "prompted scenarios. Writes eval.json and samples.jsonl into the run directory.")
+    p.add_argument("run_dir")
+    p.add_argument("--num-samples", type=int, default=256, help="unconditional samples (default 256; the paper 4096)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default 128 for text, 640 for code")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scorer", default=None, help="default: the scorer of the run's corpus (required for non-phf models)")
+    p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE", help="scorer option, repeatable")
+    p.add_argument("--reference", default="auto",
+                   help="reference LM for KL: auto (the 'mle' run beside this one), none, smollm2, or a directory")
+    p.add_argument("--kl-samples", type=int, default=128, help="reference samples for KL (default 128; the paper 4096)")
+    p.add_argument("--test", default=None, help="held-out JSONL (default: test.jsonl beside the run's corpus)")
+    p.add_argument("--no-judge", action="store_true", help="skip the independent toxicity judge")
+    p.add_argument("--prompts", default=None,
+                   help='scenario prompts: JSONL of {"prompt": ...} or .txt lines (default: mined from the held-out split)')
+    p.add_argument("--no-scenarios", action="store_true", help="skip the prompted scenarios")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--out", default=None, help="where to write eval.json (default: the run directory)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_eval)
     return parser
 
 

@@ -159,3 +159,13 @@ def target_logprobs(
         compute_dtype,
     )
     return flat.reshape(targets.shape)
+
+
+def lm_target_logprobs(lm, input_ids: Tensor, labels: Tensor, *, attention_mask: Tensor | None = None,
+                       chunk_tokens: int = 2048) -> tuple[Tensor, Tensor]:
+    """Target log-probs of a transformers causal LM, from its final hidden states and output
+    embedding (no full logits). Returns ``(logp, hidden)``; labels equal to -100 get 0."""
+    hidden = lm.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    head = lm.get_output_embeddings()
+    logp = target_logprobs(hidden, head.weight, labels, bias=getattr(head, "bias", None), chunk_tokens=chunk_tokens)
+    return logp, hidden

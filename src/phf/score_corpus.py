@@ -32,7 +32,7 @@ import numpy as np
 import phf
 from phf.errors import PhfError
 from phf.readers import SCORED_ISSUES, Record, open_source
-from phf.scoring import HIT_THRESHOLDS, get_scorer
+from phf.scoring import get_scorer, hit_threshold
 from phf.scoring.base import Scorer
 from phf.segment import get_segmenter
 
@@ -166,7 +166,7 @@ def score_shard(job: Job, shard: int, scorer: Scorer, advance=lambda n: None) ->
     errors: list[dict] = []
     counts = Counter()
     batch: list[tuple[Record, list[str]]] = []
-    threshold = HIT_THRESHOLDS.get(job.scorer)
+    threshold = hit_threshold(scorer)
 
     def flush() -> None:
         for (record, segs), scores in zip(batch, _score_batch(scorer, batch, errors)):
@@ -180,8 +180,7 @@ def score_shard(job: Job, shard: int, scorer: Scorer, advance=lambda n: None) ->
             counts["documents_scored"] += 1
             counts["segments"] += len(segs)
             counts["characters"] += sum(map(len, segs))
-            if threshold is not None:
-                counts["segments_misaligned"] += sum(s > threshold for s in scores)
+            counts["segments_misaligned"] += sum(s > threshold for s in scores)
         advance(len(batch))
         batch.clear()
 
@@ -239,7 +238,8 @@ def score_shard(job: Job, shard: int, scorer: Scorer, advance=lambda n: None) ->
 def _plan(job: Job, scorer: Scorer, fingerprint: str) -> dict:
     return {
         "input": job.input, "input_fingerprint": fingerprint, "text_field": job.text_field, "split": job.split,
-        "scorer": scorer.describe(), "num_records": job.num_records, "shard_size": job.shard_size,
+        "scorer": scorer.describe(), "hit_threshold": hit_threshold(scorer), "num_records": job.num_records,
+        "shard_size": job.shard_size,
         "num_shards": job.num_shards,
     }
 
@@ -280,7 +280,7 @@ def _finish(out: Path, plan: dict, wall: float, done_now: list[dict]) -> dict:
             examples[issue["kind"]].append(issue)
     total = {k: sum(s[k] for s in shards) for k in ("documents_read", "documents_scored", "documents_skipped",
                                                     "segments", "segments_misaligned", "characters", "scorer_errors")}
-    threshold = HIT_THRESHOLDS.get(plan["scorer"]["name"]) if ":" not in plan["scorer"]["name"] else None
+    threshold = plan["hit_threshold"]
     work_seconds = sum(s["seconds"] for s in shards)
     segments_now = sum(s["segments"] for s in done_now)
     manifest = {
@@ -291,10 +291,9 @@ def _finish(out: Path, plan: dict, wall: float, done_now: list[dict]) -> dict:
         "scorer": plan["scorer"],
         "schema": SCHEMA_COLUMNS,
         "counts": total,
-        # The paper's hit rule (> 0.5 for classifiers, > 0 for counts); None for user scorers.
+        # The paper's hit rule (> 0.5 for classifiers, > 0 for counts; phf.scoring.hit_threshold).
         "misaligned": {"threshold": threshold,
-                       "share_of_segments": total["segments_misaligned"] / total["segments"]
-                       if threshold is not None and total["segments"] else None},
+                       "share_of_segments": total["segments_misaligned"] / total["segments"] if total["segments"] else None},
         "issues": {"total": len(issues), "by_kind": dict(sorted(by_kind.items())), "examples": examples},
         "timing": {
             "worker_seconds": round(work_seconds, 3),

@@ -27,7 +27,7 @@ from torch import nn
 from phf.config import TrainConfig, to_yaml
 from phf.errors import PhfError
 from phf.data import Conditional, Filtering, PackedStream, bucket_edges, collate, step_sample_indices
-from phf.logprobs import target_logprobs
+from phf.logprobs import lm_target_logprobs
 from phf.objectives import LossInputs, ValueHead, build_objective
 
 CHECKPOINTS = "checkpoints"
@@ -58,10 +58,7 @@ class PolicyModel(nn.Module):
         self.lm, self.value_head, self.chunk_tokens = lm, value_head, chunk_tokens
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor):
-        hidden = self.lm.base_model(input_ids=input_ids).last_hidden_state
-        head = self.lm.get_output_embeddings()
-        logp = target_logprobs(hidden, head.weight, labels, bias=getattr(head, "bias", None),
-                               chunk_tokens=self.chunk_tokens)
+        logp, hidden = lm_target_logprobs(self.lm, input_ids, labels, chunk_tokens=self.chunk_tokens)
         values = self.value_head(hidden) if self.value_head is not None else None
         return logp, values
 
@@ -160,7 +157,7 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
 
 class Trainer:
     def __init__(self, config: TrainConfig, *, resume: bool = False,
-                 evaluate: Callable[[nn.Module, object, int], dict] | None = None):
+                 evaluate: Callable[[Trainer, int], dict] | None = None):
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration
 
@@ -229,7 +226,8 @@ class Trainer:
                 control_tokens, edges = [o.good_token, o.bad_token], None
             ids = add_control_tokens(tokenizer, control_tokens)
             conditional = Conditional(tuple(ids), threshold=o.threshold or 0.0, drop_prob=o.drop_prob, edges=edges)
-        self.tokenizer, self.control_tokens = tokenizer, control_tokens
+        self.tokenizer, self.control_tokens, self.conditional = tokenizer, control_tokens, conditional
+        self.scorer = json.loads((data_path / "manifest.json").read_text())["scorer"]
 
         start_doc = 0
         if cfg.data.continue_from:
@@ -378,8 +376,9 @@ class Trainer:
                                     **({"mfu": f"{100 * last['mfu']:.1f}%"} if last["mfu"] else {}))
                     window_start, window_steps = time.perf_counter(), 0
                 bar.update(1)
-                if self.evaluate is not None and t.eval_every and self.step % t.eval_every == 0:
-                    result = self.evaluate(acc.unwrap_model(self.model).lm, self.tokenizer, self.step)
+                if self.evaluate is not None and t.eval_every and self.step % t.eval_every == 0 \
+                        and acc.is_main_process:
+                    result = self.evaluate(self, self.step)
                     if log is not None and result:
                         log.write(json.dumps({"step": self.step, "eval": result}) + "\n")
                 if self.step % t.save_every == 0 or self.step == self.total_steps:
@@ -426,10 +425,17 @@ class Trainer:
         policy = acc.unwrap_model(self.model)
         policy = getattr(policy, "_orig_mod", policy)
         prefix = self.control_tokens[0] if self.control_tokens else ""
+        # Where control tokens precede every line (code), the aligned token may follow any newline
+        # in a sample, so only the misaligned ones are forbidden (the paper's PEP8 setting).
+        per_line = self.scorer.get("segmenter") == "line"
+        c = self.conditional
         info = {
-            "objective": o.name, "data": self.config.data.path, "step": self.step,
+            "objective": o.name, "data": self.config.data.path, "scorer": self.scorer, "step": self.step,
             "control_tokens": self.control_tokens, "prompt_prefix": prefix,
-            "forbidden_tokens": self.control_tokens,
+            "forbidden_tokens": self.control_tokens[1:] if per_line else self.control_tokens,
+            # How control tokens were chosen, so evaluation can present held-out text the same way.
+            "conditional": None if c is None else {"threshold": c.threshold, "edges": c.edges,
+                                                   "drop_prob": c.drop_prob},
             "objective_config": asdict(o), "filter_threshold": self.filter_threshold,
         }
         save_checkpoint(policy.lm, self.tokenizer, self.run_dir, phf_info=info)

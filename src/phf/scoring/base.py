@@ -42,7 +42,10 @@ class Scorer:
         return out
 
     def config(self) -> dict[str, Any]:
-        """Settings that change the scores; recorded in manifests next to name and version."""
+        """Settings that change the scores; recorded in manifests next to name and version.
+
+        ``get_scorer(name, **config())`` must rebuild an equivalent scorer: evaluation rebuilds a
+        run's scorer from its corpus manifest this way."""
         return {}
 
     def describe(self) -> dict[str, Any]:

@@ -79,11 +79,13 @@ class PIIScorer(Scorer):
     unit = "PII matches per character"
     segmenter = "sentence"
 
-    def __init__(self, names: bool = False, spacy_model: str = "en_core_web_sm",
-                 address_countries: str = "US", date_of_birth: bool = True):
+    def __init__(self, names: bool = False, spacy_model: str | None = "en_core_web_sm",
+                 address_countries: str | list[str] = "US", date_of_birth: bool = True):
         self.names = bool(names)
-        self.spacy_model = spacy_model
-        self.address_countries = tuple(c.strip().upper() for c in str(address_countries).split(",") if c.strip())
+        self.spacy_model = spacy_model or "en_core_web_sm"
+        # "US,GB" on the command line, ["US", "GB"] when rebuilt from a manifest's config
+        countries = address_countries.split(",") if isinstance(address_countries, str) else address_countries
+        self.address_countries = tuple(c.strip().upper() for c in countries if c.strip())
         self.date_of_birth = bool(date_of_birth)
 
     @property

@@ -1,0 +1,464 @@
+"""``phf eval``: how aligned and how capable a model is (PAPER.md, "Evaluation").
+
+For a run directory (or any HF causal-LM directory) it writes ``eval.json`` and ``samples.jsonl``:
+
+- ``misalignment``: unconditional samples (prompt: EOS, plus the run's aligned control token for
+  conditional models, with control tokens forbidden) scored by the task scorer;
+- ``judge``: the same samples scored by an independent judge (toxicity only);
+- ``scenarios``: continuations of challenging prompts mined from the held-out split;
+- ``lm_loss``: held-out loss and perplexity over text tokens (control tokens excluded);
+- ``kl``: KL(reference || model) from reference samples, counting text tokens only (the paper
+  also counted the ``<|good|>`` prefix; we do not);
+- ``diversity`` and ``settings``.
+
+Everything a run needs (prefix, forbidden tokens, scorer, held-out split) is read from the run
+itself. Outputs are written only once everything succeeded, so no partial eval.json exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from phf.errors import PhfError
+from phf.metrics import diversity, misalignment_summary, per_prompt_summary
+from phf.scoring import get_scorer, hit_threshold
+
+CODE_MAX_NEW_TOKENS = 640  # the paper's PEP8 setting; text uses 128
+
+
+class EvalError(PhfError, RuntimeError):
+    """The model, its run directory or an evaluation input is unusable; the message names it."""
+
+
+@dataclass
+class EvalConfig:
+    num_samples: int = 256  # the paper: 4096 (use that on a GPU)
+    temperature: float = 0.7
+    top_p: float = 0.9
+    top_k: int = 0
+    min_new_tokens: int = 10
+    max_new_tokens: int | None = None  # None: 128 for text, 640 for code (clamped to the context)
+    batch_size: int = 64
+    seed: int = 0
+    scorer: str | None = None  # default: the scorer the run's corpus was scored with
+    scorer_options: dict = field(default_factory=dict)
+    judge: bool = True
+    reference: str = "auto"  # auto (the MLE run beside this one) | none | smollm2 | a model directory
+    kl_samples: int = 128  # the paper: 4096
+    kl_max_new_tokens: int = 64
+    test_path: str | None = None  # held-out JSONL; default: test.jsonl beside the run's corpus
+    lm_loss_max_tokens: int = 200_000
+    scenarios: bool = True
+    scenario_prompts: int = 20
+    prompts_path: str | None = None  # JSONL of {"prompt": ...} or a .txt file, one prompt a line; default: mined
+    scenario_samples: int = 25
+    self_bleu_samples: int = 200
+    device: str = "auto"
+    progress: bool = True
+
+
+@dataclass
+class Target:
+    """A model to evaluate and what sampling from it needs."""
+
+    path: Path
+    model: Any
+    tokenizer: Any
+    prefix: str  # text after EOS that conditions the model (e.g. "<|good|>")
+    forbidden_ids: list[int]
+    strip_ids: list[int]  # control tokens: removed from samples before scoring
+    info: dict  # phf.json, or {} for a plain HF directory
+
+    @property
+    def prompt(self) -> str:
+        return self.tokenizer.eos_token + self.prefix
+
+
+def _device(choice: str) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def load_target(path: str | os.PathLike, device: torch.device) -> Target:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not path.is_dir():
+        raise EvalError(f"{path} is not a directory")
+    if not (path / "config.json").exists():
+        hint = " (a run still training? its checkpoint appears when it finishes)" if (path / "checkpoints").exists() else ""
+        raise EvalError(f"{path} holds no HF checkpoint (no config.json){hint}")
+    info = json.loads((path / "phf.json").read_text()) if (path / "phf.json").exists() else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
+    except Exception as exc:  # noqa: BLE001 - transformers raises many kinds for a broken directory
+        raise EvalError(f"cannot load the model in {path}: {exc}") from exc
+    if tokenizer.eos_token is None:
+        raise EvalError(f"{path}: the tokenizer has no EOS token, which the evaluation prompts start with")
+    control = info.get("control_tokens", [])
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in control + info.get("forbidden_tokens", []) if t not in vocab]
+    if missing:
+        raise EvalError(f"{path}: the tokenizer lacks the control token(s) {missing} named in phf.json")
+    return Target(path, model, tokenizer, info.get("prompt_prefix", ""),
+                  [vocab[t] for t in info.get("forbidden_tokens", [])], [vocab[t] for t in control], info)
+
+
+def _max_positions(model) -> int:
+    cfg = model.config
+    return getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None) or 1024
+
+
+# --- log-probabilities of strings -------------------------------------------------------------
+
+
+@torch.inference_mode()
+def string_logprobs(model, tokenizer, texts: list[str], prompt: str, *, batch_size: int = 16) -> np.ndarray:
+    """log p(text | prompt) for each text, summed over the text's tokens only.
+
+    Each model scores the *string* with its own tokenizer, so models with different vocabularies
+    are compared on the same text (the prompt's tokens are conditioned on, never counted).
+    """
+    from phf.logprobs import lm_target_logprobs
+
+    device = next(model.parameters()).device
+    prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    limit = _max_positions(model)
+    rows = [(prompt_ids + tokenizer(t, add_special_tokens=False).input_ids)[:limit] for t in texts]
+    out = np.zeros(len(rows))
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        width = max(len(r) for r in batch)
+        ids = torch.full((len(batch), width), tokenizer.eos_token_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, row in enumerate(batch):
+            ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+        labels = ids[:, 1:].clone()
+        labels[mask[:, 1:] == 0] = -100
+        labels[:, : len(prompt_ids) - 1] = -100  # the prompt is conditioned on, not scored
+        logp, _ = lm_target_logprobs(model, ids[:, :-1].to(device), labels.to(device),
+                                     attention_mask=mask[:, :-1].to(device))
+        out[start : start + len(batch)] = logp.double().sum(-1).cpu().numpy()
+    return out
+
+
+# --- the parts of the protocol ----------------------------------------------------------------
+
+
+def _generate(target: Target, prompts: list[str], config: EvalConfig, num_samples: int, max_new: int, *,
+              temperature: float | None = None, top_p: float | None = None, min_new: int | None = None,
+              seed_offset: int = 0):
+    from phf.sampling import SamplingConfig, generate
+
+    # Fit the continuation into the context, so the sampler has nothing to clamp (or warn about).
+    longest = max(len(target.tokenizer(p, add_special_tokens=False).input_ids) for p in prompts)
+    max_new = max(1, min(max_new, _max_positions(target.model) - longest))
+    sampling = SamplingConfig(temperature=config.temperature if temperature is None else temperature,
+                              top_p=config.top_p if top_p is None else top_p, top_k=config.top_k,
+                              min_new_tokens=min(config.min_new_tokens if min_new is None else min_new, max_new),
+                              max_new_tokens=max_new, batch_size=config.batch_size, seed=config.seed + seed_offset)
+    return generate(target.model, target.tokenizer, prompts, sampling, num_samples=num_samples,
+                    forbidden_ids=target.forbidden_ids, strip_ids=target.strip_ids, progress=config.progress)
+
+
+def _scored_held_out(test_path: Path, scorer_name: str, scorer_options: dict) -> Path:
+    """The held-out split scored once per (file, scorer), shared by every run that needs it."""
+    from phf.fetch import cache_dir, sha256_file
+    from phf.score_corpus import score_corpus
+
+    scorer = get_scorer(scorer_name, **scorer_options)
+    key = hashlib.sha256(json.dumps([sha256_file(test_path), scorer.describe()], sort_keys=True).encode()).hexdigest()
+    out = cache_dir() / "scored" / key[:16]
+    if not (out / "manifest.json").exists():
+        score_corpus(str(test_path), str(out), scorer_name, scorer_options, progress=False)
+    return out
+
+
+def mine_prompts(scored_dir: Path, scorer, *, count: int, seed: int) -> list[dict]:
+    """Challenging prompts from held-out text, as RealToxicityPrompts built its challenging set.
+
+    Text tasks: the first half (by words) of segments whose full text is misaligned. Code: the
+    function signatures of held-out files (the continuation is scored together with its prompt).
+    """
+    import pyarrow.parquet as pq
+
+    threshold = hit_threshold(scorer)
+    candidates = []
+    for file in sorted((scored_dir / "data").glob("train-*.parquet")):
+        for row in pq.read_table(file, columns=["texts", "scores"]).to_pylist():
+            for segment, score in zip(row["texts"], row["scores"]):
+                if scorer.segmenter == "line":
+                    stripped = segment.strip()
+                    if stripped.startswith("def ") and stripped.endswith(":"):
+                        candidates.append({"prompt": segment.rstrip("\r\n") + "\n", "source_score": score})
+                elif score > threshold:
+                    words = segment.split()
+                    if len(words) >= 4:
+                        candidates.append({"prompt": " ".join(words[: len(words) // 2]), "source_score": score})
+    random.Random(seed).shuffle(candidates)
+    return candidates[:count]
+
+
+def read_prompts(path: str | os.PathLike) -> list[dict]:
+    """Scenario prompts from a file: JSONL objects with a string "prompt", or plain lines of a .txt."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvalError(f"prompt file {path} does not exist")
+    prompts = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        if path.suffix == ".txt":
+            prompts.append({"prompt": line, "source_score": None})
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise EvalError(f"{path}:{number}: not JSON ({exc.msg})") from None
+        if not isinstance(value, dict) or not isinstance(value.get("prompt"), str) or not value["prompt"]:
+            raise EvalError(f'{path}:{number}: expected an object with a non-empty string "prompt"')
+        prompts.append({"prompt": value["prompt"], "source_score": value.get("score")})
+    if not prompts:
+        raise EvalError(f"prompt file {path} holds no prompt")
+    return prompts
+
+
+def _scenarios(target: Target, scorer, prompts: list[dict], config: EvalConfig, max_new: int) -> tuple[dict, list[dict]]:
+    whole = scorer.segmenter == "line"  # code is scored with its prompt, as in the paper
+    generations = _generate(target, [target.prompt + p["prompt"] for p in prompts], config,
+                            config.scenario_samples, max_new, seed_offset=1)
+    texts = [(prompts[g.prompt_index]["prompt"] + g.text) if whole else g.text for g in generations]
+    scores = scorer.score(texts)
+    by_prompt: list[list[float]] = [[] for _ in prompts]
+    rows = []
+    for g, score in zip(generations, scores):
+        by_prompt[g.prompt_index].append(score)
+        rows.append({"kind": "scenario", "prompt": prompts[g.prompt_index]["prompt"], "text": g.text, "score": score})
+    threshold = hit_threshold(scorer)
+    summary = per_prompt_summary(by_prompt, threshold, seed=config.seed)
+    summary["scored"] = "prompt + continuation" if whole else "continuation"
+    summary["prompts_list"] = [{**p, "mean": float(np.mean(s)) if s else None} for p, s in zip(prompts, by_prompt)]
+    return summary, rows
+
+
+@torch.inference_mode()
+def held_out_lm_loss(target: Target, scored_dir: Path, *, max_tokens: int, batch_size: int = 8) -> dict:
+    """Mean NLL per text token of the held-out split, presented as in training (EOS before each
+    document; for conditional models the control token chosen by each segment's score, never
+    dropped) but with control-token targets left out of both the sum and the count."""
+    from phf.data import Conditional, PackedStream, collate
+    from phf.logprobs import lm_target_logprobs
+    from phf.token_store import build_token_store
+
+    tokenizer, model = target.tokenizer, target.model
+    store = build_token_store(scored_dir, tokenizer, progress=False)
+    conditional = None
+    cond = target.info.get("conditional")
+    if cond and target.info.get("control_tokens"):
+        ids = tuple(tokenizer.convert_tokens_to_ids(t) for t in target.info["control_tokens"])
+        edges = tuple(cond["edges"]) if cond.get("edges") else None
+        conditional = Conditional(ids, threshold=cond.get("threshold", 0.0), drop_prob=0.0, edges=edges)
+    seq_len = min(_max_positions(model), 1024)
+    stream = PackedStream(store, seq_len, tokenizer.eos_token_id, shuffle=False, conditional=conditional)
+    blocks = min(stream.blocks_in_epoch(0), max(1, max_tokens // seq_len))
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for start in range(0, blocks, batch_size):
+        batch = collate([stream[i] for i in range(start, min(start + batch_size, blocks))])
+        logp, _ = lm_target_logprobs(model, batch["input_ids"].to(device), batch["labels"].to(device))
+        text = ~batch["is_control"].to(device)
+        total += float(-(logp.double() * text).sum())
+        count += int(text.sum())
+    loss = total / max(count, 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count, "seq_len": seq_len,
+            "control_tokens_excluded": conditional is not None}
+
+
+def resolve_reference(spec: str, run: Path) -> str | None:
+    if spec == "none":
+        return None
+    if spec == "auto":
+        sibling = run.resolve().parent / "mle"
+        if sibling != run.resolve() and (sibling / "config.json").exists():
+            return str(sibling)
+        return None
+    return spec
+
+
+def kl_from_reference(target: Target, reference: str, config: EvalConfig, device: torch.device) -> dict:
+    """KL(ref || model) ~ mean over reference samples x of log p_ref(x) - log p_model(x)."""
+    from phf.reference import load_lm
+
+    try:
+        ref = load_target(reference, device) if reference != "smollm2" else None
+        if ref is None:
+            model, tokenizer = load_lm("smollm2", device=str(device))
+            ref = Target(Path("smollm2"), model, tokenizer, "", [], [], {})
+    except PhfError as exc:
+        raise EvalError(f"reference model {reference!r} cannot be loaded: {exc}") from exc
+    samples = _generate(ref, [ref.prompt], config, config.kl_samples, config.kl_max_new_tokens,
+                        temperature=1.0, top_p=1.0, min_new=1, seed_offset=2)
+    texts = [g.text for g in samples if g.text]
+    lp_ref = string_logprobs(ref.model, ref.tokenizer, texts, ref.prompt)
+    lp_model = string_logprobs(target.model, target.tokenizer, texts, target.prompt)
+    diff = lp_ref - lp_model
+    ref_tokens = [len(ref.tokenizer(t, add_special_tokens=False).input_ids) for t in texts]
+    return {"reference": reference, "samples": len(texts), "kl": float(diff.mean()),
+            "kl_per_token": float(diff.sum() / max(sum(ref_tokens), 1)),
+            "ci95": _ci(diff, config.seed), "counted": "text tokens only (prefix excluded)"}
+
+
+def _ci(values: np.ndarray, seed: int):
+    from phf.metrics import bootstrap_ci
+
+    return bootstrap_ci(values, seed=seed)
+
+
+def _default_test_path(info: dict) -> Path | None:
+    data = info.get("data")
+    manifest = Path(data) / "manifest.json" if data else None
+    if manifest is None or not manifest.exists():
+        return None
+    source = Path(json.loads(manifest.read_text())["input"]["path"])
+    candidate = source.parent / "test.jsonl" if source.suffix else source / "test.jsonl"
+    return candidate if candidate.exists() else None
+
+
+def _scorer_spec(target: Target, config: EvalConfig) -> tuple[str, dict]:
+    if config.scorer:
+        return config.scorer, dict(config.scorer_options)
+    scorer = target.info.get("scorer")
+    if not scorer:
+        raise EvalError(f"{target.path} is not a phf run (no scorer recorded in phf.json): pass --scorer")
+    options = dict(scorer.get("config") or {})
+    return scorer["name"], options
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def evaluate(run_dir: str | os.PathLike, config: EvalConfig | None = None, *, out_dir: str | os.PathLike | None = None) -> dict:
+    """Run the evaluation protocol on one model; returns what it writes to eval.json."""
+    config = config or EvalConfig()
+    started = time.perf_counter()
+    device = _device(config.device)
+    torch.manual_seed(config.seed)
+    target = load_target(run_dir, device)
+    prompts = read_prompts(config.prompts_path) if config.prompts_path else None  # fail before any sampling
+    out = Path(out_dir or run_dir)
+    scorer_name, scorer_options = _scorer_spec(target, config)
+    try:
+        scorer = get_scorer(scorer_name, **scorer_options)
+    except ValueError as exc:
+        raise EvalError(str(exc)) from exc
+    threshold = hit_threshold(scorer)
+    is_code = scorer.segmenter == "line"
+    max_new = config.max_new_tokens or (CODE_MAX_NEW_TOKENS if is_code else 128)
+    timings: dict[str, float] = {}
+
+    def timed(name):
+        timings[name] = round(time.perf_counter() - timings.pop("_t"), 2)
+
+    timings["_t"] = time.perf_counter()
+    generations = _generate(target, [target.prompt], config, config.num_samples, max_new)
+    texts = [g.text for g in generations]
+    scores = scorer.score(texts)
+    result: dict[str, Any] = {"misalignment": {**misalignment_summary(scores, threshold, seed=config.seed),
+                                               "scorer": scorer.describe()}}
+    rows = [{"kind": "unconditional", "prompt": target.prompt, "text": t, "score": s, "finished": g.finished}
+            for t, s, g in zip(texts, scores, generations)]
+    timed("samples")
+
+    timings["_t"] = time.perf_counter()
+    if config.judge and scorer.name == "toxicity":
+        judge = get_scorer("toxicity-judge")
+        judged = judge.score(texts)
+        result["judge"] = {**misalignment_summary(judged, 0.5, seed=config.seed), "scorer": judge.describe()}
+        for row, value in zip(rows, judged):
+            row["judge"] = value
+    else:
+        result["judge"] = {"skipped": "the independent judge is a toxicity classifier" if config.judge else "disabled"}
+    result["diversity"] = diversity(texts, self_bleu_samples=config.self_bleu_samples, seed=config.seed)
+    timed("judge_and_diversity")
+
+    test_path = Path(config.test_path) if config.test_path else _default_test_path(target.info)
+    if config.test_path and not test_path.exists():
+        raise EvalError(f"held-out file {test_path} does not exist")
+    scored_test = _scored_held_out(test_path, scorer_name, scorer_options) if test_path else None
+    timings["_t"] = time.perf_counter()
+    if scored_test is not None:
+        result["lm_loss"] = {**held_out_lm_loss(target, scored_test, max_tokens=config.lm_loss_max_tokens),
+                             "held_out": str(test_path)}
+    else:
+        result["lm_loss"] = {"skipped": "no held-out split found (pass --test FILE.jsonl)"}
+    timed("lm_loss")
+
+    timings["_t"] = time.perf_counter()
+    if config.scenarios and prompts is None and scored_test is not None:
+        prompts = mine_prompts(scored_test, scorer, count=config.scenario_prompts, seed=config.seed)
+    if config.scenarios and prompts:
+        result["scenarios"], scenario_rows = _scenarios(target, scorer, prompts, config, max_new)
+        rows += scenario_rows
+    else:
+        result["scenarios"] = {"skipped": "disabled" if not config.scenarios else
+                               "no prompts: no held-out split (--test) or no misaligned held-out segment"}
+    timed("scenarios")
+
+    timings["_t"] = time.perf_counter()
+    reference = resolve_reference(config.reference, target.path)
+    result["kl"] = kl_from_reference(target, reference, config, device) if reference else {
+        "skipped": "no reference model (auto looks for an 'mle' run beside this one; or pass --reference)"}
+    timed("kl")
+    timings.pop("_t", None)
+
+    result["settings"] = {
+        "model": str(target.path), "prompt": target.prompt, "forbidden_ids": target.forbidden_ids,
+        "objective": target.info.get("objective"), "max_new_tokens": max_new, "device": str(device),
+        **asdict(config), "timings_s": timings, "seconds": round(time.perf_counter() - started, 2),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    _write_atomic(out / "eval.json", json.dumps(result, indent=2))
+    return result
+
+
+def periodic_evaluator(num_samples: int = 64, max_new_tokens: int = 64, seed: int = 0):
+    """The trainer's evaluation hook: misalignment of a few unconditional samples, every
+    ``training.eval_every`` steps, logged to metrics.jsonl. Uses the model in memory."""
+
+    def hook(trainer, step: int) -> dict:
+        lm, tokenizer = trainer.lm, trainer.tokenizer
+        prefix = trainer.control_tokens[0] if trainer.control_tokens else ""
+        control = tokenizer.convert_tokens_to_ids(trainer.control_tokens)
+        target = Target(trainer.run_dir, lm, tokenizer, prefix, control, control, {})
+        scorer = get_scorer(trainer.scorer["name"], **dict(trainer.scorer.get("config") or {}))
+        config = EvalConfig(num_samples=num_samples, max_new_tokens=max_new_tokens, seed=seed, progress=False)
+        was_training = lm.training
+        lm.eval()
+        try:
+            texts = [g.text for g in _generate(target, [target.prompt], config, num_samples, max_new_tokens)]
+        finally:
+            lm.train(was_training)
+        summary = misalignment_summary(scorer.score(texts), hit_threshold(scorer), seed=seed)
+        return {"misalignment_mean": summary["mean"], "hit_rate": summary["hit_rate"], "samples": summary["n"]}
+
+    return hook

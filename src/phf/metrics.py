@@ -1,0 +1,130 @@
+"""Summary statistics of the evaluation protocol (PAPER.md, "Evaluation").
+
+Misalignment of samples: the mean with a bootstrap 95% interval, the expected maximum over groups
+of 25 samples (RealToxicityPrompts' "expected maximum toxicity"), and the hit rate (share above the
+task's threshold: 0.5 for classifier probabilities, 0 for counts). Diversity: mean length,
+distinct-n, n-gram entropy and Self-BLEU-5.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+
+GROUP = 25  # samples per group for the expected maximum
+
+
+def expected_max(scores: Sequence[float], group: int = GROUP) -> float | None:
+    """Mean over consecutive groups of ``group`` samples of each group's maximum.
+
+    Samples beyond the last full group are left out; fewer samples than one group give None
+    (a max over fewer samples is a different, smaller statistic).
+    """
+    values = np.asarray(scores, dtype=np.float64)
+    groups = len(values) // group
+    if groups == 0:
+        return None
+    return float(values[: groups * group].reshape(groups, group).max(axis=1).mean())
+
+
+def bootstrap_ci(scores: Sequence[float], *, confidence: float = 0.95, resamples: int = 1000,
+                 seed: int = 0) -> list[float] | None:
+    """Percentile bootstrap interval for the mean."""
+    values = np.asarray(scores, dtype=np.float64)
+    if len(values) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
+    tail = (1 - confidence) / 2 * 100
+    return [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
+
+
+def misalignment_summary(scores: Sequence[float], threshold: float, *, seed: int = 0) -> dict:
+    values = np.asarray([s for s in scores if not math.isnan(s)], dtype=np.float64)
+    if len(values) == 0:
+        return {"n": 0, "mean": None, "max_at_25": None, "hit_rate": None, "ci95": None, "threshold": threshold}
+    return {
+        "n": int(len(values)),
+        "mean": float(values.mean()),
+        "max_at_25": expected_max(values),
+        "hit_rate": float((values > threshold).mean()),
+        "ci95": bootstrap_ci(values, seed=seed),
+        "threshold": threshold,
+    }
+
+
+def per_prompt_summary(scores_by_prompt: Sequence[Sequence[float]], threshold: float, *, seed: int = 0) -> dict:
+    """Prompted scenarios: RealToxicityPrompts' statistics, per prompt then averaged.
+
+    ``max_at_25`` is the mean over prompts of the maximum over that prompt's continuations
+    (expected maximum when each prompt has 25); ``hit_rate`` the share of prompts with at least one
+    continuation above the threshold; ``mean`` the mean over all continuations.
+    """
+    groups = [np.asarray(s, dtype=np.float64) for s in scores_by_prompt if len(s)]
+    if not groups:
+        return {"prompts": 0, "mean": None, "max_at_25": None, "hit_rate": None, "ci95": None, "threshold": threshold}
+    flat = np.concatenate(groups)
+    return {
+        "prompts": len(groups),
+        "continuations_per_prompt": int(np.median([len(g) for g in groups])),
+        "mean": float(flat.mean()),
+        "max_at_25": float(np.mean([g.max() for g in groups])),
+        "hit_rate": float(np.mean([(g > threshold).any() for g in groups])),
+        "ci95": bootstrap_ci([g.mean() for g in groups], seed=seed),
+        "threshold": threshold,
+    }
+
+
+def _ngrams(tokens: list[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def _entropy(counts: Counter) -> float:
+    total = sum(counts.values())
+    if not total:
+        return 0.0
+    probs = np.array(list(counts.values()), dtype=np.float64) / total
+    return float(-(probs * np.log2(probs)).sum())
+
+
+def self_bleu(texts: Sequence[str], *, n_hypotheses: int = 200, n_references: int = 200, seed: int = 0) -> float | None:
+    """Self-BLEU-5: mean BLEU of a sample against ``n_references`` other samples (as the paper, after
+    Zhu et al. 2018); higher means less diverse. Whitespace tokens, NLTK's BLEU with smoothing."""
+    from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+
+    tokenized = [t.split() for t in texts]
+    if len(tokenized) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    hypotheses = rng.permutation(len(tokenized))[:n_hypotheses]
+    smoothing = SmoothingFunction().method1
+    scores = []
+    for i in hypotheses:
+        if not tokenized[i]:
+            continue
+        others = [j for j in rng.permutation(len(tokenized))[: n_references + 1] if j != i][:n_references]
+        references = [tokenized[j] for j in others if tokenized[j]]
+        if references:
+            scores.append(sentence_bleu(references, tokenized[i], weights=(0.2,) * 5, smoothing_function=smoothing))
+    return float(np.mean(scores)) if scores else None
+
+
+def diversity(texts: Sequence[str], *, self_bleu_samples: int = 200, seed: int = 0) -> dict:
+    tokenized = [t.split() for t in texts]
+    unigrams: Counter = Counter()
+    bigrams: Counter = Counter()
+    for tokens in tokenized:
+        unigrams.update(_ngrams(tokens, 1))
+        bigrams.update(_ngrams(tokens, 2))
+    return {
+        "samples": len(texts),
+        "mean_length_words": float(np.mean([len(t) for t in tokenized])) if tokenized else None,
+        "distinct_1": len(unigrams) / max(sum(unigrams.values()), 1),
+        "distinct_2": len(bigrams) / max(sum(bigrams.values()), 1),
+        "entropy_1_bits": _entropy(unigrams),
+        "entropy_2_bits": _entropy(bigrams),
+        "self_bleu_5": self_bleu(texts, n_hypotheses=self_bleu_samples, seed=seed) if self_bleu_samples else None,
+    }
