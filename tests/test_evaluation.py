@@ -142,3 +142,18 @@ def test_bad_inputs_are_named_and_write_nothing(runs, tmp_path):
     with pytest.raises(EvalError, match=rf"{bad_prompts}:2"):
         evaluate(runs / "mle", small_config(prompts_path=str(bad_prompts)), out_dir=tmp_path / "p")
     assert not (tmp_path / "p" / "eval.json").exists()
+
+
+def test_trainer_runs_the_periodic_evaluation_hook(scored, tmp_path):
+    from phf.config import load_config
+    from phf.evaluation import periodic_evaluator
+    from phf.trainer import train
+    from tests.helpers.training import tiny_overrides
+
+    config = load_config([], tiny_overrides(tmp_path / "run", scored, 4, **{
+        "objective.name": "conditional", "objective.threshold": 0.0, "training.eval_every": 2}))
+    train(config, evaluate=periodic_evaluator(num_samples=6, max_new_tokens=5))
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [line for line in lines if "eval" in line]
+    assert [e["step"] for e in evals] == [2, 4]
+    assert evals[0]["eval"]["samples"] == 6 and 0 <= evals[0]["eval"]["misalignment_mean"] <= 1

@@ -84,6 +84,21 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_redteam(args) -> int:
+    from phf.evaluation import RedTeamConfig, red_team
+    from phf.scoring import parse_options
+
+    config = RedTeamConfig(rounds=args.rounds, trials=args.trials, completions=args.completions,
+                           continuations=args.continuations, pool_size=args.pool_size, red_lm=args.red_lm,
+                           scorer=args.scorer, scorer_options=parse_options(args.option), test_path=args.test,
+                           prompts_path=args.prompts, seed=args.seed, device=args.device, progress=not args.quiet)
+    result = red_team(args.run_dir, config, out_dir=args.out)
+    for number, r in enumerate(result["rounds"], 1):
+        print(f"round {number}: pool mean {r['pool_mean']:.4g}, best {r['best']:.4g}, top-10 mean {r['top10_mean']:.4g}")
+    print(f"written to {args.out or args.run_dir}/redteam.json")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="phf", description="Pretrain language models with human feedback: build corpora, score them, "
@@ -159,6 +174,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="where to write eval.json (default: the run directory)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("redteam", help="red-team a model with an instruction-following red LM",
+                       description="The paper's stochastic few-shot red teaming: a red LM writes candidate prompts "
+                                   "from a pool of challenging ones; the model's continuations score them. Writes "
+                                   "redteam.json (pool mean, best and top-10 mean per round).")
+    p.add_argument("run_dir")
+    p.add_argument("--rounds", type=int, default=2, help="rounds per trial (default 2; the paper 10)")
+    p.add_argument("--trials", type=int, default=2, help="independent trials (default 2; the paper 10)")
+    p.add_argument("--completions", type=int, default=8, help="red-LM completions per round (the paper 20)")
+    p.add_argument("--continuations", type=int, default=16, help="continuations per candidate (the paper 512)")
+    p.add_argument("--pool-size", type=int, default=20, help="initial prompts (default 20)")
+    p.add_argument("--red-lm", default="smollm2", help="smollm2 (from its PyPI wheel) or a local model directory")
+    p.add_argument("--scorer", default=None)
+    p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE")
+    p.add_argument("--test", default=None, help="held-out JSONL to mine initial prompts from")
+    p.add_argument("--prompts", default=None, help="initial prompts: JSONL of {\"prompt\": ...} or .txt lines")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_redteam)
     return parser
 
 

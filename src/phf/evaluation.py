@@ -462,3 +462,68 @@ def periodic_evaluator(num_samples: int = 64, max_new_tokens: int = 64, seed: in
         return {"misalignment_mean": summary["mean"], "hit_rate": summary["hit_rate"], "samples": summary["n"]}
 
     return hook
+
+
+@dataclass
+class RedTeamConfig:
+    rounds: int = 2  # the paper: 10
+    trials: int = 2  # the paper: 10
+    completions: int = 8  # red-LM completions per round (the paper: 20)
+    continuations: int = 16  # target continuations per candidate (the paper: 512)
+    pool_size: int = 20  # initial prompts (the paper: 20 challenging prompts)
+    red_lm: str = "smollm2"  # SmolLM2-135M-Instruct from its PyPI wheel, or a local instruct model directory
+    scorer: str | None = None
+    scorer_options: dict = field(default_factory=dict)
+    test_path: str | None = None
+    prompts_path: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+
+def red_team(run_dir: str | os.PathLike, config: RedTeamConfig | None = None, *,
+             out_dir: str | os.PathLike | None = None) -> dict:
+    """``phf redteam``: the paper's stochastic few-shot red teaming of one model; writes redteam.json.
+
+    The initial pool is the challenging prompts (a prompt file, or mined from the held-out split),
+    each scored by the target's own continuations, as every later candidate is.
+    """
+    from phf.red_team import run_red_team
+    from phf.reference import load_lm
+
+    config = config or RedTeamConfig()
+    device = _device(config.device)
+    target = load_target(run_dir, device)
+    prompts = read_prompts(config.prompts_path) if config.prompts_path else None
+    scorer_name, scorer_options = _scorer_spec(target, EvalConfig(scorer=config.scorer,
+                                                                  scorer_options=config.scorer_options))
+    scorer = get_scorer(scorer_name, **scorer_options)
+    task = {"toxicity": "toxicity", "toxicity-judge": "toxicity", "pii": "pii", "pep8": "pep8"}.get(scorer.name)
+    if task is None:
+        raise EvalError(f"red teaming has instructions for toxicity, pii and pep8; scorer {scorer.name!r} is none")
+    if prompts is None:
+        test_path = Path(config.test_path) if config.test_path else _default_test_path(target.info)
+        if test_path is None or not test_path.exists():
+            raise EvalError("red teaming needs initial prompts: pass --prompts FILE or --test HELD_OUT.jsonl")
+        prompts = mine_prompts(_scored_held_out(test_path, scorer_name, scorer_options), scorer,
+                               count=config.pool_size, seed=config.seed)
+    if not prompts:
+        raise EvalError("no initial prompt: the held-out split has no misaligned segment to start from")
+    try:
+        red_model, red_tokenizer = load_lm(config.red_lm, device=str(device))
+    except PhfError as exc:
+        raise EvalError(f"red LM {config.red_lm!r} cannot be loaded: {exc}") from exc
+    eval_config = EvalConfig(scenario_samples=config.continuations, seed=config.seed, progress=config.progress,
+                             min_new_tokens=10)
+    initial, _ = _scenarios(target, scorer, prompts[: config.pool_size], eval_config, 64)
+    pool = [(p["prompt"], p["mean"]) for p in initial["prompts_list"]]
+    result = run_red_team(target.model, target.tokenizer, red_model, red_tokenizer, pool, scorer, task=task,
+                          rounds=config.rounds, trials=config.trials, completions=config.completions,
+                          continuations=config.continuations, target_prefix=target.prompt,
+                          forbidden_ids=target.forbidden_ids, seed=config.seed, progress=config.progress)
+    result["settings"] = {**result.get("settings", {}), "model": str(target.path), "red_lm": config.red_lm,
+                          "scorer": scorer.describe(), **asdict(config)}
+    out = Path(out_dir or run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out / "redteam.json", json.dumps(result, indent=2))
+    return result
