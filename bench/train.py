@@ -150,6 +150,26 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _start_memory_window(cuda: bool) -> float:
+    """Start measuring a run's peak memory; returns the process RSS (MB) at its start."""
+    import torch
+
+    if cuda:
+        gc.collect()  # the previous run's trainer (its model, optimizer) must be gone before the reset
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    return _maxrss_mb()
+
+
+def _peak_memory(cuda: bool, rss_start: float) -> dict:
+    """The run's peak: CUDA allocations on a GPU, whole-process peak RSS on a CPU."""
+    import torch
+
+    if cuda:
+        return {"peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20}
+    return {"peak_mem_mb": _maxrss_mb(), "rss_start_mb": rss_start}
+
+
 def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
@@ -187,11 +207,7 @@ def time_objective(spec: dict, objective: str) -> dict:
     from phf.trainer import Trainer, peak_flops
 
     cuda = torch.cuda.is_available()
-    rss_start = _maxrss_mb()
-    if cuda:
-        gc.collect()  # the previous run's trainer (its model, optimizer) must be gone before the reset
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+    rss_start = _start_memory_window(cuda)
     config = phf_config(spec, objective, Path(spec["workdir"]) / "runs" / objective)
     trainer = Trainer(config)
     device = trainer.accelerator.device
@@ -227,11 +243,7 @@ def time_objective(spec: dict, objective: str) -> dict:
     result = {"tok_s": tok_s, "step_s": seconds / steps, "data_wait_share": data_seconds / seconds,
               "loss": metrics["loss"], "mfu": tok_s * trainer.flops_per_token / peak if peak else None,
               "other_load": other_load}
-    if cuda:
-        result["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        result["peak_mem_mb"] = _maxrss_mb()
-        result["rss_start_mb"] = rss_start
+    result.update(_peak_memory(cuda, rss_start))
     trainer.accelerator.free_memory()
     del trainer
     return result
@@ -253,11 +265,7 @@ def time_hf_trainer(spec: dict) -> dict:
     from phf.trainer import _mixed_precision, flops_per_token, peak_flops
 
     cuda = torch.cuda.is_available()
-    rss_start = _maxrss_mb()
-    if cuda:
-        gc.collect()  # the previous run's trainer (its model, optimizer) must be gone before the reset
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+    rss_start = _start_memory_window(cuda)
     config = phf_config(spec, "mle", Path(spec["workdir"]) / "runs" / "hf_trainer")
     t, d = config.training, config.data
     # The same calls in the same order as phf's Trainer._build for MLE: same tokenizer, same
@@ -337,11 +345,7 @@ def time_hf_trainer(spec: dict) -> dict:
     peak = peak_flops(torch.device("cuda")) if cuda else None
     result = {"tok_s": tok_s, "step_s": seconds / steps, "other_load": timer.other_load,
               "mfu": tok_s * flops_per_token(model, d.seq_len) / peak if peak else None}
-    if cuda:
-        result["peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        result["peak_mem_mb"] = _maxrss_mb()
-        result["rss_start_mb"] = rss_start
+    result.update(_peak_memory(cuda, rss_start))
     trainer.accelerator.free_memory()
     del trainer, model
     return result

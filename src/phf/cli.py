@@ -99,6 +99,19 @@ def _cmd_redteam(args) -> int:
     return 0
 
 
+def _add_target_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by the commands that sample from and score a model (eval, redteam)."""
+    p.add_argument("--scorer", default=None, help="default: the scorer of the run's corpus (required for non-phf models)")
+    p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE", help="scorer option, repeatable")
+    p.add_argument("--test", default=None, help="held-out JSONL (default: test.jsonl beside the run's corpus)")
+    p.add_argument("--prompts", default=None,
+                   help='prompts: JSONL of {"prompt": ...} or .txt lines (default: mined from the held-out split)')
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--out", default=None, help="where to write the results (default: the run directory)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="phf", description="Pretrain language models with human feedback: build corpora, score them, "
@@ -159,20 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=256, help="unconditional samples (default 256; the paper 4096)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default 128 for text, 640 for code")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scorer", default=None, help="default: the scorer of the run's corpus (required for non-phf models)")
-    p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE", help="scorer option, repeatable")
+    _add_target_options(p)
     p.add_argument("--reference", default="auto",
                    help="reference LM for KL: auto (the 'mle' run beside this one), none, smollm2, or a directory")
     p.add_argument("--kl-samples", type=int, default=128, help="reference samples for KL (default 128; the paper 4096)")
-    p.add_argument("--test", default=None, help="held-out JSONL (default: test.jsonl beside the run's corpus)")
     p.add_argument("--no-judge", action="store_true", help="skip the independent toxicity judge")
-    p.add_argument("--prompts", default=None,
-                   help='scenario prompts: JSONL of {"prompt": ...} or .txt lines (default: mined from the held-out split)')
     p.add_argument("--no-scenarios", action="store_true", help="skip the prompted scenarios")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--out", default=None, help="where to write eval.json (default: the run directory)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("redteam", help="red-team a model with an instruction-following red LM",
@@ -186,14 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--continuations", type=int, default=16, help="continuations per candidate (the paper 512)")
     p.add_argument("--pool-size", type=int, default=20, help="initial prompts (default 20)")
     p.add_argument("--red-lm", default="smollm2", help="smollm2 (from its PyPI wheel) or a local model directory")
-    p.add_argument("--scorer", default=None)
-    p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE")
-    p.add_argument("--test", default=None, help="held-out JSONL to mine initial prompts from")
-    p.add_argument("--prompts", default=None, help="initial prompts: JSONL of {\"prompt\": ...} or .txt lines")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", default=None)
-    p.add_argument("--quiet", action="store_true")
+    _add_target_options(p)
     p.set_defaults(func=_cmd_redteam)
     return parser
 

@@ -293,10 +293,10 @@ def resolve_reference(spec: str, run: Path) -> str | None:
     if spec == "none":
         return None
     if spec == "auto":
+        # The MLE run of the same experiment (for the MLE run itself KL is 0 by construction, and
+        # computing it keeps every arm's eval.json alike).
         sibling = run.resolve().parent / "mle"
-        if sibling != run.resolve() and (sibling / "config.json").exists():
-            return str(sibling)
-        return None
+        return str(sibling) if (sibling / "config.json").exists() else None
     return spec
 
 

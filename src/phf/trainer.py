@@ -147,6 +147,14 @@ def _checkpoint_dirs(run: Path) -> list[Path]:
     return sorted(done, key=lambda p: int(p.name.split("-")[1]))
 
 
+def _last_logged(path: Path, key: str) -> float:
+    """The last value of ``key`` in metrics.jsonl (0 if none)."""
+    if not path.exists():
+        return 0.0
+    values = [json.loads(line).get(key) for line in path.read_text().splitlines() if line.strip()]
+    return next((float(v) for v in reversed(values) if v is not None), 0.0)
+
+
 def _truncate_metrics(path: Path, last_step: int) -> None:
     """Drop metric lines a killed run wrote after its last checkpoint: they are about to be redone."""
     if not path.exists():
@@ -352,6 +360,9 @@ class Trainer:
                    disable=not (acc.is_main_process and cfg.logging.progress))
         last: dict = {}
         window_start, window_steps = time.perf_counter(), 0
+        # Wall time of this run, carried over a resume so reports show the whole cost.
+        elapsed_before = _last_logged(metrics_path, "elapsed_s") if acc.is_main_process else 0.0
+        started = time.perf_counter()
         self.model.train()
         if acc.log_with:
             acc.init_trackers(cfg.logging.wandb_project, config=_scalars(asdict(cfg)),
@@ -365,6 +376,7 @@ class Trainer:
                     elapsed = time.perf_counter() - window_start
                     tok_s = window_steps * tokens_per_step / elapsed
                     last = {"step": self.step, "tokens": self.step * tokens_per_step, "samples": self.step * t.batch_size,
+                            "elapsed_s": round(elapsed_before + time.perf_counter() - started, 3),
                             "lr": self.scheduler.get_last_lr()[0], **metrics, "tok_s": tok_s,
                             "mfu": tok_s * self.flops_per_token / (peak * acc.num_processes) if peak else None}
                     if log is not None:
@@ -380,7 +392,8 @@ class Trainer:
                         and acc.is_main_process:
                     result = self.evaluate(self, self.step)
                     if log is not None and result:
-                        log.write(json.dumps({"step": self.step, "eval": result}) + "\n")
+                        log.write(json.dumps({"step": self.step, "tokens": self.step * tokens_per_step,
+                                              "eval": result}) + "\n")
                 if self.step % t.save_every == 0 or self.step == self.total_steps:
                     self.save_state()
         bar.close()
