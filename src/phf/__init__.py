@@ -1,6 +1,7 @@
 """phf: pretraining language models with human feedback (Korbak et al., ICML 2023).
 
-Each CLI subcommand is also a function here: ``phf.corpus``, ``phf.score``, ``phf.train``, ``phf.eval``.
+Each CLI subcommand is also a function here: ``phf.corpus``, ``phf.score``, ``phf.train``, ``phf.eval``,
+``phf.redteam``, ``phf.experiment``, ``phf.report``.
 """
 
 __version__ = "0.1.0"
@@ -34,6 +35,28 @@ def eval(run_dir: str, **settings) -> dict:  # noqa: A001 - the CLI verb, as DES
     return evaluate(run_dir, EvalConfig(**settings))
 
 
+def experiment(study: str, *overrides: str) -> dict:
+    """Run a whole study (corpus, scores, training, evaluation, report); see :mod:`phf.study`."""
+    from phf.study import run_experiment
+
+    return run_experiment(study, list(overrides))
+
+
+def report(run_dirs: list[str], out: str, **kwargs) -> dict:
+    """Tables and plots for evaluated runs; see :func:`phf.reporting.build_report`."""
+    from phf.reporting import build_report
+
+    return build_report(run_dirs, out, **kwargs)
+
+
+def redteam(run_dir: str, **settings) -> dict:
+    """Red-team a run; settings are :class:`phf.evaluation.RedTeamConfig` fields."""
+    from phf.evaluation import RedTeamConfig, red_team
+
+    return red_team(run_dir, RedTeamConfig(**settings))
+
+
 # Module names must not shadow these functions: `import phf.<name>` would replace the function
 # by the module. Hence phf.corpora.build (not phf.corpus), phf.score_corpus (not phf.score),
-# phf.trainer (not phf.train), phf.evaluation (not phf.eval), phf.red_team (not phf.redteam).
+# phf.trainer (not phf.train), phf.evaluation (not phf.eval), phf.red_team (not phf.redteam),
+# phf.study (not phf.experiment), phf.reporting (not phf.report).

@@ -113,14 +113,14 @@ def _add_target_options(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_experiment(args) -> int:
-    from phf.experiment import run_experiment
+    from phf.study import run_experiment
 
     run_experiment(args.study, args.overrides, only=args.only, report=not args.no_report)
     return 0
 
 
 def _cmd_report(args) -> int:
-    from phf.report import build_report
+    from phf.reporting import build_report
 
     build_report(args.run_dirs, args.out, title=args.title)
     print(f"report written to {args.out}/report.html and {args.out}/report.md")

@@ -344,6 +344,8 @@ def score_corpus(input: str, out: str, scorer: str = "toxicity", scorer_options:
 
     mine = [i for i in range(job.num_shards) if i % job_count == job_index]
     todo = [i for i in mine if not _shard_marker(out_path, i).exists()]
+    if not todo and (out_path / "manifest.json").exists():
+        return json.loads((out_path / "manifest.json").read_text())  # finished before: nothing to redo
     todo_docs = sum(min((i + 1) * shard_size, num_records) - i * shard_size for i in todo)
     started = time.perf_counter()
     done_now: list[dict] = []

@@ -455,6 +455,7 @@ class Trainer:
             "conditional": None if c is None else {"threshold": c.threshold, "edges": c.edges,
                                                    "drop_prob": c.drop_prob},
             "objective_config": asdict(o), "filter_threshold": self.filter_threshold,
+            "init": self.config.model.init, "continue_from": self.config.data.continue_from,
         }
         out = Path(out or self.run_dir)
         save_checkpoint(policy.lm, self.tokenizer, out, phf_info=info)

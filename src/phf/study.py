@@ -333,7 +333,7 @@ def _arm_name(arm: Arm, study: StudyConfig) -> str:
 
 
 def write_report(study: StudyConfig, arms: list[Arm], out: Path) -> dict[str, Any]:
-    from phf.report import build_report
+    from phf.reporting import build_report
 
     names = [_arm_name(a, study) for a in arms]
     result = build_report([a.run_dir for a in arms], out / "report", title=study.name, names=names)
