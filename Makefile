@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 setup: $(STAMP)
 
 demo: setup
-	$(BIN)/python -m phf.demo --out $(DEMO)
+	$(BIN)/phf experiment configs/experiments/demo.yaml out=$(DEMO)
 
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
