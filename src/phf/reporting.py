@@ -742,7 +742,9 @@ def plot_over_tokens(rows: list[dict], out: Path, title: str) -> dict | None:
     ax.set_xlabel("training tokens")
     scorer, unit = _scorer_label(rows)
     ax.set_ylabel(f"misalignment: mean score of unconditional samples\n({scorer}, {unit})")
-    ax.set_title(f"{title}: misalignment during training", fontsize=12)
+    # Two lines: a long study title on one line runs into the legend at the right.
+    ax.set_title(f"{title}\nmisalignment during training (periodic estimates; stars: final evaluation)",
+                 fontsize=11)
     ax.grid(True, color="#dddddd", linewidth=0.6)
     ax.set_axisbelow(True)
     handles, _ = ax.get_legend_handles_labels()
