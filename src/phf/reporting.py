@@ -831,16 +831,22 @@ def _baseline(rows: list[dict]) -> dict | None:
     return None
 
 
+def _group(row: dict) -> str:
+    """Arms named "task/seed/objective" are compared with the MLE arm of the same task and seed."""
+    return row["name"].rsplit("/", 1)[0] if "/" in row["name"] else ""
+
+
 def _ratios(rows: list[dict]) -> tuple[dict | None, list[str]]:
     base = _baseline(rows)
     if base is None:
         return None, []
-    ref = base["misalignment_mean"]
     sentences = []
     for row in rows:
         mean = row.get("misalignment_mean")
         row["ratio_vs_mle"] = None
-        if row is base or mean is None:
+        own = _baseline([r for r in rows if _group(r) == _group(row)]) or base
+        ref = own["misalignment_mean"]
+        if row is own or mean is None:
             continue
         if mean > 0 and ref > 0:
             ratio = ref / mean
