@@ -112,7 +112,7 @@ def test_held_out_lm_loss_leaves_control_tokens_out(runs, scored):
     for i in range(stream.blocks_in_epoch(0)):
         sample = stream[i]
         with torch.no_grad():
-            logp = torch.log_softmax(target.model(torch.tensor([sample.input_ids])).logits[0].double(), -1)
+            logp = torch.log_softmax(target.model(torch.from_numpy(sample.input_ids)[None]).logits[0].double(), -1)
         for pos, (label, control) in enumerate(zip(sample.labels, sample.is_control)):
             if not control:
                 total -= logp[pos, label].item()
