@@ -16,6 +16,7 @@ document.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import multiprocessing as mp
@@ -31,7 +32,7 @@ import numpy as np
 
 import phf
 from phf.errors import PhfError
-from phf.readers import SCORED_ISSUES, Record, open_source
+from phf.readers import SCORED_ISSUES, JsonlSource, Record, open_source
 from phf.scoring import get_scorer, hit_threshold
 from phf.scoring.base import Scorer
 from phf.segment import get_segmenter
@@ -59,6 +60,7 @@ class Job:
     num_records: int
     strict: bool
     batch_docs: int
+    offsets: tuple[int, ...] | None = None  # byte offset of each shard's first record (plain JSONL)
 
 
 def auto_shard_size(num_records: int) -> int:
@@ -184,7 +186,8 @@ def score_shard(job: Job, shard: int, scorer: Scorer, advance=lambda n: None) ->
         advance(len(batch))
         batch.clear()
 
-    for record in source.records(start, stop):
+    records = source.records(start, stop, job.offsets[shard]) if job.offsets else source.records(start, stop)
+    for record in records:
         counts["documents_read"] += 1
         if record.issue is not None:
             if job.strict:
@@ -346,6 +349,9 @@ def score_corpus(input: str, out: str, scorer: str = "toxicity", scorer_options:
     todo = [i for i in mine if not _shard_marker(out_path, i).exists()]
     if not todo and (out_path / "manifest.json").exists():
         return json.loads((out_path / "manifest.json").read_text())  # finished before: nothing to redo
+    if todo and isinstance(source, JsonlSource):
+        offsets = source.line_offsets([i * shard_size for i in range(job.num_shards)])
+        job = dataclasses.replace(job, offsets=tuple(offsets) if offsets else None)
     todo_docs = sum(min((i + 1) * shard_size, num_records) - i * shard_size for i in todo)
     started = time.perf_counter()
     done_now: list[dict] = []
