@@ -98,25 +98,34 @@ def train_bpe(texts: Sequence[str], vocab_size: int):
     return _wrap(backend)
 
 
-def _trained_bpe(texts: Iterable[str] | None, vocab_size: int, cache: bool):
-    from transformers import PreTrainedTokenizerFast
-
-    from phf.fetch import cache_dir
-
+def _materialise(texts: Iterable[str] | None) -> list[str] | tuple[str, ...]:
     if texts is None:
         raise TokenizerError('tokenizer "bpe" is trained on the corpus: pass texts=...')
     texts = texts if isinstance(texts, (list, tuple)) else list(texts)
     if not texts:
         raise TokenizerError('tokenizer "bpe" needs at least one training text')
+    return texts
+
+
+def _trained_bpe(texts: Iterable[str] | None, vocab_size: int, cache: bool, texts_key: str | None = None):
+    from transformers import PreTrainedTokenizerFast
+
+    from phf.fetch import cache_dir
+
     if not cache:
-        return train_bpe(texts, vocab_size)
-    key = hashlib.sha256(json.dumps([BPE_RECIPE, _texts_digest(texts), vocab_size]).encode()).hexdigest()
+        return train_bpe(_materialise(texts), vocab_size)
+    if texts_key is None:
+        texts = _materialise(texts)
+        texts_key = _texts_digest(texts)
+    elif texts is None:
+        raise TokenizerError('tokenizer "bpe" is trained on the corpus: pass texts=...')
+    key = hashlib.sha256(json.dumps([BPE_RECIPE, texts_key, vocab_size]).encode()).hexdigest()
     target = cache_dir() / "tokenizers" / key
     file = target / "tokenizer.json"
     if file.exists():
         return PreTrainedTokenizerFast(tokenizer_file=str(file), eos_token=EOS, bos_token=EOS, unk_token=EOS,
                                        clean_up_tokenization_spaces=False)
-    tokenizer = train_bpe(texts, vocab_size)
+    tokenizer = train_bpe(_materialise(texts), vocab_size)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{key[:16]}-"))
     try:
@@ -150,12 +159,15 @@ def _local_tokenizer(spec: str):
 
 
 def load_tokenizer(spec: str, *, texts: Iterable[str] | None = None, vocab_size: int = 8192,
-                   cache: bool = True):
-    """A fast tokenizer with an EOS token: ``"gpt2"``, ``"bpe"`` (trained on ``texts``) or a local dir."""
+                   cache: bool = True, texts_key: str | None = None):
+    """A fast tokenizer with an EOS token: ``"gpt2"``, ``"bpe"`` (trained on ``texts``) or a local dir.
+
+    ``texts_key`` names the training texts (e.g. a corpus fingerprint): the cache is then keyed on
+    it and a lazy ``texts`` iterable is read only when the tokenizer has to be trained."""
     if spec == "gpt2":
         tokenizer = gpt2_tokenizer()
     elif spec == "bpe":
-        tokenizer = _trained_bpe(texts, vocab_size, cache)
+        tokenizer = _trained_bpe(texts, vocab_size, cache, texts_key)
     else:
         tokenizer = _local_tokenizer(spec)
     if tokenizer.eos_token is None or tokenizer.eos_token_id is None:

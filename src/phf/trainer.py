@@ -209,13 +209,17 @@ class Trainer:
         # The corpus is tokenized with the base tokenizer (no control tokens), so every objective
         # trains on the same token store and literal "<|good|>" in a document stays plain text.
         tokenizer_spec = cfg.model.init or cfg.data.tokenizer.name
-        texts = None
+        texts = texts_key = None
         if tokenizer_spec == "bpe":
             from phf.score_corpus import scored_documents
+            from phf.token_store import corpus_fingerprint
 
             texts = scored_documents(data_path)
+            texts_key = "corpus:" + corpus_fingerprint(json.loads((data_path / "manifest.json").read_text()))
         with acc.main_process_first():
-            base_tokenizer = load_tokenizer(tokenizer_spec, texts=texts, vocab_size=cfg.data.tokenizer.vocab_size)
+            # Keyed on the corpus fingerprint: a cached tokenizer needs no pass over the documents.
+            base_tokenizer = load_tokenizer(tokenizer_spec, texts=texts, vocab_size=cfg.data.tokenizer.vocab_size,
+                                            texts_key=texts_key)
             self.store = build_token_store(data_path, base_tokenizer, progress=acc.is_main_process)
         tokenizer = copy.deepcopy(base_tokenizer)
         known_rows = len(tokenizer)
