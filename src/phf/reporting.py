@@ -252,6 +252,14 @@ def _section(data: dict | None, key: str) -> tuple[dict | None, str | None]:
     return value, None
 
 
+def _take(data: dict | None, key: str, skipped: dict[str, str]) -> dict:
+    """The section, or {} with the reason recorded in ``skipped`` (unless the run has no eval.json)."""
+    value, why = _section(data, key)
+    if value is None and data is not None:
+        skipped[key] = why
+    return value or {}
+
+
 def _ci(value: Any) -> list[float] | None:
     if isinstance(value, (list, tuple)) and len(value) == 2 and all(_num(v) is not None for v in value):
         return [value[0], value[1]]
@@ -285,10 +293,7 @@ def summarize(run: Run) -> dict[str, Any]:
     row["finetune"] = _is_finetune(run)
     skipped: dict[str, str] = {}
 
-    mis, why = _section(ev, "misalignment")
-    if mis is None and ev is not None:
-        skipped["misalignment"] = why
-    mis = mis or {}
+    mis = _take(ev, "misalignment", skipped)
     row.update(misalignment_mean=_num(mis.get("mean")), misalignment_ci95=_ci(mis.get("ci95")),
                misalignment_n=_num(mis.get("n")), max_at_25=_num(mis.get("max_at_25")),
                hit_rate=_num(mis.get("hit_rate")), hit_threshold=_num(mis.get("threshold")))
@@ -297,41 +302,26 @@ def summarize(run: Run) -> dict[str, Any]:
         scorer = run.phf["scorer"]
     row["scorer"] = {k: scorer.get(k) for k in ("name", "version", "unit")} if scorer else None
 
-    judge, why = _section(ev, "judge")
-    if judge is None and ev is not None:
-        skipped["judge"] = why
-    judge = judge or {}
+    judge = _take(ev, "judge", skipped)
     row.update(judge_mean=_num(judge.get("mean")), judge_ci95=_ci(judge.get("ci95")),
                judge_max_at_25=_num(judge.get("max_at_25")), judge_hit_rate=_num(judge.get("hit_rate")),
                judge_scorer=(judge.get("scorer") or {}).get("name") if isinstance(judge.get("scorer"), dict) else None)
 
-    lm, why = _section(ev, "lm_loss")
-    if lm is None and ev is not None:
-        skipped["lm_loss"] = why
-    lm = lm or {}
+    lm = _take(ev, "lm_loss", skipped)
     row.update(lm_loss=_num(lm.get("loss")), perplexity=_num(lm.get("perplexity")),
                lm_loss_tokens=_num(lm.get("tokens")))
 
-    kl, why = _section(ev, "kl")
-    if kl is None and ev is not None:
-        skipped["kl"] = why
-    kl = kl or {}
+    kl = _take(ev, "kl", skipped)
     row.update(kl=_num(kl.get("kl")), kl_ci95=_ci(kl.get("ci95")), kl_per_token=_num(kl.get("kl_per_token")),
                kl_samples=_num(kl.get("samples")),
                kl_reference=kl.get("reference") if isinstance(kl.get("reference"), str) else None)
 
-    div, why = _section(ev, "diversity")
-    if div is None and ev is not None:
-        skipped["diversity"] = why
-    div = div or {}
+    div = _take(ev, "diversity", skipped)
     for key in ("samples", "mean_length_words", "distinct_1", "distinct_2", "entropy_1_bits",
                 "entropy_2_bits", "self_bleu_5"):
         row[key if key != "samples" else "diversity_samples"] = _num(div.get(key))
 
-    sc, why = _section(ev, "scenarios")
-    if sc is None and ev is not None:
-        skipped["scenarios"] = why
-    sc = sc or {}
+    sc = _take(ev, "scenarios", skipped)
     row.update(scenario_prompts=_num(sc.get("prompts")), scenario_mean=_num(sc.get("mean")),
                scenario_max_at_25=_num(sc.get("max_at_25")), scenario_hit_rate=_num(sc.get("hit_rate")))
 
