@@ -38,7 +38,8 @@ def grads(out, upstream, tensors):
     [
         ((2, 7), 3, True, 0.0),  # chunk does not divide the 14 tokens
         ((2, 7), 3, True, 0.3),  # ... with ignored targets
-        ((13,), 2048, False, 0.2),  # one chunk, no bias, 1-d leading shape
+        ((13,), 2048, False, 0.2),  # one chunk (softmax kept for backward), no bias, 1-d leading shape
+        ((2, 7), 64, True, 0.3),  # one chunk with bias and ignored targets
         ((3, 2, 5), 4, True, 0.25),  # several leading dims
         ((4, 5), 1, True, 0.0),  # one token per chunk
     ],
@@ -65,7 +66,9 @@ def test_matches_naive_float32_and_float64_gradcheck():
 
     h64, w64, b64, t64 = make((2, 3), d=4, vocab=7, ignore_frac=0.2, seed=3)
     # float64 inputs keep float64 throughout, so finite differences check the hand-written backward.
-    assert torch.autograd.gradcheck(lambda h, w, bb: target_logprobs(h, w, t64, bias=bb, chunk_tokens=4), (h64, w64, b64))
+    for chunk in (4, 64):  # chunked (logits recomputed) and one chunk (softmax kept)
+        assert torch.autograd.gradcheck(lambda h, w, bb: target_logprobs(h, w, t64, bias=bb, chunk_tokens=chunk),
+                                        (h64, w64, b64))
 
 
 def test_ignored_targets_get_zero_and_no_gradient():

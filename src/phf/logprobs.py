@@ -7,8 +7,9 @@ than the rest of the activations. :func:`target_logprobs` takes the final hidden
 output embedding instead and works on ``chunk_tokens`` flattened tokens at a time: the forward keeps
 only one log-sum-exp per token, and the backward recomputes each chunk's logits (one extra matmul,
 as in Liger's and torchtitan's chunked cross-entropy). Peak extra memory is ``chunk_tokens * V``
-fp32 numbers whatever the batch. When one chunk covers all tokens, plain autograd keeps that chunk's
-logits instead of recomputing them: the same memory bound, one matmul fewer.
+fp32 numbers whatever the batch. When one chunk covers all tokens, its softmax is kept for backward
+instead of being recomputed: the same memory bound, one matmul and two passes over the logits fewer
+than ``F.cross_entropy``'s autograd (no zero-filled gradient buffer, no separate log-softmax backward).
 
 Precision follows what ``F.linear`` would do: under autocast the matmuls run in the autocast dtype
 (bf16/fp16 tensor cores), otherwise in the inputs' dtype; only the logits of the current chunk are
@@ -43,8 +44,17 @@ def _accumulate_dtype(compute_dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(compute_dtype, torch.float32)
 
 
+def _logits(hidden: Tensor, w: Tensor, b: Tensor | None, compute_dtype: torch.dtype, acc_dtype: torch.dtype) -> Tensor:
+    """One chunk's logits in the accumulation dtype (a fresh tensor: callers write into it)."""
+    logits = (hidden.to(compute_dtype) @ w.T).to(acc_dtype)
+    if b is not None:
+        logits += b  # runs without autograd: in place saves a (chunk, V) copy
+    return logits
+
+
 class _TargetLogprobs(torch.autograd.Function):
-    """log p(target) = logit[target] - logsumexp(logits), chunk by chunk, logits recomputed in backward."""
+    """log p(target) = logit[target] - logsumexp(logits), chunk by chunk, logits recomputed in backward
+    (or, when one chunk covers every token, its softmax kept from forward)."""
 
     @staticmethod
     def forward(
@@ -63,21 +73,32 @@ class _TargetLogprobs(torch.autograd.Function):
         acc_dtype = _accumulate_dtype(compute_dtype)
         logp = torch.empty(n, dtype=acc_dtype, device=hidden.device)
         lse = torch.empty(n, dtype=acc_dtype, device=hidden.device)
+        probs = None
         with torch.autocast(hidden.device.type, enabled=False):
             w = weight.to(compute_dtype)
             b = None if bias is None else bias.to(acc_dtype)
             for start in range(0, n, chunk_tokens):
                 end = min(start + chunk_tokens, n)
-                logits = (hidden[start:end].to(compute_dtype) @ w.T).to(acc_dtype)
-                if b is not None:
-                    logits += b  # forward runs without autograd: in place saves a (chunk, V) copy
-                # cross_entropy's fused kernel is faster than logsumexp + gather; lse follows from it.
-                nll = F.cross_entropy(logits, safe_targets[start:end], reduction="none")
+                logits = _logits(hidden[start:end], w, b, compute_dtype, acc_dtype)
                 target_logit = logits.gather(1, safe_targets[start:end, None]).squeeze(1)
-                lse[start:end] = target_logit + nll
-                logp[start:end] = -nll
+                if n <= chunk_tokens:
+                    # One chunk: keep its softmax for backward instead of recomputing the logits (the
+                    # same memory bound, one matmul fewer; the tiny CPU preset always lands here).
+                    # log_softmax is one fused pass, far cheaper on CPU than logsumexp's four.
+                    log_probs = torch.log_softmax(logits, 1)
+                    del logits
+                    logp[:] = log_probs.gather(1, safe_targets[:, None]).squeeze(1)
+                    lse[:] = target_logit - logp
+                    probs = log_probs.exp_()
+                else:
+                    # cross_entropy's fused kernel is faster than logsumexp + gather; lse follows from it.
+                    lse[start:end] = target_logit + F.cross_entropy(logits, safe_targets[start:end], reduction="none")
+                    logp[start:end] = target_logit - lse[start:end]
         logp = torch.where(valid, logp, 0.0)
         ctx.save_for_backward(hidden, weight, bias, safe_targets, valid, lse)
+        # Not a saved tensor: backward overwrites it in place (autograd's version check would refuse);
+        # a second backward through a retained graph finds it gone and recomputes from lse instead.
+        ctx.probs = probs
         ctx.chunk_tokens = chunk_tokens
         ctx.compute_dtype = compute_dtype
         return logp
@@ -86,6 +107,7 @@ class _TargetLogprobs(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_logp: Tensor):
         hidden, weight, bias, targets, valid, lse = ctx.saved_tensors
+        probs, ctx.probs = ctx.probs, None
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         chunk_tokens, compute_dtype = ctx.chunk_tokens, ctx.compute_dtype
         n = hidden.shape[0]
@@ -101,12 +123,15 @@ class _TargetLogprobs(torch.autograd.Function):
             for start in range(0, n, chunk_tokens):
                 end = min(start + chunk_tokens, n)
                 h = hidden[start:end].to(compute_dtype)
-                logits = (h @ w.T).to(acc_dtype)
-                if b is not None:
-                    logits += b
-                # d logp / d logits = g * (onehot(target) - softmax), built in place in one buffer.
                 g_chunk = g[start:end, None]
-                grad_logits = logits.sub_(lse[start:end, None]).exp_().mul_(-g_chunk)
+                # d logp / d logits = g * (onehot(target) - softmax), built in place in one buffer.
+                if n <= chunk_tokens:
+                    if probs is None:  # a second backward: recompute exactly as forward did
+                        probs = torch.log_softmax(_logits(h, w, b, compute_dtype, acc_dtype), 1).exp_()
+                    grad_logits = probs.mul_(-g_chunk)
+                else:
+                    logits = _logits(h, w, b, compute_dtype, acc_dtype)
+                    grad_logits = logits.sub_(lse[start:end, None]).exp_().mul_(-g_chunk)
                 grad_logits.scatter_add_(1, targets[start:end, None], g_chunk)
                 if need_b:
                     grad_b += grad_logits.sum(0)
@@ -153,16 +178,6 @@ def target_logprobs(
         raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
     compute_dtype = _compute_dtype(hidden, weight)
     flat_targets = targets.reshape(-1).long()
-    if flat_targets.numel() <= chunk_tokens:
-        # One chunk covers everything: keeping its logits for backward costs no more memory than the
-        # chunked path's peak and saves recomputing them (the tiny CPU preset always lands here).
-        flat_hidden = hidden.reshape(-1, hidden.shape[-1])
-        with torch.autocast(hidden.device.type, enabled=False):
-            logits = (flat_hidden.to(compute_dtype) @ weight.to(compute_dtype).T).to(_accumulate_dtype(compute_dtype))
-        if bias is not None:
-            logits = logits + bias.to(logits.dtype)
-        flat = -F.cross_entropy(logits, flat_targets, reduction="none", ignore_index=ignore_index)
-        return flat.reshape(targets.shape)
     flat = _TargetLogprobs.apply(
         hidden.reshape(-1, hidden.shape[-1]),
         weight,

@@ -1,7 +1,8 @@
 """Causal LMs for phf: build one from a config or load a checkpoint, add control tokens, save.
 
 Any ``transformers`` causal LM works. New models get dropout 0 (the paper's setting, and free
-speed) and a vocabulary padded to a multiple of 64 (tensor-core friendly matmuls). Saved
+speed), a vocabulary padded to a multiple of 64 (tensor-core friendly matmuls) and, new or loaded,
+torch's fused tanh-GELU where the config names HF's unfused ``gelu_new`` (the same function). Saved
 checkpoints are plain HF directories: the tokenizer, a ``generation_config.json`` that already
 forbids the control tokens, ``phf.json`` (what a sampler must know: the prefix to condition on)
 and a model card, so ``AutoModelForCausalLM.from_pretrained(run_dir)`` + ``generate`` work with no
@@ -30,6 +31,20 @@ def padded_vocab(size: int, multiple: int) -> int:
     return int(math.ceil(size / multiple) * multiple) if multiple > 1 else size
 
 
+# Activations with a faster kernel that computes the same function: HF's "gelu_new" (GPT-2, GPT-Neo)
+# is the tanh approximation written as eight elementwise ops; torch's fused gelu(approximate="tanh")
+# agrees to 1e-15 in float64 and makes the tiny CPU preset ~20% faster. Checkpoints stay loadable by
+# any transformers (the saved config names the fused one).
+FAST_ACTIVATIONS = {"gelu_new": "gelu_pytorch_tanh"}
+
+
+def _fast_activation(config) -> None:
+    for name in ("activation_function", "hidden_act"):
+        value = getattr(config, name, None)
+        if value in FAST_ACTIVATIONS:
+            setattr(config, name, FAST_ACTIVATIONS[value])
+
+
 def _zero_dropout(config, dropout: float) -> None:
     for name, value in list(vars(config).items()):
         if isinstance(value, float) and ("dropout" in name or "pdrop" in name):
@@ -55,16 +70,19 @@ def build_model(cfg: ModelConfig, vocab_size: int, seq_len: int, eos_id: int):
     config.eos_token_id = config.bos_token_id = eos_id
     config.pad_token_id = None
     _zero_dropout(config, cfg.dropout)
+    _fast_activation(config)
     config.tie_word_embeddings = cfg.config.get("tie_word_embeddings", True)
     return AutoModelForCausalLM.from_config(config, attn_implementation=cfg.attn_implementation)
 
 
 def load_model(path: str, attn_implementation: str = "sdpa", dropout: float | None = 0.0):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     if not (Path(path) / "config.json").exists():
         raise FileNotFoundError(f"model.init {path!r} is not an HF checkpoint directory (no config.json)")
-    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn_implementation)
+    config = AutoConfig.from_pretrained(path)
+    _fast_activation(config)
+    model = AutoModelForCausalLM.from_pretrained(path, config=config, attn_implementation=attn_implementation)
     if dropout is not None:
         _zero_dropout(model.config, dropout)
     return model
