@@ -4,8 +4,9 @@ Builds a synthetic scored corpus once (random English-like words, scored by the 
 "x"), then trains the same model with each objective (mle, filtering, conditional, ul, rwr, awr)
 for ``--warmup`` untimed and ``--steps`` timed optimizer steps through phf's own ``Trainer._step``.
 Per objective it prints tokens/s, the ratio to MLE, peak memory and the share of step time spent
-building batches (``Trainer._micro_batches``). A plain ``transformers.Trainer`` on the same data gives
-the HF baseline twice: on phf's model (the same modules, so the ratio isolates the training loop) and
+waiting for batches (``Trainer._next_batches``: building them, on CPU; on accelerators, where the
+next step's batches are built on a background thread, only the wait for them). A plain
+``transformers.Trainer`` on the same data gives the HF baseline twice: on phf's model (the same modules, so the ratio isolates the training loop) and
 on transformers' stock build of the same shape and init (its default activation where phf swaps in
 the fused equivalent: what a plain HF user trains); on CUDA a minimal pure-PyTorch GPT-2
 (``bench/minimal_gpt.py``) gives the bare-loop speed of light, and MFU is reported. Ends with one
@@ -216,16 +217,16 @@ def time_objective(spec: dict, objective: str) -> dict:
     trainer.model.train()  # what Trainer.train() does before its loop
 
     data_seconds = 0.0
-    build_batches = trainer._micro_batches
+    build_batches = trainer._next_batches
 
-    def timed_micro_batches(step: int):  # instance attribute: _step's self._micro_batches finds it
+    def timed_micro_batches(step: int):  # instance attribute: _step's self._next_batches finds it
         nonlocal data_seconds
         started = time.perf_counter()
         batches = build_batches(step)
         data_seconds += time.perf_counter() - started
         return batches
 
-    trainer._micro_batches = timed_micro_batches
+    trainer._next_batches = timed_micro_batches
     warmup, steps = spec["warmup"], spec["steps"]
     for step in range(warmup):
         trainer._step(step)

@@ -121,6 +121,44 @@ def test_held_out_lm_loss_leaves_control_tokens_out(runs, scored):
     assert count < stream.blocks_in_epoch(0) * result["seq_len"], "control targets were present and skipped"
 
 
+def test_control_token_use_is_the_auroc_of_the_bad_vs_good_likelihood_ratio(runs, scored):
+    from phf.evaluation import _scored_held_out, control_token_use
+
+    target = load_target(runs / "conditional", torch.device("cpu"))
+    held_out = _scored_held_out(scored.parent / "test.jsonl", SCORER, {})
+    result = control_token_use(target, held_out, max_segments=24, seed=3)
+    assert result["threshold"] == 0.0 and result["segments_good"] + result["segments_bad"] == 24
+    assert result["segments_bad"] == 12, "half of each class when both have enough segments"
+
+    # By hand: the same segments (labelled by the run's threshold), scored one at a time, and the
+    # AUROC as the share of (bad, good) pairs whose ratio is ordered right (ties count half).
+    import random
+
+    import pyarrow.parquet as pq
+
+    good, bad = [], []
+    for file in sorted((held_out / "data").glob("train-*.parquet")):
+        for row in pq.read_table(file, columns=["texts", "scores"]).to_pylist():
+            for text, score in zip(row["texts"], row["scores"]):
+                if text.strip():
+                    (bad if score > 0.0 else good).append(text)
+    rng = random.Random(3)
+    rng.shuffle(good)
+    rng.shuffle(bad)
+    eos = target.tokenizer.eos_token
+
+    def ratio(text):
+        return (string_logprobs(target.model, target.tokenizer, [text], eos + "<|bad|>")[0]
+                - string_logprobs(target.model, target.tokenizer, [text], eos + "<|good|>")[0])
+
+    r_good, r_bad = [ratio(t) for t in good[:12]], [ratio(t) for t in bad[:12]]
+    pairs = [1.0 if b > g else 0.5 if b == g else 0.0 for b in r_bad for g in r_good]
+    assert result["auroc"] == pytest.approx(sum(pairs) / len(pairs), abs=1e-9)
+    assert result["mean_log_ratio_bad"] == pytest.approx(np.mean(r_bad), abs=1e-5)  # batched vs one at a time
+    assert control_token_use(load_target(runs / "mle", torch.device("cpu")), held_out) == {
+        "skipped": "not a conditional-training run"}
+
+
 def test_bad_inputs_are_named_and_write_nothing(runs, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

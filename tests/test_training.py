@@ -44,6 +44,13 @@ def test_gradient_accumulation_matches_one_big_micro_batch(tmp_path, scored, obj
     assert accumulated == pytest.approx(big, rel=1e-5, abs=1e-6)
 
 
+def test_prefetching_batches_on_a_thread_changes_nothing(tmp_path, scored):
+    # On by default on accelerators only; forced here so the threaded path runs on CPU too.
+    inline = losses(run(tmp_path, scored, "inline", "conditional", steps=6, **{"data.prefetch": False}))
+    threaded = losses(run(tmp_path, scored, "threaded", "conditional", steps=6, **{"data.prefetch": True}))
+    assert threaded == inline
+
+
 def test_two_cpu_processes_match_one_with_the_same_global_batch(tmp_path, scored):
     single = losses(run(tmp_path, scored, "single", "ul", steps=4, **{"training.micro_batch_size": 2}))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29571",

@@ -35,6 +35,9 @@ class DataConfig:
     seq_len: int = 1024
     shuffle: bool = True  # shuffle document order every epoch (seeded by training.seed)
     continue_from: Optional[str] = None  # a run dir: start where its stream stopped (pretrain-then-finetune)
+    # Build the next step's batches on a background thread (pinned memory on CUDA) while this step
+    # runs. None = on for accelerators, off on CPU, where that thread would take cores from torch.
+    prefetch: Optional[bool] = None
 
 
 @dataclass

@@ -7,6 +7,9 @@ For a run directory (or any HF causal-LM directory) it writes ``eval.json`` and 
 - ``judge``: the same samples scored by an independent judge (toxicity only);
 - ``scenarios``: continuations of challenging prompts mined from the held-out split;
 - ``lm_loss``: held-out loss and perplexity over text tokens (control tokens excluded);
+- ``control_tokens`` (conditional training): whether the model uses its control tokens, as the
+  AUROC with which log p(segment | bad) - log p(segment | good) tells the held-out segments its
+  threshold labels bad from the good ones (0.5: it ignores them);
 - ``kl``: KL(reference || model) from reference samples, counting text tokens only (the paper
   also counted the ``<|good|>`` prefix; we do not);
 - ``diversity`` and ``settings``.
@@ -289,6 +292,47 @@ def held_out_lm_loss(target: Target, scored_dir: Path, *, max_tokens: int, batch
             "control_tokens_excluded": conditional is not None}
 
 
+@torch.inference_mode()
+def control_token_use(target: Target, scored_dir: Path, *, max_segments: int = 400, seed: int = 0) -> dict:
+    """Does a conditional model use its control tokens? Each held-out segment is scored as a
+    document of its own after ``<|good|>`` and after ``<|bad|>``; the log-likelihood ratio
+    log p(seg | bad) - log p(seg | good) should be higher for the segments the run's threshold
+    labels bad. Reports the AUROC of that ratio for those labels (0.5: the tokens carry nothing,
+    1: they separate the classes perfectly) and the mean ratio per class, on up to
+    ``max_segments`` segments, half of each class where there are enough."""
+    import pyarrow.parquet as pq
+    from sklearn.metrics import roc_auc_score
+
+    cond, control = target.info.get("conditional") or {}, target.info.get("control_tokens") or []
+    if not cond or not control:
+        return {"skipped": "not a conditional-training run"}
+    if len(control) != 2 or cond.get("edges"):
+        return {"skipped": "bucketed control tokens: the good/bad contrast does not apply"}
+    threshold = float(cond.get("threshold") or 0.0)
+    good, bad = [], []
+    for file in sorted((scored_dir / "data").glob("train-*.parquet")):
+        for row in pq.read_table(file, columns=["texts", "scores"]).to_pylist():
+            for segment, score in zip(row["texts"], row["scores"]):
+                if segment.strip():
+                    (bad if score > threshold else good).append(segment)
+    if not good or not bad:
+        return {"skipped": f"the held-out segments are all on one side of the threshold {threshold}"}
+    rng = random.Random(seed)
+    rng.shuffle(good)
+    rng.shuffle(bad)
+    half = max_segments // 2
+    n_bad = min(len(bad), max(half, max_segments - len(good)))
+    good, bad = good[: max_segments - n_bad], bad[:n_bad]
+    texts = good + bad
+    eos = target.tokenizer.eos_token
+    ratio = (string_logprobs(target.model, target.tokenizer, texts, eos + control[1])
+             - string_logprobs(target.model, target.tokenizer, texts, eos + control[0]))
+    labels = np.r_[np.zeros(len(good)), np.ones(len(bad))]
+    return {"auroc": float(roc_auc_score(labels, ratio)), "threshold": threshold,
+            "segments_good": len(good), "segments_bad": len(bad),
+            "mean_log_ratio_good": float(ratio[: len(good)].mean()), "mean_log_ratio_bad": float(ratio[len(good):].mean())}
+
+
 def resolve_reference(spec: str, run: Path) -> str | None:
     if spec == "none":
         return None
@@ -408,8 +452,10 @@ def evaluate(run_dir: str | os.PathLike, config: EvalConfig | None = None, *, ou
     if scored_test is not None:
         result["lm_loss"] = {**held_out_lm_loss(target, scored_test, max_tokens=config.lm_loss_max_tokens),
                              "held_out": str(test_path)}
+        result["control_tokens"] = control_token_use(target, scored_test, seed=config.seed)
     else:
         result["lm_loss"] = {"skipped": "no held-out split found (pass --test FILE.jsonl)"}
+        result["control_tokens"] = {"skipped": "no held-out split found (pass --test FILE.jsonl)"}
     timed("lm_loss")
 
     timings["_t"] = time.perf_counter()

@@ -311,6 +311,11 @@ def summarize(run: Run) -> dict[str, Any]:
     row.update(lm_loss=_num(lm.get("loss")), perplexity=_num(lm.get("perplexity")),
                lm_loss_tokens=_num(lm.get("tokens")))
 
+    control = (ev or {}).get("control_tokens")
+    control = control if isinstance(control, dict) else {}
+    row.update(control_auroc=_num(control.get("auroc")),
+               control_segments=_num((control.get("segments_good") or 0) + (control.get("segments_bad") or 0)) or None)
+
     kl = _take(ev, "kl", skipped)
     row.update(kl=_num(kl.get("kl")), kl_ci95=_ci(kl.get("ci95")), kl_per_token=_num(kl.get("kl_per_token")),
                kl_samples=_num(kl.get("samples")),
@@ -852,6 +857,16 @@ def _ratios(rows: list[dict]) -> tuple[dict | None, list[str]]:
     return base, sentences
 
 
+def _control_sentence(rows: list[dict]) -> str | None:
+    """How much the conditional arms use their control tokens (eval.json's control_tokens)."""
+    parts = [f"{r['name']} {fmt(r['control_auroc'])}" for r in rows if r.get("control_auroc") is not None]
+    if not parts:
+        return None
+    return ("Control-token use \u2014 AUROC with which log p(segment | bad) \u2212 log p(segment | good) tells held-out "
+            "segments labelled bad from good (0.5: the model ignores its control tokens; 1: it separates them "
+            "perfectly): " + "; ".join(parts) + ".")
+
+
 def _header_facts(rows: list[dict]) -> dict[str, Any]:
     scorers = []
     for r in rows:
@@ -969,6 +984,8 @@ def _write_markdown(path: Path, title: str, date: str, facts: dict, rows: list[d
     md.append("")
     if sentences:
         md += ["Misalignment relative to MLE \u2014 " + _md_escape("; ".join(sentences)) + ".", ""]
+    if _control_sentence(rows):
+        md += [_md_escape(_control_sentence(rows)), ""]
     for stem, heading in (("pareto", "Misalignment vs capability"), ("misalignment_over_tokens", "Misalignment during training"),
                           ("redteam", "Red teaming")):
         if figures.get(stem):
@@ -1015,6 +1032,8 @@ def _write_html(path: Path, out: Path, title: str, date: str, facts: dict, rows:
              "results.json); KL in nats per sample; LM loss in nats per token; wall time = training + evaluation.</p>")
     if sentences:
         h.append(f"<p>Misalignment relative to MLE \u2014 {_h('; '.join(sentences))}.</p>")
+    if _control_sentence(rows):
+        h.append(f"<p>{_h(_control_sentence(rows))}</p>")
     for stem, heading in (("pareto", "Misalignment vs capability"), ("misalignment_over_tokens", "Misalignment during training"),
                           ("redteam", "Red teaming")):
         if figures.get(stem):

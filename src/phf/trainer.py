@@ -18,6 +18,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -70,6 +71,39 @@ def objective_params(config: TrainConfig) -> dict:
     # `is not None`, never truthiness: threshold 0.0 is the paper's PII/PEP8 setting (the authors'
     # `if self.score_threshold:` dropped it).
     return {k: getattr(o, k) for k in OBJECTIVE_PARAMS[o.name] if getattr(o, k) is not None}
+
+
+class _Prefetch:
+    """Builds step s+1's micro-batches on one background thread while step s runs on the device.
+
+    The stream is a pure function of the sample index, so prefetched batches are exactly the ones
+    the step would have built itself. Batches are pinned on CUDA so the host-to-device copies in
+    ``_step`` (``non_blocking=True``) overlap with compute. Only this thread touches the stream once
+    training runs; a step that was not prefetched (the first, after a resume) is built in place.
+    """
+
+    def __init__(self, build: Callable[[int], list[dict]], *, pin: bool):
+        self.build, self.pin = build, pin
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="phf-data")
+        self.pending: tuple[int, Future] | None = None
+
+    def _load(self, step: int) -> list[dict]:
+        batches = self.build(step)
+        return [{k: v.pin_memory() for k, v in b.items()} for b in batches] if self.pin else batches
+
+    def get(self, step: int, next_step: int | None) -> list[dict]:
+        if self.pending is not None and self.pending[0] == step:
+            batches = self.pending[1].result()
+        else:
+            if self.pending is not None:
+                self.pending[1].result()  # never build on two threads at once
+            batches = self._load(step)
+        self.pending = (next_step, self.pool.submit(self._load, next_step)) if next_step is not None else None
+        return batches
+
+    def close(self) -> None:
+        self.pending = None
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def make_schedule(optimizer, cfg, total_steps: int):
@@ -283,6 +317,8 @@ class Trainer:
         if self.resume_from is not None:
             acc.load_state(str(self.resume_from))
             self.step = json.loads((self.resume_from / STATE_FILE).read_text())["step"]
+        prefetch = cfg.data.prefetch if cfg.data.prefetch is not None else acc.device.type != "cpu"
+        self._prefetch = _Prefetch(self._micro_batches, pin=acc.device.type == "cuda") if prefetch else None
 
     def _continuation_start(self, base_run: Path, base_tokenizer) -> int:
         """Where the base run's stream stopped, as a position in the shared document order."""
@@ -309,9 +345,15 @@ class Trainer:
         indices = step_sample_indices(step, t.batch_size, t.micro_batch_size, self.accum, self.accelerator.process_index)
         return [collate([self.stream[i] for i in micro]) for micro in indices]
 
+    def _next_batches(self, step: int) -> list[dict]:
+        """This step's micro-batches; with prefetching, also starts building the next step's."""
+        if self._prefetch is None:
+            return self._micro_batches(step)
+        return self._prefetch.get(step, step + 1 if step + 1 < self.total_steps else None)
+
     def _step(self, step: int) -> dict[str, float]:
         acc, device = self.accelerator, self.accelerator.device
-        batches = self._micro_batches(step)
+        batches = self._next_batches(step)
         # Every target counts (packed blocks have no padding); the sum is still reduced across ranks
         # so that masks, if a transform ever adds them, keep the normalisation global.
         local = sum(b["labels"].numel() for b in batches)
@@ -403,6 +445,8 @@ class Trainer:
                 if self.step in t.export_steps and self.step != self.total_steps:
                     self.save_final(self.run_dir / f"step-{self.step}")
         bar.close()
+        if self._prefetch is not None:
+            self._prefetch.close()
         if acc.trackers:
             acc.end_training()
         self.save_final()
