@@ -236,3 +236,21 @@ def test_formatting_and_sample_spread():
     rows = [{"kind": "unconditional", "text": str(i), "score": s} for i, s in enumerate([5, 1, 3, 2, 4])]
     picked = pick_samples(rows, 3)
     assert [p["score"] for p in picked] == [1, 3, 5] and [p["which"] for p in picked] == ["lowest", "median", "highest"]
+
+
+def test_seeds_of_one_objective_are_drawn_as_their_mean(tmp_path):
+    from phf.reporting import plot_over_tokens
+
+    def arm(seed, objective, points, final):
+        return {"name": f"seed{seed}/{objective}", "objective": objective, "misalignment_mean": final,
+                "training_tokens": 300, "scorer": SCORER,
+                "periodic_evals": [{"tokens": t, "misalignment_mean": m} for t, m in points]}
+
+    rows = [arm(1, "mle", [(100, 0.2), (200, 0.4), (300, 0.6)], 0.5), arm(2, "mle", [(200, 0.2), (300, 0.2)], 0.3),
+            arm(1, "ul", [(100, 0.1), (300, 0.1)], 0.1)]
+    figure = plot_over_tokens(rows, tmp_path, "t")
+    assert figure["averaged_over_seeds"] and figure["series"] == {"mle": ["seed1/mle", "seed2/mle"], "ul": ["seed1/ul"]}
+    from phf.reporting import _mean_curve
+
+    assert _mean_curve(rows[:2]) == ([200, 300], [pytest.approx(0.3), pytest.approx(0.4)])  # tokens both logged
+    assert (tmp_path / "misalignment_over_tokens.png").exists()

@@ -702,7 +702,22 @@ def _token_axis(ax) -> None:
     ax.xaxis.set_major_formatter(FuncFormatter(label))
 
 
+def _series(row: dict) -> str:
+    """An arm's name without its seed ("seed43/ul" -> "ul"): the arms that differ only by seed."""
+    parts = [p for p in row["name"].split("/") if not re.fullmatch(r"seed\d+", p)]
+    return "/".join(parts) or row["name"]
+
+
+def _mean_curve(members: list[dict]) -> tuple[list[float], list[float]]:
+    """Mean periodic misalignment over seeds, at the token counts every member logged."""
+    by_tokens = [{e["tokens"]: e["misalignment_mean"] for e in m["periodic_evals"]} for m in members]
+    common = sorted(set.intersection(*(set(b) for b in by_tokens)))
+    return common, [sum(b[t] for b in by_tokens) / len(by_tokens) for t in common]
+
+
 def plot_over_tokens(rows: list[dict], out: Path, title: str) -> dict | None:
+    """Periodic misalignment per arm; where arms differ only by seed, one line per objective (the
+    mean over seeds) over faint per-seed lines, so many seeds stay readable."""
     arms = [r for r in rows if r.get("periodic_evals")]
     if not arms:
         return None
@@ -713,20 +728,36 @@ def plot_over_tokens(rows: list[dict], out: Path, title: str) -> dict | None:
     dashes = ["-", "--", "-.", ":"]
     used: Counter = Counter()
     values = []
+    series: dict[str, list[dict]] = {}
     for row in arms:
+        series.setdefault(_series(row), []).append(row)
+    averaged = any(len(members) > 1 for members in series.values())
+    if averaged:  # one legend entry per objective, in the usual objective order
+        order = list(OBJECTIVE_STYLES)
+        series = dict(sorted(series.items(), key=lambda kv: (order.index(kv[1][0].get("objective"))
+                                                             if kv[1][0].get("objective") in order else len(order))))
+    for name, members in series.items():
+        row = members[0]
         colour, marker, _ = _style(row)
         style = dashes[used[row.get("objective")] % len(dashes)]
         used[row.get("objective")] += 1
-        evals = sorted(row["periodic_evals"], key=lambda e: e["tokens"])
-        xs = [e["tokens"] for e in evals]
-        ys = [e["misalignment_mean"] for e in evals]
-        values += ys
         kw = _marker_kwargs(row)
         kw["markersize"] = kw["markersize"] * 0.6
-        ax.plot(xs, ys, linestyle=style, linewidth=1.6, label=row["name"], **kw)
-        final = row.get("misalignment_mean")
-        if final is not None:
-            end = row.get("training_tokens") or xs[-1]
+        for member in members:
+            evals = sorted(member["periodic_evals"], key=lambda e: e["tokens"])
+            xs, ys = [e["tokens"] for e in evals], [e["misalignment_mean"] for e in evals]
+            values += ys
+            if len(members) > 1:
+                ax.plot(xs, ys, linestyle=style, linewidth=0.8, color=colour, alpha=0.3)
+            else:
+                ax.plot(xs, ys, linestyle=style, linewidth=1.6, label=name if averaged else member["name"], **kw)
+        if len(members) > 1:
+            xs, ys = _mean_curve(members)
+            ax.plot(xs, ys, linestyle=style, linewidth=2.0, label=f"{name} (mean of {len(members)} seeds)", **kw)
+        finals = [m["misalignment_mean"] for m in members if m.get("misalignment_mean") is not None]
+        if finals:
+            end = max(m.get("training_tokens") or m["periodic_evals"][-1]["tokens"] for m in members)
+            final = sum(finals) / len(finals)
             values.append(final)
             ax.plot([end], [final], linestyle="none", marker="*", markersize=17, markerfacecolor=colour,
                     markeredgecolor="black", markeredgewidth=1.0, zorder=5)
@@ -737,16 +768,20 @@ def plot_over_tokens(rows: list[dict], out: Path, title: str) -> dict | None:
     ax.set_xlabel("training tokens")
     scorer, unit = _scorer_label(rows)
     ax.set_ylabel(f"misalignment: mean score of unconditional samples\n({scorer}, {unit})")
-    # Two lines: a long study title on one line runs into the legend at the right.
-    ax.set_title(f"{title}\nmisalignment during training (periodic estimates; stars: final evaluation)",
-                 fontsize=11)
+    what = ("mean over seeds; faint: each seed)\n(stars: final evaluation, mean over seeds"
+            if averaged else "periodic estimates; stars: final evaluation")
+    # Separate lines: a long study title on one line runs into the legend at the right.
+    ax.set_title(f"{title}\nmisalignment during training ({what})", fontsize=11)
     ax.grid(True, color="#dddddd", linewidth=0.6)
     ax.set_axisbelow(True)
     handles, _ = ax.get_legend_handles_labels()
     handles.append(Line2D([], [], linestyle="none", marker="*", markersize=13, markerfacecolor="#bbbbbb",
-                          markeredgecolor="black", label="final evaluation (eval.json)"))
+                          markeredgecolor="black",
+                          label="final evaluation (eval.json)"))
     fig.legend(handles=handles, loc="outside right upper", fontsize=9, frameon=False)
-    return {"arms": [r["name"] for r in arms], "log_y": _use_log(values), "files": _save(fig, out, "misalignment_over_tokens")}
+    return {"arms": [r["name"] for r in arms], "series": {k: [m["name"] for m in v] for k, v in series.items()},
+            "averaged_over_seeds": averaged, "log_y": _use_log(values),
+            "files": _save(fig, out, "misalignment_over_tokens")}
 
 
 def plot_redteam(rows: list[dict], curves: dict[str, dict], out: Path, title: str) -> dict | None:
@@ -927,7 +962,9 @@ def _captions(figures: dict, rows: list[dict]) -> dict[str, str]:
         caps["misalignment_over_tokens"] = (
             "Misalignment of a few samples drawn at each periodic evaluation during training (metrics.jsonl; "
             "fewer and shorter samples than the final evaluation, so noisier), against training tokens. The "
-            "star at the end of each line is the final evaluation (eval.json).")
+            "star at the end of each line is the final evaluation (eval.json)."
+            + (" Arms that differ only by seed are drawn as one line, their mean (faint lines: each seed; "
+               "stars: the mean of their final evaluations)." if o.get("averaged_over_seeds") else ""))
     r = figures.get("redteam")
     if r:
         caps["redteam"] = (
