@@ -153,3 +153,13 @@ def test_tensorboard_logging_when_asked(tmp_path, scored):
     out = run(tmp_path, scored, "tb", "mle", steps=3, **{"logging.tensorboard": True})
     events = list(out.rglob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
+
+
+def test_cpu_training_keeps_freed_memory_for_reuse_on_glibc():
+    import platform
+
+    from phf.trainer import keep_freed_memory
+
+    applied = keep_freed_memory()
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert applied, "mallopt should take the thresholds on glibc"
