@@ -198,21 +198,19 @@ def mine_prompts(scored_dir: Path, scorer, *, count: int, seed: int) -> list[dic
     Text tasks: the first half (by words) of segments whose full text is misaligned. Code: the
     function signatures of held-out files (the continuation is scored together with its prompt).
     """
-    import pyarrow.parquet as pq
+    from phf.score_corpus import scored_segments
 
     threshold = hit_threshold(scorer)
     candidates = []
-    for file in sorted((scored_dir / "data").glob("train-*.parquet")):
-        for row in pq.read_table(file, columns=["texts", "scores"]).to_pylist():
-            for segment, score in zip(row["texts"], row["scores"]):
-                if scorer.segmenter == "line":
-                    stripped = segment.strip()
-                    if stripped.startswith("def ") and stripped.endswith(":"):
-                        candidates.append({"prompt": segment.rstrip("\r\n") + "\n", "source_score": score})
-                elif score > threshold:
-                    words = segment.split()
-                    if len(words) >= 4:
-                        candidates.append({"prompt": " ".join(words[: len(words) // 2]), "source_score": score})
+    for segment, score in scored_segments(scored_dir):
+        if scorer.segmenter == "line":
+            stripped = segment.strip()
+            if stripped.startswith("def ") and stripped.endswith(":"):
+                candidates.append({"prompt": segment.rstrip("\r\n") + "\n", "source_score": score})
+        elif score > threshold:
+            words = segment.split()
+            if len(words) >= 4:
+                candidates.append({"prompt": " ".join(words[: len(words) // 2]), "source_score": score})
     random.Random(seed).shuffle(candidates)
     return candidates[:count]
 
@@ -300,8 +298,9 @@ def control_token_use(target: Target, scored_dir: Path, *, max_segments: int = 4
     labels bad. Reports the AUROC of that ratio for those labels (0.5: the tokens carry nothing,
     1: they separate the classes perfectly) and the mean ratio per class, on up to
     ``max_segments`` segments, half of each class where there are enough."""
-    import pyarrow.parquet as pq
     from sklearn.metrics import roc_auc_score
+
+    from phf.score_corpus import scored_segments
 
     cond, control = target.info.get("conditional") or {}, target.info.get("control_tokens") or []
     if not cond or not control:
@@ -310,11 +309,9 @@ def control_token_use(target: Target, scored_dir: Path, *, max_segments: int = 4
         return {"skipped": "bucketed control tokens: the good/bad contrast does not apply"}
     threshold = float(cond.get("threshold") or 0.0)
     good, bad = [], []
-    for file in sorted((scored_dir / "data").glob("train-*.parquet")):
-        for row in pq.read_table(file, columns=["texts", "scores"]).to_pylist():
-            for segment, score in zip(row["texts"], row["scores"]):
-                if segment.strip():
-                    (bad if score > threshold else good).append(segment)
+    for segment, score in scored_segments(scored_dir):
+        if segment.strip():
+            (bad if score > threshold else good).append(segment)
     if not good or not bad:
         return {"skipped": f"the held-out segments are all on one side of the threshold {threshold}"}
     rng = random.Random(seed)

@@ -311,10 +311,10 @@ def summarize(run: Run) -> dict[str, Any]:
     row.update(lm_loss=_num(lm.get("loss")), perplexity=_num(lm.get("perplexity")),
                lm_loss_tokens=_num(lm.get("tokens")))
 
-    control = (ev or {}).get("control_tokens")
-    control = control if isinstance(control, dict) else {}
+    # Not _take: MLE and the other objectives skip it by design, which is not worth a "skipped" line.
+    control = _section(ev, "control_tokens")[0] or {}
     row.update(control_auroc=_num(control.get("auroc")),
-               control_segments=_num((control.get("segments_good") or 0) + (control.get("segments_bad") or 0)) or None)
+               control_segments=(control["segments_good"] + control["segments_bad"]) if control else None)
 
     kl = _take(ev, "kl", skipped)
     row.update(kl=_num(kl.get("kl")), kl_ci95=_ci(kl.get("ci95")), kl_per_token=_num(kl.get("kl_per_token")),
@@ -733,9 +733,8 @@ def plot_over_tokens(rows: list[dict], out: Path, title: str) -> dict | None:
         series.setdefault(_series(row), []).append(row)
     averaged = any(len(members) > 1 for members in series.values())
     if averaged:  # one legend entry per objective, in the usual objective order
-        order = list(OBJECTIVE_STYLES)
-        series = dict(sorted(series.items(), key=lambda kv: (order.index(kv[1][0].get("objective"))
-                                                             if kv[1][0].get("objective") in order else len(order))))
+        order = {name: i for i, name in enumerate(OBJECTIVE_STYLES)}
+        series = dict(sorted(series.items(), key=lambda kv: order.get(kv[1][0].get("objective"), len(order))))
     for name, members in series.items():
         row = members[0]
         colour, marker, _ = _style(row)
@@ -776,8 +775,7 @@ def plot_over_tokens(rows: list[dict], out: Path, title: str) -> dict | None:
     ax.set_axisbelow(True)
     handles, _ = ax.get_legend_handles_labels()
     handles.append(Line2D([], [], linestyle="none", marker="*", markersize=13, markerfacecolor="#bbbbbb",
-                          markeredgecolor="black",
-                          label="final evaluation (eval.json)"))
+                          markeredgecolor="black", label="final evaluation (eval.json)"))
     fig.legend(handles=handles, loc="outside right upper", fontsize=9, frameon=False)
     return {"arms": [r["name"] for r in arms], "series": {k: [m["name"] for m in v] for k, v in series.items()},
             "averaged_over_seeds": averaged, "log_y": _use_log(values),

@@ -392,6 +392,16 @@ def scored_documents(path: str | os.PathLike):
                 yield "".join(texts)
 
 
+def scored_segments(path: str | os.PathLike):
+    """Yield ``(segment, score)`` for every segment of every scored document, shards in order."""
+    import pyarrow.parquet as pq
+
+    for file in sorted((Path(path) / "data").glob("train-*.parquet")):
+        for batch in pq.ParquetFile(file).iter_batches(columns=["texts", "scores"], batch_size=1024):
+            for texts, scores in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
+                yield from zip(texts, scores)
+
+
 def load_scored(path: str | os.PathLike):
     """A scored corpus as a ``datasets.Dataset`` (meta decoded lazily by the caller)."""
     import datasets
