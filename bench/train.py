@@ -100,14 +100,13 @@ def prepare_data(spec: dict) -> dict:
     """Write, score and tokenize the corpus (tokenizer and token store land in phf's cache)."""
     import numpy as np
 
-    from phf.config import load_config
     from phf.score_corpus import score_corpus, scored_documents
     from phf.token_store import build_token_store
     from phf.tokenizer import load_tokenizer
 
     work = Path(spec["workdir"])
-    config = load_config([spec["preset_file"]], [f"output_dir={work / 'unused'}", f"data.path={work / 'unused'}",
-                                                 f"training.max_steps={spec['warmup'] + spec['steps']}"])
+    config = preset_config(spec, [f"output_dir={work / 'unused'}", f"data.path={work / 'unused'}",
+                                  f"training.max_steps={spec['warmup'] + spec['steps']}"])
     t, d = config.training, config.data
     needed = (spec["warmup"] + spec["steps"]) * t.batch_size * d.seq_len
     num_chars = max(1_000_000, int(needed * CORPUS_PASSES * CHARS_PER_TOKEN.get(d.tokenizer.name, 2.3)))
@@ -137,13 +136,20 @@ def objective_overrides(name: str, median: float) -> list[str]:
     }[name]
 
 
-def phf_config(spec: dict, objective: str, out: Path):
+def preset_config(spec: dict, overrides: list[str]):
+    """The preset's config with these overrides, then the user's ``--set`` ones (which win)."""
     from phf.config import load_config
 
+    return load_config([spec["preset_file"]], [*overrides, *spec.get("set", [])])
+
+
+def phf_config(spec: dict, run: str, out: Path):
+    """``run`` is an objective name, optionally followed by ``:key=value`` overrides of its own."""
+    objective, *own = run.split(":")
     overrides = [f"output_dir={out}", f"data.path={spec['data_path']}", f"objective.name={objective}",
                  f"training.max_steps={spec['warmup'] + spec['steps']}", "logging.progress=false",
                  f"training.compile={str(spec['compile']).lower()}", *objective_overrides(objective, spec["median_score"])]
-    return load_config([spec["preset_file"]], overrides)
+    return preset_config(spec, overrides + own)
 
 
 def _sync(device) -> None:
@@ -211,7 +217,7 @@ def time_objective(spec: dict, objective: str) -> dict:
 
     cuda = torch.cuda.is_available()
     rss_start = _start_memory_window(cuda)
-    config = phf_config(spec, objective, Path(spec["workdir"]) / "runs" / objective)
+    config = phf_config(spec, objective, Path(spec["workdir"]) / "runs" / objective.replace(":", "_").replace("/", "_"))
     trainer = Trainer(config)
     device = trainer.accelerator.device
     trainer.model.train()  # what Trainer.train() does before its loop
@@ -377,11 +383,9 @@ def time_minimal_gpt(spec: dict) -> dict:
     import torch
 
     from minimal_gpt import run_benchmark
-    from phf.config import load_config
     from phf.model import padded_vocab
 
-    config = load_config([spec["preset_file"]], [f"output_dir={spec['workdir']}/unused", "data.path=unused",
-                                                 "training.max_steps=1"])
+    config = preset_config(spec, [f"output_dir={spec['workdir']}/unused", "data.path=unused", "training.max_steps=1"])
     shape = {"n_layer": 12, "n_head": 12, "n_embd": 768, **config.model.config}
     vocab = padded_vocab(spec["vocab_size"], config.model.pad_vocab_multiple)
     gc.collect()
@@ -433,7 +437,12 @@ def main() -> int:
                         help="model/data preset (default: tiny on CPU, gpt2-small on CUDA)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per run (default 20)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps before them (default 3 tiny, 5 gpt2-small)")
-    parser.add_argument("--objectives", default=",".join(OBJECTIVES), help="comma-separated (default: all six)")
+    parser.add_argument("--objectives", default=",".join(OBJECTIVES),
+                        help="comma-separated (default: all six); OBJECTIVE:key=value[:key=value] adds a run of that "
+                             "objective with its own config overrides, e.g. mle:training.logprob_keep_softmax_mb=0")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a phf config override for every run, HF Trainer and minimal GPT included "
+                             "(batch and model shape, optimizer), e.g. --set training.micro_batch_size=8; repeatable")
     parser.add_argument("--no-hf-trainer", action="store_true", help="skip the transformers.Trainer baseline")
     parser.add_argument("--compile", action="store_true", help="torch.compile phf, HF Trainer and the minimal GPT")
     parser.add_argument("--threads", type=int, default=None,
@@ -455,9 +464,14 @@ def main() -> int:
     import torch
 
     objectives = [o.strip() for o in args.objectives.split(",") if o.strip()]
-    unknown = [o for o in objectives if o not in OBJECTIVES]
+    unknown = [o for o in objectives if o.split(":")[0] not in OBJECTIVES
+               or any("=" not in kv for kv in o.split(":")[1:])]
     if unknown or not objectives:
-        parser.error(f"--objectives: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(OBJECTIVES)}")
+        parser.error(f"--objectives: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(OBJECTIVES)}, "
+                     "each optionally followed by :key=value overrides")
+    bad_set = [kv for kv in args.set if "=" not in kv]
+    if bad_set:
+        parser.error(f"--set {bad_set[0]!r}: expected KEY=VALUE")
     cuda = torch.cuda.is_available()
     preset = args.preset or ("gpt2-small" if cuda else "tiny")
     big = preset != "tiny"
@@ -484,13 +498,18 @@ def main() -> int:
         work.mkdir(parents=True, exist_ok=True)
         os.environ["PHF_CACHE"] = str(work / "cache")  # workers inherit it: tokenizer/store built once
         spec = {"workdir": str(work), "preset_file": str(PRESETS[preset]), "steps": steps, "warmup": warmup,
-                "compile": args.compile, "threads": None if cuda else threads}
+                "compile": args.compile, "threads": None if cuda else threads, "set": args.set}
+        from phf.config import ConfigError
+
+        for run in objectives:  # a bad --set or run override fails here, before any work
+            try:
+                preset_config(spec, ["output_dir=unused", "data.path=unused", "training.max_steps=1", *run.split(":")[1:]])
+            except ConfigError as exc:
+                parser.error(f"{run}: {exc}")
         data = prepare_data(spec)
         spec.update(data)
-        from phf.config import load_config
-
-        config = load_config([spec["preset_file"]], [f"output_dir={work}/unused", f"data.path={data['data_path']}",
-                                                     "training.max_steps=1"])
+        config = preset_config(spec, [f"output_dir={work}/unused", f"data.path={data['data_path']}",
+                                      "training.max_steps=1"])
         t = config.training
         spec["vocab_size"] = config.data.tokenizer.vocab_size if config.data.tokenizer.name == "bpe" else 50257
         spec_file = work / "spec.json"
@@ -534,12 +553,13 @@ def main() -> int:
             figures["other_load_start"] = round(others_at_start, 2)
     mle = results.get("mle")
     mem_label = "peak mem" if cuda else "peak RSS*"
-    header = f"{'run':<22}{'tok/s':>12}{'vs MLE':>9}{mem_label:>13}{'data wait':>11}"
+    labels = {"hf_trainer": "HF Trainer (MLE)", "hf_trainer_stock": "HF Trainer, stock", "minimal_gpt": "minimal GPT (random)"}
+    width = max(22, *(len(labels.get(n, n)) + 2 for n in results))
+    header = f"{'run':<{width}}{'tok/s':>12}{'vs MLE':>9}{mem_label:>13}{'data wait':>11}"
     header += f"{'MFU':>8}" if cuda else f"{'RSS@start':>12}{'other load':>12}"
     print()
     print(header)
     print("-" * len(header))
-    labels = {"hf_trainer": "HF Trainer (MLE)", "hf_trainer_stock": "HF Trainer, stock", "minimal_gpt": "minimal GPT (random)"}
     for name, r in results.items():
         ratio = r["tok_s"] / mle["tok_s"] if mle else None
         figures[f"tok_s.{name}"] = round(r["tok_s"], 1)
@@ -554,7 +574,7 @@ def main() -> int:
         if "rss_start_mb" in r:
             figures[f"rss_start_mb.{name}"] = round(r["rss_start_mb"], 1)
         ratio_text = "-" if ratio is None else f"{ratio:.3f}"
-        row = (f"{labels.get(name, name):<22}{r['tok_s']:>12,.0f}{ratio_text:>9}"
+        row = (f"{labels.get(name, name):<{width}}{r['tok_s']:>12,.0f}{ratio_text:>9}"
                f"{_fmt_mem(r.get('peak_mem_mb')):>13}{_fmt_pct(r.get('data_wait_share')):>11}")
         if cuda:
             row += f"{_fmt_pct(r.get('mfu')):>8}"

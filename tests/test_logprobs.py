@@ -34,19 +34,20 @@ def grads(out, upstream, tensors):
 
 
 @pytest.mark.parametrize(
-    "shape,chunk,bias,ignore_frac",
+    "shape,chunk,bias,ignore_frac,keep_mb",
     [
-        ((2, 7), 3, True, 0.0),  # chunk does not divide the 14 tokens
-        ((2, 7), 3, True, 0.3),  # ... with ignored targets
-        ((13,), 2048, False, 0.2),  # one chunk (softmax kept for backward), no bias, 1-d leading shape
-        ((2, 7), 64, True, 0.3),  # one chunk with bias and ignored targets
-        ((3, 2, 5), 4, True, 0.25),  # several leading dims
-        ((4, 5), 1, True, 0.0),  # one token per chunk
+        ((2, 7), 3, True, 0.0, 0),  # chunk does not divide the 14 tokens
+        ((2, 7), 3, True, 0.3, 0),  # ... with ignored targets
+        ((2, 7), 3, True, 0.3, 1),  # ... the softmax of every chunk kept for backward (fits 1 MB)
+        ((13,), 2048, False, 0.2, 0),  # one chunk (softmax kept for backward), no bias, 1-d leading shape
+        ((2, 7), 64, True, 0.3, 0),  # one chunk with bias and ignored targets
+        ((3, 2, 5), 4, True, 0.25, 0),  # several leading dims
+        ((4, 5), 1, True, 0.0, 1),  # one token per chunk, kept
     ],
 )
-def test_matches_naive_float64(shape, chunk, bias, ignore_frac):
+def test_matches_naive_float64(shape, chunk, bias, ignore_frac, keep_mb):
     hidden, weight, b, targets = make(shape, d=6, vocab=11, bias=bias, ignore_frac=ignore_frac)
-    ours = target_logprobs(hidden, weight, targets, bias=b, chunk_tokens=chunk)
+    ours = target_logprobs(hidden, weight, targets, bias=b, chunk_tokens=chunk, keep_softmax_mb=keep_mb)
     ref = naive(hidden, weight, targets, b)
     assert ours.dtype == torch.float64 and ours.shape == targets.shape
     torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
@@ -66,9 +67,12 @@ def test_matches_naive_float32_and_float64_gradcheck():
 
     h64, w64, b64, t64 = make((2, 3), d=4, vocab=7, ignore_frac=0.2, seed=3)
     # float64 inputs keep float64 throughout, so finite differences check the hand-written backward.
-    for chunk in (4, 64):  # chunked (logits recomputed) and one chunk (softmax kept)
-        assert torch.autograd.gradcheck(lambda h, w, bb: target_logprobs(h, w, t64, bias=bb, chunk_tokens=chunk),
-                                        (h64, w64, b64))
+    # Chunked with logits recomputed, chunked with the softmax kept, one chunk (softmax kept). gradcheck
+    # also runs each backward twice through the same graph, which must give identical gradients.
+    for chunk, keep_mb in ((4, 0), (4, 1), (64, 0)):
+        def fn(h, w, bb, chunk=chunk, keep_mb=keep_mb):
+            return target_logprobs(h, w, t64, bias=bb, chunk_tokens=chunk, keep_softmax_mb=keep_mb)
+        assert torch.autograd.gradcheck(fn, (h64, w64, b64))
 
 
 def test_ignored_targets_get_zero_and_no_gradient():
@@ -88,12 +92,13 @@ def test_ignored_targets_get_zero_and_no_gradient():
     assert out2[1, 0] == 0
 
 
-def test_bf16_autocast_close_to_fp32_and_grads_in_param_dtype():
+@pytest.mark.parametrize("keep_mb", [0, 1])  # logits recomputed / bf16 softmax kept
+def test_bf16_autocast_close_to_fp32_and_grads_in_param_dtype(keep_mb):
     hidden, weight, b, targets = make((4, 33), d=32, vocab=101, dtype=torch.float32, ignore_frac=0.1)
     ref = naive(hidden, weight, targets, b)
     ref_grads = grads(ref.sum(), None, [hidden, weight, b])
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        ours = target_logprobs(hidden, weight, targets, bias=b, chunk_tokens=16)
+        ours = target_logprobs(hidden, weight, targets, bias=b, chunk_tokens=16, keep_softmax_mb=keep_mb)
     assert ours.dtype == torch.float32
     torch.testing.assert_close(ours, ref, rtol=0.05, atol=0.1)
     got = grads(ours.sum(), None, [hidden, weight, b])
@@ -102,7 +107,7 @@ def test_bf16_autocast_close_to_fp32_and_grads_in_param_dtype():
         assert (g - r).norm() / r.norm() < 0.05
     # bf16 inputs without autocast compute in bf16 and return bf16 gradients.
     hb, wb = hidden.detach().bfloat16().requires_grad_(), weight.detach().bfloat16().requires_grad_()
-    outb = target_logprobs(hb, wb, targets, chunk_tokens=16)
+    outb = target_logprobs(hb, wb, targets, chunk_tokens=16, keep_softmax_mb=keep_mb)
     gh, gw = torch.autograd.grad(outb.sum(), [hb, wb])
     assert outb.dtype == torch.float32 and gh.dtype == wb.dtype == gw.dtype == torch.bfloat16
     torch.testing.assert_close(outb, naive(hidden, weight, targets), rtol=0.05, atol=0.1)
@@ -124,17 +129,20 @@ def test_tied_embedding_receives_both_gradients():
 
 
 class _LargestTensor(TorchDispatchMode):
-    """Records the largest tensor any aten op produces (forward and backward)."""
+    """Records the largest tensor any aten op produces (forward and backward), and matmul shapes."""
 
     def __init__(self):
         super().__init__()
         self.largest = 0
+        self.matmuls: list[tuple[int, ...]] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(t, torch.Tensor):
                 self.largest = max(self.largest, t.numel())
+        if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default):
+            self.matmuls.append(tuple(out.shape))
         return out
 
 
@@ -162,6 +170,38 @@ def test_never_materialises_full_logits():
     assert mode.largest >= n_tokens * vocab
 
 
+def test_kept_softmax_saves_the_recomputed_matmul_within_its_budget():
+    n_tokens, vocab, chunk = 64, 50, 16
+    hidden, weight, b, targets = make((n_tokens,), d=8, vocab=vocab, dtype=torch.float32)
+    ref = naive(hidden, weight, targets, b)
+    ref_grads = grads(ref.sum(), None, [hidden, weight, b])
+    softmax_mb = n_tokens * vocab * 4 / 2**20
+    for keep_mb, logit_matmuls in ((0, 8), (softmax_mb / 2, 8), (softmax_mb, 4)):
+        with _LargestTensor() as mode:
+            out = target_logprobs(hidden, weight, targets, bias=b, chunk_tokens=chunk, keep_softmax_mb=keep_mb)
+            got = grads(out.sum(), None, [hidden, weight, b])
+        # 4 chunks: forward computes each chunk's logits once; backward again only when not kept.
+        assert mode.matmuls.count((chunk, vocab)) == logit_matmuls, (keep_mb, mode.matmuls)
+        torch.testing.assert_close(out, ref)
+        for g, r in zip(got, ref_grads):
+            torch.testing.assert_close(g, r)
+
+
+@pytest.mark.parametrize("keep_mb", [0, 1])
+def test_bf16_gradient_of_a_confident_target_is_exact(keep_mb):
+    """d logp/d logit_target = 1 - p: with p = 0.9936 a bf16 softmax would give 1 - p off by 20-40%."""
+    vocab = 8
+    logits = torch.zeros(4, vocab)
+    logits[:, 0] = 7.0  # exactly representable in bf16, so the bf16 matmul below is exact
+    logits.requires_grad_()
+    targets = torch.zeros(4, dtype=torch.long)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = target_logprobs(logits, torch.eye(vocab), targets, chunk_tokens=2, keep_softmax_mb=keep_mb)
+    (g,) = torch.autograd.grad(out.sum(), [logits])
+    one_minus_p = 1 - torch.softmax(logits.detach().double(), -1)[:, 0]
+    torch.testing.assert_close(g[:, 0].double(), one_minus_p, rtol=1e-2, atol=0)
+
+
 def test_rejects_bad_shapes():
     hidden, weight, b, targets = make((2, 3), d=4, vocab=5)
     with pytest.raises(ValueError, match="targets"):
@@ -170,14 +210,18 @@ def test_rejects_bad_shapes():
         target_logprobs(hidden, weight[:, :3], targets)
     with pytest.raises(ValueError, match="chunk_tokens"):
         target_logprobs(hidden, weight, targets, chunk_tokens=0)
+    with pytest.raises(ValueError, match="keep_softmax_mb"):
+        target_logprobs(hidden, weight, targets, keep_softmax_mb=-1)
 
 
-def test_torch_compile_matches_eager():
+@pytest.mark.parametrize("keep_mb", [0, 1])
+def test_torch_compile_matches_eager(keep_mb):
     pytest.importorskip("torch._dynamo")
     hidden, weight, b, targets = make((2, 10), d=8, vocab=17, dtype=torch.float32, ignore_frac=0.2)
-    eager = target_logprobs(hidden, weight, targets, bias=b, chunk_tokens=6)
+    eager = target_logprobs(hidden, weight, targets, bias=b, chunk_tokens=6, keep_softmax_mb=keep_mb)
     eager_grads = grads(eager.sum(), None, [hidden, weight, b])
-    fn = torch.compile(lambda h, w, t, bb: target_logprobs(h, w, t, bias=bb, chunk_tokens=6), backend="aot_eager", fullgraph=True)
+    fn = torch.compile(lambda h, w, t, bb: target_logprobs(h, w, t, bias=bb, chunk_tokens=6, keep_softmax_mb=keep_mb),
+                       backend="aot_eager", fullgraph=True)
     compiled = fn(hidden, weight, targets, b)
     torch.testing.assert_close(compiled, eager)
     for g, e in zip(grads(compiled.sum(), None, [hidden, weight, b]), eager_grads):

@@ -25,3 +25,31 @@ def test_fused_gelu_replaces_gelu_new_without_changing_the_function(tmp_path):
     # What phf saves loads with plain transformers.
     fused.save_pretrained(tmp_path / "saved")
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "saved").config.activation_function == "gelu_pytorch_tanh"
+
+
+def test_compiled_training_forward_is_one_graph_with_flash_eligible_attention():
+    """What ``training.compile`` relies on for GPU speed: no graph break anywhere in the policy's
+    forward (trunk, chunked log-probs, value head), and attention that SDPA can send to its flash
+    kernel (``is_causal`` and no materialised mask). Some transformers/torch pairs build a 4-D mask
+    under compile (transformers' masking_utils: torch < 2.14 hides ``is_exporting`` from dynamo),
+    which rules flash attention out; this guards the pinned pair."""
+    from phf.objectives import ValueHead
+    from phf.trainer import PolicyModel
+
+    lm = build_model(ModelConfig(model_type="gpt2", config={"n_layer": 2, "n_head": 2, "n_embd": 32}),
+                     vocab_size=100, seq_len=16, eos_id=0)
+    policy = PolicyModel(lm, ValueHead(32), chunk_tokens=16, keep_softmax_mb=1)
+    attention = []
+
+    def backend(graph_module, example_inputs):
+        attention.extend(n.kwargs for n in graph_module.graph.nodes if "scaled_dot_product" in str(n.target))
+        return graph_module.forward
+
+    ids = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(0))
+    explained = torch._dynamo.explain(policy)(ids, ids)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
+    torch._dynamo.reset()
+    logp, values = torch.compile(policy, backend=backend)(ids, ids)
+    (logp.sum() + values.sum()).backward()
+    assert len(attention) == 2  # one per layer
+    assert all(kw.get("attn_mask") is None and kw.get("is_causal") is True for kw in attention), attention

@@ -51,6 +51,23 @@ def test_prefetching_batches_on_a_thread_changes_nothing(tmp_path, scored):
     assert threaded == inline
 
 
+def test_keeping_the_softmax_or_recomputing_the_logits_trains_alike(tmp_path, scored, monkeypatch):
+    import phf.logprobs
+
+    softmaxes = []  # the kept path's forward goes through _log_softmax; the recomputing one never does
+    real = phf.logprobs._log_softmax
+    monkeypatch.setattr(phf.logprobs, "_log_softmax", lambda *a: softmaxes.append(1) or real(*a))
+    # Several log-prob chunks per micro-batch, so the budget alone decides which backward runs.
+    chunked = {"training.logprob_chunk_tokens": 100}
+    kept = losses(run(tmp_path, scored, "kept", "ul", steps=4, **chunked))
+    assert len(softmaxes) == 4 * 3  # 4 steps x 3 chunks of one 256-token micro-batch
+    softmaxes.clear()
+    recomputed = losses(run(tmp_path, scored, "recomputed", "ul", steps=4, **chunked,
+                            **{"training.logprob_keep_softmax_mb": 0}))
+    assert not softmaxes
+    assert kept == pytest.approx(recomputed, rel=1e-5, abs=1e-6)
+
+
 def test_two_cpu_processes_match_one_with_the_same_global_batch(tmp_path, scored):
     single = losses(run(tmp_path, scored, "single", "ul", steps=4, **{"training.micro_batch_size": 2}))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29571",
@@ -126,6 +143,10 @@ def test_bad_input_is_named_and_changes_nothing(tmp_path, scored):
         load_config([], tiny_overrides(tmp_path / "a", scored) + ["training.bogus=1"])
     with pytest.raises(ConfigError, match="training.lr"):
         load_config([], tiny_overrides(tmp_path / "a", scored) + ["training.lr=fast"])
+    with pytest.raises(ConfigError, match="training.logprob_keep_softmax_mb must be >= 0"):
+        load_config([], tiny_overrides(tmp_path / "a", scored) + ["training.logprob_keep_softmax_mb=-1"])
+    with pytest.raises(ConfigError, match="training.logprob_chunk_tokens must be >= 1"):
+        load_config([], tiny_overrides(tmp_path / "a", scored) + ["training.logprob_chunk_tokens=0"])
     with pytest.raises(TrainingError, match="not a scored corpus"):
         train(load_config([], tiny_overrides(tmp_path / "a", tmp_path / "nowhere")))
     with pytest.raises(ValueError, match="unknown objective|choose one of"):

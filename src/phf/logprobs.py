@@ -4,12 +4,15 @@ Every phf objective needs only ``log p(x_t)`` of the observed next token, yet th
 (``lm_head`` -> ``(B, T, V)`` logits -> ``log_softmax`` in fp32 -> gather) keeps a ``(B*T, V)`` fp32
 tensor alive for backward: for GPT-2 small at 8 x 1024 tokens that is 1.6 GB per micro-batch, more
 than the rest of the activations. :func:`target_logprobs` takes the final hidden states and the
-output embedding instead and works on ``chunk_tokens`` flattened tokens at a time: the forward keeps
-only one log-sum-exp per token, and the backward recomputes each chunk's logits (one extra matmul,
-as in Liger's and torchtitan's chunked cross-entropy). Peak extra memory is ``chunk_tokens * V``
-fp32 numbers whatever the batch. When one chunk covers all tokens, its softmax is kept for backward
-instead of being recomputed: the same memory bound, one matmul and two passes over the logits fewer
-than ``F.cross_entropy``'s autograd (no zero-filled gradient buffer, no separate log-softmax backward).
+output embedding instead and works on ``chunk_tokens`` flattened tokens at a time, so at most one
+chunk of fp32 logits exists at any time. What backward needs comes in one of two forms:
+
+- the softmax itself, kept from forward in the matmul dtype (bf16 under bf16 autocast: half the bytes
+  of the fp32 logits, a third of what ``F.cross_entropy`` keeps), when it fits ``keep_softmax_mb``
+  or one chunk covers every token. Backward is then one pass over it and the two gradient matmuls;
+- else one log-sum-exp per token, and backward recomputes each chunk's logits (one extra matmul, as
+  in Liger's and torchtitan's chunked cross-entropy): peak extra memory ``chunk_tokens * V`` fp32
+  numbers whatever the batch.
 
 Precision follows what ``F.linear`` would do: under autocast the matmuls run in the autocast dtype
 (bf16/fp16 tensor cores), otherwise in the inputs' dtype; only the logits of the current chunk are
@@ -52,9 +55,17 @@ def _logits(hidden: Tensor, w: Tensor, b: Tensor | None, compute_dtype: torch.dt
     return logits
 
 
+def _log_softmax(hidden: Tensor, w: Tensor, b: Tensor | None, compute_dtype: torch.dtype, acc_dtype: torch.dtype) -> Tensor:
+    # One fused pass over the logits (on CPU far cheaper than logsumexp's four) that also does the
+    # upcast: no separate fp32 copy of a bf16 chunk's logits.
+    if b is None:
+        return torch.log_softmax(hidden.to(compute_dtype) @ w.T, 1, dtype=acc_dtype)
+    return torch.log_softmax(_logits(hidden, w, b, compute_dtype, acc_dtype), 1)
+
+
 class _TargetLogprobs(torch.autograd.Function):
-    """log p(target) = logit[target] - logsumexp(logits), chunk by chunk, logits recomputed in backward
-    (or, when one chunk covers every token, its softmax kept from forward)."""
+    """log p(target) = logit[target] - logsumexp(logits), chunk by chunk; backward either reuses the
+    softmax kept from forward (``keep``) or recomputes each chunk's logits from the log-sum-exp."""
 
     @staticmethod
     def forward(
@@ -66,75 +77,69 @@ class _TargetLogprobs(torch.autograd.Function):
         chunk_tokens: int,
         ignore_index: int,
         compute_dtype: torch.dtype,
+        keep: bool,
     ) -> Tensor:
         n = hidden.shape[0]
         valid = targets != ignore_index
         safe_targets = torch.where(valid, targets, 0)  # gather needs an in-range index everywhere
         acc_dtype = _accumulate_dtype(compute_dtype)
         logp = torch.empty(n, dtype=acc_dtype, device=hidden.device)
-        lse = torch.empty(n, dtype=acc_dtype, device=hidden.device)
-        probs = None
+        lse = None if keep else torch.empty(n, dtype=acc_dtype, device=hidden.device)  # recomputing needs it
+        kept: list[Tensor] = []  # per chunk: its softmax in the matmul dtype, when keeping
         with torch.autocast(hidden.device.type, enabled=False):
             w = weight.to(compute_dtype)
             b = None if bias is None else bias.to(acc_dtype)
             for start in range(0, n, chunk_tokens):
                 end = min(start + chunk_tokens, n)
-                logits = _logits(hidden[start:end], w, b, compute_dtype, acc_dtype)
-                target_logit = logits.gather(1, safe_targets[start:end, None]).squeeze(1)
-                if n <= chunk_tokens:
-                    # One chunk: keep its softmax for backward instead of recomputing the logits (the
-                    # same memory bound, one matmul fewer; the tiny CPU preset always lands here).
-                    # log_softmax is one fused pass, far cheaper on CPU than logsumexp's four.
-                    log_probs = torch.log_softmax(logits, 1)
-                    del logits
-                    logp[:] = log_probs.gather(1, safe_targets[:, None]).squeeze(1)
-                    lse[:] = target_logit - logp
-                    probs = log_probs.exp_()
+                if keep:
+                    log_probs = _log_softmax(hidden[start:end], w, b, compute_dtype, acc_dtype)
+                    logp[start:end] = log_probs.gather(1, safe_targets[start:end, None]).squeeze(1)
+                    kept.append(log_probs.exp_().to(compute_dtype))
                 else:
+                    logits = _logits(hidden[start:end], w, b, compute_dtype, acc_dtype)
+                    target_logit = logits.gather(1, safe_targets[start:end, None]).squeeze(1)
                     # cross_entropy's fused kernel is faster than logsumexp + gather; lse follows from it.
                     lse[start:end] = target_logit + F.cross_entropy(logits, safe_targets[start:end], reduction="none")
                     logp[start:end] = target_logit - lse[start:end]
-        logp = torch.where(valid, logp, 0.0)
-        ctx.save_for_backward(hidden, weight, bias, safe_targets, valid, lse)
-        # Not a saved tensor: backward overwrites it in place (autograd's version check would refuse);
-        # a second backward through a retained graph finds it gone and recomputes from lse instead.
-        ctx.probs = probs
+        # Saved like any tensor (not stashed on ctx): torch.compile traces it, and a second backward
+        # through a retained graph finds it intact.
+        ctx.save_for_backward(hidden, weight, bias, safe_targets, valid, lse, logp, *kept)
         ctx.chunk_tokens = chunk_tokens
         ctx.compute_dtype = compute_dtype
-        return logp
+        return torch.where(valid, logp, 0.0)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_logp: Tensor):
-        hidden, weight, bias, targets, valid, lse = ctx.saved_tensors
-        probs, ctx.probs = ctx.probs, None
+        hidden, weight, bias, targets, valid, lse, logp, *kept = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         chunk_tokens, compute_dtype = ctx.chunk_tokens, ctx.compute_dtype
         n = hidden.shape[0]
-        acc_dtype = lse.dtype
+        acc_dtype = logp.dtype
         # Ignored targets get no gradient; where() also stops a NaN upstream grad from leaking in.
         g = torch.where(valid, grad_logp.to(acc_dtype), 0.0)
+        # d logp / d logit_target = 1 - p_target, from the fp32 log-prob: a bf16 softmax cannot
+        # resolve 1 - p of a confident prediction (p = 0.999 rounds to 0.9961 or 1).
+        g_target = (g * -torch.expm1(logp))[:, None]
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device) if need_w else None
         grad_b = torch.zeros(bias.shape, dtype=acc_dtype, device=bias.device) if need_b else None
         with torch.autocast(hidden.device.type, enabled=False):
             w = weight.to(compute_dtype)
             b = None if bias is None else bias.to(acc_dtype)
-            for start in range(0, n, chunk_tokens):
+            for i, start in enumerate(range(0, n, chunk_tokens)):
                 end = min(start + chunk_tokens, n)
                 h = hidden[start:end].to(compute_dtype)
                 g_chunk = g[start:end, None]
-                # d logp / d logits = g * (onehot(target) - softmax), built in place in one buffer.
-                if n <= chunk_tokens:
-                    if probs is None:  # a second backward: recompute exactly as forward did
-                        probs = torch.log_softmax(_logits(h, w, b, compute_dtype, acc_dtype), 1).exp_()
-                    grad_logits = probs.mul_(-g_chunk)
+                # d logp / d logits = g * (onehot(target) - softmax), built in one buffer.
+                if kept:
+                    grad_logits = kept[i] * (-g_chunk).to(kept[i].dtype)  # stays in the matmul dtype
                 else:
                     logits = _logits(h, w, b, compute_dtype, acc_dtype)
                     grad_logits = logits.sub_(lse[start:end, None]).exp_().mul_(-g_chunk)
-                grad_logits.scatter_add_(1, targets[start:end, None], g_chunk)
+                grad_logits.scatter_(1, targets[start:end, None], g_target[start:end].to(grad_logits.dtype))
                 if need_b:
-                    grad_b += grad_logits.sum(0)
+                    grad_b += grad_logits.sum(0, dtype=acc_dtype)
                 grad_logits = grad_logits.to(compute_dtype)
                 if need_h:
                     grad_h[start:end] = (grad_logits @ w).to(hidden.dtype)
@@ -146,7 +151,7 @@ class _TargetLogprobs(torch.autograd.Function):
             grad_w = grad_w.to(weight.dtype)
         if need_b:
             grad_b = grad_b.to(bias.dtype)
-        return grad_h, grad_w, grad_b, None, None, None, None
+        return grad_h, grad_w, grad_b, None, None, None, None, None
 
 
 def target_logprobs(
@@ -156,6 +161,7 @@ def target_logprobs(
     *,
     bias: Tensor | None = None,
     chunk_tokens: int = 2048,
+    keep_softmax_mb: float = 0.0,
     ignore_index: int = -100,
 ) -> Tensor:
     """``log softmax(hidden @ weight.T + bias)[..., target]`` as float32, shaped like ``targets``.
@@ -166,7 +172,13 @@ def target_logprobs(
     ``hidden`` is ``(..., d)`` with the same leading dims as ``targets``; ``weight`` is the ``(V, d)``
     output embedding (in GPT-2 it is tied to the input embedding, and gradients flow into it as into
     any parameter). Targets equal to ``ignore_index`` get log-prob 0 and no gradient. At most
-    ``chunk_tokens x V`` logits exist at any time, in forward and in backward.
+    ``chunk_tokens x V`` fp32 logits exist at any time, in forward and in backward.
+
+    ``keep_softmax_mb``: when a gradient is needed and the softmax of all tokens, in the matmul dtype
+    (bf16 under bf16 autocast), takes at most this many MB, forward keeps it for backward, which then
+    skips recomputing the logits: one ``(tokens x d) @ (d x V)`` matmul fewer, ~8% of a GPT-2 small
+    training step's FLOPs. 0 keeps it only when one chunk covers every token (no memory beyond that
+    chunk's).
     """
     if hidden.shape[:-1] != targets.shape:
         raise ValueError(f"hidden {tuple(hidden.shape)} must be targets {tuple(targets.shape)} + (d,)")
@@ -176,25 +188,33 @@ def target_logprobs(
         raise ValueError(f"bias must be ({weight.shape[0]},), got {tuple(bias.shape)}")
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+    if keep_softmax_mb < 0:
+        raise ValueError(f"keep_softmax_mb must be >= 0, got {keep_softmax_mb}")
     compute_dtype = _compute_dtype(hidden, weight)
-    flat_targets = targets.reshape(-1).long()
+    n = targets.numel()
+    softmax_mb = n * weight.shape[0] * compute_dtype.itemsize / 2**20
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (hidden, weight, bias))
+    keep = needs_grad and (n <= chunk_tokens or softmax_mb <= keep_softmax_mb)
     flat = _TargetLogprobs.apply(
         hidden.reshape(-1, hidden.shape[-1]),
         weight,
         bias,
-        flat_targets,
+        targets.reshape(-1).long(),
         int(chunk_tokens),
         int(ignore_index),
         compute_dtype,
+        keep,
     )
     return flat.reshape(targets.shape)
 
 
 def lm_target_logprobs(lm, input_ids: Tensor, labels: Tensor, *, attention_mask: Tensor | None = None,
-                       chunk_tokens: int = 2048) -> tuple[Tensor, Tensor]:
+                       chunk_tokens: int = 2048, keep_softmax_mb: float = 0.0) -> tuple[Tensor, Tensor]:
     """Target log-probs of a transformers causal LM, from its final hidden states and output
     embedding (no full logits). Returns ``(logp, hidden)``; labels equal to -100 get 0."""
     hidden = lm.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     head = lm.get_output_embeddings()
-    logp = target_logprobs(hidden, head.weight, labels, bias=getattr(head, "bias", None), chunk_tokens=chunk_tokens)
+    logp = target_logprobs(hidden, head.weight, labels, bias=getattr(head, "bias", None), chunk_tokens=chunk_tokens,
+                           keep_softmax_mb=keep_softmax_mb)
     return logp, hidden

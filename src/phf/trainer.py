@@ -54,12 +54,14 @@ class PolicyModel(nn.Module):
     (``phf.logprobs``), so full-vocabulary fp32 logits never exist.
     """
 
-    def __init__(self, lm, value_head: ValueHead | None, chunk_tokens: int):
+    def __init__(self, lm, value_head: ValueHead | None, chunk_tokens: int, keep_softmax_mb: float):
         super().__init__()
-        self.lm, self.value_head, self.chunk_tokens = lm, value_head, chunk_tokens
+        self.lm, self.value_head = lm, value_head
+        self.chunk_tokens, self.keep_softmax_mb = chunk_tokens, keep_softmax_mb
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor):
-        logp, hidden = lm_target_logprobs(self.lm, input_ids, labels, chunk_tokens=self.chunk_tokens)
+        logp, hidden = lm_target_logprobs(self.lm, input_ids, labels, chunk_tokens=self.chunk_tokens,
+                                          keep_softmax_mb=self.keep_softmax_mb)
         values = self.value_head(hidden) if self.value_head is not None else None
         return logp, values
 
@@ -321,7 +323,7 @@ class Trainer:
                                 f"than the tokenizer's ({len(tokenizer)})")
         value_head = ValueHead(lm.config.hidden_size) if self.objective.needs_value_head else None
         self.lm = lm
-        model = PolicyModel(lm, value_head, cfg.training.logprob_chunk_tokens)
+        model = PolicyModel(lm, value_head, cfg.training.logprob_chunk_tokens, cfg.training.logprob_keep_softmax_mb)
         self.flops_per_token = flops_per_token(lm, cfg.data.seq_len)
 
         t = cfg.training
