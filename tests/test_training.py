@@ -30,11 +30,20 @@ def test_each_objective_trains_and_its_loss_decreases(tmp_path, scored, objectiv
     assert len(values) == 25 and all(map(torch.isfinite, torch.tensor(values)))
     assert sum(values[-3:]) / 3 < sum(values[:3]) / 3 - 0.3, values
     info = json.loads((out / "phf.json").read_text())
-    assert info["objective"] == objective
+    assert info["objective"] == objective and info["mixed_precision"] == "no"
     if objective == "conditional":
         assert info["prompt_prefix"] == "<|good|>" and info["forbidden_tokens"] == ["<|good|>", "<|bad|>"]
     if objective == "awr":
         assert (out / "value_head.pt").exists()
+
+
+@pytest.mark.parametrize("objective", ["conditional", "awr"])
+def test_bf16_autocast_trains_on_cpu(tmp_path, scored, objective):
+    # What `auto` picks on CPUs with bf16 matrix instructions (the tiny presets' default).
+    out = run(tmp_path, scored, objective, objective, steps=25, **{"training.mixed_precision": "bf16"})
+    values = losses(out)
+    assert all(map(torch.isfinite, torch.tensor(values))) and sum(values[-3:]) / 3 < sum(values[:3]) / 3 - 0.3, values
+    assert json.loads((out / "phf.json").read_text())["mixed_precision"] == "bf16"
 
 
 @pytest.mark.parametrize("objective", ["mle", "awr"])
@@ -143,6 +152,10 @@ def test_bad_input_is_named_and_changes_nothing(tmp_path, scored):
         load_config([], tiny_overrides(tmp_path / "a", scored) + ["training.bogus=1"])
     with pytest.raises(ConfigError, match="training.lr"):
         load_config([], tiny_overrides(tmp_path / "a", scored) + ["training.lr=fast"])
+    assert load_config([], tiny_overrides(tmp_path / "a", scored) + ["training.mixed_precision=no"]) \
+        .training.mixed_precision == "no"  # not YAML's false
+    with pytest.raises(ConfigError, match="training.mixed_precision 'fp8'"):
+        load_config([], tiny_overrides(tmp_path / "a", scored) + ["training.mixed_precision=fp8"])
     with pytest.raises(ConfigError, match="training.logprob_keep_softmax_mb must be >= 0"):
         load_config([], tiny_overrides(tmp_path / "a", scored) + ["training.logprob_keep_softmax_mb=-1"])
     with pytest.raises(ConfigError, match="training.logprob_chunk_tokens must be >= 1"):
@@ -184,3 +197,17 @@ def test_cpu_training_keeps_freed_memory_for_reuse_on_glibc():
     applied = keep_freed_memory()
     if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
         assert applied, "mallopt should take the thresholds on glibc"
+
+
+def test_auto_precision_is_bf16_only_where_the_hardware_computes_it(monkeypatch):
+    from phf import trainer
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for avx512_bf16, amx, expected in ((True, False, "bf16"), (False, True, "bf16"), (False, False, "no")):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert trainer._mixed_precision("auto") == expected
+        assert trainer._mixed_precision("no") == "no"
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")  # a torch without the private probes
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert trainer._mixed_precision("auto") == "no"

@@ -83,7 +83,7 @@ class TrainingConfig:
     warmup_ratio: float = 0.01
     schedule: str = "linear"  # linear | cosine | constant
     grad_clip: float = 1.0
-    mixed_precision: str = "auto"  # auto (bf16 on a GPU that has it, else fp32) | no | bf16 | fp16
+    mixed_precision: str = "auto"  # auto (bf16 where the GPU or CPU computes it natively, else fp32) | no | bf16 | fp16
     compile: bool = False
     seed: int = 42
     log_every: int = 10
@@ -177,6 +177,8 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"training.logprob_keep_softmax_mb must be >= 0, got {t.logprob_keep_softmax_mb}")
     if t.schedule not in ("linear", "cosine", "constant"):
         raise ConfigError(f"training.schedule {t.schedule!r}: choose linear, cosine or constant")
+    if t.mixed_precision == "False":  # YAML reads an unquoted `no` as false; the str field keeps "False"
+        t.mixed_precision = "no"
     if t.mixed_precision not in ("auto", "no", "bf16", "fp16"):
         raise ConfigError(f"training.mixed_precision {t.mixed_precision!r}: choose auto, no, bf16 or fp16")
     if config.data.seq_len < 2:

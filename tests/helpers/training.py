@@ -16,6 +16,8 @@ def tiny_overrides(out, data, steps=8, **extra):
         "data.seq_len": 32, "model.config": "{n_layer: 1, n_head: 2, n_embd: 32}", "training.max_steps": steps,
         "training.batch_size": 8, "training.micro_batch_size": 8, "training.lr": 3e-3, "training.warmup_ratio": 0.0,
         "training.log_every": 1, "training.save_every": 1000, "training.seed": 0, "logging.progress": False,
+        # fp32 whatever the CPU: the invariance tests compare runs to 1e-5.
+        "training.mixed_precision": "no",
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
