@@ -113,7 +113,8 @@ def prepare_data(spec: dict) -> dict:
     docs = write_corpus(work / "corpus.jsonl", num_chars)
     scored = work / "scored"
     num_proc = 1 if num_chars <= 4_000_000 else max(1, min(8, (os.cpu_count() or 1) // 2))
-    score_corpus(str(work / "corpus.jsonl"), str(scored), SCORER, num_proc=num_proc, progress=False)
+    # overwrite: a --workdir reused with other --steps holds a corpus of another size
+    score_corpus(str(work / "corpus.jsonl"), str(scored), SCORER, num_proc=num_proc, progress=False, overwrite=True)
     texts = scored_documents(scored) if d.tokenizer.name == "bpe" else None
     tokenizer = load_tokenizer(d.tokenizer.name, texts=texts, vocab_size=d.tokenizer.vocab_size)
     store = build_token_store(scored, tokenizer, progress=False)

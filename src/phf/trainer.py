@@ -179,7 +179,7 @@ def cpu_has_native_bf16() -> bool:
 
 def _mixed_precision(choice: str) -> str:
     """``auto``: bf16 where the hardware computes it natively (a GPU that has it; on a CPU-only
-    machine, a CPU with bf16 matrix instructions: the tiny preset trains 1.6x faster on this
+    machine, a CPU with bf16 matrix instructions: the tiny preset trains 1.5x faster on this
     project's AVX512-BF16 machine with the same final loss), else fp32."""
     if choice != "auto":
         return choice
