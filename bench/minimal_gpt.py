@@ -3,7 +3,7 @@
 No transformers, no accelerate, no data pipeline: pre-LN blocks with one fused qkv projection,
 ``F.scaled_dot_product_attention(is_causal=True)``, a tanh-GELU MLP, tied input/output embeddings,
 the vocabulary padded to a multiple of 64 (50304 for GPT-2), dropout 0. It trains on random tokens
-with AdamW (fused on CUDA) under bf16 autocast on CUDA, with gradient accumulation and grad-norm
+with fused AdamW under bf16 autocast on CUDA, with gradient accumulation and grad-norm
 clipping like phf's loop, optionally ``torch.compile``'d. ``bench/train.py`` runs it on CUDA next to
 phf's MLE objective, with the same batch and sequence length, to show how far phf is from a bare
 training loop.
@@ -102,7 +102,7 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float, device: tor
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), fused=device.type == "cuda")
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), fused=device.type in ("cuda", "cpu"))
 
 
 def run_benchmark(*, n_layer: int = 12, n_head: int = 12, n_embd: int = 768, vocab_size: int = 50304,

@@ -359,7 +359,7 @@ def time_hf_trainer(spec: dict, stock: bool = False) -> dict:
         learning_rate=t.lr, weight_decay=t.weight_decay, adam_beta1=t.betas[0], adam_beta2=t.betas[1],
         max_grad_norm=t.grad_clip, warmup_steps=t.warmup_ratio, lr_scheduler_type=schedule,
         lr_scheduler_kwargs=schedule_kwargs,
-        optim="adamw_torch_fused" if cuda else "adamw_torch",  # as phf: fused AdamW on CUDA only
+        optim="adamw_torch_fused",  # as phf
         bf16=precision == "bf16", fp16=precision == "fp16", torch_compile=bool(spec["compile"]),
         eval_strategy="no", save_strategy="no", logging_strategy="no", report_to=[], disable_tqdm=True,
         dataloader_num_workers=0, use_cpu=not cuda, seed=t.seed, data_seed=t.seed,

