@@ -29,6 +29,7 @@ test: setup
 bench: setup
 	$(BIN)/python bench/scoring.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/interleaved.py
 	$(BIN)/python bench/generate.py
 
 clean:

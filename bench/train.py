@@ -153,6 +153,27 @@ def phf_config(spec: dict, run: str, out: Path):
     return preset_config(spec, overrides + own)
 
 
+def parse_runs(parser: argparse.ArgumentParser, text: str) -> list[str]:
+    """``--objectives``: objective names, each optionally followed by ``:key=value`` overrides."""
+    runs = [o.strip() for o in text.split(",") if o.strip()]
+    bad = [o for o in runs if o.split(":")[0] not in OBJECTIVES or any("=" not in kv for kv in o.split(":")[1:])]
+    if bad or not runs:
+        parser.error(f"--objectives: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(OBJECTIVES)}, "
+                     "each optionally followed by :key=value overrides")
+    return runs
+
+
+def check_overrides(parser: argparse.ArgumentParser, spec: dict, runs: list[str]) -> None:
+    """A bad ``--set`` or run override fails here, before the corpus is built."""
+    from phf.config import ConfigError
+
+    for run in runs:
+        try:
+            preset_config(spec, ["output_dir=unused", "data.path=unused", "training.max_steps=1", *run.split(":")[1:]])
+        except ConfigError as exc:
+            parser.error(f"{run}: {exc}")
+
+
 def _sync(device) -> None:
     import torch
 
@@ -464,12 +485,7 @@ def main() -> int:
 
     import torch
 
-    objectives = [o.strip() for o in args.objectives.split(",") if o.strip()]
-    unknown = [o for o in objectives if o.split(":")[0] not in OBJECTIVES
-               or any("=" not in kv for kv in o.split(":")[1:])]
-    if unknown or not objectives:
-        parser.error(f"--objectives: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(OBJECTIVES)}, "
-                     "each optionally followed by :key=value overrides")
+    objectives = parse_runs(parser, args.objectives)
     bad_set = [kv for kv in args.set if "=" not in kv]
     if bad_set:
         parser.error(f"--set {bad_set[0]!r}: expected KEY=VALUE")
@@ -500,13 +516,7 @@ def main() -> int:
         os.environ["PHF_CACHE"] = str(work / "cache")  # workers inherit it: tokenizer/store built once
         spec = {"workdir": str(work), "preset_file": str(PRESETS[preset]), "steps": steps, "warmup": warmup,
                 "compile": args.compile, "threads": None if cuda else threads, "set": args.set}
-        from phf.config import ConfigError
-
-        for run in objectives:  # a bad --set or run override fails here, before any work
-            try:
-                preset_config(spec, ["output_dir=unused", "data.path=unused", "training.max_steps=1", *run.split(":")[1:]])
-            except ConfigError as exc:
-                parser.error(f"{run}: {exc}")
+        check_overrides(parser, spec, objectives)
         data = prepare_data(spec)
         spec.update(data)
         config = preset_config(spec, [f"output_dir={work}/unused", f"data.path={data['data_path']}",
