@@ -58,8 +58,7 @@ def main() -> int:
                 "steps": args.block * args.rounds, "compile": False, "set": args.set}
         bench.check_overrides(parser, spec, runs)
         spec.update(bench.prepare_data(spec))
-        trainers = {run: Trainer(bench.phf_config(spec, run, work / "runs" / run.replace(":", "_").replace("/", "_")))
-                    for run in runs}
+        trainers = {run: Trainer(bench.phf_config(spec, run)) for run in runs}
         config = next(iter(trainers.values())).config
         tokens = args.block * config.training.batch_size * config.data.seq_len
         print(f"interleaved objective benchmark: preset {preset} on "

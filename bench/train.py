@@ -137,20 +137,22 @@ def objective_overrides(name: str, median: float) -> list[str]:
     }[name]
 
 
-def preset_config(spec: dict, overrides: list[str]):
-    """The preset's config with these overrides, then the user's ``--set`` ones (which win)."""
+def preset_config(spec: dict, overrides: list[str], run_overrides: list[str] = ()):
+    """The preset's config with the benchmark's overrides, then the user's ``--set`` ones, then a
+    run's own (each later list wins)."""
     from phf.config import load_config
 
-    return load_config([spec["preset_file"]], [*overrides, *spec.get("set", [])])
+    return load_config([spec["preset_file"]], [*overrides, *spec.get("set", []), *run_overrides])
 
 
-def phf_config(spec: dict, run: str, out: Path):
+def phf_config(spec: dict, run: str):
     """``run`` is an objective name, optionally followed by ``:key=value`` overrides of its own."""
     objective, *own = run.split(":")
+    out = Path(spec["workdir"]) / "runs" / run.replace(":", "_").replace("/", "_")
     overrides = [f"output_dir={out}", f"data.path={spec['data_path']}", f"objective.name={objective}",
                  f"training.max_steps={spec['warmup'] + spec['steps']}", "logging.progress=false",
                  f"training.compile={str(spec['compile']).lower()}", *objective_overrides(objective, spec["median_score"])]
-    return preset_config(spec, overrides + own)
+    return preset_config(spec, overrides, own)
 
 
 def parse_runs(parser: argparse.ArgumentParser, text: str) -> list[str]:
@@ -169,7 +171,7 @@ def check_overrides(parser: argparse.ArgumentParser, spec: dict, runs: list[str]
 
     for run in runs:
         try:
-            preset_config(spec, ["output_dir=unused", "data.path=unused", "training.max_steps=1", *run.split(":")[1:]])
+            preset_config(spec, ["output_dir=unused", "data.path=unused", "training.max_steps=1"], run.split(":")[1:])
         except ConfigError as exc:
             parser.error(f"{run}: {exc}")
 
@@ -239,7 +241,7 @@ def time_objective(spec: dict, objective: str) -> dict:
 
     cuda = torch.cuda.is_available()
     rss_start = _start_memory_window(cuda)
-    config = phf_config(spec, objective, Path(spec["workdir"]) / "runs" / objective.replace(":", "_").replace("/", "_"))
+    config = phf_config(spec, objective)
     trainer = Trainer(config)
     device = trainer.accelerator.device
     trainer.model.train()  # what Trainer.train() does before its loop
@@ -313,7 +315,7 @@ def time_hf_trainer(spec: dict, stock: bool = False) -> dict:
 
     cuda = torch.cuda.is_available()
     rss_start = _start_memory_window(cuda)
-    config = phf_config(spec, "mle", Path(spec["workdir"]) / "runs" / "hf_trainer")
+    config = phf_config(spec, "mle")  # its hyperparameters and data; the output dir is unused
     t, d = config.training, config.data
     # The same calls in the same order as phf's Trainer._build for MLE: same tokenizer, same
     # stream, same architecture, vocabulary (padded) and initialisation.
