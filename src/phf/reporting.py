@@ -737,7 +737,7 @@ def plot_over_tokens(rows: list[dict], out: Path, title: str) -> dict | None:
         series = dict(sorted(series.items(), key=lambda kv: order.get(kv[1][0].get("objective"), len(order))))
     for name, members in series.items():
         row = members[0]
-        colour, marker, _ = _style(row)
+        colour = _style(row)[0]
         style = dashes[used[row.get("objective")] % len(dashes)]
         used[row.get("objective")] += 1
         kw = _marker_kwargs(row)
@@ -1019,8 +1019,9 @@ def _write_markdown(path: Path, title: str, date: str, facts: dict, rows: list[d
     md.append("")
     if sentences:
         md += ["Misalignment relative to MLE \u2014 " + _md_escape("; ".join(sentences)) + ".", ""]
-    if _control_sentence(rows):
-        md += [_md_escape(_control_sentence(rows)), ""]
+    control = _control_sentence(rows)
+    if control:
+        md += [_md_escape(control), ""]
     for stem, heading in (("pareto", "Misalignment vs capability"), ("misalignment_over_tokens", "Misalignment during training"),
                           ("redteam", "Red teaming")):
         if figures.get(stem):
@@ -1067,8 +1068,9 @@ def _write_html(path: Path, out: Path, title: str, date: str, facts: dict, rows:
              "results.json); KL in nats per sample; LM loss in nats per token; wall time = training + evaluation.</p>")
     if sentences:
         h.append(f"<p>Misalignment relative to MLE \u2014 {_h('; '.join(sentences))}.</p>")
-    if _control_sentence(rows):
-        h.append(f"<p>{_h(_control_sentence(rows))}</p>")
+    control = _control_sentence(rows)
+    if control:
+        h.append(f"<p>{_h(control)}</p>")
     for stem, heading in (("pareto", "Misalignment vs capability"), ("misalignment_over_tokens", "Misalignment during training"),
                           ("redteam", "Red teaming")):
         if figures.get(stem):

@@ -382,24 +382,25 @@ def score_corpus(input: str, out: str, scorer: str = "toxicity", scorer_options:
             "num_shards": job.num_shards}
 
 
-def scored_documents(path: str | os.PathLike):
-    """Yield each scored document's full text ("".join(texts)), reading the shards in order."""
+def _scored_rows(path: str | os.PathLike, columns: list[str]):
+    """Yield each scored document's ``columns`` as a tuple of lists, reading the shards in order."""
     import pyarrow.parquet as pq
 
     for file in sorted((Path(path) / "data").glob("train-*.parquet")):
-        for batch in pq.ParquetFile(file).iter_batches(columns=["texts"], batch_size=1024):
-            for texts in batch.column(0).to_pylist():
-                yield "".join(texts)
+        for batch in pq.ParquetFile(file).iter_batches(columns=columns, batch_size=1024):
+            yield from zip(*(batch.column(name).to_pylist() for name in columns))
+
+
+def scored_documents(path: str | os.PathLike):
+    """Yield each scored document's full text ("".join(texts)), reading the shards in order."""
+    for (texts,) in _scored_rows(path, ["texts"]):
+        yield "".join(texts)
 
 
 def scored_segments(path: str | os.PathLike):
     """Yield ``(segment, score)`` for every segment of every scored document, shards in order."""
-    import pyarrow.parquet as pq
-
-    for file in sorted((Path(path) / "data").glob("train-*.parquet")):
-        for batch in pq.ParquetFile(file).iter_batches(columns=["texts", "scores"], batch_size=1024):
-            for texts, scores in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
-                yield from zip(texts, scores)
+    for texts, scores in _scored_rows(path, ["texts", "scores"]):
+        yield from zip(texts, scores)
 
 
 def load_scored(path: str | os.PathLike):
