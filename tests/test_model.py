@@ -53,3 +53,42 @@ def test_compiled_training_forward_is_one_graph_with_flash_eligible_attention():
     (logp.sum() + values.sum()).backward()
     assert len(attention) == 2  # one per layer
     assert all(kw.get("attn_mask") is None and kw.get("is_causal") is True for kw in attention), attention
+
+
+def test_eager_training_forward_fills_no_kv_cache_and_keeps_flash_eligible_attention(monkeypatch):
+    """Configs default to ``use_cache=True``; an eager forward that honours it copies every layer's
+    keys and values into a cache nobody reads and keeps the copies for backward. Without the cache,
+    attention must still go to SDPA as plain causal (no mask), and the saved activations shrink by
+    exactly those copies."""
+    from transformers import cache_utils
+
+    from phf.logprobs import lm_target_logprobs, target_logprobs
+
+    lm = build_model(ModelConfig(model_type="gpt2", config={"n_layer": 2, "n_head": 2, "n_embd": 32}),
+                     vocab_size=100, seq_len=16, eos_id=0)
+    updates, attention = [], []
+    update, sdpa = cache_utils.DynamicLayer.update, torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(cache_utils.DynamicLayer, "update",
+                        lambda self, *args, **kwargs: updates.append(1) or update(self, *args, **kwargs))
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *args, **kwargs: attention.append(kwargs) or sdpa(*args, **kwargs))
+    ids = torch.randint(1, 100, (2, 16), generator=torch.Generator().manual_seed(0))
+
+    def saved_bytes(forward) -> int:
+        storages = {}
+
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            forward()
+        return sum(storages.values())
+
+    ours = saved_bytes(lambda: lm_target_logprobs(lm, ids, ids))
+    assert updates == []
+    assert len(attention) == 2 and all(kw.get("attn_mask") is None and kw.get("is_causal") for kw in attention)
+    default = saved_bytes(lambda: target_logprobs(lm.base_model(input_ids=ids).last_hidden_state, lm.lm_head.weight, ids))
+    assert len(updates) == 2  # the probe sees the default's cache: one update per layer
+    # The default keeps a copy of keys and values per layer (2 x 2 layers x 2 x 16 x 32 floats) more.
+    assert default - ours == 2 * 2 * ids.numel() * 32 * 4
