@@ -19,7 +19,7 @@ def make_store(docs):
             scores += [score] * len(seg_tokens)
             starts += [1] + [0] * (len(seg_tokens) - 1)
         offsets.append(len(tokens))
-        avg.append(float(np.mean([s for _, s in doc])))
+        avg.append(float(np.mean([s for _, s in doc])) if doc else float("nan"))
     return SimpleNamespace(tokens=np.array(tokens), scores=np.array(scores, np.float32),
                            seg_start=np.array(starts, np.uint8), doc_offsets=np.array(offsets),
                            doc_avg_score=np.array(avg))
@@ -90,3 +90,51 @@ def test_continuation_starts_after_the_documents_a_base_run_consumed():
     assert not (later & (seen - {EOS})), "the continuation never repeats a document the base run saw"
     # Samples 0-4 read stream positions 0..20: documents 0-4 whole and the first token of document 5.
     assert rest._epoch(0)[0].tolist() == base._epoch(0)[0][6:].tolist()
+
+
+def _reference_stream(store, stream: PackedStream, epoch: int):
+    """The transformed stream of one epoch, token by token: what every block must be a window of."""
+    order, _, dropped = stream._epoch(epoch)
+    seg_positions = np.flatnonzero(store.seg_start)
+    tokens, scores, control = [], [], []
+    for doc in order:
+        tokens.append(EOS), scores.append(0.0), control.append(False)
+        for j in range(store.doc_offsets[doc], store.doc_offsets[doc + 1]):
+            seg = int(np.searchsorted(seg_positions, j))
+            if stream.conditional and store.seg_start[j] and not (dropped is not None and dropped[seg]):
+                choice = int(stream.conditional.choose(np.array([store.scores[j]]))[0])
+                tokens.append(stream.conditional.token_ids[choice]), scores.append(store.scores[j]), control.append(True)
+            tokens.append(int(store.tokens[j])), scores.append(store.scores[j]), control.append(False)
+    return np.array(tokens), np.array(scores, np.float32), np.array(control)
+
+
+@pytest.mark.parametrize("seq_len", [5, 64])
+@pytest.mark.parametrize("transform", [
+    {}, {"conditional": Conditional((GOOD, BAD), threshold=0.5)},
+    {"conditional": Conditional((GOOD, BAD), threshold=0.5, drop_prob=0.3)},
+    {"conditional": Conditional((200, 201, 202), edges=(0.3, 0.6))},
+    {"conditional": Conditional((GOOD, BAD), threshold=0.5), "filtering": Filtering(threshold=0.5)},
+])
+def test_every_block_is_a_window_of_the_stream_built_token_by_token(seq_len, transform):
+    """Blocks are assembled vectorised across documents; each must equal the plain construction,
+    whether it spans many short documents, starts or ends inside one, or holds empty ones."""
+    rng = np.random.default_rng(seq_len)
+    docs = []
+    for _ in range(60):
+        n_tokens = int(rng.choice([0, 1, 3, 12, 40]))  # ... and segments of 1-8 tokens
+        cuts = sorted({0, *rng.integers(1, max(n_tokens, 1), size=n_tokens // 4).tolist()}) if n_tokens else []
+        bounds = [*cuts, n_tokens]
+        docs.append([(rng.integers(1, 90, bounds[k + 1] - bounds[k]).tolist(), float(rng.random()))
+                     for k in range(len(cuts))])
+    store = make_store([d for d in docs if d] + [[]])  # an empty document too
+    stream = PackedStream(store, seq_len, EOS, seed=7, **transform)
+    for epoch in (0, 1):
+        tokens, scores, control = _reference_stream(store, stream, epoch)
+        first = sum(stream.blocks_in_epoch(e) for e in range(epoch))
+        assert len(tokens) == stream.tokens_per_epoch(epoch)
+        for block in range(stream.blocks_in_epoch(epoch)):
+            sample, window = stream[first + block], slice(block * seq_len, block * seq_len + seq_len + 1)
+            assert sample.input_ids.tolist() == tokens[window][:-1].tolist()
+            assert sample.labels.tolist() == tokens[window][1:].tolist()
+            assert sample.scores.tolist() == scores[window][1:].tolist()
+            assert sample.is_control.tolist() == control[window][1:].tolist()
