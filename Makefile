@@ -30,6 +30,7 @@ bench: setup
 	$(BIN)/python bench/scoring.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/interleaved.py
+	$(BIN)/python bench/stream.py
 	$(BIN)/python bench/generate.py
 
 clean:

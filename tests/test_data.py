@@ -76,6 +76,8 @@ def test_filtering_drops_exactly_the_documents_above_the_threshold():
     assert Filtering(percentile=50).resolved_threshold(store) == pytest.approx(0.2)
     with pytest.raises(ValueError, match="keeps no document"):
         PackedStream(store, 2, EOS, filtering=Filtering(threshold=0.0))
+    with pytest.raises(ValueError, match="no text tokens"):
+        PackedStream(make_store([[], []]), 2, EOS)
 
 
 def test_continuation_starts_after_the_documents_a_base_run_consumed():

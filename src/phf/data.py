@@ -86,12 +86,14 @@ class PackedStream:
         self.seed, self.shuffle = int(seed), bool(shuffle)
         self.conditional, self.start_doc = conditional, int(start_doc)
         self.doc_offsets = np.asarray(store.doc_offsets, dtype=np.int64)
+        # Plain ndarray views of the (memory-mapped) columns: indexing a np.memmap costs more per call.
+        self.tokens, self.scores = np.asarray(store.tokens), np.asarray(store.scores, dtype=np.float32)
         self.num_docs = len(self.doc_offsets) - 1
         self.keep = filtering.keep(store) if filtering else np.ones(self.num_docs, dtype=bool)
         if not self.keep.any():
             raise ValueError("the transform keeps no document (filtering threshold too low?)")
-        # Plain ndarray views of the (memory-mapped) columns: indexing a np.memmap costs more per call.
-        self.tokens, self.scores = np.asarray(store.tokens), np.asarray(store.scores, dtype=np.float32)
+        if not len(self.tokens):
+            raise ValueError("the token store holds no text tokens (are all its documents empty?)")
         seg_positions = np.flatnonzero(np.asarray(store.seg_start))
         self.seg_positions = seg_positions
         # Segment index range of each document: segments [doc_segs[d], doc_segs[d+1]).
@@ -161,12 +163,18 @@ class PackedStream:
         Vectorised over the documents: a fixed number of numpy calls per block however many
         documents it spans, reading only the window's tokens from the store. (The per-document
         loop it replaced cost 3x as much on blocks of short documents, re-transformed a whole long
-        document for every block that touched it, and held the GIL the training thread needs.)"""
+        document for every block that touched it, and held the GIL the training thread needs.)
+
+        The stream is a sequence of inserted tokens (EOS, controls), each followed by a run of
+        the store's text, contiguous in the store: a position is ``offset`` tokens after the last
+        inserted token at or before it, so its text comes from that token's run start + offset - 1.
+        """
         n = len(docs)
         a = self.doc_offsets[docs]
         lengths = self.doc_offsets[docs + 1] - a
         if self.conditional is None:
             inserted_at = _starts(lengths + 1)  # one EOS per document
+            run_start = a
             inserted_ids = np.full(n, self.eos_id, dtype=np.int64)
             inserted_scores = np.full(n, EOS_SCORE, dtype=np.float32)
             inserted_control = np.zeros(n, dtype=bool)
@@ -177,17 +185,21 @@ class PackedStream:
             if dropped is not None:
                 kept = ~dropped[segs]
                 segs, owner = segs[kept], owner[kept]
+            seg_at = self.seg_positions[segs]
             controls = np.bincount(owner, minlength=n)
             doc_start = _starts(lengths + 1 + controls)
-            # In stream order each document inserts its EOS, then its controls: the r-th kept
-            # segment, starting at the document's token K, gets its control at doc_start + 1 + K + r.
+            # Each document inserts its EOS, then its controls: the r-th kept segment, starting at
+            # the document's token K, gets its control at doc_start + 1 + K + r.
             eos_slot = np.arange(n) + _starts(controls)
             rank = np.arange(len(segs)) - _starts(controls)[owner]
             slot = eos_slot[owner] + 1 + rank
-            seg_scores = self.scores[self.seg_positions[segs]]
+            seg_scores = self.scores[seg_at]
             inserted_at = np.empty(n + len(segs), dtype=np.int64)
             inserted_at[eos_slot] = doc_start
-            inserted_at[slot] = doc_start[owner] + 1 + (self.seg_positions[segs] - a[owner]) + rank
+            inserted_at[slot] = doc_start[owner] + 1 + (seg_at - a[owner]) + rank
+            run_start = np.empty(n + len(segs), dtype=np.int64)
+            run_start[eos_slot] = a
+            run_start[slot] = seg_at
             inserted_ids = np.full(n + len(segs), self.eos_id, dtype=np.int64)
             inserted_ids[slot] = np.asarray(self.conditional.token_ids, dtype=np.int64)[self.conditional.choose(seg_scores)]
             inserted_scores = np.full(n + len(segs), EOS_SCORE, dtype=np.float32)
@@ -195,22 +207,15 @@ class PackedStream:
             inserted_control = np.zeros(n + len(segs), dtype=bool)
             inserted_control[slot] = True
 
-        if hi is None:
-            hi = int(lengths.sum()) + len(inserted_at)
-        positions = np.arange(lo, hi)
-        before = np.searchsorted(inserted_at, positions, side="left")  # inserted tokens before each position
-        here = np.minimum(before, len(inserted_at) - 1)
-        is_inserted = inserted_at[here] == positions
-        text = np.flatnonzero(~is_inserted)
-        # A text position p is the (p - before)-th token of the documents' concatenated text.
-        concatenated = positions[text] - before[text]
-        text_starts = _starts(lengths)
-        source = concatenated + (a - text_starts)[np.searchsorted(text_starts, concatenated, side="right") - 1]
-        tokens = inserted_ids[here]
-        scores = inserted_scores[here]
-        tokens[text] = self.tokens[source]
-        scores[text] = self.scores[source]
-        return tokens, scores, inserted_control[here] & is_inserted
+        positions = np.arange(lo, int(lengths.sum()) + len(inserted_at) if hi is None else hi)
+        last = np.searchsorted(inserted_at, positions, side="right") - 1  # >= 0: the stream opens with EOS
+        offset = positions - inserted_at[last]
+        is_inserted = offset == 0
+        # Inserted positions read a text token they discard (index -1 at worst): cheaper than masking.
+        source = run_start[last] + offset - 1
+        tokens = np.where(is_inserted, inserted_ids[last], self.tokens[source])
+        scores = np.where(is_inserted, inserted_scores[last], self.scores[source])
+        return tokens, scores, inserted_control[last] & is_inserted
 
     def __getitem__(self, index: int) -> Sample:
         epoch, block = self._locate(int(index))
