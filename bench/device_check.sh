@@ -3,8 +3,8 @@
 #   run(command="bash bench/device_check.sh", carry=[".device"], timeout_s=540)
 # Writes every benchmark's output to $OUT (each ends with its RESULT <json> line): GPT-2 small
 # training for the six objectives (and MLE with the logits recomputed) against the HF Trainer and the
-# minimal GPT (eager), phf MLE and conditional against the minimal GPT compiled, and the sampler
-# against model.generate.
+# minimal GPT (eager), phf MLE and conditional against the minimal GPT compiled, the sampler
+# against model.generate, and the CPU time of a step's training blocks on the host.
 # PYTHON, PRESET and STEPS override the defaults (a CPU smoke test: PYTHON=.venv/bin/python PRESET=tiny
 # STEPS=2; it took 1 min 45 s here). Not yet run on a GPU: expect a few minutes of corpus preparation
 # and compilation there, so give the call most of its 10-minute limit.
@@ -29,4 +29,5 @@ status=0
 "$PYTHON" bench/train.py --preset "$PRESET" --steps "$STEPS" --compile --no-hf-trainer \
     --objectives mle,conditional 2>&1 | tee "$OUT/train_compile.txt" || status=1
 "$PYTHON" bench/generate.py --preset "$PRESET" --scorers '' 2>&1 | tee "$OUT/generate.txt" || status=1
+"$PYTHON" bench/stream.py 2>&1 | tee "$OUT/stream.txt" || status=1  # CPU time of a step's blocks on this host
 exit $status
