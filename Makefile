@@ -31,6 +31,7 @@ bench: setup
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/interleaved.py
 	$(BIN)/python bench/stream.py
+	$(BIN)/python bench/cpu_attention.py
 	$(BIN)/python bench/generate.py
 
 clean:

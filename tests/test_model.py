@@ -92,3 +92,41 @@ def test_eager_training_forward_fills_no_kv_cache_and_keeps_flash_eligible_atten
     assert len(updates) == 2  # the probe sees the default's cache: one update per layer
     # The default keeps a copy of keys and values per layer (2 x 2 layers x 2 x 16 x 32 floats) more.
     assert default - ours == 2 * 2 * ids.numel() * 32 * 4
+
+
+def test_cpu_fp32_attention_is_the_same_function_computed_in_fp32():
+    """Under bf16 autocast, attention inside the mode equals fp32 attention of the same bf16 inputs,
+    rounded to bf16, with the gradients of that computation; a bf16 float mask works; other ops
+    keep autocast's bf16."""
+    from contextlib import nullcontext
+
+    import torch.nn.functional as F
+
+    from phf.model import CpuFp32Attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 8, 4, generator=g).bfloat16().requires_grad_() for _ in range(3))
+    mask = torch.zeros(8, 8).masked_fill(torch.ones(8, 8, dtype=torch.bool).triu(1), float("-inf")).bfloat16()
+    weight = torch.randn(4, 4, generator=g)
+
+    def attend(use_mode: bool, **kwargs):
+        for t in (q, k, v):
+            t.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16), CpuFp32Attention() if use_mode else nullcontext():
+            out = F.scaled_dot_product_attention(q, k, v, **kwargs)
+            other = q.float() @ weight
+        out.float().pow(2).sum().backward()
+        return out, other, [t.grad.clone() for t in (q, k, v)]
+
+    for kwargs in ({"is_causal": True}, {"attn_mask": mask}):
+        out, other, grads = attend(True, **kwargs)
+        assert out.dtype == torch.bfloat16 and other.dtype == torch.bfloat16
+        reference = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **{
+            k_: (v_.float() if k_ == "attn_mask" else v_) for k_, v_ in kwargs.items()}).bfloat16()
+        assert torch.equal(out, reference)
+        for t in (q, k, v):
+            t.grad = None
+        reference.float().pow(2).sum().backward()
+        assert all(torch.equal(a, t.grad) for a, t in zip(grads, (q, k, v)))
+    # Without the mode the same call computes in bf16: a different rounding (the mode is doing something).
+    assert not torch.equal(attend(False, is_causal=True)[0], attend(True, is_causal=True)[0])

@@ -46,6 +46,36 @@ def test_bf16_autocast_trains_on_cpu(tmp_path, scored, objective):
     assert json.loads((out / "phf.json").read_text())["mixed_precision"] == "bf16"
 
 
+def test_bf16_on_cpu_runs_attention_in_fp32_for_short_sequences(tmp_path, scored):
+    """Where torch's CPU attention is faster in fp32 (sequences under
+    ``training.cpu_fp32_attention_below``), a bf16 step computes attention in fp32; with the
+    threshold at the sequence length or below, in bf16 like the rest of the step."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from phf.trainer import Trainer
+    from tests.helpers.training import tiny_overrides
+
+    class AttentionDtypes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.forward, self.backward = set(), set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if "scaled_dot_product" in func.name():
+                (self.backward if "backward" in func.name() else self.forward).add(args[1].dtype)
+            return func(*args, **(kwargs or {}))
+
+    for below, expected in ((512, torch.float32), (32, torch.bfloat16)):  # the tests' seq_len is 32
+        trainer = Trainer(load_config([], tiny_overrides(tmp_path / str(below), scored, steps=2, **{
+            "training.mixed_precision": "bf16", "training.cpu_fp32_attention_below": below})))
+        seen = AttentionDtypes()
+        with seen:
+            loss = trainer._step(0)["loss"]
+        assert seen.forward == seen.backward == {expected} and loss == loss
+        trainer.save_final()
+        assert json.loads((trainer.run_dir / "phf.json").read_text())["cpu_fp32_attention"] is (expected == torch.float32)
+
+
 @pytest.mark.parametrize("objective", ["mle", "awr"])
 def test_gradient_accumulation_matches_one_big_micro_batch(tmp_path, scored, objective):
     big = losses(run(tmp_path, scored, "big", objective, steps=5, **{"training.micro_batch_size": 8}))

@@ -96,6 +96,10 @@ class TrainingConfig:
     # micro-batch, instead of recomputing the logits: one head matmul fewer. GPT-2 small, 16 x 1024
     # tokens, bf16: 1,572 MB. 0: recompute unless one chunk covers the micro-batch.
     logprob_keep_softmax_mb: int = 4096
+    # bf16 autocast on a CPU: attention runs in fp32 for sequences shorter than this, where torch's
+    # CPU attention kernel is faster in fp32 (phf.model.CpuFp32Attention; bench/cpu_attention.py
+    # measures the crossover on your CPU). 0: attention in bf16 like the rest.
+    cpu_fp32_attention_below: int = 512
 
 
 @dataclass
@@ -173,8 +177,9 @@ def validate(config: TrainConfig) -> None:
     if t.batch_size % t.micro_batch_size:
         raise ConfigError(f"training.batch_size ({t.batch_size}) must be a multiple of training.micro_batch_size "
                           f"({t.micro_batch_size})")
-    if t.logprob_keep_softmax_mb < 0:
-        raise ConfigError(f"training.logprob_keep_softmax_mb must be >= 0, got {t.logprob_keep_softmax_mb}")
+    for name in ("logprob_keep_softmax_mb", "cpu_fp32_attention_below"):
+        if getattr(t, name) < 0:
+            raise ConfigError(f"training.{name} must be >= 0, got {getattr(t, name)}")
     if t.schedule not in ("linear", "cosine", "constant"):
         raise ConfigError(f"training.schedule {t.schedule!r}: choose linear, cosine or constant")
     if t.mixed_precision == "False":  # YAML reads an unquoted `no` as false; the str field keeps "False"

@@ -29,6 +29,7 @@ from phf.config import TrainConfig, to_yaml
 from phf.errors import PhfError
 from phf.data import Conditional, Filtering, PackedStream, bucket_edges, collate, step_sample_indices
 from phf.logprobs import lm_target_logprobs
+from phf.model import CpuFp32Attention
 from phf.objectives import LossInputs, ValueHead, build_objective
 
 CHECKPOINTS = "checkpoints"
@@ -370,6 +371,11 @@ class Trainer:
         if self.resume_from is not None:
             acc.load_state(str(self.resume_from))
             self.step = json.loads((self.resume_from / STATE_FILE).read_text())["step"]
+        # bf16 autocast on a CPU: attention in fp32 where that is faster (short sequences; model.py).
+        # Compiled code is left alone: inductor generates its own attention code.
+        self._attention = CpuFp32Attention() if (
+            acc.device.type == "cpu" and acc.mixed_precision == "bf16" and not t.compile
+            and cfg.data.seq_len < t.cpu_fp32_attention_below) else None
         prefetch = cfg.data.prefetch if cfg.data.prefetch is not None else acc.device.type != "cpu"
         self._prefetch = _Prefetch(self._micro_batches, pin=acc.device.type == "cuda") if prefetch else None
 
@@ -417,7 +423,7 @@ class Trainer:
             sync = k == len(batches) - 1
             context = acc.no_sync(self.model) if not sync else _nullcontext()
             with context:
-                with acc.autocast():
+                with acc.autocast(), self._attention or _nullcontext():
                     logp, values = self.model(batch["input_ids"], batch["labels"])
                 inputs = LossInputs(logp=logp, scores=batch["scores"], mask=torch.ones_like(batch["labels"], dtype=torch.bool),
                                     values=values.float() if values is not None else None, num_tokens=num_tokens)
@@ -558,6 +564,7 @@ class Trainer:
             "objective_config": asdict(o), "filter_threshold": self.filter_threshold,
             "init": self.config.model.init, "continue_from": self.config.data.continue_from,
             "mixed_precision": self.accelerator.mixed_precision,  # what `auto` resolved to on this machine
+            "cpu_fp32_attention": self._attention is not None,  # bf16 on a CPU, attention in fp32
         }
         out = Path(out or self.run_dir)
         save_checkpoint(policy.lm, self.tokenizer, out, phf_info=info)
