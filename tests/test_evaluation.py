@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from phf.evaluation import EvalConfig, EvalError, evaluate, held_out_lm_loss, load_target, string_logprobs
-from phf.metrics import bootstrap_ci, diversity, expected_max, misalignment_summary, per_prompt_summary
+from phf.metrics import bootstrap_ci, diversity, expected_max, misalignment_summary, per_prompt_summary, self_bleu
 from tests.helpers.training import train_tiny
 
 SCORER = "tests.helpers.user_scorers:length_score"
@@ -42,6 +42,29 @@ def test_per_prompt_statistics_and_diversity_by_hand():
     assert d["entropy_1_bits"] == pytest.approx(-(2 * 0.4 * math.log2(0.4) + 0.2 * math.log2(0.2)))
     assert d["mean_length_words"] == 2.5
     assert diversity(["the very same words appear here"] * 5)["self_bleu_5"] == pytest.approx(1.0)
+
+
+def test_self_bleu_is_nltks_sentence_bleu_to_the_last_bit():
+    """Our indexed Self-BLEU against the definition it replaces (NLTK, per hypothesis and
+    reference): samples with repeated n-grams, shorter than 5 words, empty, and duplicated."""
+    from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+
+    rng = np.random.default_rng(0)
+    words = ["a", "b", "c", "d", "e", "the", "cat"]
+    texts = [" ".join(rng.choice(words, size=int(rng.choice([0, 1, 3, 6, 12, 30])))) for _ in range(60)]
+    texts += [texts[5]] * 3
+    for n_hyp, n_ref, seed in ((40, 25, 1), (200, 200, 2)):
+        tokenized = [t.split() for t in texts]
+        order = np.random.default_rng(seed)
+        expected = []
+        for i in order.permutation(len(texts))[:n_hyp]:  # the sampling self_bleu documents
+            if not tokenized[i]:
+                continue
+            others = [j for j in order.permutation(len(texts))[: n_ref + 1] if j != i][:n_ref]
+            references = [tokenized[j] for j in others if tokenized[j]]
+            expected.append(sentence_bleu(references, tokenized[i], weights=(0.2,) * 5,
+                                          smoothing_function=SmoothingFunction().method1))
+        assert self_bleu(texts, n_hypotheses=n_hyp, n_references=n_ref, seed=seed) == float(np.mean(expected))
 
 
 @pytest.fixture(scope="module")

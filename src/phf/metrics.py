@@ -90,26 +90,57 @@ def _entropy(counts: Counter) -> float:
     return float(-(probs * np.log2(probs)).sum())
 
 
+BLEU_ORDER = 5
+BLEU_EPSILON = 0.1  # NLTK's SmoothingFunction().method1: add 0.1 to a zero n-gram match count
+
+
 def self_bleu(texts: Sequence[str], *, n_hypotheses: int = 200, n_references: int = 200, seed: int = 0) -> float | None:
     """Self-BLEU-5: mean BLEU of a sample against ``n_references`` other samples (as the paper, after
-    Zhu et al. 2018); higher means less diverse. Whitespace tokens, NLTK's BLEU with smoothing."""
-    from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
-
+    Zhu et al. 2018); higher means less diverse. Whitespace tokens; each BLEU is NLTK's
+    ``sentence_bleu(references, hypothesis, weights=(0.2,) * 5, smoothing_function=method1)`` to the
+    last bit (tested), but every sample's n-grams are counted once and looked up in an index,
+    where NLTK recounts each reference for every hypothesis: 200 x 200 samples take a fraction of a
+    second instead of 5.7 s, half of a tiny run's evaluation."""
     tokenized = [t.split() for t in texts]
     if len(tokenized) < 2:
         return None
     rng = np.random.default_rng(seed)
     hypotheses = rng.permutation(len(tokenized))[:n_hypotheses]
-    smoothing = SmoothingFunction().method1
+    counts = [[Counter(_ngrams(tokens, n)) for n in range(1, BLEU_ORDER + 1)] for tokens in tokenized]
+    # Per order: n-gram -> {sample: its count there}.
+    index: list[dict[tuple[str, ...], dict[int, int]]] = [{} for _ in range(BLEU_ORDER)]
+    for j, per_order in enumerate(counts):
+        for order, sample_counts in enumerate(per_order):
+            for gram, count in sample_counts.items():
+                index[order].setdefault(gram, {})[j] = count
     scores = []
     for i in hypotheses:
         if not tokenized[i]:
             continue
         others = [j for j in rng.permutation(len(tokenized))[: n_references + 1] if j != i][:n_references]
-        references = [tokenized[j] for j in others if tokenized[j]]
+        references = [j for j in others if tokenized[j]]
         if references:
-            scores.append(sentence_bleu(references, tokenized[i], weights=(0.2,) * 5, smoothing_function=smoothing))
+            scores.append(_bleu(counts[i], len(tokenized[i]), references, [len(tokenized[j]) for j in references], index))
     return float(np.mean(scores)) if scores else None
+
+
+def _bleu(hypothesis: list[Counter], length: int, references: list[int], reference_lengths: list[int],
+          index: list[dict[tuple[str, ...], dict[int, int]]]) -> float:
+    """Smoothed sentence BLEU with uniform weights, computed as NLTK computes it (same operations)."""
+    refs = set(references)
+    precisions = []
+    for order, grams in enumerate(hypothesis):
+        # Clipped matches: each n-gram counts at most as often as in the reference holding it most.
+        matched = sum(min(count, max((c for j, c in index[order][gram].items() if j in refs), default=0))
+                      for gram, count in grams.items())
+        precisions.append((matched, max(1, sum(grams.values()))))
+    if precisions[0][0] == 0:
+        return 0.0
+    closest = min(reference_lengths, key=lambda r: (abs(r - length), r))
+    penalty = 1 if length > closest else math.exp(1 - closest / length)
+    weight = 1 / BLEU_ORDER
+    logs = (weight * math.log(m / d if m else BLEU_EPSILON / d) for m, d in precisions)
+    return penalty * math.exp(math.fsum(logs))
 
 
 def diversity(texts: Sequence[str], *, self_bleu_samples: int = 200, seed: int = 0) -> dict:
