@@ -120,6 +120,9 @@ def test_cpu_fp32_attention_is_the_same_function_computed_in_fp32():
 
     for kwargs in ({"is_causal": True}, {"attn_mask": mask}):
         out, other, grads = attend(True, **kwargs)
+        if "attn_mask" in kwargs:  # ... and passed positionally
+            with torch.autocast("cpu", dtype=torch.bfloat16), CpuFp32Attention():
+                assert torch.equal(F.scaled_dot_product_attention(q, k, v, mask), out)
         assert out.dtype == torch.bfloat16 and other.dtype == torch.bfloat16
         reference = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **{
             k_: (v_.float() if k_ == "attn_mask" else v_) for k_, v_ in kwargs.items()}).bfloat16()

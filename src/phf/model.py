@@ -43,22 +43,25 @@ class CpuFp32Attention(torch.overrides.TorchFunctionMode):
     them), returning bf16 as before: the same function, computed more precisely and faster.
 
     Why: torch's CPU flash-attention kernel is slower in bf16 than in fp32 on short sequences (its
-    bf16 backward). Forward + backward, 4 heads, 4,096 tokens, on this project's AVX512-BF16 CPU:
-    2.2-2.4x slower at 64-128 tokens, 1.1-1.4x at 256, even at 512, and 0.8-0.9x (faster) at
-    1,024, hence ``training.cpu_fp32_attention_below: 512``. Other calls pass through untouched."""
+    bf16 backward). ``bench/cpu_attention.py`` on this project's AVX512-BF16 CPU (forward +
+    backward, 4 heads of 32 or 64, 4,096 tokens per call): 2.2-2.9x slower at 64-128 tokens,
+    1.1-1.4x at 256, about even at 512, faster from 1,024, hence ``training.cpu_fp32_attention_below:
+    512``. Other calls, and attention called with keyword tensors, pass through untouched."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is torch.nn.functional.scaled_dot_product_attention and args[0].dtype == torch.bfloat16 \
-                and args[0].device.type == "cpu":
+        if func is torch.nn.functional.scaled_dot_product_attention and len(args) >= 3 \
+                and args[0].dtype == torch.bfloat16 and args[0].device.type == "cpu":
             q, k, v, *rest = args
+            # The mask, positional or not, must be bool or q's dtype.
+            if rest and isinstance(rest[0], torch.Tensor) and rest[0].is_floating_point():
+                rest[0] = rest[0].float()
             mask = kwargs.get("attn_mask")
-            if mask is not None and mask.is_floating_point():  # SDPA wants a bool mask or q's dtype
+            if mask is not None and mask.is_floating_point():
                 kwargs = {**kwargs, "attn_mask": mask.float()}
             with torch.autocast("cpu", enabled=False):
                 return func(q.float(), k.float(), v.float(), *rest, **kwargs).to(torch.bfloat16)
         return func(*args, **kwargs)
-
 
 
 def _fast_activation(config) -> None:
