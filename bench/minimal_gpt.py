@@ -3,10 +3,10 @@
 No transformers, no accelerate, no data pipeline: pre-LN blocks with one fused qkv projection,
 ``F.scaled_dot_product_attention(is_causal=True)``, a tanh-GELU MLP, tied input/output embeddings,
 the vocabulary padded to a multiple of 64 (50304 for GPT-2), dropout 0. It trains on random tokens
-with fused AdamW under bf16 autocast on CUDA, with gradient accumulation and grad-norm
-clipping like phf's loop, optionally ``torch.compile``'d. ``bench/train.py`` runs it on CUDA next to
-phf's MLE objective, with the same batch and sequence length, to show how far phf is from a bare
-training loop.
+with fused AdamW (under bf16 autocast by default on CUDA), with gradient accumulation and grad-norm
+clipping like phf's loop, optionally ``torch.compile``'d. ``bench/train.py`` runs it next to phf's
+objectives, with the same shape, batch, sequence length and precision, to show how far phf is from
+a bare training loop.
 
     python bench/minimal_gpt.py --tiny            # CPU smoke check: a 2-layer model, a few steps
     python bench/minimal_gpt.py                   # GPT-2 small, 64 x 1024 tokens per step

@@ -106,8 +106,7 @@ def prepare_data(spec: dict) -> dict:
     from phf.tokenizer import load_tokenizer
 
     work = Path(spec["workdir"])
-    config = preset_config(spec, [f"output_dir={work / 'unused'}", f"data.path={work / 'unused'}",
-                                  f"training.max_steps={spec['warmup'] + spec['steps']}"])
+    config = shape_config(spec)
     t, d = config.training, config.data
     needed = (spec["warmup"] + spec["steps"]) * t.batch_size * d.seq_len
     num_chars = max(1_000_000, int(needed * CORPUS_PASSES * CHARS_PER_TOKEN.get(d.tokenizer.name, 2.3)))
@@ -146,6 +145,12 @@ def preset_config(spec: dict, overrides: list[str], run_overrides: list[str] = (
     return load_config([spec["preset_file"]], [*overrides, *spec.get("set", []), *run_overrides])
 
 
+def shape_config(spec: dict, run_overrides: list[str] = ()):
+    """The preset with the user's (and a run's) overrides, for reading its shape and
+    hyperparameters: output directory, data path and step count are placeholders."""
+    return preset_config(spec, ["output_dir=unused", "data.path=unused", "training.max_steps=1"], run_overrides)
+
+
 def phf_config(spec: dict, run: str):
     """``run`` is an objective name, optionally followed by ``:key=value`` overrides of its own."""
     objective, *own = run.split(":")
@@ -172,7 +177,7 @@ def check_overrides(parser: argparse.ArgumentParser, spec: dict, runs: list[str]
 
     for run in runs:
         try:
-            preset_config(spec, ["output_dir=unused", "data.path=unused", "training.max_steps=1"], run.split(":")[1:])
+            shape_config(spec, run.split(":")[1:])
         except ConfigError as exc:
             parser.error(f"{run}: {exc}")
 
@@ -412,7 +417,7 @@ def time_minimal_gpt(spec: dict) -> dict:
     from phf.trainer import _mixed_precision
 
     cuda = torch.cuda.is_available()
-    config = preset_config(spec, [f"output_dir={spec['workdir']}/unused", "data.path=unused", "training.max_steps=1"])
+    config = shape_config(spec)
     shape = {"n_layer": 12, "n_head": 12, "n_embd": 768, **config.model.config}
     vocab = padded_vocab(spec["vocab_size"], config.model.pad_vocab_multiple)
     rss_start = _start_memory_window(cuda)
@@ -529,8 +534,7 @@ def main() -> int:
         check_overrides(parser, spec, objectives)
         data = prepare_data(spec)
         spec.update(data)
-        config = preset_config(spec, [f"output_dir={work}/unused", f"data.path={data['data_path']}",
-                                      "training.max_steps=1"])
+        config = shape_config(spec)
         t = config.training
         spec["vocab_size"] = config.data.tokenizer.vocab_size if config.data.tokenizer.name == "bpe" else 50257
         spec_file = work / "spec.json"

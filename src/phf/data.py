@@ -190,8 +190,9 @@ class PackedStream:
             doc_start = _starts(lengths + 1 + controls)
             # Each document inserts its EOS, then its controls: the r-th kept segment, starting at
             # the document's token K, gets its control at doc_start + 1 + K + r.
-            eos_slot = np.arange(n) + _starts(controls)
-            rank = np.arange(len(segs)) - _starts(controls)[owner]
+            first_control = _starts(controls)
+            eos_slot = np.arange(n) + first_control
+            rank = np.arange(len(segs)) - first_control[owner]
             slot = eos_slot[owner] + 1 + rank
             seg_scores = self.scores[seg_at]
             inserted_at = np.empty(n + len(segs), dtype=np.int64)
