@@ -1,10 +1,14 @@
-"""Model construction: the fused activation computes what the stock one does."""
+"""Model construction and the training forward: the same functions as the stock ones, computed
+without what costs time on a GPU (unfused activations, host reads, masks that bar flash attention,
+unused KV caches)."""
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from phf.config import ModelConfig
 from phf.model import build_model, load_model
+from tests.helpers.host_reads import HostReads
 
 
 def test_fused_gelu_replaces_gelu_new_without_changing_the_function(tmp_path):
@@ -29,8 +33,8 @@ def test_fused_gelu_replaces_gelu_new_without_changing_the_function(tmp_path):
 
 def test_compiled_training_forward_is_one_graph_with_flash_eligible_attention():
     """What ``training.compile`` relies on for GPU speed: no graph break anywhere in the policy's
-    forward (trunk, chunked log-probs, value head), and attention that SDPA can send to its flash
-    kernel (``is_causal`` and no materialised mask). Some transformers/torch pairs build a 4-D mask
+    forward (trunk, chunked log-probs, value head), attention that SDPA can send to its flash kernel
+    (``is_causal`` and no materialised mask), and no KV cache filled. Some transformers/torch pairs build a 4-D mask
     under compile (transformers' masking_utils: torch < 2.14 hides ``is_exporting`` from dynamo),
     which rules flash attention out; this guards the pinned pair."""
     from phf.objectives import ValueHead
@@ -41,8 +45,11 @@ def test_compiled_training_forward_is_one_graph_with_flash_eligible_attention():
     policy = PolicyModel(lm, ValueHead(32), chunk_tokens=16, keep_softmax_mb=1)
     attention = []
 
+    copies = []
+
     def backend(graph_module, example_inputs):
         attention.extend(n.kwargs for n in graph_module.graph.nodes if "scaled_dot_product" in str(n.target))
+        copies.extend(n for n in graph_module.graph.nodes if n.target is torch.cat)  # a KV cache's appends
         return graph_module.forward
 
     ids = torch.randint(0, 100, (2, 16), generator=torch.Generator().manual_seed(0))
@@ -53,19 +60,26 @@ def test_compiled_training_forward_is_one_graph_with_flash_eligible_attention():
     (logp.sum() + values.sum()).backward()
     assert len(attention) == 2  # one per layer
     assert all(kw.get("attn_mask") is None and kw.get("is_causal") is True for kw in attention), attention
+    assert copies == [] and lm.config._attn_implementation == "sdpa"
 
 
-def test_eager_training_forward_fills_no_kv_cache_and_keeps_flash_eligible_attention(monkeypatch):
-    """Configs default to ``use_cache=True``; an eager forward that honours it copies every layer's
-    keys and values into a cache nobody reads and keeps the copies for backward. Without the cache,
-    attention must still go to SDPA as plain causal (no mask), and the saved activations shrink by
-    exactly those copies."""
+SHAPES = {"gpt2": {"n_layer": 2, "n_head": 2, "n_embd": 32},
+          "llama": {"num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2, "hidden_size": 32,
+                    "intermediate_size": 64}}
+
+
+@pytest.mark.parametrize("model_type", list(SHAPES))
+def test_eager_training_forward_reads_nothing_builds_no_mask_and_fills_no_kv_cache(monkeypatch, model_type):
+    """phf's training forward (unpadded blocks) must equal the model's own forward to the last bit
+    while (1) reading nothing on the host (transformers' packed-sequence check does, every forward),
+    (2) sending attention to SDPA as plain causal with no mask (flash-eligible), and (3) filling no
+    KV cache: configs default to ``use_cache=True``, which copies every layer's keys and values into a
+    cache nobody reads and keeps the copies for backward."""
     from transformers import cache_utils
 
     from phf.logprobs import lm_target_logprobs, target_logprobs
 
-    lm = build_model(ModelConfig(model_type="gpt2", config={"n_layer": 2, "n_head": 2, "n_embd": 32}),
-                     vocab_size=100, seq_len=16, eos_id=0)
+    lm = build_model(ModelConfig(model_type=model_type, config=SHAPES[model_type]), vocab_size=100, seq_len=16, eos_id=0)
     updates, attention = [], []
     update, sdpa = cache_utils.DynamicLayer.update, torch.nn.functional.scaled_dot_product_attention
     monkeypatch.setattr(cache_utils.DynamicLayer, "update",
@@ -74,7 +88,7 @@ def test_eager_training_forward_fills_no_kv_cache_and_keeps_flash_eligible_atten
                         lambda *args, **kwargs: attention.append(kwargs) or sdpa(*args, **kwargs))
     ids = torch.randint(1, 100, (2, 16), generator=torch.Generator().manual_seed(0))
 
-    def saved_bytes(forward) -> int:
+    def saved_bytes(forward):
         storages = {}
 
         def pack(t):
@@ -82,16 +96,54 @@ def test_eager_training_forward_fills_no_kv_cache_and_keeps_flash_eligible_atten
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            forward()
-        return sum(storages.values())
+            out = forward()
+        return out, sum(storages.values())
 
-    ours = saved_bytes(lambda: lm_target_logprobs(lm, ids, ids))
-    assert updates == []
+    with HostReads() as host:
+        ours, ours_bytes = saved_bytes(lambda: lm_target_logprobs(lm, ids, ids)[0])
+    assert host.reads == [] and updates == []
+    assert lm.config._attn_implementation == "sdpa"  # restored
     assert len(attention) == 2 and all(kw.get("attn_mask") is None and kw.get("is_causal") for kw in attention)
-    default = saved_bytes(lambda: target_logprobs(lm.base_model(input_ids=ids).last_hidden_state, lm.lm_head.weight, ids))
+    default, default_bytes = saved_bytes(
+        lambda: target_logprobs(lm.base_model(input_ids=ids).last_hidden_state, lm.lm_head.weight, ids))
     assert len(updates) == 2  # the probe sees the default's cache: one update per layer
-    # The default keeps a copy of keys and values per layer (2 x 2 layers x 2 x 16 x 32 floats) more.
-    assert default - ours == 2 * 2 * ids.numel() * 32 * 4
+    with HostReads() as host:  # and, with no cache, transformers' packed-sequence check
+        uncached = target_logprobs(lm.base_model(input_ids=ids, use_cache=False).last_hidden_state, lm.lm_head.weight, ids)
+    assert host.reads == ["__bool__"]
+    assert torch.equal(ours, default) and torch.equal(ours, uncached)
+    # GPT-2's keys and values are views of its fused qkv projection, which attention's backward keeps
+    # anyway: the cache's copies come on top (2 x 2 layers x 2 x 16 x 32 floats). Llama's copies take
+    # the place of the rotated keys and the value projection: no more bytes, only the copying.
+    assert default_bytes - ours_bytes == (2 * 2 * ids.numel() * 32 * 4 if model_type == "gpt2" else 0)
+
+
+def test_models_whose_mask_is_more_than_causal_keep_it():
+    """A sliding window lives in the mask: such a model keeps transformers' mask (and its answers),
+    as do padded batches."""
+    from phf.logprobs import lm_target_logprobs
+    from phf.model import causal_only_attention_applies
+
+    mistral = build_model(ModelConfig(model_type="mistral", config={**SHAPES["llama"], "sliding_window": 4}),
+                          vocab_size=100, seq_len=16, eos_id=0).eval()
+    assert not causal_only_attention_applies(mistral)
+    ids = torch.randint(1, 100, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logp, _ = lm_target_logprobs(mistral, ids, ids)
+        unwindowed = build_model(ModelConfig(model_type="mistral", config={**SHAPES["llama"], "sliding_window": None}),
+                                 vocab_size=100, seq_len=16, eos_id=0).eval()
+        unwindowed.load_state_dict(mistral.state_dict())
+        reference = mistral(ids).logits.float().log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1)
+        assert not torch.allclose(lm_target_logprobs(unwindowed, ids, ids)[0], reference, atol=1e-3)  # the window matters
+    torch.testing.assert_close(logp, reference, rtol=1e-5, atol=1e-5)
+
+    # A padding mask is honoured: the same log-probs as the model's own masked forward.
+    lm = build_model(ModelConfig(model_type="gpt2", config=SHAPES["gpt2"]), vocab_size=100, seq_len=16, eos_id=0)
+    mask = (torch.arange(16) >= 4).long().expand(2, 16)
+    with torch.no_grad():
+        logp, _ = lm_target_logprobs(lm, ids, ids, attention_mask=mask)
+        reference = lm(ids, attention_mask=mask).logits.float().log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1)
+        torch.testing.assert_close(logp, reference, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(lm_target_logprobs(lm, ids, ids)[0], reference, atol=1e-3)  # the mask matters
 
 
 def test_cpu_fp32_attention_is_the_same_function_computed_in_fp32():

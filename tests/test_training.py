@@ -14,7 +14,12 @@ import torch
 
 from phf.config import ConfigError, load_config
 from phf.trainer import TrainingError, train
-from tests.helpers.training import OBJECTIVE_SETTINGS, losses, tiny_overrides, train_tiny
+from tests.helpers.training import (
+    OBJECTIVE_SETTINGS,
+    losses,
+    tiny_overrides,
+    train_tiny,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,6 +79,22 @@ def test_bf16_on_cpu_runs_attention_in_fp32_for_short_sequences(tmp_path, scored
         assert seen.forward == seen.backward == {expected} and loss == loss
         trainer.save_final()
         assert json.loads((trainer.run_dir / "phf.json").read_text())["cpu_fp32_attention"] is (expected == torch.float32)
+
+
+@pytest.mark.parametrize("objective", list(OBJECTIVE_SETTINGS))
+def test_a_training_step_reads_the_device_once(tmp_path, scored, objective):
+    """On a GPU every host read of a tensor's value waits for the queued kernels, and the GPU then
+    idles while Python launches the next ones. A step reads once, at its end (the metrics it logs):
+    its micro-batches' forwards and backwards, the loss and the optimizer queue back to back."""
+    from phf.trainer import Trainer
+    from tests.helpers.host_reads import HostReads
+
+    trainer = Trainer(load_config([], tiny_overrides(tmp_path, scored, steps=2, **{
+        "objective.name": objective, **OBJECTIVE_SETTINGS[objective], "training.micro_batch_size": 4})))
+    assert trainer.accum == 2
+    with HostReads() as host:
+        metrics = trainer._step(0)
+    assert host.reads == ["tolist"] and all(isinstance(v, float) for v in metrics.values()), host.reads
 
 
 @pytest.mark.parametrize("objective", ["mle", "awr"])

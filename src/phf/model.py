@@ -2,7 +2,8 @@
 
 Any ``transformers`` causal LM works. New models get dropout 0 (the paper's setting, and free
 speed), a vocabulary padded to a multiple of 64 (tensor-core friendly matmuls) and, new or loaded,
-torch's fused tanh-GELU where the config names HF's unfused ``gelu_new`` (the same function). Saved
+torch's fused tanh-GELU where the config names HF's unfused ``gelu_new`` (the same function); their
+unpadded training forwards attend causally without a mask (:func:`causal_only_attention`). Saved
 checkpoints are plain HF directories: the tokenizer, a ``generation_config.json`` that already
 forbids the control tokens, ``phf.json`` (what a sampler must know: the prefix to condition on)
 and a model card, so ``AutoModelForCausalLM.from_pretrained(run_dir)`` + ``generate`` work with no
@@ -13,10 +14,18 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import (
+    AttentionInterface,
+    AutoConfig,
+    AutoModelForCausalLM,
+    GenerationConfig,
+)
 
 from phf.config import ModelConfig
 
@@ -64,6 +73,49 @@ class CpuFp32Attention(torch.overrides.TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+# SDPA under a name transformers has no mask builder for: for such names it builds no attention mask
+# at all (masking_utils' early exit for custom attention backends) and SDPA runs plain causal.
+# Registered at import: a compiled forward that saw the registry change would be compiled again.
+CAUSAL_ONLY_ATTENTION = "phf_causal_sdpa"
+AttentionInterface.register(CAUSAL_ONLY_ATTENTION, AttentionInterface()["sdpa"])
+# Config fields that limit attention to a window or chunk (the mask, not SDPA, applies them).
+_WINDOW_FIELDS = ("sliding_window", "attention_chunk_size")
+
+
+def causal_only_attention_applies(lm) -> bool:
+    """Whether :func:`causal_only_attention` changes ``lm``: SDPA models built on transformers'
+    attention interface whose mask is plain causal."""
+    config = lm.config
+    return (config._attn_implementation == "sdpa" and getattr(lm, "_supports_attention_backend", False)
+            and getattr(config, "is_causal", True) and not getattr(config, "sub_configs", None)
+            and not any(getattr(config, name, None) for name in _WINDOW_FIELDS)
+            and set(getattr(config, "layer_types", None) or ["full_attention"]) == {"full_attention"})
+
+
+@contextmanager
+def causal_only_attention(lm) -> Iterator[bool]:
+    """Inside it, ``lm``'s forwards build no attention mask and attend causally, exactly as SDPA's
+    ``is_causal`` path that transformers picks on its own for unpadded inputs. Only for forwards with
+    no padding and no KV cache (phf's training and held-out-loss forwards); yields whether it applied
+    (see :func:`causal_only_attention_applies`; elsewhere it changes nothing).
+
+    Why: to rule out packed sequences, transformers 5 checks the position ids on every forward without
+    a cache and reads the answer on the host (``find_packed_sequence_indices``): one host-device
+    synchronisation per micro-batch, after which the GPU waits while Python launches the next
+    kernels. Under ``torch.compile`` it cannot decide while tracing and builds a 4-D mask, which
+    bars SDPA's flash kernel, so compiled forwards had to carry a KV cache (a copy of every layer's
+    keys and values) only to skip the check. Sets the model's config for the duration: not for a
+    model that another thread runs at the same time."""
+    if not causal_only_attention_applies(lm):
+        yield False
+        return
+    lm.config._attn_implementation = CAUSAL_ONLY_ATTENTION
+    try:
+        yield True
+    finally:
+        lm.config._attn_implementation = "sdpa"
+
+
 def _fast_activation(config) -> None:
     for name in ("activation_function", "hidden_act"):
         value = getattr(config, name, None)
@@ -79,8 +131,6 @@ def _zero_dropout(config, dropout: float) -> None:
 
 def build_model(cfg: ModelConfig, vocab_size: int, seq_len: int, eos_id: int):
     """A freshly initialised causal LM whose embedding covers ``vocab_size`` (padded)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     kwargs = {**DEFAULT_SHAPES.get(cfg.model_type, {}), **cfg.config}
     try:
         config = AutoConfig.for_model(cfg.model_type, **kwargs)
@@ -102,8 +152,6 @@ def build_model(cfg: ModelConfig, vocab_size: int, seq_len: int, eos_id: int):
 
 
 def load_model(path: str, attn_implementation: str = "sdpa", dropout: float | None = 0.0):
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     if not (Path(path) / "config.json").exists():
         raise FileNotFoundError(f"model.init {path!r} is not an HF checkpoint directory (no config.json)")
     config = AutoConfig.from_pretrained(path)
@@ -141,8 +189,6 @@ def check_vocab(model, tokenizer, source: str) -> None:
 
 def save_checkpoint(model, tokenizer, out: str | Path, *, phf_info: dict[str, Any]) -> None:
     """An HF directory that samples correctly with plain transformers."""
-    from transformers import GenerationConfig
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)

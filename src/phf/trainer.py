@@ -441,9 +441,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         names = sorted(totals)
         reduced = acc.reduce(torch.stack([totals[n] for n in names]).to(device), reduction="sum")
-        out = {n: float(v) for n, v in zip(names, reduced.tolist())}
+        # The step's one read of the device (it waits for the step to finish): metrics and norm together.
+        values = torch.cat([reduced, grad_norm.reshape(1).to(reduced)]).tolist()
+        out = dict(zip(names, values))
         out["lm_loss_text"] = out.pop("nll_text_sum") / max(out.pop("text_tokens"), 1.0)
-        out["grad_norm"] = float(grad_norm)
+        out["grad_norm"] = values[-1]
         if not math.isfinite(out["loss"]):
             raise TrainingError(f"loss is {out['loss']} at step {step + 1}; no checkpoint was written for it. "
                                 "Lower training.lr, check the scores in data.path, or resume from the last checkpoint")
