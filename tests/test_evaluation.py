@@ -9,8 +9,23 @@ import numpy as np
 import pytest
 import torch
 
-from phf.evaluation import EvalConfig, EvalError, evaluate, held_out_lm_loss, load_target, string_logprobs
-from phf.metrics import bootstrap_ci, diversity, expected_max, misalignment_summary, per_prompt_summary, self_bleu
+from phf.evaluation import (
+    EvalConfig,
+    EvalError,
+    evaluate,
+    held_out_lm_loss,
+    load_target,
+    string_logprobs,
+)
+from phf.metrics import (
+    bootstrap_ci,
+    diversity,
+    expected_max,
+    misalignment_summary,
+    per_prompt_summary,
+    self_bleu,
+)
+from tests.helpers.host_reads import HostReads
 from tests.helpers.training import train_tiny
 
 SCORER = "tests.helpers.user_scorers:length_score"
@@ -126,7 +141,9 @@ def test_held_out_lm_loss_leaves_control_tokens_out(runs, scored):
 
     target = load_target(runs / "conditional", torch.device("cpu"))
     held_out = _scored_held_out(scored.parent / "test.jsonl", SCORER, {})
-    result = held_out_lm_loss(target, held_out, max_tokens=10**6)
+    with HostReads() as host:
+        result = held_out_lm_loss(target, held_out, max_tokens=10**6, batch_size=2)
+    assert host.reads == ["__float__", "__int__"]  # once, at the end, however many batches
     store = build_token_store(held_out, target.tokenizer, progress=False)
     ids = tuple(target.tokenizer.convert_tokens_to_ids(["<|good|>", "<|bad|>"]))
     stream = PackedStream(store, result["seq_len"], target.tokenizer.eos_token_id, shuffle=False,
@@ -142,6 +159,7 @@ def test_held_out_lm_loss_leaves_control_tokens_out(runs, scored):
                 count += 1
     assert result["tokens"] == count and result["loss"] == pytest.approx(total / count, rel=1e-5)
     assert count < stream.blocks_in_epoch(0) * result["seq_len"], "control targets were present and skipped"
+    assert stream.blocks_in_epoch(0) > 2  # several batches
 
 
 def test_control_token_use_is_the_auroc_of_the_bad_vs_good_likelihood_ratio(runs, scored):

@@ -142,7 +142,7 @@ def string_logprobs(model, tokenizer, texts: list[str], prompt: str, *, batch_si
     prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
     limit = _max_positions(model)
     rows = [(prompt_ids + tokenizer(t, add_special_tokens=False).input_ids)[:limit] for t in texts]
-    out = np.zeros(len(rows))
+    sums = []  # kept on the device and read once: a read per batch would stall a GPU every batch
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size]
         width = max(len(r) for r in batch)
@@ -156,8 +156,8 @@ def string_logprobs(model, tokenizer, texts: list[str], prompt: str, *, batch_si
         labels[:, : len(prompt_ids) - 1] = -100  # the prompt is conditioned on, not scored
         logp, _ = lm_target_logprobs(model, ids[:, :-1].to(device), labels.to(device),
                                      attention_mask=mask[:, :-1].to(device))
-        out[start : start + len(batch)] = logp.double().sum(-1).cpu().numpy()
-    return out
+        sums.append(logp.double().sum(-1))
+    return torch.cat(sums).cpu().numpy() if sums else np.zeros(0)
 
 
 # --- the parts of the protocol ----------------------------------------------------------------
@@ -278,13 +278,16 @@ def held_out_lm_loss(target: Target, scored_dir: Path, *, max_tokens: int, batch
     stream = PackedStream(store, seq_len, tokenizer.eos_token_id, shuffle=False, conditional=conditional)
     blocks = min(stream.blocks_in_epoch(0), max(1, max_tokens // seq_len))
     device = next(model.parameters()).device
-    total, count = 0.0, 0
+    # Accumulated on the device (float64, as Python floats would) and read once: no stall per batch.
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = torch.zeros((), dtype=torch.long, device=device)
     for start in range(0, blocks, batch_size):
         batch = collate([stream[i] for i in range(start, min(start + batch_size, blocks))])
         logp, _ = lm_target_logprobs(model, batch["input_ids"].to(device), batch["labels"].to(device))
         text = ~batch["is_control"].to(device)
-        total += float(-(logp.double() * text).sum())
-        count += int(text.sum())
+        total -= (logp.double() * text).sum()
+        count += text.sum()
+    total, count = float(total), int(count)
     loss = total / max(count, 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count, "seq_len": seq_len,
             "control_tokens_excluded": conditional is not None}
