@@ -9,22 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from phf.evaluation import (
-    EvalConfig,
-    EvalError,
-    evaluate,
-    held_out_lm_loss,
-    load_target,
-    string_logprobs,
-)
-from phf.metrics import (
-    bootstrap_ci,
-    diversity,
-    expected_max,
-    misalignment_summary,
-    per_prompt_summary,
-    self_bleu,
-)
+from phf.evaluation import EvalConfig, EvalError, evaluate, held_out_lm_loss, load_target, string_logprobs
+from phf.metrics import bootstrap_ci, diversity, expected_max, misalignment_summary, per_prompt_summary, self_bleu
 from tests.helpers.host_reads import HostReads
 from tests.helpers.training import train_tiny
 

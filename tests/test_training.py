@@ -14,12 +14,8 @@ import torch
 
 from phf.config import ConfigError, load_config
 from phf.trainer import TrainingError, train
-from tests.helpers.training import (
-    OBJECTIVE_SETTINGS,
-    losses,
-    tiny_overrides,
-    train_tiny,
-)
+from tests.helpers.host_reads import HostReads
+from tests.helpers.training import OBJECTIVE_SETTINGS, losses, tiny_overrides, train_tiny
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,7 +83,6 @@ def test_a_training_step_reads_the_device_once(tmp_path, scored, objective):
     idles while Python launches the next ones. A step reads once, at its end (the metrics it logs):
     its micro-batches' forwards and backwards, the loss and the optimizer queue back to back."""
     from phf.trainer import Trainer
-    from tests.helpers.host_reads import HostReads
 
     trainer = Trainer(load_config([], tiny_overrides(tmp_path, scored, steps=2, **{
         "objective.name": objective, **OBJECTIVE_SETTINGS[objective], "training.micro_batch_size": 4})))

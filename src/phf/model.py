@@ -20,12 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import (
-    AttentionInterface,
-    AutoConfig,
-    AutoModelForCausalLM,
-    GenerationConfig,
-)
+from transformers import AttentionInterface, AutoConfig, AutoModelForCausalLM, GenerationConfig
 
 from phf.config import ModelConfig
 
