@@ -378,6 +378,7 @@ class Trainer:
             and cfg.data.seq_len < t.cpu_fp32_attention_below) else None
         prefetch = cfg.data.prefetch if cfg.data.prefetch is not None else acc.device.type != "cpu"
         self._prefetch = _Prefetch(self._micro_batches, pin=acc.device.type == "cuda") if prefetch else None
+        self._num_tokens: torch.Tensor | None = None  # targets per step, all ranks (_step)
 
     def _continuation_start(self, base_run: Path, base_tokenizer) -> int:
         """Where the base run's stream stopped, as a position in the shared document order."""
@@ -414,9 +415,12 @@ class Trainer:
         acc, device = self.accelerator, self.accelerator.device
         batches = self._next_batches(step)
         # Every target counts (packed blocks have no padding); the sum is still reduced across ranks
-        # so that masks, if a transform ever adds them, keep the normalisation global.
-        local = sum(b["labels"].numel() for b in batches)
-        num_tokens = acc.reduce(torch.tensor(float(local), device=device), reduction="sum")
+        # so that masks, if a transform ever adds them, keep the normalisation global. Steps have one
+        # shape, so it is built once: copying a host number to a GPU waits for the queued kernels.
+        if self._num_tokens is None:
+            local = sum(b["labels"].numel() for b in batches)
+            self._num_tokens = acc.reduce(torch.tensor(float(local), device=device), reduction="sum")
+        num_tokens = self._num_tokens
         totals: dict[str, torch.Tensor] = {}
         for k, batch in enumerate(batches):
             batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
@@ -435,7 +439,7 @@ class Trainer:
             totals["nll_text_sum"] = totals.get("nll_text_sum", 0) + (-logp.detach().float() * text).sum()
             totals["text_tokens"] = totals.get("text_tokens", 0) + text.sum().float()
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), self.config.training.grad_clip) \
-            if self.config.training.grad_clip > 0 else torch.tensor(float("nan"))
+            if self.config.training.grad_clip > 0 else torch.full((), float("nan"), device=device)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
