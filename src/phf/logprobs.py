@@ -59,12 +59,11 @@ def _logits(hidden: Tensor, w: Tensor, b: Tensor | None, compute_dtype: torch.dt
     return logits
 
 
-def _log_softmax(hidden: Tensor, w: Tensor, b: Tensor | None, compute_dtype: torch.dtype, acc_dtype: torch.dtype) -> Tensor:
-    # One fused pass over the logits (on CPU far cheaper than logsumexp's four) that also does the
-    # upcast: no separate fp32 copy of a bf16 chunk's logits.
-    if b is None:
-        return torch.log_softmax(hidden.to(compute_dtype) @ w.T, 1, dtype=acc_dtype)
-    return torch.log_softmax(_logits(hidden, w, b, compute_dtype, acc_dtype), 1)
+def _matmul_logits(hidden: Tensor, w: Tensor, b: Tensor | None, compute_dtype: torch.dtype,
+                   acc_dtype: torch.dtype) -> Tensor:
+    """One chunk's logits as the matmul leaves them (bf16 under bf16 autocast): the softmaxes read
+    them once and compute in fp32 inside their kernels, so no fp32 copy is made. With a bias, fp32."""
+    return hidden.to(compute_dtype) @ w.T if b is None else _logits(hidden, w, b, compute_dtype, acc_dtype)
 
 
 class _TargetLogprobs(torch.autograd.Function):
@@ -96,9 +95,14 @@ class _TargetLogprobs(torch.autograd.Function):
             for start in range(0, n, chunk_tokens):
                 end = min(start + chunk_tokens, n)
                 if keep:
-                    log_probs = _log_softmax(hidden[start:end], w, b, compute_dtype, acc_dtype)
+                    logits = _matmul_logits(hidden[start:end], w, b, compute_dtype, acc_dtype)
+                    # log_softmax: one fused pass (on CPU far cheaper than logsumexp's four) with the upcast.
+                    log_probs = torch.log_softmax(logits, 1, dtype=acc_dtype)
                     logp[start:end] = log_probs.gather(1, safe_targets[start:end, None]).squeeze(1)
-                    kept.append(log_probs.exp_().to(compute_dtype))
+                    del log_probs
+                    # The softmax straight from the logits, in the matmul dtype: half the memory traffic
+                    # of exp() over the fp32 log-softmax and a downcast.
+                    kept.append(torch.softmax(logits, 1).to(compute_dtype))
                 else:
                     logits = _logits(hidden[start:end], w, b, compute_dtype, acc_dtype)
                     target_logit = logits.gather(1, safe_targets[start:end, None]).squeeze(1)
