@@ -109,9 +109,9 @@ def test_prefetching_batches_on_a_thread_changes_nothing(tmp_path, scored):
 def test_keeping_the_softmax_or_recomputing_the_logits_trains_alike(tmp_path, scored, monkeypatch):
     import phf.logprobs
 
-    softmaxes = []  # the kept path's forward goes through _log_softmax; the recomputing one never does
-    real = phf.logprobs._log_softmax
-    monkeypatch.setattr(phf.logprobs, "_log_softmax", lambda *a: softmaxes.append(1) or real(*a))
+    softmaxes = []  # the kept path's forward goes through _matmul_logits; the recomputing one never does
+    real = phf.logprobs._matmul_logits
+    monkeypatch.setattr(phf.logprobs, "_matmul_logits", lambda *a: softmaxes.append(1) or real(*a))
     # Several log-prob chunks per micro-batch, so the budget alone decides which backward runs.
     chunked = {"training.logprob_chunk_tokens": 100}
     kept = losses(run(tmp_path, scored, "kept", "ul", steps=4, **chunked))
