@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from phf.config import ConfigError, load_config
-from phf.trainer import TrainingError, train
+from phf.trainer import Trainer, TrainingError, train
 from tests.helpers.host_reads import HostReads
 from tests.helpers.training import OBJECTIVE_SETTINGS, losses, tiny_overrides, train_tiny
 
@@ -53,9 +53,6 @@ def test_bf16_on_cpu_runs_attention_in_fp32_for_short_sequences(tmp_path, scored
     threshold at the sequence length or below, in bf16 like the rest of the step."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from phf.trainer import Trainer
-    from tests.helpers.training import tiny_overrides
-
     class AttentionDtypes(TorchDispatchMode):
         def __init__(self):
             super().__init__()
@@ -82,8 +79,6 @@ def test_a_training_step_reads_the_device_once(tmp_path, scored, objective):
     """On a GPU every host read of a tensor's value waits for the queued kernels, and the GPU then
     idles while Python launches the next ones. A step reads once, at its end (the metrics it logs):
     its micro-batches' forwards and backwards, the loss and the optimizer queue back to back."""
-    from phf.trainer import Trainer
-
     trainer = Trainer(load_config([], tiny_overrides(tmp_path, scored, steps=2, **{
         "objective.name": objective, **OBJECTIVE_SETTINGS[objective], "training.micro_batch_size": 4})))
     assert trainer.accum == 2
