@@ -36,6 +36,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -528,6 +529,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="phf-bench-") as tmp:
         work = Path(args.workdir or tmp).resolve()
         work.mkdir(parents=True, exist_ok=True)
+        staged = Path(os.environ.get("PHF_CACHE", work / "cache")) / "pip"
+        if staged.is_dir():  # artifacts fetched beforehand (an offline GPU machine): keep using them
+            shutil.copytree(staged, work / "cache" / "pip", dirs_exist_ok=True)
         os.environ["PHF_CACHE"] = str(work / "cache")  # workers inherit it: tokenizer/store built once
         spec = {"workdir": str(work), "preset_file": str(PRESETS[preset]), "steps": steps, "warmup": warmup,
                 "compile": args.compile, "threads": None if cuda else threads, "set": args.set}
