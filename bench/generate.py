@@ -14,8 +14,10 @@ Models have random weights (the shape is what costs time). A random-weight model
 samples EOS, so every row runs to ``max_new_tokens``: the figures are those of full-length samples,
 and phf's dropping of finished rows (which helps trained models, whose samples often end early)
 does not come into play. On CPU phf draws the nucleus without sorting the vocabulary (see
-``phf.sampling._sample``); on CUDA it sorts, like transformers. Ends with ``RESULT <json>``:
-``samples_s.phf``, ``samples_s.hf_generate``, ``ratio.phf_vs_hf_generate`` (tokens/s alike), then per
+``phf.sampling._sample``); on CUDA it sorts, like transformers, and replays each decoding step as a
+CUDA graph (timed without them too, as ``phf_eager``). Ends with ``RESULT <json>``:
+``samples_s.phf``, ``samples_s.hf_generate``, ``ratio.phf_vs_hf_generate`` (tokens/s alike; on CUDA
+``samples_s.phf_eager`` and ``ratio.phf_vs_phf_eager`` too), then per
 scorer ``scoring_samples_s.<name>`` (scoring alone) and ``scored_samples_s.<name>`` (sampling + scoring).
 Figures are comparisons within one run on one machine; anything else running on a shared CPU skews
 them (the load average is printed).
@@ -156,12 +158,14 @@ def main() -> int:
           f"{config.batch_size}, {config.min_new_tokens}-{max_new} new tokens, T {config.temperature}, top-p "
           f"{config.top_p}, top-k {config.top_k}")
 
+    # On CUDA phf replays its decoding steps as CUDA graphs; "phf_eager" is phf's loop without them.
+    eager = SamplingConfig(**{**vars(config), "cuda_graphs": False}) if cuda else None
     # Warm-up (kernels, allocator, lazy imports), one batch each.
     warm = SamplingConfig(**{**vars(config), "max_new_tokens": min(max_new, 16)})
     run_phf(model, tokenizer, warm, config.batch_size)
     run_hf(model, tokenizer, warm, config.batch_size, padding)
 
-    times = {"phf": [], "hf_generate": []}
+    times = {"phf": [], "hf_generate": [], **({"phf_eager": []} if eager else {})}
     samples = None
     for _ in range(args.repeats):
         sync(args.device)
@@ -170,6 +174,8 @@ def main() -> int:
         sync(args.device)
         times["phf"].append(time.perf_counter() - start)
         times["hf_generate"].append(timed(lambda: run_hf(model, tokenizer, config, n, padding), args.device))
+        if eager:
+            times["phf_eager"].append(timed(lambda: run_phf(model, tokenizer, eager, n), args.device))
     new_tokens = sum(len(g.token_ids) for g in samples)
     finished = sum(g.finished for g in samples)
     result: dict[str, float | str] = {"device": device_name, "preset": preset, "dtype": str(dtype).split(".")[-1],
@@ -185,6 +191,9 @@ def main() -> int:
               + " ".join(f"{t:.3f}" for t in ts))
     ratio = median["hf_generate"] / median["phf"]
     result["ratio.phf_vs_hf_generate"] = round(ratio, 3)
+    if eager:
+        result["ratio.phf_vs_phf_eager"] = round(median["phf_eager"] / median["phf"], 3)
+        print(f"phf with CUDA graphs vs without: {result['ratio.phf_vs_phf_eager']:.2f}x samples/s")
     print(f"phf vs model.generate: {ratio:.2f}x samples/s  ({finished}/{n} phf samples ended with EOS, "
           f"mean {new_tokens / n:.1f} new tokens)")
 

@@ -367,12 +367,20 @@ def test_llama_works(tokenizer):
     assert all(len(g.token_ids) == 12 and max(g.token_ids) < len(tokenizer) for g in sampled)
 
 
-def test_accelerator_schedule_on_cpu(model, tokenizer, ids, monkeypatch):
-    # On CUDA the sampler checks for finished rows every 8 steps (fewer host syncs) and draws with
-    # sort + multinomial: run that schedule here and check the same invariants.
+@pytest.mark.parametrize("static_cache", [False, True], ids=["dynamic", "static"])
+def test_accelerator_schedule_on_cpu(model, tokenizer, ids, monkeypatch, static_cache):
+    # On CUDA the sampler checks for finished rows every 8 steps (fewer host syncs), draws with
+    # sort + multinomial and decodes equal-length batches on a static cache (replayed as a CUDA graph
+    # there, run eagerly here): run that schedule here and check the same invariants.
     import phf.sampling as sampling
 
     monkeypatch.setattr(sampling, "_CHECK_EVERY", {})
+    steps = Counter()
+    if static_cache:
+        monkeypatch.setattr(sampling, "_GRAPH_DEVICES", {"cpu"})
+        original_step = sampling._StaticDecoder.step
+        monkeypatch.setattr(sampling._StaticDecoder, "step",
+                            lambda self, token: steps.update([token.shape[0]]) or original_step(self, token))
     original = sampling._sample
     monkeypatch.setattr(sampling, "_sample", lambda *a: original(*a, method="sort"))
     with logit_bias(model, [ids["eos"]], 3.5):
@@ -383,6 +391,38 @@ def test_accelerator_schedule_on_cpu(model, tokenizer, ids, monkeypatch):
         assert ids["eos"] not in g.token_ids and len(g.token_ids) >= 2
         assert g.finished == (len(g.token_ids) < 30)
     prompts = ["The quick brown fox jumps", tokenizer.eos_token, "To be or"]
-    together = generate(model, tokenizer, prompts, cfg(temperature=0.0, max_new_tokens=20))
-    for p, g in zip(prompts, together):
-        assert g.token_ids == hf_greedy(model, tokenizer(p, add_special_tokens=False)["input_ids"], 20, tokenizer)
+    for batch in (3, 1):  # left-padded together (dynamic cache always), alone (static where enabled)
+        together = generate(model, tokenizer, prompts, cfg(temperature=0.0, max_new_tokens=20, batch_size=batch))
+        for p, g in zip(prompts, together):
+            prompt_ids = tokenizer(p, add_special_tokens=False)["input_ids"]
+            assert g.token_ids == hf_greedy(model, prompt_ids, 20, tokenizer)
+    # Static decoding keeps every row to the end (no compaction) and only runs equal-length batches:
+    # 24 rows of the EOS prompt in batches of 16 and 8, then each prompt alone; none of the padded batch.
+    assert steps == (Counter({16: 29, 8: 29, 1: 3 * 19}) if static_cache else Counter())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_decoding_matches_eager(model, tokenizer, ids):
+    import phf.sampling as sampling
+
+    cuda = model.to("cuda")
+    try:
+        prompts = [tokenizer.eos_token, "The quick brown fox jumps"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a failed capture falls back with a warning: fail instead
+            graphed = generate(cuda, tokenizer, prompts, cfg(temperature=0.0, max_new_tokens=20, batch_size=4),
+                               num_samples=4)
+        eager = generate(cuda, tokenizer, prompts, cfg(temperature=0.0, max_new_tokens=20, batch_size=4,
+                                                       cuda_graphs=False), num_samples=4)
+        assert [g.token_ids for g in graphed] == [g.token_ids for g in eager]
+        state = {"eos": ids["eos"], "forbidden": [], "n_tokens": len(tokenizer), "max_positions": N_POSITIONS}
+        forward = sampling._Forward(cuda)
+        decoder = sampling._static_decoder(forward, state, 2, 10, torch.device("cuda"))
+        with torch.inference_mode():
+            decoder.prefill(torch.full((2, 1), ids["eos"], device="cuda"))
+            first = decoder.step(torch.tensor([ids["good"], ids["bad"]], device="cuda")).clone()
+            replayed = decoder.step(first.argmax(-1))
+        assert decoder.graph is not None and torch.isfinite(replayed).all()
+    finally:
+        model.to("cpu")

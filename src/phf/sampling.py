@@ -12,6 +12,13 @@ It is a lean decoding loop of its own rather than ``model.generate``:
   forward per new token on the KV cache; no per-row Python work per token: finished rows are
   masked with tensors, and rows that have finished are dropped from the batch (and their KV cache)
   once enough of them have, so a batch whose samples mostly end early does not pay for the longest;
+* on CUDA, when every row of a batch has the same prompt length and the model supports a static KV
+  cache (``_can_compile_fullgraph``, as transformers' own static-cache decoding requires), decoding
+  runs on a ``StaticCache`` and each step's forward is captured once as a CUDA graph and replayed:
+  a small model's decoding step is hundreds of kernel launches whose host-side cost, not the GPU's
+  work, sets the pace; a replay is one launch. The graph is kept for later batches of the same
+  shape. ``SamplingConfig.cuda_graphs=False`` turns this off; a capture that fails falls back to
+  eager decoding with a warning;
 * logits are processed in float32: forbidden tokens and the vocabulary-padding rows (ids from
   ``len(tokenizer)`` up to the model's output size) get ``-inf`` at every step, EOS too until
   ``min_new_tokens`` tokens exist; then temperature, top-k (optional) and top-p; the draw uses a
@@ -53,6 +60,7 @@ class SamplingConfig:
     max_new_tokens: int = 128  # 640 for code
     batch_size: int = 64
     seed: int = 0
+    cuda_graphs: bool = True  # replay decoding steps as CUDA graphs where possible (see the module doc)
 
 
 @dataclass
@@ -83,6 +91,8 @@ def _check_config(config: SamplingConfig, num_samples: int) -> None:
         raise ValueError(f"batch_size must be >= 1, got {config.batch_size}")
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if not isinstance(config.cuda_graphs, bool):
+        raise TypeError(f"cuda_graphs must be True or False, got {config.cuda_graphs!r}")
 
 
 def _encode_prompts(tokenizer, prompts) -> tuple[list[str], list[list[int]]]:
@@ -282,6 +292,77 @@ def _compact(cache, keep: torch.Tensor) -> bool:
     return True
 
 
+# Devices where decoding on a static cache replays CUDA graphs. On others the static cache only costs
+# (attention over the whole preallocated length), so they decode on transformers' dynamic cache.
+_GRAPH_DEVICES = {"cuda"}
+
+
+class _StaticDecoder:
+    """Prefill and decoding steps of one batch shape on a preallocated ``StaticCache``.
+
+    With ``graph=True`` (CUDA) the first decoding step runs eagerly on a side stream (the warm-up a
+    capture needs: lazy cuBLAS workspaces and the like), then the step's forward is captured into a
+    CUDA graph that every later step, of this batch and of later batches of the same shape, replays.
+    Everything the forward reads lives at fixed addresses: the input token buffer, the cache tensors
+    and the cache's write position (a device tensor the replayed graph advances itself).
+    """
+
+    def __init__(self, forward: _Forward, max_len: int, graph: bool):
+        from transformers import StaticCache
+
+        self.forward = forward
+        self.cache = StaticCache(config=forward.model.config, max_cache_len=max_len)
+        self.graph_wanted = graph
+        self.graph = None
+        self.token = None  # the graph's input, (batch, 1)
+        self.logits = None  # the graph's output, (batch, vocab)
+
+    def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
+        self.cache.reset()  # in place: the tensors keep the addresses a captured graph reads
+        return self.forward(input_ids, cache=self.cache, prefill=True)[0]
+
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        if self.graph is not None:
+            self.token.copy_(token.unsqueeze(1))
+            self.graph.replay()
+            return self.logits
+        if not self.graph_wanted:
+            return self.forward(token.unsqueeze(1), cache=self.cache)[0]
+        self.token = token.unsqueeze(1).clone()
+        side = torch.cuda.Stream(device=self.token.device)
+        main = torch.cuda.current_stream(self.token.device)
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            logits = self.forward(self.token, cache=self.cache)[0]
+        main.wait_stream(side)
+        logits.record_stream(main)  # allocated on the side stream, read on this one: not reused before
+        graph = torch.cuda.CUDAGraph()
+        try:
+            # Records the step, runs nothing. thread_local: CUDA calls of other threads (a training
+            # run's batch prefetch, when it samples for eval_every) neither break nor join the capture.
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                self.logits = self.forward(self.token, cache=self.cache)[0]
+        except Exception as exc:  # noqa: BLE001 - any model code may refuse capture; eager still works
+            self.graph_wanted = False
+            warnings.warn(f"could not capture {type(self.forward.model).__name__}'s decoding step as a CUDA graph "
+                          f"({type(exc).__name__}: {exc}); decoding eagerly (SamplingConfig.cuda_graphs=False "
+                          "skips the attempt)", stacklevel=4)
+        else:
+            self.graph = graph
+        return logits
+
+
+def _static_decoder(forward: _Forward, state: dict, batch: int, max_len: int, device: torch.device):
+    """The batch's static-cache decoder (kept per shape for the call), or None to decode eagerly on
+    transformers' dynamic cache."""
+    if device.type not in _GRAPH_DEVICES or not getattr(forward.model, "_can_compile_fullgraph", False):
+        return None
+    decoders = state.setdefault("decoders", {})
+    if (batch, max_len) not in decoders:
+        decoders[(batch, max_len)] = _StaticDecoder(forward, max_len, graph=device.type == "cuda")
+    return decoders[(batch, max_len)]
+
+
 def _generate_batch(forward: _Forward, rows: list[list[int]], limits: list[int], config: SamplingConfig,
                     state: dict, device) -> tuple[list[list[int]], list[bool]]:
     """Sample one batch; returns per row the continuation ids (no EOS) and whether it ended with EOS.
@@ -304,8 +385,14 @@ def _generate_batch(forward: _Forward, rows: list[list[int]], limits: list[int],
         mask = mask.to(device)
         position_ids = (mask[:, :width].cumsum(-1) - 1).clamp_(min=0)
         next_position = torch.tensor(lengths, dtype=torch.long, device=device)
-    logits, cache = forward(input_ids.to(device), attention_mask=None if mask is None else mask[:, :width],
-                            position_ids=position_ids, prefill=True)
+    # Static-cache decoding takes equal-length rows only: a padded batch would need its mask and
+    # positions kept in the graph's buffers too, and prompts of one length are the usual case.
+    decoder = None if padded or not config.cuda_graphs else _static_decoder(forward, state, batch, width + steps, device)
+    if decoder is not None:
+        logits, cache = decoder.prefill(input_ids.to(device)), None
+    else:
+        logits, cache = forward(input_ids.to(device), attention_mask=None if mask is None else mask[:, :width],
+                                position_ids=position_ids, prefill=True)
     input_device, device = device, logits.device
     if state.get("bias") is None:
         vocab = logits.shape[-1]
@@ -341,7 +428,8 @@ def _generate_batch(forward: _Forward, rows: list[list[int]], limits: list[int],
             n_done = int(done.sum())
             if n_done == done.shape[0]:
                 break
-            if n_done and n_done >= _COMPACT_FRACTION * done.shape[0]:
+            # (A static cache keeps its batch: its graph's replay costs the same for any number of rows.)
+            if decoder is None and n_done and n_done >= _COMPACT_FRACTION * done.shape[0]:
                 keep = (~done).nonzero().squeeze(1)
                 if _compact(cache, keep):
                     alive = keep if alive is None else alive[keep]
@@ -357,8 +445,11 @@ def _generate_batch(forward: _Forward, rows: list[list[int]], limits: list[int],
                 # A row past its own limit (done, its output ignored) may run on beside longer-lived
                 # rows of shorter prompts: keep its position ids inside the position table.
                 step_positions = step_positions.clamp_(max=state["max_positions"] - 1)
-        logits, cache = forward(token.unsqueeze(1).to(input_device), cache=cache, attention_mask=step_mask,
-                                position_ids=step_positions)
+        if decoder is not None:
+            logits = decoder.step(token.to(input_device))
+        else:
+            logits, cache = forward(token.unsqueeze(1).to(input_device), cache=cache, attention_mask=step_mask,
+                                    position_ids=step_positions)
 
     # One transfer, then plain lists: the first EOS ends a row; a row without one ran to its limit.
     # (Columns past a row's limit, or after the batch stopped, hold EOS as filler: hence the `< limit`.)
