@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from phf.config import ConfigError, load_config
 from phf.trainer import Trainer, TrainingError, train
@@ -99,6 +100,25 @@ def test_prefetching_batches_on_a_thread_changes_nothing(tmp_path, scored):
     inline = losses(run(tmp_path, scored, "inline", "conditional", steps=6, **{"data.prefetch": False}))
     threaded = losses(run(tmp_path, scored, "threaded", "conditional", steps=6, **{"data.prefetch": True}))
     assert threaded == inline
+
+
+def test_next_steps_batches_are_built_after_the_step_is_queued(tmp_path, scored):
+    # The prefetch thread builds step s+1 while step s's read waits for the device, not while step s
+    # launches its kernels: every build starts after the previous step's optimizer update.
+    trainer = Trainer(load_config([], tiny_overrides(tmp_path, scored, steps=3, **{"data.prefetch": True})))
+    events = []
+    build = trainer._prefetch.build
+    trainer._prefetch.build = lambda step: events.append(f"build {step}") or build(step)
+    handle = register_optimizer_step_post_hook(lambda *a: events.append("update"))
+    try:
+        for step in range(3):
+            trainer._step(step)
+            if trainer._prefetch.pending:
+                trainer._prefetch.pending[1].result()  # let the build log before the next step
+    finally:
+        handle.remove()
+        trainer._prefetch.close()
+    assert events == ["build 0", "update", "build 1", "update", "build 2", "update"], events
 
 
 def test_keeping_the_softmax_or_recomputing_the_logits_trains_alike(tmp_path, scored, monkeypatch):
