@@ -156,9 +156,16 @@ def test_stops_each_row_at_its_own_eos(model, tokenizer, ids):
         assert g.finished == (len(g.token_ids) < 30)
 
 
-def test_finished_rows_dropped_mid_batch_match_full_batch(model, tokenizer, ids):
+@pytest.mark.parametrize("static_cache", [False, True], ids=["dynamic", "static"])
+def test_finished_rows_dropped_mid_batch_match_full_batch(model, tokenizer, ids, monkeypatch, static_cache):
     # Rows whose last input token is <|good|> are made to end at once (EOS logit +100); the others run on,
-    # in a batch that drops the finished rows (and their KV cache) midway: they must not change.
+    # in a batch that drops the finished rows (and their KV cache) midway: they must not change. On a
+    # static cache (CUDA's, run eagerly here) rows are never dropped, and a left-padded batch keeps its
+    # mask and positions in the decoder's fixed buffers: the same must hold.
+    if static_cache:
+        from phf import sampling
+
+        monkeypatch.setattr(sampling, "_GRAPH_DEVICES", {"cpu"})
     def end_after_good(module, args, kwargs, output):
         last = kwargs["input_ids"][:, -1]
         output.logits[last == ids["good"], -1, ids["eos"]] += 100.0
@@ -347,8 +354,14 @@ def test_restores_training_mode_and_progress(model, tokenizer):
         model.eval()
 
 
-def test_llama_works(tokenizer):
+@pytest.mark.parametrize("static_cache", [False, True], ids=["dynamic", "static"])
+def test_llama_works(tokenizer, monkeypatch, static_cache):
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    if static_cache:  # rotary positions from the decoder's position buffer (CUDA's path, eagerly here)
+        from phf import sampling
+
+        monkeypatch.setattr(sampling, "_GRAPH_DEVICES", {"cpu"})
 
     torch.manual_seed(0)
     config = LlamaConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=2,
@@ -372,15 +385,15 @@ def test_accelerator_schedule_on_cpu(model, tokenizer, ids, monkeypatch, static_
     # On CUDA the sampler checks for finished rows every 8 steps (fewer host syncs), draws with
     # sort + multinomial and decodes equal-length batches on a static cache (replayed as a CUDA graph
     # there, run eagerly here): run that schedule here and check the same invariants.
-    import phf.sampling as sampling
+    from phf import sampling
 
     monkeypatch.setattr(sampling, "_CHECK_EVERY", {})
     steps = Counter()
     if static_cache:
         monkeypatch.setattr(sampling, "_GRAPH_DEVICES", {"cpu"})
         original_step = sampling._StaticDecoder.step
-        monkeypatch.setattr(sampling._StaticDecoder, "step",
-                            lambda self, token: steps.update([token.shape[0]]) or original_step(self, token))
+        monkeypatch.setattr(sampling._StaticDecoder, "step", lambda self, token, positions: (
+            steps.update([token.shape[0]]) or original_step(self, token, positions)))
     original = sampling._sample
     monkeypatch.setattr(sampling, "_sample", lambda *a: original(*a, method="sort"))
     with logit_bias(model, [ids["eos"]], 3.5):
@@ -396,33 +409,34 @@ def test_accelerator_schedule_on_cpu(model, tokenizer, ids, monkeypatch, static_
         for p, g in zip(prompts, together):
             prompt_ids = tokenizer(p, add_special_tokens=False)["input_ids"]
             assert g.token_ids == hf_greedy(model, prompt_ids, 20, tokenizer)
-    # Static decoding keeps every row to the end (no compaction) and only runs equal-length batches:
-    # 24 rows of the EOS prompt in batches of 16 and 8, then each prompt alone; none of the padded batch.
-    assert steps == (Counter({16: 29, 8: 29, 1: 3 * 19}) if static_cache else Counter())
+    # Static decoding keeps every row to the end (no compaction): 24 rows of the EOS prompt in batches
+    # of 16 and 8, the three prompts left-padded together, then each alone.
+    assert steps == (Counter({16: 29, 8: 29, 3: 19, 1: 3 * 19}) if static_cache else Counter())
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_decoding_matches_eager(model, tokenizer, ids):
-    import phf.sampling as sampling
+    from phf import sampling
 
     cuda = model.to("cuda")
     try:
         prompts = [tokenizer.eos_token, "The quick brown fox jumps"]
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # a failed capture falls back with a warning: fail instead
-            graphed = generate(cuda, tokenizer, prompts, cfg(temperature=0.0, max_new_tokens=20, batch_size=4),
-                               num_samples=4)
-        eager = generate(cuda, tokenizer, prompts, cfg(temperature=0.0, max_new_tokens=20, batch_size=4,
-                                                       cuda_graphs=False), num_samples=4)
-        assert [g.token_ids for g in graphed] == [g.token_ids for g in eager]
+        for batch in (4, 8):  # equal prompt lengths per batch; both lengths left-padded in one batch
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # a failed capture falls back with a warning: fail instead
+                graphed = generate(cuda, tokenizer, prompts, cfg(temperature=0.0, max_new_tokens=20,
+                                                                 batch_size=batch), num_samples=4)
+            eager = generate(cuda, tokenizer, prompts, cfg(temperature=0.0, max_new_tokens=20, batch_size=batch,
+                                                           cuda_graphs=False), num_samples=4)
+            assert [g.token_ids for g in graphed] == [g.token_ids for g in eager]
         state = {"eos": ids["eos"], "forbidden": [], "n_tokens": len(tokenizer), "max_positions": N_POSITIONS}
         forward = sampling._Forward(cuda)
-        decoder = sampling._static_decoder(forward, state, 2, 10, torch.device("cuda"))
+        decoder = sampling._static_decoder(forward, state, 2, 10, False, torch.device("cuda"))
         with torch.inference_mode():
-            decoder.prefill(torch.full((2, 1), ids["eos"], device="cuda"))
-            first = decoder.step(torch.tensor([ids["good"], ids["bad"]], device="cuda")).clone()
-            replayed = decoder.step(first.argmax(-1))
+            decoder.prefill(torch.full((2, 1), ids["eos"], device="cuda"), None, None)
+            first = decoder.step(torch.tensor([ids["good"], ids["bad"]], device="cuda"), None).clone()
+            replayed = decoder.step(first.argmax(-1), None)
         assert decoder.graph is not None and torch.isfinite(replayed).all()
     finally:
         model.to("cpu")

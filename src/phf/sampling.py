@@ -10,15 +10,17 @@ It is a lean decoding loop of its own rather than ``model.generate``:
   ``position_ids``, so each row sees exactly what it would see alone;
 * one prefill forward computing only the last position's logits (``logits_to_keep=1``), then one
   forward per new token on the KV cache; no per-row Python work per token: finished rows are
-  masked with tensors, and rows that have finished are dropped from the batch (and their KV cache)
-  once enough of them have, so a batch whose samples mostly end early does not pay for the longest;
-* on CUDA, when every row of a batch has the same prompt length and the model supports a static KV
-  cache (``_can_compile_fullgraph``, as transformers' own static-cache decoding requires), decoding
-  runs on a ``StaticCache`` and each step's forward is captured once as a CUDA graph and replayed:
+  masked with tensors, and on transformers' dynamic cache rows that have finished are dropped from
+  the batch (and the cache) once enough of them have, so a batch whose samples mostly end early
+  does not pay for the longest;
+* on CUDA, when the model supports a static KV cache (``_can_compile_fullgraph``, as transformers'
+  own static-cache decoding requires), decoding runs on a ``StaticCache`` and each step's forward is
+  captured once as a CUDA graph and replayed (a padded batch's mask and positions in fixed buffers):
   a small model's decoding step is hundreds of kernel launches whose host-side cost, not the GPU's
-  work, sets the pace; a replay is one launch. The graph is kept for later batches of the same
-  shape. ``SamplingConfig.cuda_graphs=False`` turns this off; a capture that fails falls back to
-  eager decoding with a warning;
+  work, sets the pace; a replay is one launch, whatever the number of rows still running (so rows
+  are not dropped). The graph is kept for later batches of the same shape.
+  ``SamplingConfig.cuda_graphs=False`` turns this off; a capture that fails falls back to eager
+  decoding with a warning;
 * logits are processed in float32: forbidden tokens and the vocabulary-padding rows (ids from
   ``len(tokenizer)`` up to the model's output size) get ``-inf`` at every step, EOS too until
   ``min_new_tokens`` tokens exist; then temperature, top-k (optional) and top-p; the draw uses a
@@ -303,37 +305,51 @@ class _StaticDecoder:
     With ``graph=True`` (CUDA) the first decoding step runs eagerly on a side stream (the warm-up a
     capture needs: lazy cuBLAS workspaces and the like), then the step's forward is captured into a
     CUDA graph that every later step, of this batch and of later batches of the same shape, replays.
-    Everything the forward reads lives at fixed addresses: the input token buffer, the cache tensors
-    and the cache's write position (a device tensor the replayed graph advances itself).
+    Everything the forward reads lives at fixed addresses: the input token buffer, the cache tensors,
+    the cache's write position (a device tensor the replayed graph advances itself) and, for a
+    left-padded batch, the attention mask over the whole cache (fixed for the batch: every row's
+    next token goes to the same cache slot) and the rows' position ids (copied in each step).
     """
 
-    def __init__(self, forward: _Forward, max_len: int, graph: bool):
+    def __init__(self, forward: _Forward, batch: int, max_len: int, padded: bool, graph: bool, device):
         from transformers import StaticCache
 
         self.forward = forward
         self.cache = StaticCache(config=forward.model.config, max_cache_len=max_len)
+        self.mask = torch.ones(batch, max_len, dtype=torch.long, device=device) if padded else None
+        self.positions = torch.zeros(batch, 1, dtype=torch.long, device=device) if padded else None
         self.graph_wanted = graph
         self.graph = None
         self.token = None  # the graph's input, (batch, 1)
         self.logits = None  # the graph's output, (batch, vocab)
 
-    def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def prefill(self, input_ids: torch.Tensor, mask: torch.Tensor | None, position_ids: torch.Tensor | None):
+        """The prompt's forward; ``mask`` (left-padded batches) spans the whole cache."""
         self.cache.reset()  # in place: the tensors keep the addresses a captured graph reads
-        return self.forward(input_ids, cache=self.cache, prefill=True)[0]
+        if self.mask is not None:
+            self.mask.copy_(mask)
+        return self.forward(input_ids, cache=self.cache, attention_mask=self.mask, position_ids=position_ids,
+                            prefill=True)[0]
 
-    def step(self, token: torch.Tensor) -> torch.Tensor:
+    def _step_forward(self) -> torch.Tensor:
+        return self.forward(self.token, cache=self.cache, attention_mask=self.mask, position_ids=self.positions)[0]
+
+    def step(self, token: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+        """The next logits after ``token`` (batch,); ``positions`` (batch, 1) for left-padded batches."""
+        if self.positions is not None:
+            self.positions.copy_(positions)
         if self.graph is not None:
             self.token.copy_(token.unsqueeze(1))
             self.graph.replay()
             return self.logits
-        if not self.graph_wanted:
-            return self.forward(token.unsqueeze(1), cache=self.cache)[0]
         self.token = token.unsqueeze(1).clone()
+        if not self.graph_wanted:
+            return self._step_forward()
         side = torch.cuda.Stream(device=self.token.device)
         main = torch.cuda.current_stream(self.token.device)
         side.wait_stream(main)
         with torch.cuda.stream(side):
-            logits = self.forward(self.token, cache=self.cache)[0]
+            logits = self._step_forward()
         main.wait_stream(side)
         logits.record_stream(main)  # allocated on the side stream, read on this one: not reused before
         graph = torch.cuda.CUDAGraph()
@@ -341,7 +357,7 @@ class _StaticDecoder:
             # Records the step, runs nothing. thread_local: CUDA calls of other threads (a training
             # run's batch prefetch, when it samples for eval_every) neither break nor join the capture.
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                self.logits = self.forward(self.token, cache=self.cache)[0]
+                self.logits = self._step_forward()
         except Exception as exc:  # noqa: BLE001 - any model code may refuse capture; eager still works
             self.graph_wanted = False
             warnings.warn(f"could not capture {type(self.forward.model).__name__}'s decoding step as a CUDA graph "
@@ -352,15 +368,18 @@ class _StaticDecoder:
         return logits
 
 
-def _static_decoder(forward: _Forward, state: dict, batch: int, max_len: int, device: torch.device):
+def _static_decoder(forward: _Forward, state: dict, batch: int, max_len: int, padded: bool, device: torch.device):
     """The batch's static-cache decoder (kept per shape for the call), or None to decode eagerly on
     transformers' dynamic cache."""
     if device.type not in _GRAPH_DEVICES or not getattr(forward.model, "_can_compile_fullgraph", False):
         return None
-    decoders = state.setdefault("decoders", {})
-    if (batch, max_len) not in decoders:
-        decoders[(batch, max_len)] = _StaticDecoder(forward, max_len, graph=device.type == "cuda")
-    return decoders[(batch, max_len)]
+    if padded and not forward.position_ids:
+        return None  # the eager path says why such a batch cannot run
+    key = (batch, max_len, padded)
+    if key not in state.setdefault("decoders", {}):
+        state["decoders"][key] = _StaticDecoder(forward, batch, max_len, padded, graph=device.type == "cuda",
+                                                device=device)
+    return state["decoders"][key]
 
 
 def _generate_batch(forward: _Forward, rows: list[list[int]], limits: list[int], config: SamplingConfig,
@@ -385,11 +404,9 @@ def _generate_batch(forward: _Forward, rows: list[list[int]], limits: list[int],
         mask = mask.to(device)
         position_ids = (mask[:, :width].cumsum(-1) - 1).clamp_(min=0)
         next_position = torch.tensor(lengths, dtype=torch.long, device=device)
-    # Static-cache decoding takes equal-length rows only: a padded batch would need its mask and
-    # positions kept in the graph's buffers too, and prompts of one length are the usual case.
-    decoder = None if padded or not config.cuda_graphs else _static_decoder(forward, state, batch, width + steps, device)
+    decoder = _static_decoder(forward, state, batch, width + steps, padded, device) if config.cuda_graphs else None
     if decoder is not None:
-        logits, cache = decoder.prefill(input_ids.to(device)), None
+        logits, cache = decoder.prefill(input_ids.to(device), mask, position_ids), None
     else:
         logits, cache = forward(input_ids.to(device), attention_mask=None if mask is None else mask[:, :width],
                                 position_ids=position_ids, prefill=True)
@@ -439,14 +456,14 @@ def _generate_batch(forward: _Forward, rows: list[list[int]], limits: list[int],
                         mask, next_position = mask[keep_in], next_position[keep_in]
         step_mask = step_positions = None
         if mask is not None:
-            step_mask = mask[:, : width + step + 1]
+            step_mask = mask[:, : width + step + 1]  # (the static cache's mask spans it all already)
             step_positions = (next_position + step).unsqueeze(1)
             if state["max_positions"] is not None:
                 # A row past its own limit (done, its output ignored) may run on beside longer-lived
                 # rows of shorter prompts: keep its position ids inside the position table.
                 step_positions = step_positions.clamp_(max=state["max_positions"] - 1)
         if decoder is not None:
-            logits = decoder.step(token.to(input_device))
+            logits = decoder.step(token.to(input_device), step_positions)
         else:
             logits, cache = forward(token.unsqueeze(1).to(input_device), cache=cache, attention_mask=step_mask,
                                     position_ids=step_positions)
