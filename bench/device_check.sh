@@ -4,12 +4,14 @@
 # Writes every benchmark's output to $OUT (each ends with its RESULT <json> line): GPT-2 small
 # training for the six objectives (and MLE with the logits recomputed) against the HF Trainer and the
 # minimal GPT (eager), phf MLE and conditional against the minimal GPT compiled, the sampler
-# against model.generate (before the training runs), and the CPU time of a step's training blocks on the host.
+# against model.generate (EOS prompts, then left-padded mixed-length ones; before the training
+# runs), and the CPU time of a step's training blocks on the host.
 # First, the GPU tests (-m gpu) of the sampler and the log-prob kernel.
 # PYTHON, PRESET, STEPS, BENCHES, TRAIN_OBJECTIVES, COMPILE_OBJECTIVES and TRAIN_ARGS override the
 # defaults below (a CPU smoke test: PYTHON=.venv/bin/python PRESET=tiny STEPS=2; 1 min 40 s here).
-# On an H200 (2026-11-27): train 105 s, compile 94 s, each with ~10 s of
-# imports and corpus preparation; the machine's start took another 30 s.
+# On an H200 (2026-11-27): GPU tests 20 s, generate ~60 s each, train 105 s, compile 94 s (~10 s of
+# each is imports and corpus preparation); the machine's start took another 30 s. All of it fits one
+# call of timeout_s=540.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -30,13 +32,14 @@ status=0
 # for too long leaves the others their turn inside the device call's limit.
 TRAIN_ARGS=${TRAIN_ARGS:-}  # e.g. --no-hf-trainer
 limit() { timeout "$(( $1 * ${LIMIT_SCALE:-1} ))" "${@:2}"; }
-BENCHES=" ${BENCHES:-gputests train compile generate stream} "  # a subset, to rerun some on a warm machine
+BENCHES=" ${BENCHES:-gputests generate generate_mixed train compile stream} "  # a subset, to rerun some on a warm machine
 # The objectives each training run times (each may carry its own overrides: mle:KEY=VALUE).
 TRAIN_OBJECTIVES=${TRAIN_OBJECTIVES:-mle,filtering,conditional,ul,rwr,awr,mle:training.logprob_keep_softmax_mb=0}
 COMPILE_OBJECTIVES=${COMPILE_OBJECTIVES:-mle,conditional}
 [[ $BENCHES == *" gputests "* ]] && { limit 120 "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu \
     tests/test_sampling.py tests/test_logprobs.py 2>&1 | tee "$OUT/gputests.txt" || status=1; }
 [[ $BENCHES == *" generate "* ]] && { limit 150 "$PYTHON" bench/generate.py --preset "$PRESET" --scorers '' 2>&1 | tee "$OUT/generate.txt" || status=1; }
+[[ $BENCHES == *" generate_mixed "* ]] && { limit 150 "$PYTHON" bench/generate.py --preset "$PRESET" --scorers '' --prompts mixed 2>&1 | tee "$OUT/generate_mixed.txt" || status=1; }
 # The last run is MLE with the logits recomputed in backward instead of the bf16 softmax kept: the
 # speed that keeping buys on this card.
 [[ $BENCHES == *" train "* ]] && { limit 240 "$PYTHON" bench/train.py --preset "$PRESET" --steps "$STEPS" \

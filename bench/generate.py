@@ -9,6 +9,7 @@ scoring-only samples/s and end-to-end (sample + score) samples/s per scorer.
 
     python bench/generate.py                 # CPU: tiny preset shape; CUDA: GPT-2 small
     python bench/generate.py --preset gpt2-small --num-samples 256 --max-new-tokens 128
+    python bench/generate.py --prompts mixed  # prompts of 1-32 tokens: every batch left-padded
 
 Models have random weights (the shape is what costs time). A random-weight model almost never
 samples EOS, so every row runs to ``max_new_tokens``: the figures are those of full-length samples,
@@ -87,21 +88,34 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_phf(model, tokenizer, config: SamplingConfig, n: int):
-    return generate(model, tokenizer, [tokenizer.eos_token], config, num_samples=n)
+def prompt_rows(tokenizer, n: int, kind: str) -> list[list[int]]:
+    """``n`` prompts as id lists, shortest first (the order phf batches them in): EOS alone (the
+    paper's unconditional samples), or EOS + 0-31 tokens of text, so that every batch is left-padded
+    (like the evaluation's scenario prompts)."""
+    eos = tokenizer.eos_token_id
+    if kind == "eos":
+        return [[eos]] * n
+    text = tokenizer(" ".join(_words(40, seed=1)), add_special_tokens=False)["input_ids"]
+    return sorted(([eos] + text[i % 97 : i % 97 + i % 32] for i in range(n)), key=len)
 
 
-def run_hf(model, tokenizer, config: SamplingConfig, n: int, suppress: list[int]):
+def run_phf(model, tokenizer, config: SamplingConfig, rows: list[list[int]]):
+    return generate(model, tokenizer, rows, config)
+
+
+def run_hf(model, tokenizer, config: SamplingConfig, rows: list[list[int]], suppress: list[int]):
     eos = tokenizer.eos_token_id
     device = next(model.parameters()).device
     torch.manual_seed(config.seed)
     outs = []
     with torch.inference_mode():
-        for start in range(0, n, config.batch_size):
-            b = min(config.batch_size, n - start)
-            ids = torch.full((b, 1), eos, dtype=torch.long, device=device)
+        for start in range(0, len(rows), config.batch_size):
+            batch = rows[start : start + config.batch_size]
+            width = max(map(len, batch))
+            ids = torch.tensor([[eos] * (width - len(r)) + r for r in batch], device=device)  # left-padded
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in batch], device=device)
             outs.append(model.generate(
-                ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=config.temperature,
+                ids, attention_mask=mask, do_sample=True, temperature=config.temperature,
                 top_p=config.top_p, top_k=config.top_k, min_new_tokens=config.min_new_tokens,
                 max_new_tokens=config.max_new_tokens, eos_token_id=eos, pad_token_id=eos,
                 suppress_tokens=suppress or None))
@@ -131,6 +145,9 @@ def main() -> int:
                         help="torch CPU threads (default: torch's, or 1 when the load average already reaches "
                              "the core count: on a CPU shared with other busy processes, OpenMP threads stall "
                              "each other and every op, both samplers', runs many times slower and erratically)")
+    parser.add_argument("--prompts", choices=["eos", "mixed"], default="eos",
+                        help="eos: every sample from EOS alone (equal-length batches); mixed: EOS + 0-31 "
+                             "tokens of text, every batch left-padded")
     parser.add_argument("--scorers", default=",".join(SCORERS), help="comma-separated; '' for none")
     args = parser.parse_args()
     cuda = args.device.startswith("cuda")
@@ -154,7 +171,7 @@ def main() -> int:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     device_name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"device {device_name}, load average {load:.2f}; {preset} GPT-2 ({params:.1f}M params, vocab {vocab_rows}, {len(padding)} padding rows forbidden), {dtype}; {n} samples, batch "
+    print(f"device {device_name}, load average {load:.2f}; {preset} GPT-2 ({params:.1f}M params, vocab {vocab_rows}, {len(padding)} padding rows forbidden), {dtype}; {n} samples ({args.prompts} prompts), batch "
           f"{config.batch_size}, {config.min_new_tokens}-{max_new} new tokens, T {config.temperature}, top-p "
           f"{config.top_p}, top-k {config.top_k}")
 
@@ -162,24 +179,25 @@ def main() -> int:
     eager = SamplingConfig(**{**vars(config), "cuda_graphs": False}) if cuda else None
     # Warm-up (kernels, allocator, lazy imports), one batch each.
     warm = SamplingConfig(**{**vars(config), "max_new_tokens": min(max_new, 16)})
-    run_phf(model, tokenizer, warm, config.batch_size)
-    run_hf(model, tokenizer, warm, config.batch_size, padding)
+    rows = prompt_rows(tokenizer, n, args.prompts)
+    run_phf(model, tokenizer, warm, rows[: config.batch_size])
+    run_hf(model, tokenizer, warm, rows[: config.batch_size], padding)
 
     times = {"phf": [], "hf_generate": [], **({"phf_eager": []} if eager else {})}
     samples = None
     for _ in range(args.repeats):
         sync(args.device)
         start = time.perf_counter()
-        samples = run_phf(model, tokenizer, config, n)
+        samples = run_phf(model, tokenizer, config, rows)
         sync(args.device)
         times["phf"].append(time.perf_counter() - start)
-        times["hf_generate"].append(timed(lambda: run_hf(model, tokenizer, config, n, padding), args.device))
+        times["hf_generate"].append(timed(lambda: run_hf(model, tokenizer, config, rows, padding), args.device))
         if eager:
-            times["phf_eager"].append(timed(lambda: run_phf(model, tokenizer, eager, n), args.device))
+            times["phf_eager"].append(timed(lambda: run_phf(model, tokenizer, eager, rows), args.device))
     new_tokens = sum(len(g.token_ids) for g in samples)
     finished = sum(g.finished for g in samples)
     result: dict[str, float | str] = {"device": device_name, "preset": preset, "dtype": str(dtype).split(".")[-1],
-                                      "num_samples": n, "max_new_tokens": max_new}
+                                      "num_samples": n, "prompts": args.prompts, "max_new_tokens": max_new}
     print(f"\n{'sampler':<14}{'median s':>10}{'samples/s':>12}{'tokens/s':>12}   runs (s)")
     median = {}
     for name, ts in times.items():
