@@ -3,15 +3,17 @@
 #   run(command="bash bench/device_check.sh", carry=[".device"], timeout_s=540)
 # Writes every benchmark's output to $OUT (each ends with its RESULT <json> line): GPT-2 small
 # training for the six objectives (and MLE with the logits recomputed) against the HF Trainer and the
-# minimal GPT (eager), phf MLE and conditional against the minimal GPT compiled, the sampler
+# minimal GPT (eager; and the minimal loop on phf's model, which splits the gap between the two), phf
+# MLE and conditional against the minimal GPT compiled, the sampler
 # against model.generate (EOS prompts, then left-padded mixed-length ones; before the training
 # runs), and the CPU time of a step's training blocks on the host.
 # First, the GPU tests (-m gpu) of the sampler and the log-prob kernel.
 # PYTHON, PRESET, STEPS, BENCHES, TRAIN_OBJECTIVES, COMPILE_OBJECTIVES and TRAIN_ARGS override the
 # defaults below (a CPU smoke test: PYTHON=.venv/bin/python PRESET=tiny STEPS=2; 1 min 40 s here).
-# On an H200 (2026-11-27): GPU tests 20 s, generate ~60 s each, train 105 s, compile 94 s (~10 s of
-# each is imports and corpus preparation); the machine's start took another 30 s. All of it fits one
-# call of timeout_s=540.
+# On an H200 (2026-11-27): GPU tests 20 s, generate ~60 s, train 105 s, compile 94 s (~10 s of each
+# is imports and corpus preparation), before the mixed-prompt sampling and the minimal loop on phf's
+# model were added (expect ~60, ~15 and ~35 s more); the machine's start took another 30 s. All of
+# it should fit one call of timeout_s=540.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}

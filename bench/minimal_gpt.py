@@ -108,8 +108,12 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float, device: tor
 def run_benchmark(*, n_layer: int = 12, n_head: int = 12, n_embd: int = 768, vocab_size: int = 50304,
                   seq_len: int = 1024, batch_size: int = 64, micro_batch_size: int = 16, steps: int = 20,
                   warmup: int = 5, compile: bool = False, device: str | None = None, bf16: bool | None = None,
-                  lr: float = 5e-4, weight_decay: float = 0.1, grad_clip: float = 1.0, seed: int = 42) -> dict:
-    """Train on random tokens; returns tok_s, step_s, peak_mem_mb (CUDA) and mfu (known CUDA devices)."""
+                  lr: float = 5e-4, weight_decay: float = 0.1, grad_clip: float = 1.0, seed: int = 42,
+                  make_model=None) -> dict:
+    """Train on random tokens; returns tok_s, step_s, peak_mem_mb (CUDA) and mfu (known CUDA devices).
+
+    ``make_model(GPTConfig)`` swaps in another model for :class:`MinimalGPT` (its forward takes
+    ``(idx, targets)`` and returns the mean loss): the same loop then times another model class."""
     from phf.trainer import flops_per_token, peak_flops
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -122,7 +126,7 @@ def run_benchmark(*, n_layer: int = 12, n_head: int = 12, n_embd: int = 768, voc
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     cfg = GPTConfig(vocab_size=vocab_size, seq_len=seq_len, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
-    model = MinimalGPT(cfg).to(dev)
+    model = (make_model or MinimalGPT)(cfg).to(dev)
     model.train()
     fpt = flops_per_token(model, seq_len)
     optimizer = make_optimizer(model, lr, weight_decay, dev)

@@ -10,7 +10,8 @@ next step's batches are built on a background thread, only the wait for them). A
 on transformers' stock build of the same shape and init (its default activation where phf swaps in
 the fused equivalent: what a plain HF user trains); a minimal pure-PyTorch GPT-2 of the same shape
 (``bench/minimal_gpt.py``: random tokens, no data pipeline, the same precision as phf's run) gives
-the bare-loop reference, and on CUDA MFU is reported. Ends with one
+the bare-loop reference, and the same loop on phf's model splits a gap between the two into the
+model class's share and phf's loop and loss's; on CUDA MFU is reported. Ends with one
 line ``RESULT <json>`` holding every figure printed.
 
     python bench/train.py                      # tiny preset on CPU, GPT-2 small on CUDA
@@ -410,7 +411,31 @@ def time_hf_trainer(spec: dict, stock: bool = False) -> dict:
 
 
 # --- the minimal GPT ------------------------------------------------------------------------------
-def time_minimal_gpt(spec: dict) -> dict:
+def _phf_model_with_cross_entropy(config, spec: dict):
+    """A factory for the minimal loop: phf's model of the preset, called as phf calls it in training
+    (no mask built, no KV cache), with the minimal GPT's loss (full-vocabulary cross-entropy). Next
+    to the minimal GPT it prices the model class; next to phf's MLE, phf's loop and log-prob kernel."""
+    import torch
+    import torch.nn.functional as F
+
+    from phf.model import build_model, causal_only_attention
+
+    class PhfModelWithCrossEntropy(torch.nn.Module):
+        def __init__(self, _shape):
+            super().__init__()
+            self.lm = build_model(config.model, spec["vocab_size"], config.data.seq_len, eos_id=0)
+            self.config = self.lm.config  # read by flops_per_token for MFU
+
+        def forward(self, idx, targets):
+            with causal_only_attention(self.lm):
+                hidden = self.lm.base_model(input_ids=idx, use_cache=False).last_hidden_state
+            logits = self.lm.get_output_embeddings()(hidden)
+            return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
+
+    return PhfModelWithCrossEntropy
+
+
+def time_minimal_gpt(spec: dict, phf_model: bool = False) -> dict:
     import torch
 
     from minimal_gpt import run_benchmark
@@ -419,6 +444,7 @@ def time_minimal_gpt(spec: dict) -> dict:
 
     cuda = torch.cuda.is_available()
     config = shape_config(spec)
+    make_model = _phf_model_with_cross_entropy(config, spec) if phf_model else None
     shape = {"n_layer": 12, "n_head": 12, "n_embd": 768, **config.model.config}
     vocab = padded_vocab(spec["vocab_size"], config.model.pad_vocab_multiple)
     rss_start = _start_memory_window(cuda)
@@ -429,7 +455,7 @@ def time_minimal_gpt(spec: dict) -> dict:
                            micro_batch_size=config.training.micro_batch_size, steps=spec["steps"],
                            warmup=spec["warmup"], compile=spec["compile"], lr=config.training.lr,
                            weight_decay=config.training.weight_decay, grad_clip=config.training.grad_clip,
-                           bf16=_mixed_precision(config.training.mixed_precision) == "bf16")
+                           bf16=_mixed_precision(config.training.mixed_precision) == "bf16", make_model=make_model)
     result["other_load"] = other.stop()
     result.update(_peak_memory(cuda, rss_start))
     return result
@@ -442,8 +468,8 @@ def run_worker(name: str, spec: dict) -> dict:
         torch.set_num_threads(spec["threads"])
     if name in ("hf_trainer", "hf_trainer_stock"):
         return time_hf_trainer(spec, stock=name == "hf_trainer_stock")
-    if name == "minimal_gpt":
-        return time_minimal_gpt(spec)
+    if name in ("minimal_gpt", "minimal_loop_phf_model"):
+        return time_minimal_gpt(spec, phf_model=name == "minimal_loop_phf_model")
     return time_objective(spec, name)
 
 
@@ -556,7 +582,8 @@ def main() -> int:
         sys.stdout.flush()
 
         results: dict[str, dict] = {}
-        runs = objectives + ([] if args.no_hf_trainer else ["hf_trainer", "hf_trainer_stock"]) + ["minimal_gpt"]
+        runs = objectives + ([] if args.no_hf_trainer else ["hf_trainer", "hf_trainer_stock"]) + [
+            "minimal_gpt", "minimal_loop_phf_model"]
         for repeat in range(args.repeats):
             for name in runs:
                 # CPU: a fresh process per run, so its peak RSS is its own; CUDA: in process, peak reset per run.
@@ -582,7 +609,8 @@ def main() -> int:
             figures["other_load_start"] = round(others_at_start, 2)
     mle = results.get("mle")
     mem_label = "peak mem" if cuda else "peak RSS*"
-    labels = {"hf_trainer": "HF Trainer (MLE)", "hf_trainer_stock": "HF Trainer, stock", "minimal_gpt": "minimal GPT (random)"}
+    labels = {"hf_trainer": "HF Trainer (MLE)", "hf_trainer_stock": "HF Trainer, stock", "minimal_gpt": "minimal GPT (random)",
+              "minimal_loop_phf_model": "minimal loop, phf's model"}
     width = max(22, *(len(labels.get(n, n)) + 2 for n in results))
     header = f"{'run':<{width}}{'tok/s':>12}{'vs MLE':>9}{mem_label:>13}{'data wait':>11}"
     header += f"{'MFU':>8}" if cuda else f"{'RSS@start':>12}{'other load':>12}"
@@ -624,6 +652,16 @@ def main() -> int:
             key = f"ratio.{name}_vs_minimal_gpt"
             figures[key] = round(results[name]["tok_s"] / results["minimal_gpt"]["tok_s"], 4)
             print(f"phf {name} vs the minimal GPT: {figures[key]:.3f}x the tokens/s")
+    if "minimal_loop_phf_model" in results:  # where a gap to the minimal GPT comes from
+        loop = results["minimal_loop_phf_model"]["tok_s"]
+        if "minimal_gpt" in results:
+            figures["ratio.phf_model_vs_minimal_model"] = round(loop / results["minimal_gpt"]["tok_s"], 4)
+            print(f"the model class: phf's model vs the minimal GPT's in the same minimal loop: "
+                  f"{figures['ratio.phf_model_vs_minimal_model']:.3f}x the tokens/s")
+        if mle:
+            figures["ratio.mle_vs_minimal_loop"] = round(mle["tok_s"] / loop, 4)
+            print(f"the loop and loss: phf MLE vs the minimal loop on phf's model: "
+                  f"{figures['ratio.mle_vs_minimal_loop']:.3f}x the tokens/s")
     if not cuda:
         print("* CPU memory is whole-process peak RSS (ru_maxrss of a fresh process per run: Python, torch, "
               "transformers and the run together); RSS@start is that process's RSS after imports.")
