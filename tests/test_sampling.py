@@ -414,6 +414,29 @@ def test_accelerator_schedule_on_cpu(model, tokenizer, ids, monkeypatch, static_
     assert steps == (Counter({16: 29, 8: 29, 3: 19, 1: 3 * 19}) if static_cache else Counter())
 
 
+def test_static_decoders_are_shared_across_batches_and_bounded(model, tokenizer, monkeypatch):
+    # Cache lengths are rounded up, so batches of different prompt lengths reuse one decoder (one CUDA
+    # graph on a GPU); a call keeps at most two, whatever the number of batch shapes it meets.
+    from phf import sampling
+
+    prompts = [tokenizer.eos_token, "To be or", "To be or not", *[" ".join(["The quick brown fox"] * k)
+                                                                   for k in (1, 2, 3)], "She sells"]
+    c = cfg(temperature=0.0, max_new_tokens=12, batch_size=2)
+    dynamic = generate(model, tokenizer, prompts, c)
+    monkeypatch.setattr(sampling, "_GRAPH_DEVICES", {"cpu"})
+    made = []
+    init = sampling._StaticDecoder.__init__
+    monkeypatch.setattr(sampling._StaticDecoder, "__init__",
+                        lambda self, forward, batch, length, padded, **kw: (
+                            made.append((batch, length, padded)) or init(self, forward, batch, length, padded, **kw)))
+    static = generate(model, tokenizer, prompts, c)
+    assert [g.token_ids for g in static] == [g.token_ids for g in dynamic]
+    lengths = sorted(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
+    batches = [lengths[i : i + 2] for i in range(0, len(lengths), 2)]
+    shapes = [(len(b), 64, min(b) != max(b)) for b in batches]  # every batch needs <= 64 slots here
+    assert len(set(shapes)) < len(batches) and made == list(dict.fromkeys(shapes)), (made, shapes)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_decoding_matches_eager(model, tokenizer, ids):

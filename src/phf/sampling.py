@@ -18,7 +18,8 @@ It is a lean decoding loop of its own rather than ``model.generate``:
   captured once as a CUDA graph and replayed (a padded batch's mask and positions in fixed buffers):
   a small model's decoding step is hundreds of kernel launches whose host-side cost, not the GPU's
   work, sets the pace; a replay is one launch, whatever the number of rows still running (so rows
-  are not dropped). The graph is kept for later batches of the same shape.
+  are not dropped). The cache length is rounded up to a multiple of 64, and the graph is kept for
+  later batches of the same size and cache length.
   ``SamplingConfig.cuda_graphs=False`` turns this off; a capture that fails falls back to eager
   decoding with a warning;
 * logits are processed in float32: forbidden tokens and the vocabulary-padding rows (ids from
@@ -297,6 +298,11 @@ def _compact(cache, keep: torch.Tensor) -> bool:
 # Devices where decoding on a static cache replays CUDA graphs. On others the static cache only costs
 # (attention over the whole preallocated length), so they decode on transformers' dynamic cache.
 _GRAPH_DEVICES = {"cuda"}
+# Cache lengths are rounded up to this, so batches whose prompt lengths differ a little (scenario
+# prompts, red-team rounds) share one cache and graph; the extra slots are masked, never written.
+_CACHE_LEN_MULTIPLE = 64
+# Decoders kept per call (full batches and the last, smaller one): each holds a KV cache and a graph.
+_DECODERS_KEPT = 2
 
 
 class _StaticDecoder:
@@ -327,7 +333,8 @@ class _StaticDecoder:
         """The prompt's forward; ``mask`` (left-padded batches) spans the whole cache."""
         self.cache.reset()  # in place: the tensors keep the addresses a captured graph reads
         if self.mask is not None:
-            self.mask.copy_(mask)
+            self.mask.fill_(1)  # slots past the batch's own length: causally masked until written
+            self.mask[:, : mask.shape[1]].copy_(mask)
         return self.forward(input_ids, cache=self.cache, attention_mask=self.mask, position_ids=position_ids,
                             prefill=True)[0]
 
@@ -368,18 +375,22 @@ class _StaticDecoder:
         return logits
 
 
-def _static_decoder(forward: _Forward, state: dict, batch: int, max_len: int, padded: bool, device: torch.device):
-    """The batch's static-cache decoder (kept per shape for the call), or None to decode eagerly on
-    transformers' dynamic cache."""
+def _static_decoder(forward: _Forward, state: dict, batch: int, length: int, padded: bool, device: torch.device):
+    """A static-cache decoder for a batch of ``batch`` rows needing ``length`` cache slots (kept for
+    later batches of its shape in this call), or None to decode eagerly on transformers' dynamic cache."""
     if device.type not in _GRAPH_DEVICES or not getattr(forward.model, "_can_compile_fullgraph", False):
         return None
     if padded and not forward.position_ids:
         return None  # the eager path says why such a batch cannot run
-    key = (batch, max_len, padded)
-    if key not in state.setdefault("decoders", {}):
-        state["decoders"][key] = _StaticDecoder(forward, batch, max_len, padded, graph=device.type == "cuda",
-                                                device=device)
-    return state["decoders"][key]
+    key = (batch, -(-length // _CACHE_LEN_MULTIPLE) * _CACHE_LEN_MULTIPLE, padded)
+    decoders = state.setdefault("decoders", {})  # oldest first
+    decoder = decoders.pop(key, None)
+    if decoder is None:
+        while len(decoders) >= _DECODERS_KEPT:
+            decoders.pop(next(iter(decoders)))  # frees its cache and graph
+        decoder = _StaticDecoder(forward, batch, key[1], padded, graph=device.type == "cuda", device=device)
+    decoders[key] = decoder
+    return decoder
 
 
 def _generate_batch(forward: _Forward, rows: list[list[int]], limits: list[int], config: SamplingConfig,
