@@ -437,6 +437,24 @@ def test_static_decoders_are_shared_across_batches_and_bounded(model, tokenizer,
     assert len(set(shapes)) < len(batches) and made == list(dict.fromkeys(shapes)), (made, shapes)
 
 
+def test_a_model_without_a_static_cache_decodes_eagerly_with_one_warning(model, tokenizer, monkeypatch):
+    import transformers
+
+    from phf import sampling
+
+    c = cfg(temperature=0.0, max_new_tokens=8, batch_size=2)
+    expected = generate(model, tokenizer, [tokenizer.eos_token] * 3 + ["To be or"], c)
+    monkeypatch.setattr(sampling, "_GRAPH_DEVICES", {"cpu"})
+
+    def refuse(**kwargs):
+        raise ValueError("this config has no layers a static cache knows")
+
+    monkeypatch.setattr(transformers, "StaticCache", refuse)
+    with pytest.warns(UserWarning, match="no static KV cache for GPT2LMHeadModel") as caught:
+        got = generate(model, tokenizer, [tokenizer.eos_token] * 3 + ["To be or"], c)
+    assert len(caught) == 1 and [g.token_ids for g in got] == [g.token_ids for g in expected]
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_decoding_matches_eager(model, tokenizer, ids):

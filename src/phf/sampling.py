@@ -380,15 +380,21 @@ def _static_decoder(forward: _Forward, state: dict, batch: int, length: int, pad
     later batches of its shape in this call), or None to decode eagerly on transformers' dynamic cache."""
     if device.type not in _GRAPH_DEVICES or not getattr(forward.model, "_can_compile_fullgraph", False):
         return None
-    if padded and not forward.position_ids:
-        return None  # the eager path says why such a batch cannot run
+    if (padded and not forward.position_ids) or state.get("static_refused"):
+        return None  # (the eager path says why a padded batch cannot run without position ids)
     key = (batch, -(-length // _CACHE_LEN_MULTIPLE) * _CACHE_LEN_MULTIPLE, padded)
     decoders = state.setdefault("decoders", {})  # oldest first
     decoder = decoders.pop(key, None)
     if decoder is None:
         while len(decoders) >= _DECODERS_KEPT:
             decoders.pop(next(iter(decoders)))  # frees its cache and graph
-        decoder = _StaticDecoder(forward, batch, key[1], padded, graph=device.type == "cuda", device=device)
+        try:
+            decoder = _StaticDecoder(forward, batch, key[1], padded, graph=device.type == "cuda", device=device)
+        except Exception as exc:  # noqa: BLE001 - a config StaticCache cannot describe: the dynamic cache can
+            state["static_refused"] = True
+            warnings.warn(f"no static KV cache for {type(forward.model).__name__} ({type(exc).__name__}: {exc}); "
+                          "decoding eagerly without CUDA graphs", stacklevel=4)
+            return None
     decoders[key] = decoder
     return decoder
 
