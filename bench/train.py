@@ -418,7 +418,8 @@ def _phf_model_with_cross_entropy(config, spec: dict):
     import torch
     import torch.nn.functional as F
 
-    from phf.model import build_model, causal_only_attention
+    from phf.logprobs import lm_hidden_states
+    from phf.model import build_model
 
     class PhfModelWithCrossEntropy(torch.nn.Module):
         def __init__(self, _shape):
@@ -427,9 +428,7 @@ def _phf_model_with_cross_entropy(config, spec: dict):
             self.config = self.lm.config  # read by flops_per_token for MFU
 
         def forward(self, idx, targets):
-            with causal_only_attention(self.lm):
-                hidden = self.lm.base_model(input_ids=idx, use_cache=False).last_hidden_state
-            logits = self.lm.get_output_embeddings()(hidden)
+            logits = self.lm.get_output_embeddings()(lm_hidden_states(self.lm, idx))
             return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
 
     return PhfModelWithCrossEntropy

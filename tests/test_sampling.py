@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 import torch
 
+from phf import sampling
 from phf.sampling import Generation, SamplingConfig, _Forward, _sample, generate
 from phf.tokenizer import add_control_tokens, train_bpe
 
@@ -73,6 +74,19 @@ def cfg(**kw):
     kw.setdefault("max_new_tokens", 12)
     kw.setdefault("min_new_tokens", kw["max_new_tokens"])
     return SamplingConfig(**{"batch_size": 16, "seed": 0, **kw})
+
+
+def decode_on_static_cache(monkeypatch):
+    """CUDA's static-cache decoding (replayed as CUDA graphs there), run eagerly on this CPU."""
+    monkeypatch.setattr(sampling, "_GRAPH_DEVICES", {"cpu"})
+
+
+@pytest.fixture(params=[False, True], ids=["dynamic", "static"])
+def static_cache(request, monkeypatch):
+    """Whether the test decodes on transformers' dynamic cache or on CUDA's static one."""
+    if request.param:
+        decode_on_static_cache(monkeypatch)
+    return request.param
 
 
 def hf_greedy(model, prompt_ids, max_new, tokenizer, min_new=None):
@@ -156,16 +170,11 @@ def test_stops_each_row_at_its_own_eos(model, tokenizer, ids):
         assert g.finished == (len(g.token_ids) < 30)
 
 
-@pytest.mark.parametrize("static_cache", [False, True], ids=["dynamic", "static"])
-def test_finished_rows_dropped_mid_batch_match_full_batch(model, tokenizer, ids, monkeypatch, static_cache):
+def test_finished_rows_dropped_mid_batch_match_full_batch(model, tokenizer, ids, static_cache):
     # Rows whose last input token is <|good|> are made to end at once (EOS logit +100); the others run on,
     # in a batch that drops the finished rows (and their KV cache) midway: they must not change. On a
     # static cache (CUDA's, run eagerly here) rows are never dropped, and a left-padded batch keeps its
     # mask and positions in the decoder's fixed buffers: the same must hold.
-    if static_cache:
-        from phf import sampling
-
-        monkeypatch.setattr(sampling, "_GRAPH_DEVICES", {"cpu"})
     def end_after_good(module, args, kwargs, output):
         last = kwargs["input_ids"][:, -1]
         output.logits[last == ids["good"], -1, ids["eos"]] += 100.0
@@ -354,14 +363,8 @@ def test_restores_training_mode_and_progress(model, tokenizer):
         model.eval()
 
 
-@pytest.mark.parametrize("static_cache", [False, True], ids=["dynamic", "static"])
-def test_llama_works(tokenizer, monkeypatch, static_cache):
+def test_llama_works(tokenizer, static_cache):  # static: rotary positions from the decoder's buffer
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    if static_cache:  # rotary positions from the decoder's position buffer (CUDA's path, eagerly here)
-        from phf import sampling
-
-        monkeypatch.setattr(sampling, "_GRAPH_DEVICES", {"cpu"})
 
     torch.manual_seed(0)
     config = LlamaConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=2,
@@ -380,17 +383,13 @@ def test_llama_works(tokenizer, monkeypatch, static_cache):
     assert all(len(g.token_ids) == 12 and max(g.token_ids) < len(tokenizer) for g in sampled)
 
 
-@pytest.mark.parametrize("static_cache", [False, True], ids=["dynamic", "static"])
 def test_accelerator_schedule_on_cpu(model, tokenizer, ids, monkeypatch, static_cache):
     # On CUDA the sampler checks for finished rows every 8 steps (fewer host syncs), draws with
     # sort + multinomial and decodes equal-length batches on a static cache (replayed as a CUDA graph
     # there, run eagerly here): run that schedule here and check the same invariants.
-    from phf import sampling
-
     monkeypatch.setattr(sampling, "_CHECK_EVERY", {})
     steps = Counter()
     if static_cache:
-        monkeypatch.setattr(sampling, "_GRAPH_DEVICES", {"cpu"})
         original_step = sampling._StaticDecoder.step
         monkeypatch.setattr(sampling._StaticDecoder, "step", lambda self, token, positions: (
             steps.update([token.shape[0]]) or original_step(self, token, positions)))
@@ -417,13 +416,11 @@ def test_accelerator_schedule_on_cpu(model, tokenizer, ids, monkeypatch, static_
 def test_static_decoders_are_shared_across_batches_and_bounded(model, tokenizer, monkeypatch):
     # Cache lengths are rounded up, so batches of different prompt lengths reuse one decoder (one CUDA
     # graph on a GPU); a call keeps at most two, whatever the number of batch shapes it meets.
-    from phf import sampling
-
     prompts = [tokenizer.eos_token, "To be or", "To be or not", *[" ".join(["The quick brown fox"] * k)
                                                                    for k in (1, 2, 3)], "She sells"]
     c = cfg(temperature=0.0, max_new_tokens=12, batch_size=2)
     dynamic = generate(model, tokenizer, prompts, c)
-    monkeypatch.setattr(sampling, "_GRAPH_DEVICES", {"cpu"})
+    decode_on_static_cache(monkeypatch)
     made = []
     init = sampling._StaticDecoder.__init__
     monkeypatch.setattr(sampling._StaticDecoder, "__init__",
@@ -440,11 +437,9 @@ def test_static_decoders_are_shared_across_batches_and_bounded(model, tokenizer,
 def test_a_model_without_a_static_cache_decodes_eagerly_with_one_warning(model, tokenizer, monkeypatch):
     import transformers
 
-    from phf import sampling
-
     c = cfg(temperature=0.0, max_new_tokens=8, batch_size=2)
     expected = generate(model, tokenizer, [tokenizer.eos_token] * 3 + ["To be or"], c)
-    monkeypatch.setattr(sampling, "_GRAPH_DEVICES", {"cpu"})
+    decode_on_static_cache(monkeypatch)
 
     def refuse(**kwargs):
         raise ValueError("this config has no layers a static cache knows")
@@ -458,8 +453,6 @@ def test_a_model_without_a_static_cache_decodes_eagerly_with_one_warning(model, 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_decoding_matches_eager(model, tokenizer, ids):
-    from phf import sampling
-
     cuda = model.to("cuda")
     try:
         prompts = [tokenizer.eos_token, "The quick brown fox jumps"]

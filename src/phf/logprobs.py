@@ -217,10 +217,8 @@ def target_logprobs(
     return flat.reshape(targets.shape)
 
 
-def lm_target_logprobs(lm, input_ids: Tensor, labels: Tensor, *, attention_mask: Tensor | None = None,
-                       chunk_tokens: int = 2048, keep_softmax_mb: float = 0.0) -> tuple[Tensor, Tensor]:
-    """Target log-probs of a transformers causal LM, from its final hidden states and output
-    embedding (no full logits). Returns ``(logp, hidden)``; labels equal to -100 get 0.
+def lm_hidden_states(lm, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    """Final hidden states of a transformers causal LM for a training-style forward (no KV cache).
 
     Without ``attention_mask`` the inputs are taken to be unpadded, and the forward attends
     causally with no mask built (:func:`phf.model.causal_only_attention`): no host sync to rule out
@@ -231,8 +229,16 @@ def lm_target_logprobs(lm, input_ids: Tensor, labels: Tensor, *, attention_mask:
     # model that needs its mask keeps one: without a cache, transformers assumes packed sequences it
     # cannot rule out while tracing and builds a 4-D mask, which bars SDPA's flash kernel.
     with causal_only_attention(lm) if attention_mask is None else nullcontext(False) as maskless:
-        hidden = lm.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                               use_cache=torch.compiler.is_compiling() and not maskless).last_hidden_state
+        return lm.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                             use_cache=torch.compiler.is_compiling() and not maskless).last_hidden_state
+
+
+def lm_target_logprobs(lm, input_ids: Tensor, labels: Tensor, *, attention_mask: Tensor | None = None,
+                       chunk_tokens: int = 2048, keep_softmax_mb: float = 0.0) -> tuple[Tensor, Tensor]:
+    """Target log-probs of a transformers causal LM, from its final hidden states
+    (:func:`lm_hidden_states`) and output embedding (no full logits). Returns ``(logp, hidden)``;
+    labels equal to -100 get 0."""
+    hidden = lm_hidden_states(lm, input_ids, attention_mask)
     head = lm.get_output_embeddings()
     logp = target_logprobs(hidden, head.weight, labels, bias=getattr(head, "bias", None), chunk_tokens=chunk_tokens,
                            keep_softmax_mb=keep_softmax_mb)

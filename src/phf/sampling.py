@@ -338,8 +338,8 @@ class _StaticDecoder:
         return self.forward(input_ids, cache=self.cache, attention_mask=self.mask, position_ids=position_ids,
                             prefill=True)[0]
 
-    def _step_forward(self) -> torch.Tensor:
-        return self.forward(self.token, cache=self.cache, attention_mask=self.mask, position_ids=self.positions)[0]
+    def _step_forward(self, token: torch.Tensor) -> torch.Tensor:
+        return self.forward(token, cache=self.cache, attention_mask=self.mask, position_ids=self.positions)[0]
 
     def step(self, token: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
         """The next logits after ``token`` (batch,); ``positions`` (batch, 1) for left-padded batches."""
@@ -349,14 +349,14 @@ class _StaticDecoder:
             self.token.copy_(token.unsqueeze(1))
             self.graph.replay()
             return self.logits
-        self.token = token.unsqueeze(1).clone()
         if not self.graph_wanted:
-            return self._step_forward()
+            return self._step_forward(token.unsqueeze(1))
+        self.token = token.unsqueeze(1).clone()
         side = torch.cuda.Stream(device=self.token.device)
         main = torch.cuda.current_stream(self.token.device)
         side.wait_stream(main)
         with torch.cuda.stream(side):
-            logits = self._step_forward()
+            logits = self._step_forward(self.token)
         main.wait_stream(side)
         logits.record_stream(main)  # allocated on the side stream, read on this one: not reused before
         graph = torch.cuda.CUDAGraph()
@@ -364,7 +364,7 @@ class _StaticDecoder:
             # Records the step, runs nothing. thread_local: CUDA calls of other threads (a training
             # run's batch prefetch, when it samples for eval_every) neither break nor join the capture.
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                self.logits = self._step_forward()
+                self.logits = self._step_forward(self.token)
         except Exception as exc:  # noqa: BLE001 - any model code may refuse capture; eager still works
             self.graph_wanted = False
             warnings.warn(f"could not capture {type(self.forward.model).__name__}'s decoding step as a CUDA graph "
@@ -471,9 +471,8 @@ def _generate_batch(forward: _Forward, rows: list[list[int]], limits: list[int],
                     if mask is not None:
                         keep_in = keep.to(input_device)
                         mask, next_position = mask[keep_in], next_position[keep_in]
-        step_mask = step_positions = None
+        step_positions = None
         if mask is not None:
-            step_mask = mask[:, : width + step + 1]  # (the static cache's mask spans it all already)
             step_positions = (next_position + step).unsqueeze(1)
             if state["max_positions"] is not None:
                 # A row past its own limit (done, its output ignored) may run on beside longer-lived
@@ -482,6 +481,7 @@ def _generate_batch(forward: _Forward, rows: list[list[int]], limits: list[int],
         if decoder is not None:
             logits = decoder.step(token.to(input_device), step_positions)
         else:
+            step_mask = None if mask is None else mask[:, : width + step + 1]
             logits, cache = forward(token.unsqueeze(1).to(input_device), cache=cache, attention_mask=step_mask,
                                     position_ids=step_positions)
 
