@@ -8,12 +8,12 @@
 # against model.generate (EOS prompts, then left-padded mixed-length ones; before the training
 # runs), and the CPU time of a step's training blocks on the host.
 # First, the GPU tests (-m gpu) of the sampler and the log-prob kernel.
-# PYTHON, PRESET, STEPS, BENCHES, TRAIN_OBJECTIVES, COMPILE_OBJECTIVES and TRAIN_ARGS override the
+# PYTHON, PRESET, STEPS, BENCHES, TRAIN_OBJECTIVES, COMPILE_OBJECTIVES, COMPILE_PROFILE and TRAIN_ARGS override the
 # defaults below (a CPU smoke test: PYTHON=.venv/bin/python PRESET=tiny STEPS=2; 1 min 40 s here).
 # On an H200 (2026-11-27): GPU tests 20 s, generate ~60 s, train 105 s, compile 94 s (~10 s of each
-# is imports and corpus preparation), before the mixed-prompt sampling and the minimal loop on phf's
-# model were added (expect ~60, ~15 and ~35 s more); the machine's start took another 30 s. All of
-# it should fit one call of timeout_s=540.
+# is imports and corpus preparation), before the mixed-prompt sampling, the minimal loop on phf's
+# model and compile's profiled steps were added (expect ~60, ~15, ~35 and ~30 s more); the machine's
+# start took another 30 s. All of it should fit one call of timeout_s=540.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -46,7 +46,10 @@ COMPILE_OBJECTIVES=${COMPILE_OBJECTIVES:-mle,conditional}
 # speed that keeping buys on this card.
 [[ $BENCHES == *" train "* ]] && { limit 240 "$PYTHON" bench/train.py --preset "$PRESET" --steps "$STEPS" \
     --objectives "$TRAIN_OBJECTIVES" $TRAIN_ARGS 2>&1 | tee "$OUT/train.txt" || status=1; }
-[[ $BENCHES == *" compile "* ]] && { limit 180 "$PYTHON" bench/train.py --preset "$PRESET" --steps "$STEPS" --compile --no-hf-trainer \
-    --objectives "$COMPILE_OBJECTIVES" 2>&1 | tee "$OUT/train_compile.txt" || status=1; }
+# Compiled, each run also profiles COMPILE_PROFILE more steps: kernel time by kind and the GPU's busy
+# share, to tell a host-side gap (the GPU waits) from a kernel-side one (bench/kernel_profile.py).
+COMPILE_PROFILE=${COMPILE_PROFILE:-3}
+[[ $BENCHES == *" compile "* ]] && { limit 210 "$PYTHON" bench/train.py --preset "$PRESET" --steps "$STEPS" --compile --no-hf-trainer \
+    --objectives "$COMPILE_OBJECTIVES" --profile "$COMPILE_PROFILE" 2>&1 | tee "$OUT/train_compile.txt" || status=1; }
 [[ $BENCHES == *" stream "* ]] && { limit 30 "$PYTHON" bench/stream.py 2>&1 | tee "$OUT/stream.txt" || status=1; }  # CPU time of a step's blocks on this host
 exit $status

@@ -67,16 +67,14 @@ def main() -> int:
         device = next(iter(trainers.values())).accelerator.device
         for trainer in trainers.values():
             trainer.model.train()
-            for step in range(warmup):
-                trainer._step(step)
+            bench.run_steps(trainer, 0, warmup)
         blocks: dict[str, list[float]] = {run: [] for run in runs}
         for round_ in range(args.rounds):
             for run, trainer in trainers.items():
                 first = warmup + round_ * args.block
                 bench._sync(device)
                 started = time.perf_counter()
-                for step in range(first, first + args.block):
-                    trainer._step(step)
+                bench.run_steps(trainer, first, args.block)
                 bench._sync(device)
                 blocks[run].append(time.perf_counter() - started)
 

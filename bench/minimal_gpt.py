@@ -109,11 +109,13 @@ def run_benchmark(*, n_layer: int = 12, n_head: int = 12, n_embd: int = 768, voc
                   seq_len: int = 1024, batch_size: int = 64, micro_batch_size: int = 16, steps: int = 20,
                   warmup: int = 5, compile: bool = False, device: str | None = None, bf16: bool | None = None,
                   lr: float = 5e-4, weight_decay: float = 0.1, grad_clip: float = 1.0, seed: int = 42,
-                  make_model=None) -> dict:
+                  make_model=None, profile_steps: int = 0) -> dict:
     """Train on random tokens; returns tok_s, step_s, peak_mem_mb (CUDA) and mfu (known CUDA devices).
 
     ``make_model(GPTConfig)`` swaps in another model for :class:`MinimalGPT` (its forward takes
-    ``(idx, targets)`` and returns the mean loss): the same loop then times another model class."""
+    ``(idx, targets)`` and returns the mean loss): the same loop then times another model class.
+    ``profile_steps`` > 0 profiles that many more steps after the timed ones (``result["profile"]``,
+    see ``bench/kernel_profile.py``)."""
     from phf.trainer import flops_per_token, peak_flops
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -164,6 +166,10 @@ def run_benchmark(*, n_layer: int = 12, n_head: int = 12, n_embd: int = 768, voc
               "params": sum(p.numel() for p in model.parameters()),
               "peak_mem_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None,
               "mfu": tok_s * fpt / peak if peak else None, "device": str(dev)}
+    if profile_steps > 0:
+        from kernel_profile import profile_steps as profile
+
+        result["profile"] = profile(lambda: [one_step() for _ in range(profile_steps)], dev, profile_steps)
     del step_model, model, optimizer
     return result
 

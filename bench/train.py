@@ -11,8 +11,10 @@ on transformers' stock build of the same shape and init (its default activation 
 the fused equivalent: what a plain HF user trains); a minimal pure-PyTorch GPT-2 of the same shape
 (``bench/minimal_gpt.py``: random tokens, no data pipeline, the same precision as phf's run) gives
 the bare-loop reference, and the same loop on phf's model splits a gap between the two into the
-model class's share and phf's loop and loss's; on CUDA MFU is reported. Ends with one
-line ``RESULT <json>`` holding every figure printed.
+model class's share and phf's loop and loss's; on CUDA MFU is reported. ``--profile N`` then
+profiles N more steps of each run but the HF Trainer's (``bench/kernel_profile.py``). Steps read
+their metrics as ``Trainer.train`` does. Ends with one line ``RESULT <json>`` holding every figure
+printed.
 
     python bench/train.py                      # tiny preset on CPU, GPT-2 small on CUDA
     python bench/train.py --preset tiny --steps 50 --objectives mle,ul --no-hf-trainer
@@ -42,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,7 +113,7 @@ def prepare_data(spec: dict) -> dict:
     work = Path(spec["workdir"])
     config = shape_config(spec)
     t, d = config.training, config.data
-    needed = (spec["warmup"] + spec["steps"]) * t.batch_size * d.seq_len
+    needed = (spec["warmup"] + spec["steps"] + spec.get("profile", 0)) * t.batch_size * d.seq_len
     num_chars = max(1_000_000, int(needed * CORPUS_PASSES * CHARS_PER_TOKEN.get(d.tokenizer.name, 2.3)))
     docs = write_corpus(work / "corpus.jsonl", num_chars)
     scored = work / "scored"
@@ -158,7 +161,7 @@ def phf_config(spec: dict, run: str):
     objective, *own = run.split(":")
     out = Path(spec["workdir"]) / "runs" / run.replace(":", "_").replace("/", "_")
     overrides = [f"output_dir={out}", f"data.path={spec['data_path']}", f"objective.name={objective}",
-                 f"training.max_steps={spec['warmup'] + spec['steps']}", "logging.progress=false",
+                 f"training.max_steps={spec['warmup'] + spec['steps'] + spec.get('profile', 0)}", "logging.progress=false",
                  f"training.compile={str(spec['compile']).lower()}", *objective_overrides(objective, spec["median_score"])]
     return preset_config(spec, overrides, own)
 
@@ -242,6 +245,16 @@ class OtherLoad:
         return max(0.0, (busy - self._busy - own) / max(time.perf_counter() - self._wall, 1e-9))
 
 
+def run_steps(trainer, first: int, count: int) -> dict | None:
+    """Steps ``first`` to ``first + count - 1`` of a phf Trainer, reading their metrics as
+    ``Trainer.train`` does (after the steps it logs, saves or evaluates after) and after the last
+    one, so no read is left for later; returns the last step's metrics."""
+    metrics = None
+    for step in range(first, first + count):
+        metrics = trainer._step(step, read=step == first + count - 1 or trainer._read_after(step))
+    return metrics
+
+
 def time_objective(spec: dict, objective: str) -> dict:
     import torch
 
@@ -266,15 +279,13 @@ def time_objective(spec: dict, objective: str) -> dict:
 
     trainer._next_batches = timed_micro_batches
     warmup, steps = spec["warmup"], spec["steps"]
-    for step in range(warmup):
-        trainer._step(step)
+    run_steps(trainer, 0, warmup)
     _sync(device)
     data_seconds = 0.0
     other = OtherLoad()
     other.start()
     started = time.perf_counter()
-    for step in range(warmup, warmup + steps):
-        metrics = trainer._step(step)
+    metrics = run_steps(trainer, warmup, steps)
     _sync(device)
     seconds = time.perf_counter() - started
     other_load = other.stop()
@@ -285,6 +296,11 @@ def time_objective(spec: dict, objective: str) -> dict:
               "loss": metrics["loss"], "mfu": tok_s * trainer.flops_per_token / peak if peak else None,
               "other_load": other_load}
     result.update(_peak_memory(cuda, rss_start))
+    if spec.get("profile"):
+        from kernel_profile import profile_steps
+
+        result["profile"] = profile_steps(partial(run_steps, trainer, warmup + steps, spec["profile"]), device,
+                                          spec["profile"])
     trainer.accelerator.free_memory()
     del trainer
     return result
@@ -454,7 +470,8 @@ def time_minimal_gpt(spec: dict, phf_model: bool = False) -> dict:
                            micro_batch_size=config.training.micro_batch_size, steps=spec["steps"],
                            warmup=spec["warmup"], compile=spec["compile"], lr=config.training.lr,
                            weight_decay=config.training.weight_decay, grad_clip=config.training.grad_clip,
-                           bf16=_mixed_precision(config.training.mixed_precision) == "bf16", make_model=make_model)
+                           bf16=_mixed_precision(config.training.mixed_precision) == "bf16", make_model=make_model,
+                           profile_steps=spec.get("profile", 0))
     result["other_load"] = other.stop()
     result.update(_peak_memory(cuda, rss_start))
     return result
@@ -514,6 +531,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=1,
                         help="run the whole list this many times, round-robin, and keep each run's fastest "
                              "(for shared machines; peak memory is the largest seen)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="profile N more steps of each run (not the HF Trainer's) after its timed ones and print "
+                             "device time by kernel kind, top kernels and the device's busy share (bench/kernel_profile.py)")
     parser.add_argument("--workdir", default=None, help="keep corpus and runs here (default: a temp dir)")
     parser.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--_spec", default=None, help=argparse.SUPPRESS)
@@ -535,8 +555,8 @@ def main() -> int:
     big = preset != "tiny"
     steps = args.steps if args.steps is not None else 20
     warmup = args.warmup if args.warmup is not None else (5 if big else 3)
-    if steps < 1 or warmup < 0 or args.repeats < 1:
-        parser.error("--steps and --repeats must be >= 1, --warmup >= 0")
+    if steps < 1 or warmup < 0 or args.repeats < 1 or args.profile < 0:
+        parser.error("--steps and --repeats must be >= 1, --warmup and --profile >= 0")
     device = torch.cuda.get_device_name(0) if cuda else "cpu"
     threads, others_at_start, thread_note = args.threads, None, ""
     if not cuda:
@@ -559,7 +579,8 @@ def main() -> int:
             shutil.copytree(staged, work / "cache" / "pip", dirs_exist_ok=True)
         os.environ["PHF_CACHE"] = str(work / "cache")  # workers inherit it: tokenizer/store built once
         spec = {"workdir": str(work), "preset_file": str(PRESETS[preset]), "steps": steps, "warmup": warmup,
-                "compile": args.compile, "threads": None if cuda else threads, "set": args.set}
+                "compile": args.compile, "threads": None if cuda else threads, "set": args.set,
+                "profile": args.profile}
         check_overrides(parser, spec, objectives)
         data = prepare_data(spec)
         spec.update(data)
@@ -661,6 +682,12 @@ def main() -> int:
             figures["ratio.mle_vs_minimal_loop"] = round(mle["tok_s"] / loop, 4)
             print(f"the loop and loss: phf MLE vs the minimal loop on phf's model: "
                   f"{figures['ratio.mle_vs_minimal_loop']:.3f}x the tokens/s")
+    profiles = {name: r["profile"] for name, r in results.items() if "profile" in r}
+    if profiles:
+        from kernel_profile import report
+
+        figures.update(report(profiles, labels, cuda))
+        print()
     if not cuda:
         print("* CPU memory is whole-process peak RSS (ru_maxrss of a fresh process per run: Python, torch, "
               "transformers and the run together); RSS@start is that process's RSS after imports.")

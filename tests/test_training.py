@@ -88,6 +88,32 @@ def test_a_training_step_reads_the_device_once(tmp_path, scored, objective):
     assert host.reads == ["tolist"] and all(isinstance(v, float) for v in metrics.values()), host.reads
 
 
+def test_a_step_reads_the_previous_steps_metrics_once_its_own_are_queued(tmp_path, scored, monkeypatch):
+    """Between the steps train() logs, saves or evaluates after, a step's metrics stay unread until
+    the next step has queued its kernels: the device then always has a step to run while the host
+    waits, as in a bare loop that never reads. The values train() logs do not change."""
+    from phf import trainer as trainer_module
+
+    events = []
+    real = trainer_module._QueuedMetrics.values
+    monkeypatch.setattr(trainer_module._QueuedMetrics, "values", lambda self: events.append(f"read {self.step}") or real(self))
+    handle = register_optimizer_step_post_hook(lambda *a: events.append("update"))
+    try:
+        trainer = Trainer(load_config([], tiny_overrides(tmp_path / "t", scored, steps=4, **{"training.log_every": 2})))
+        returned = [trainer._step(step, read=trainer._read_after(step)) for step in range(4)]
+    finally:
+        handle.remove()
+    assert events == ["update", "update", "read 0", "read 1", "update", "update", "read 2", "read 3"], events
+    assert [r is None for r in returned] == [True, False, True, False]
+
+    every = run(tmp_path, scored, "every", "ul", steps=6)  # log_every 1: every step read as queued
+    deferred = run(tmp_path, scored, "deferred", "ul", steps=6, **{"training.log_every": 3})
+    logged = [{k: v for k, v in json.loads(line).items() if k not in ("elapsed_s", "tok_s", "mfu")}
+              for line in (every / "metrics.jsonl").read_text().splitlines()]
+    assert logged[2::3] == [{k: v for k, v in json.loads(line).items() if k not in ("elapsed_s", "tok_s", "mfu")}
+                            for line in (deferred / "metrics.jsonl").read_text().splitlines()]
+
+
 @pytest.mark.parametrize("objective", ["mle", "awr"])
 def test_gradient_accumulation_matches_one_big_micro_batch(tmp_path, scored, objective):
     big = losses(run(tmp_path, scored, "big", objective, steps=5, **{"training.micro_batch_size": 8}))
@@ -227,10 +253,11 @@ def test_bad_input_is_named_and_changes_nothing(tmp_path, scored):
         train(load_config([], tiny_overrides(tmp_path / "a", scored) + ["objective.name=magic"]))
     assert not (tmp_path / "a").exists()
 
-    # A loss that blows up stops training with a clear error and writes no checkpoint for it.
-    with pytest.raises(TrainingError, match="loss is"):
-        train(load_config([], tiny_overrides(tmp_path / "nan", scored, 6, **{"training.lr": 1e30,
-                                                                              "training.grad_clip": 0})))
+    # A loss that blows up stops training with a clear error naming its step and writes no
+    # checkpoint for it, also when its step's metrics were left unread (logged every 5 steps only).
+    with pytest.raises(TrainingError, match=r"loss is \S+ at step 2;"):
+        train(load_config([], tiny_overrides(tmp_path / "nan", scored, 6, **{
+            "training.lr": 1e30, "training.grad_clip": 0, "training.log_every": 5, "training.save_every": 3})))
     assert not list((tmp_path / "nan").glob("checkpoints/step-*")) and not (tmp_path / "nan" / "model.safetensors").exists()
 
 

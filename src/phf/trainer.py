@@ -98,6 +98,28 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, 1 << 30))
 
 
+class _QueuedMetrics:
+    """One queued step's metrics (a 1-D tensor), readable without waiting for later steps.
+
+    On CUDA the values are copied into pinned host memory right behind the step's kernels and an
+    event marks the copy: reading them waits for that event, where a plain ``.tolist()`` issued
+    after the next step was queued would wait for the next step too (one stream, in order)."""
+
+    def __init__(self, step: int, names: list[str], values: torch.Tensor):
+        self.step, self.names = step, names
+        self._done = None
+        if values.device.type == "cuda":
+            values = values.to("cpu", non_blocking=True)
+            self._done = torch.cuda.Event()
+            self._done.record()
+        self._values = values
+
+    def values(self) -> list[float]:
+        if self._done is not None:
+            self._done.synchronize()
+        return self._values.tolist()
+
+
 class _Prefetch:
     """Builds step s+1's micro-batches on one background thread while step s runs on the device.
 
@@ -382,6 +404,7 @@ class Trainer:
         prefetch = cfg.data.prefetch if cfg.data.prefetch is not None else acc.device.type != "cpu"
         self._prefetch = _Prefetch(self._micro_batches, pin=acc.device.type == "cuda") if prefetch else None
         self._num_tokens: torch.Tensor | None = None  # targets per step, all ranks (_step)
+        self._unread: _QueuedMetrics | None = None  # the last queued step's metrics, if not read yet
 
     def _continuation_start(self, base_run: Path, base_tokenizer) -> int:
         """Where the base run's stream stopped, as a position in the shared document order."""
@@ -414,7 +437,13 @@ class Trainer:
             return self._micro_batches(step)
         return self._prefetch.get(step)
 
-    def _step(self, step: int) -> dict[str, float]:
+    def _step(self, step: int, *, read: bool = True) -> dict[str, float] | None:
+        """Queue one optimizer step; then read the metrics of the step queued before it, if still
+        unread, and with ``read`` this step's too (returned; else None and they wait for the next
+        call). Only a read waits for the device: a step that leaves its metrics unread returns as
+        soon as its kernels are queued, so the host queues step s+1 while the device runs step s.
+        A NaN loss raises when its step is read, at the latest one step later; ``train`` reads
+        every step it logs, evaluates or saves (:meth:`_read_after`), so no checkpoint holds one."""
         acc, device = self.accelerator, self.accelerator.device
         batches = self._next_batches(step)
         # Every target counts (packed blocks have no padding); the sum is still reduced across ranks
@@ -448,23 +477,40 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         names = sorted(totals)
         reduced = acc.reduce(torch.stack([totals[n] for n in names]).to(device), reduction="sum")
+        queued = _QueuedMetrics(step, names, torch.cat([reduced, grad_norm.reshape(1).to(reduced)]))
         # The step's kernels are all queued: the next step's batches are built now, on the prefetch
-        # thread, while this thread waits in the read below with the GIL released. Started at the
-        # top of the step, the build (2-6 ms of Python and numpy per GPT-2 small step on an H200's
-        # host, bench/stream.py) competed for the GIL with this thread launching the first kernels
-        # into the queue the last read had emptied: the only difference between conditional's step
-        # and MLE's is that build (5 vs 2 ms), and conditional ran 1.4-3.3% slower there.
+        # thread, while this thread waits in a read with the GIL released. Started at the top of the
+        # step, the build (2-6 ms of Python and numpy per GPT-2 small step on an H200's host,
+        # bench/stream.py) competed for the GIL with this thread launching the first kernels into
+        # the queue the last read had emptied: the only difference between conditional's step and
+        # MLE's is that build (5 vs 2 ms), and conditional ran 1.4-3.3% slower there.
         if self._prefetch is not None and step + 1 < self.total_steps:
             self._prefetch.start(step + 1)
-        # The step's one read of the device (it waits for the step to finish): metrics and norm together.
-        values = torch.cat([reduced, grad_norm.reshape(1).to(reduced)]).tolist()
-        out = dict(zip(names, values))
+        previous, self._unread = self._unread, queued
+        if previous is not None:
+            self._read(previous)  # waits for the previous step only: this one keeps the device busy
+        if not read:
+            return None
+        self._unread = None
+        return self._read(queued)
+
+    def _read(self, queued: _QueuedMetrics) -> dict[str, float]:
+        values = queued.values()
+        out = dict(zip(queued.names, values))
         out["lm_loss_text"] = out.pop("nll_text_sum") / max(out.pop("text_tokens"), 1.0)
         out["grad_norm"] = values[-1]
         if not math.isfinite(out["loss"]):
-            raise TrainingError(f"loss is {out['loss']} at step {step + 1}; no checkpoint was written for it. "
+            raise TrainingError(f"loss is {out['loss']} at step {queued.step + 1}; no checkpoint was written for it. "
                                 "Lower training.lr, check the scores in data.path, or resume from the last checkpoint")
         return out
+
+    def _read_after(self, step: int) -> bool:
+        """Whether ``train`` needs step ``step``'s metrics as soon as it is queued: it logs,
+        evaluates or saves after it (a checkpoint must never follow an unchecked loss)."""
+        t, done = self.config.training, step + 1
+        return (done % t.log_every == 0 or done % t.save_every == 0 or done == self.total_steps
+                or done in t.export_steps or bool(self.evaluate is not None and t.eval_every
+                                                  and done % t.eval_every == 0))
 
     def train(self) -> dict:
         from tqdm.auto import tqdm
@@ -491,7 +537,7 @@ class Trainer:
                               init_kwargs={"wandb": {"name": self.run_dir.name}} if cfg.logging.wandb else None)
         with open(metrics_path, "a", encoding="utf-8") if acc.is_main_process else _nullcontext() as log:
             while self.step < self.total_steps:
-                metrics = self._step(self.step)
+                metrics = self._step(self.step, read=self._read_after(self.step))
                 self.step += 1
                 window_steps += 1
                 if self.step % t.log_every == 0 or self.step == self.total_steps:
