@@ -7,7 +7,7 @@
 # MLE and conditional against the minimal GPT compiled, the sampler
 # against model.generate (EOS prompts, then left-padded mixed-length ones; before the training
 # runs), and the CPU time of a step's training blocks on the host.
-# First, the GPU tests (-m gpu) of the sampler and the log-prob kernel.
+# First, the GPU tests (-m gpu) of the sampler, the log-prob kernel and the trainer's deferred metrics read.
 # PYTHON, PRESET, STEPS, BENCHES, TRAIN_OBJECTIVES, COMPILE_OBJECTIVES, COMPILE_PROFILE and TRAIN_ARGS override the
 # defaults below (a CPU smoke test: PYTHON=.venv/bin/python PRESET=tiny STEPS=2; 1 min 40 s here).
 # On an H200 (2026-11-27): GPU tests 20 s, generate ~60 s, train 105 s, compile 94 s (~10 s of each
@@ -39,7 +39,7 @@ BENCHES=" ${BENCHES:-gputests generate generate_mixed train compile stream} "  #
 TRAIN_OBJECTIVES=${TRAIN_OBJECTIVES:-mle,filtering,conditional,ul,rwr,awr,mle:training.logprob_keep_softmax_mb=0}
 COMPILE_OBJECTIVES=${COMPILE_OBJECTIVES:-mle,conditional}
 [[ $BENCHES == *" gputests "* ]] && { limit 120 "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu \
-    tests/test_sampling.py tests/test_logprobs.py 2>&1 | tee "$OUT/gputests.txt" || status=1; }
+    tests/test_sampling.py tests/test_logprobs.py tests/test_training.py 2>&1 | tee "$OUT/gputests.txt" || status=1; }
 [[ $BENCHES == *" generate "* ]] && { limit 150 "$PYTHON" bench/generate.py --preset "$PRESET" --scorers '' 2>&1 | tee "$OUT/generate.txt" || status=1; }
 [[ $BENCHES == *" generate_mixed "* ]] && { limit 150 "$PYTHON" bench/generate.py --preset "$PRESET" --scorers '' --prompts mixed 2>&1 | tee "$OUT/generate_mixed.txt" || status=1; }
 # The last run is MLE with the logits recomputed in backward instead of the bf16 softmax kept: the

@@ -114,6 +114,20 @@ def test_a_step_reads_the_previous_steps_metrics_once_its_own_are_queued(tmp_pat
                             for line in (deferred / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_queued_metrics_on_cuda_are_read_without_waiting_for_later_kernels():
+    from phf.trainer import _QueuedMetrics
+
+    values = torch.arange(3.0, device="cuda")
+    queued = _QueuedMetrics(0, ["a", "b", "c"], values)
+    torch.cuda._sleep(2_000_000_000)  # a later step's work: about a second of GPU time
+    values.add_(10.0)  # that overwrites the device tensor
+    assert queued.values() == [0.0, 1.0, 2.0]  # the values as their step left them
+    assert not torch.cuda.current_stream().query()  # read while the later work still runs
+    torch.cuda.synchronize()
+
+
 @pytest.mark.parametrize("objective", ["mle", "awr"])
 def test_gradient_accumulation_matches_one_big_micro_batch(tmp_path, scored, objective):
     big = losses(run(tmp_path, scored, "big", objective, steps=5, **{"training.micro_batch_size": 8}))
