@@ -66,8 +66,10 @@ def profile_steps(run_steps: Callable[[], None], device: torch.device, steps: in
             torch.cuda.synchronize(device)
         wall_us = (time.perf_counter() - started) * 1e6
     if cuda:
+        # Kernels, copies and memsets; record_function ranges mirrored on the GPU timeline
+        # (user annotations: the optimizer step, compiled graphs) would count their kernels twice.
         events = [(e.name, e.time_range.start, e.time_range.end) for e in prof.events()
-                  if e.device_type == DeviceType.CUDA]
+                  if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)]
         busy = _busy_us([(start, end) for _, start, end in events])
         timed = [(name, end - start) for name, start, end in events]
     else:
