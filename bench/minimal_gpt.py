@@ -169,7 +169,9 @@ def run_benchmark(*, n_layer: int = 12, n_head: int = 12, n_embd: int = 768, voc
     if profile_steps > 0:
         from kernel_profile import profile_steps as profile
 
-        result["profile"] = profile(lambda: [one_step() for _ in range(profile_steps)], dev, profile_steps)
+        summary = profile(lambda: [one_step() for _ in range(profile_steps)], dev, profile_steps)
+        if summary is not None:
+            result["profile"] = summary
     del step_model, model, optimizer
     return result
 

@@ -299,8 +299,9 @@ def time_objective(spec: dict, objective: str) -> dict:
     if spec.get("profile"):
         from kernel_profile import profile_steps
 
-        result["profile"] = profile_steps(partial(run_steps, trainer, warmup + steps, spec["profile"]), device,
-                                          spec["profile"])
+        profile = profile_steps(partial(run_steps, trainer, warmup + steps, spec["profile"]), device, spec["profile"])
+        if profile is not None:
+            result["profile"] = profile
     trainer.accelerator.free_memory()
     del trainer
     return result
