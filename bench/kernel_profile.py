@@ -35,6 +35,7 @@ KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("fused", ("triton", "cpp_fused", "compiled")),  # inductor's generated kernels
 )
 OTHER = "other"
+REFERENCE = "minimal_gpt"  # the run the others are compared with, when profiled
 KIND_NAMES = tuple(kind for kind, _ in KINDS) + (OTHER,)
 TOP = 6
 
@@ -121,6 +122,19 @@ def report(profiles: dict[str, dict], labels: dict[str, str], cuda: bool) -> dic
              (f"{unit}s", lambda p: p["kernels"], "{:.0f}")]
     for label, get, fmt in rows:
         print(f"{label:<22}" + "".join(f"{fmt.format(get(profiles[r])):>{width}}" for r in runs))
+    reference = profiles.get(REFERENCE)
+    if reference is not None:
+        print(f"against {labels.get(REFERENCE, REFERENCE)}, per step (ms; busy share in points): the gap's host "
+              "side shows in wall minus kernel time, its device side in the kinds")
+        for run in runs:
+            if run == REFERENCE:
+                continue
+            p = profiles[run]
+            kinds = ", ".join(f"{kind} {p['kernel_ms'][kind] - reference['kernel_ms'][kind]:+.2f}" for kind in KIND_NAMES)
+            idle = (p["wall_ms"] - p["kernel_ms"]["total"]) - (reference["wall_ms"] - reference["kernel_ms"]["total"])
+            print(f"  {labels.get(run, run)}: wall {p['wall_ms'] - reference['wall_ms']:+.2f}, "
+                  f"{unit} total {p['kernel_ms']['total'] - reference['kernel_ms']['total']:+.2f} ({kinds}), "
+                  f"not in {unit}s {idle:+.2f}, busy {100 * (p['busy_share'] - reference['busy_share']):+.1f}")
     for run in runs:
         p = profiles[run]
         figures[f"profile.{run}.kernel_ms"] = round(p["kernel_ms"]["total"], 3)
