@@ -113,7 +113,7 @@ def prepare_data(spec: dict) -> dict:
     work = Path(spec["workdir"])
     config = shape_config(spec)
     t, d = config.training, config.data
-    needed = (spec["warmup"] + spec["steps"] + spec.get("profile", 0)) * t.batch_size * d.seq_len
+    needed = steps_per_run(spec) * t.batch_size * d.seq_len
     num_chars = max(1_000_000, int(needed * CORPUS_PASSES * CHARS_PER_TOKEN.get(d.tokenizer.name, 2.3)))
     docs = write_corpus(work / "corpus.jsonl", num_chars)
     scored = work / "scored"
@@ -150,6 +150,11 @@ def preset_config(spec: dict, overrides: list[str], run_overrides: list[str] = (
     return load_config([spec["preset_file"]], [*overrides, *spec.get("set", []), *run_overrides])
 
 
+def steps_per_run(spec: dict) -> int:
+    """Warm-up, timed and profiled steps of one run."""
+    return spec["warmup"] + spec["steps"] + spec.get("profile", 0)
+
+
 def shape_config(spec: dict, run_overrides: list[str] = ()):
     """The preset with the user's (and a run's) overrides, for reading its shape and
     hyperparameters: output directory, data path and step count are placeholders."""
@@ -161,7 +166,7 @@ def phf_config(spec: dict, run: str):
     objective, *own = run.split(":")
     out = Path(spec["workdir"]) / "runs" / run.replace(":", "_").replace("/", "_")
     overrides = [f"output_dir={out}", f"data.path={spec['data_path']}", f"objective.name={objective}",
-                 f"training.max_steps={spec['warmup'] + spec['steps'] + spec.get('profile', 0)}", "logging.progress=false",
+                 f"training.max_steps={steps_per_run(spec)}", "logging.progress=false",
                  f"training.compile={str(spec['compile']).lower()}", *objective_overrides(objective, spec["median_score"])]
     return preset_config(spec, overrides, own)
 

@@ -486,13 +486,10 @@ class Trainer:
         # MLE's is that build (5 vs 2 ms), and conditional ran 1.4-3.3% slower there.
         if self._prefetch is not None and step + 1 < self.total_steps:
             self._prefetch.start(step + 1)
-        previous, self._unread = self._unread, queued
+        previous, self._unread = self._unread, None if read else queued
         if previous is not None:
             self._read(previous)  # waits for the previous step only: this one keeps the device busy
-        if not read:
-            return None
-        self._unread = None
-        return self._read(queued)
+        return self._read(queued) if read else None
 
     def _read(self, queued: _QueuedMetrics) -> dict[str, float]:
         values = queued.values()
@@ -504,13 +501,18 @@ class Trainer:
                                 "Lower training.lr, check the scores in data.path, or resume from the last checkpoint")
         return out
 
+    def _due(self, done: int) -> dict[str, bool]:
+        """What ``train`` does once ``done`` steps are complete (evaluation on the main process only)."""
+        t, last = self.config.training, done == self.total_steps
+        return {"log": done % t.log_every == 0 or last,
+                "evaluate": bool(self.evaluate is not None and t.eval_every and done % t.eval_every == 0),
+                "save": done % t.save_every == 0 or last,
+                "export": done in t.export_steps and not last}
+
     def _read_after(self, step: int) -> bool:
         """Whether ``train`` needs step ``step``'s metrics as soon as it is queued: it logs,
         evaluates or saves after it (a checkpoint must never follow an unchecked loss)."""
-        t, done = self.config.training, step + 1
-        return (done % t.log_every == 0 or done % t.save_every == 0 or done == self.total_steps
-                or done in t.export_steps or bool(self.evaluate is not None and t.eval_every
-                                                  and done % t.eval_every == 0))
+        return any(self._due(step + 1).values())
 
     def train(self) -> dict:
         from tqdm.auto import tqdm
@@ -537,10 +539,11 @@ class Trainer:
                               init_kwargs={"wandb": {"name": self.run_dir.name}} if cfg.logging.wandb else None)
         with open(metrics_path, "a", encoding="utf-8") if acc.is_main_process else _nullcontext() as log:
             while self.step < self.total_steps:
-                metrics = self._step(self.step, read=self._read_after(self.step))
+                due = self._due(self.step + 1)
+                metrics = self._step(self.step, read=any(due.values()))
                 self.step += 1
                 window_steps += 1
-                if self.step % t.log_every == 0 or self.step == self.total_steps:
+                if due["log"]:
                     elapsed = time.perf_counter() - window_start
                     tok_s = window_steps * tokens_per_step / elapsed
                     last = {"step": self.step, "tokens": self.step * tokens_per_step, "samples": self.step * t.batch_size,
@@ -556,15 +559,14 @@ class Trainer:
                                     **({"mfu": f"{100 * last['mfu']:.1f}%"} if last["mfu"] else {}))
                     window_start, window_steps = time.perf_counter(), 0
                 bar.update(1)
-                if self.evaluate is not None and t.eval_every and self.step % t.eval_every == 0 \
-                        and acc.is_main_process:
+                if due["evaluate"] and acc.is_main_process:
                     result = self.evaluate(self, self.step)
                     if log is not None and result:
                         log.write(json.dumps({"step": self.step, "tokens": self.step * tokens_per_step,
                                               "eval": result}) + "\n")
-                if self.step % t.save_every == 0 or self.step == self.total_steps:
+                if due["save"]:
                     self.save_state()
-                if self.step in t.export_steps and self.step != self.total_steps:
+                if due["export"]:
                     self.save_final(self.run_dir / f"step-{self.step}")
         bar.close()
         if self._prefetch is not None:
