@@ -63,6 +63,54 @@ def test_compiled_training_forward_is_one_graph_with_flash_eligible_attention():
     assert copies == [] and lm.config._attn_implementation == "sdpa"
 
 
+def _compiled_kernels(forward) -> list[list[str]]:
+    """The kernels inductor's code launches for ``forward()`` under bf16 autocast and for its
+    backward (one list per generated module, forward first): fused kernels by their op names,
+    library calls (matmuls, attention) by name."""
+    import re
+
+    from torch._inductor.utils import run_and_get_code
+
+    compiled = torch.compile(forward)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = compiled()
+        out.float().sum().backward()
+
+    _, modules = run_and_get_code(step)
+    calls = re.compile(r"\b(cpp_fused_\w+?|extern_kernels\.\w+|aten\.[\w.]+|torch\.ops\.[\w.]+)(?:_\d+)?\(")
+    return [calls.findall(code[code.index("def call("):]) for code in modules]
+
+
+def test_compiled_training_micro_batch_has_no_more_kernels_than_a_minimal_gpt():
+    """Issue 6's target (training as fast as a minimal hand-written GPT), at the level a CPU can
+    check: inductor's code for one training micro-batch of phf's model and log-prob head (what
+    ``training.compile`` compiles) launches no more kernels, forward and backward, than the minimal
+    GPT of ``bench/minimal_gpt.py`` with its cross-entropy (both 21 forward and 32 backward with
+    torch 2.13 and transformers 5.24). A transformers or torch upgrade, or a phf change, that puts
+    work into the compiled step (a KV cache, a mask, casts, copies) fails here with both lists."""
+    from itertools import zip_longest
+
+    from bench.minimal_gpt import GPTConfig, MinimalGPT
+    from phf.trainer import PolicyModel
+
+    layers, heads, width, vocab, seq, batch = 2, 4, 128, 512, 64, 2
+    ids = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(0))
+    lm = build_model(ModelConfig(model_type="gpt2", config={"n_layer": layers, "n_head": heads, "n_embd": width}),
+                     vocab_size=vocab, seq_len=seq, eos_id=0)
+    policy = PolicyModel(lm, None, chunk_tokens=batch * seq, keep_softmax_mb=0)  # one chunk, as the GPT-2 preset
+    minimal = MinimalGPT(GPTConfig(vocab_size=vocab, seq_len=seq, n_layer=layers, n_head=heads, n_embd=width))
+    ours = _compiled_kernels(lambda: policy(ids, ids)[0])
+    reference = _compiled_kernels(lambda: minimal(ids, ids))
+    assert len(ours) == len(reference) == 2, (ours, reference)
+    for part, mine, theirs in zip(("forward", "backward"), ours, reference):
+        assert len(mine) <= len(theirs), f"{part}: phf {len(mine)} kernels, minimal GPT {len(theirs)}:\n" + \
+            "\n".join(f"{a:<70} {b}" for a, b in zip_longest(mine, theirs, fillvalue=""))
+        matmuls = [sum(name.startswith("extern_kernels") for name in k) for k in (mine, theirs)]
+        assert matmuls[0] == matmuls[1], f"{part}: {matmuls[0]} matmuls against {matmuls[1]}"
+
+
 SHAPES = {"gpt2": {"n_layer": 2, "n_head": 2, "n_embd": 32},
           "llama": {"num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2, "hidden_size": 32,
                     "intermediate_size": 64}}
