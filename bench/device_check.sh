@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Issue 6's GPU figures in one device call, after bench/device_prepare.sh ran here:
-#   run(command="bash bench/device_check.sh", carry=[".device"], timeout_s=540)
+#   run(command="bash bench/device_check.sh", carry=[".device"], timeout_s=570)
 # Writes every benchmark's output to $OUT (each ends with its RESULT <json> line), in this order, the
 # open questions first (a call cut short still returns what was written): the GPU tests (-m gpu) of
 # the sampler, the log-prob kernel and the trainer's deferred metrics read; phf MLE and conditional
-# against the minimal GPT compiled, with a kernel profile of each run; GPT-2 small training for the
+# against the minimal GPT compiled, with a kernel profile of each run (and the minimal loop on phf's
+# model with its weights as built and in nn.Linear's memory order: whether GPT-2's (in, out) Conv1D
+# matrices cost matmul time against the minimal GPT's (out, in) ones); GPT-2 small training for the
 # six objectives against the HF Trainer and the minimal GPT eager (and the minimal loop on phf's
 # model, which splits a gap between the two); the sampler against model.generate (left-padded
 # mixed-length prompts, then EOS prompts); and the CPU time of a step's training blocks on the host.
@@ -13,8 +15,9 @@
 # 15 s here).
 # On an H200 (2026-11-27): GPU tests 20 s, generate ~60 s, train 105 s, compile 94 s (~10 s of each
 # is imports and corpus preparation), before the mixed-prompt sampling, the minimal loop on phf's
-# model and compile's profiled steps were added (expect ~60, ~15, ~35 and ~30 s more); the machine's
-# start took another 30 s. All of it should fit one call of timeout_s=540.
+# model, compile's profiled steps and its Linear-layout run were added (expect ~60, ~15, ~35, ~30
+# and ~30 s more: ~7.5 min in all); the machine's start took another 30 s. All of it should fit one
+# call of timeout_s=570.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -46,8 +49,8 @@ COMPILE_OBJECTIVES=${COMPILE_OBJECTIVES:-mle,conditional}
 # Compiled, each run also profiles COMPILE_PROFILE more steps: kernel time by kind and the GPU's busy
 # share, to tell a host-side gap (the GPU waits) from a kernel-side one (bench/kernel_profile.py).
 COMPILE_PROFILE=${COMPILE_PROFILE:-3}
-[[ $BENCHES == *" compile "* ]] && { limit 210 "$PYTHON" bench/train.py --preset "$PRESET" --steps "$STEPS" --compile --no-hf-trainer \
-    --objectives "$COMPILE_OBJECTIVES" --profile "$COMPILE_PROFILE" 2>&1 | tee "$OUT/train_compile.txt" || status=1; }
+[[ $BENCHES == *" compile "* ]] && { limit 240 "$PYTHON" bench/train.py --preset "$PRESET" --steps "$STEPS" --compile --no-hf-trainer \
+    --objectives "$COMPILE_OBJECTIVES" --profile "$COMPILE_PROFILE" --linear-layout 2>&1 | tee "$OUT/train_compile.txt" || status=1; }
 [[ $BENCHES == *" train "* ]] && { limit 240 "$PYTHON" bench/train.py --preset "$PRESET" --steps "$STEPS" \
     --objectives "$TRAIN_OBJECTIVES" $TRAIN_ARGS 2>&1 | tee "$OUT/train.txt" || status=1; }
 [[ $BENCHES == *" generate_mixed "* ]] && { limit 150 "$PYTHON" bench/generate.py --preset "$PRESET" --scorers '' --prompts mixed 2>&1 | tee "$OUT/generate_mixed.txt" || status=1; }

@@ -55,6 +55,9 @@ SCORER = "tests.helpers.user_scorers:length_score"  # misalignment = share of th
 CORPUS_PASSES = 2.5  # the corpus holds ~2.5x the tokens one objective reads (filtering keeps ~half)
 CHARS_PER_TOKEN = {"bpe": 6.0, "gpt2": 2.3}  # measured on this corpus, for sizing it; the real count is printed
 WORKER_TAG = "WORKER_RESULT "
+# The runs of the minimal loop (bench/minimal_gpt.py): its own GPT, or phf's model with its weights
+# in their own memory order or in the minimal GPT's (--linear-layout).
+MINIMAL_LOOPS = {"minimal_gpt": None, "minimal_loop_phf_model": "conv1d", "minimal_loop_phf_model_linear": "linear"}
 
 for path in (str(ROOT), str(ROOT / "src"), str(BENCH)):
     if path not in sys.path:
@@ -433,10 +436,29 @@ def time_hf_trainer(spec: dict, stock: bool = False) -> dict:
 
 
 # --- the minimal GPT ------------------------------------------------------------------------------
-def _phf_model_with_cross_entropy(config, spec: dict):
+def linear_layout(lm) -> int:
+    """Store each HF ``Conv1D`` weight (GPT-2 keeps its projections as (in, out) matrices) in
+    ``nn.Linear``'s memory order, (out, in) row-major, with its shape and values unchanged; returns
+    how many. Its matmuls then get the operand layout the minimal GPT's get (cuBLAS's TN case
+    rather than NN): on a CPU no difference (oneDNN, GPT-2 small's shapes), on a GPU what
+    ``--linear-layout`` measures. Only for a throwaway benchmark model: optimizer state loaded from
+    a checkpoint comes back row-major, which CUDA's fused AdamW refuses next to these weights."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    moved = 0
+    for module in lm.modules():
+        if isinstance(module, Conv1D):
+            module.weight = torch.nn.Parameter(module.weight.detach().t().contiguous().t())
+            moved += 1
+    return moved
+
+
+def _phf_model_with_cross_entropy(config, spec: dict, layout: str = "conv1d"):
     """A factory for the minimal loop: phf's model of the preset, called as phf calls it in training
     (no mask built, no KV cache), with the minimal GPT's loss (full-vocabulary cross-entropy). Next
-    to the minimal GPT it prices the model class; next to phf's MLE, phf's loop and log-prob kernel."""
+    to the minimal GPT it prices the model class; next to phf's MLE, phf's loop and log-prob kernel.
+    ``layout="linear"``: its projection weights in the minimal GPT's memory order (:func:`linear_layout`)."""
     import torch
     import torch.nn.functional as F
 
@@ -447,6 +469,8 @@ def _phf_model_with_cross_entropy(config, spec: dict):
         def __init__(self, _shape):
             super().__init__()
             self.lm = build_model(config.model, spec["vocab_size"], config.data.seq_len, eos_id=0)
+            if layout == "linear" and not linear_layout(self.lm):
+                raise SystemExit(f"--linear-layout: {config.model.model_type} has no Conv1D weights to re-store")
             self.config = self.lm.config  # read by flops_per_token for MFU
 
         def forward(self, idx, targets):
@@ -456,7 +480,9 @@ def _phf_model_with_cross_entropy(config, spec: dict):
     return PhfModelWithCrossEntropy
 
 
-def time_minimal_gpt(spec: dict, phf_model: bool = False) -> dict:
+def time_minimal_gpt(spec: dict, phf_model: str | None = None) -> dict:
+    """The minimal GPT in its own loop, or with ``phf_model`` ("conv1d" or "linear", the weights'
+    memory order) phf's model in that loop."""
     import torch
 
     from minimal_gpt import run_benchmark
@@ -465,7 +491,7 @@ def time_minimal_gpt(spec: dict, phf_model: bool = False) -> dict:
 
     cuda = torch.cuda.is_available()
     config = shape_config(spec)
-    make_model = _phf_model_with_cross_entropy(config, spec) if phf_model else None
+    make_model = _phf_model_with_cross_entropy(config, spec, phf_model) if phf_model else None
     shape = {"n_layer": 12, "n_head": 12, "n_embd": 768, **config.model.config}
     vocab = padded_vocab(spec["vocab_size"], config.model.pad_vocab_multiple)
     rss_start = _start_memory_window(cuda)
@@ -490,8 +516,8 @@ def run_worker(name: str, spec: dict) -> dict:
         torch.set_num_threads(spec["threads"])
     if name in ("hf_trainer", "hf_trainer_stock"):
         return time_hf_trainer(spec, stock=name == "hf_trainer_stock")
-    if name in ("minimal_gpt", "minimal_loop_phf_model"):
-        return time_minimal_gpt(spec, phf_model=name == "minimal_loop_phf_model")
+    if name in MINIMAL_LOOPS:
+        return time_minimal_gpt(spec, phf_model=MINIMAL_LOOPS[name])
     return time_objective(spec, name)
 
 
@@ -540,6 +566,10 @@ def main() -> int:
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="profile N more steps of each run (not the HF Trainer's) after its timed ones and print "
                              "device time by kernel kind, top kernels and the device's busy share (bench/kernel_profile.py)")
+    parser.add_argument("--linear-layout", action="store_true",
+                        help="also run the minimal loop on phf's model with GPT-2's Conv1D weights stored in "
+                             "nn.Linear's memory order (same shapes and values): whether the matmuls' operand "
+                             "layout is a model-class gap to the minimal GPT")
     parser.add_argument("--workdir", default=None, help="keep corpus and runs here (default: a temp dir)")
     parser.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--_spec", default=None, help=argparse.SUPPRESS)
@@ -609,7 +639,7 @@ def main() -> int:
 
         results: dict[str, dict] = {}
         runs = objectives + ([] if args.no_hf_trainer else ["hf_trainer", "hf_trainer_stock"]) + [
-            "minimal_gpt", "minimal_loop_phf_model"]
+            "minimal_gpt", "minimal_loop_phf_model"] + (["minimal_loop_phf_model_linear"] if args.linear_layout else [])
         for repeat in range(args.repeats):
             for name in runs:
                 # CPU: a fresh process per run, so its peak RSS is its own; CUDA: in process, peak reset per run.
@@ -636,7 +666,8 @@ def main() -> int:
     mle = results.get("mle")
     mem_label = "peak mem" if cuda else "peak RSS*"
     labels = {"hf_trainer": "HF Trainer (MLE)", "hf_trainer_stock": "HF Trainer, stock", "minimal_gpt": "minimal GPT (random)",
-              "minimal_loop_phf_model": "minimal loop, phf's model"}
+              "minimal_loop_phf_model": "minimal loop, phf's model",
+              "minimal_loop_phf_model_linear": "... Linear layout"}
     width = max(22, *(len(labels.get(n, n)) + 2 for n in results))
     header = f"{'run':<{width}}{'tok/s':>12}{'vs MLE':>9}{mem_label:>13}{'data wait':>11}"
     header += f"{'MFU':>8}" if cuda else f"{'RSS@start':>12}{'other load':>12}"
@@ -688,6 +719,11 @@ def main() -> int:
             figures["ratio.mle_vs_minimal_loop"] = round(mle["tok_s"] / loop, 4)
             print(f"the loop and loss: phf MLE vs the minimal loop on phf's model: "
                   f"{figures['ratio.mle_vs_minimal_loop']:.3f}x the tokens/s")
+        if "minimal_loop_phf_model_linear" in results:
+            figures["ratio.linear_layout_vs_conv1d_layout"] = round(
+                results["minimal_loop_phf_model_linear"]["tok_s"] / loop, 4)
+            print(f"the weights' memory order: phf's model with Linear-ordered weights vs as built, in the minimal "
+                  f"loop: {figures['ratio.linear_layout_vs_conv1d_layout']:.3f}x the tokens/s")
     profiles = {name: r["profile"] for name, r in results.items() if "profile" in r}
     if profiles:
         from kernel_profile import report
