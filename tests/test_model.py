@@ -194,42 +194,64 @@ def test_models_whose_mask_is_more_than_causal_keep_it():
         assert not torch.allclose(lm_target_logprobs(lm, ids, ids)[0], reference, atol=1e-3)  # the mask matters
 
 
-def test_cpu_fp32_attention_is_the_same_function_computed_in_fp32():
-    """Under bf16 autocast, attention inside the mode equals fp32 attention of the same bf16 inputs,
-    rounded to bf16, with the gradients of that computation; a bf16 float mask works; other ops
-    keep autocast's bf16."""
-    from contextlib import nullcontext
-
+@pytest.mark.parametrize("model_type", ["gpt2", "mistral"])
+def test_fp32_attention_is_the_same_forward_with_attention_computed_in_fp32(monkeypatch, model_type):
+    """Under bf16 autocast, ``fp32_attention`` gives the log-probs and gradients of the same forward
+    with each attention call computed in fp32 from its bf16 inputs and rounded back to bf16, to the
+    last bit; a mask that is more than causal (Mistral's sliding window) is still built and applied.
+    Without it attention runs in bf16, a different rounding. Compiled, the traced attention takes
+    fp32 inputs too (inductor would otherwise call the bf16 CPU kernel)."""
     import torch.nn.functional as F
 
-    from phf.model import CpuFp32Attention
+    from phf.logprobs import lm_target_logprobs
 
-    g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, 3, 8, 4, generator=g).bfloat16().requires_grad_() for _ in range(3))
-    mask = torch.zeros(8, 8).masked_fill(torch.ones(8, 8, dtype=torch.bool).triu(1), float("-inf")).bfloat16()
-    weight = torch.randn(4, 4, generator=g)
+    windowed = model_type == "mistral"
+    shape = {**SHAPES["llama"], "sliding_window": 4} if windowed else SHAPES["gpt2"]
+    lm = build_model(ModelConfig(model_type=model_type, config=shape), vocab_size=100, seq_len=16, eos_id=0)
+    ids = torch.randint(1, 100, (2, 16), generator=torch.Generator().manual_seed(0))
+    sdpa, calls = F.scaled_dot_product_attention, []
 
-    def attend(use_mode: bool, **kwargs):
-        for t in (q, k, v):
-            t.grad = None
-        with torch.autocast("cpu", dtype=torch.bfloat16), CpuFp32Attention() if use_mode else nullcontext():
-            out = F.scaled_dot_product_attention(q, k, v, **kwargs)
-            other = q.float() @ weight
-        out.float().pow(2).sum().backward()
-        return out, other, [t.grad.clone() for t in (q, k, v)]
+    def recording(q, k, v, *args, **kwargs):  # the dtype it computes in: autocast's, if on (it casts q, k, v)
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
+        calls.append((dtype, kwargs.get("attn_mask") is not None))
+        return sdpa(q, k, v, *args, **kwargs)
 
-    for kwargs in ({"is_causal": True}, {"attn_mask": mask}):
-        out, other, grads = attend(True, **kwargs)
-        if "attn_mask" in kwargs:  # ... and passed positionally
-            with torch.autocast("cpu", dtype=torch.bfloat16), CpuFp32Attention():
-                assert torch.equal(F.scaled_dot_product_attention(q, k, v, mask), out)
-        assert out.dtype == torch.bfloat16 and other.dtype == torch.bfloat16
-        reference = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **{
-            k_: (v_.float() if k_ == "attn_mask" else v_) for k_, v_ in kwargs.items()}).bfloat16()
-        assert torch.equal(out, reference)
-        for t in (q, k, v):
-            t.grad = None
-        reference.float().pow(2).sum().backward()
-        assert all(torch.equal(a, t.grad) for a, t in zip(grads, (q, k, v)))
-    # Without the mode the same call computes in bf16: a different rounding (the mode is doing something).
-    assert not torch.equal(attend(False, is_causal=True)[0], attend(True, is_causal=True)[0])
+    def in_fp32(q, k, v, *args, **kwargs):  # the reference: this call alone in fp32
+        with torch.autocast("cpu", enabled=False):
+            return sdpa(q.float(), k.float(), v.float(), *args, **kwargs).to(q.dtype)
+
+    def run(fp32: bool, attention):
+        monkeypatch.setattr(F, "scaled_dot_product_attention", attention)
+        lm.zero_grad(set_to_none=True)
+        calls.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logp, _ = lm_target_logprobs(lm, ids, ids, fp32_attention=fp32)
+        logp.sum().backward()
+        return logp.detach(), [p.grad.clone() for p in lm.parameters()], list(calls)
+
+    ours, grads, seen = run(True, recording)
+    assert seen == [(torch.float32, windowed)] * 2 and lm.config._attn_implementation == "sdpa"
+    reference, reference_grads, _ = run(False, in_fp32)
+    assert torch.equal(ours, reference) and all(torch.equal(a, b) for a, b in zip(grads, reference_grads))
+    plain, _, seen = run(False, recording)
+    assert seen == [(torch.bfloat16, windowed)] * 2 and not torch.equal(plain, ours)
+    if windowed:  # the window is applied: the same model without it gives other log-probs
+        unwindowed = build_model(ModelConfig(model_type=model_type, config={**shape, "sliding_window": None}),
+                                 vocab_size=100, seq_len=16, eos_id=0)
+        unwindowed.load_state_dict(lm.state_dict())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not torch.equal(lm_target_logprobs(unwindowed, ids, ids, fp32_attention=True)[0], ours)
+        return
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", sdpa)
+    traced = []
+
+    def backend(graph_module, example_inputs):
+        traced.extend(n.args[0].meta["example_value"].dtype for n in graph_module.graph.nodes
+                      if "scaled_dot_product" in str(n.target))
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.compile(lambda: lm_target_logprobs(lm, ids, ids, fp32_attention=True)[0], backend=backend)()
+    assert traced == [torch.float32] * 2

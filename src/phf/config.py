@@ -97,7 +97,7 @@ class TrainingConfig:
     # tokens, bf16: 1,572 MB. 0: recompute unless one chunk covers the micro-batch.
     logprob_keep_softmax_mb: int = 4096
     # bf16 autocast on a CPU: attention runs in fp32 for sequences shorter than this, where torch's
-    # CPU attention kernel is faster in fp32 (phf.model.CpuFp32Attention; bench/cpu_attention.py
+    # CPU attention kernel is faster in fp32 (phf.model.sdpa_in_fp32; bench/cpu_attention.py
     # measures the crossover on your CPU). 0: attention in bf16 like the rest.
     cpu_fp32_attention_below: int = 512
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from phf.model import causal_only_attention
+from phf.model import training_attention
 
 __all__ = ["target_logprobs"]
 
@@ -217,28 +217,31 @@ def target_logprobs(
     return flat.reshape(targets.shape)
 
 
-def lm_hidden_states(lm, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+def lm_hidden_states(lm, input_ids: Tensor, attention_mask: Tensor | None = None, *,
+                     fp32_attention: bool = False) -> Tensor:
     """Final hidden states of a transformers causal LM for a training-style forward (no KV cache).
 
     Without ``attention_mask`` the inputs are taken to be unpadded, and the forward attends
-    causally with no mask built (:func:`phf.model.causal_only_attention`): no host sync to rule out
-    packed sequences, flash-eligible SDPA compiled or not."""
+    causally with no mask built (:func:`phf.model.training_attention`): no host sync to rule out
+    packed sequences, flash-eligible SDPA compiled or not; ``fp32_attention`` computes it in fp32
+    (faster on CPUs for short sequences under bf16 autocast)."""
     # No KV cache: configs default to use_cache=True, and a forward then copies every layer's keys
     # and values into a cache it never reads and keeps the copies for backward (GPT-2 small,
     # 16 x 1024 tokens: 24 x 25 MB in bf16, ~5% of what the step saves). Only a compiled forward of a
     # model that needs its mask keeps one: without a cache, transformers assumes packed sequences it
     # cannot rule out while tracing and builds a 4-D mask, which bars SDPA's flash kernel.
-    with causal_only_attention(lm) if attention_mask is None else nullcontext(False) as maskless:
+    with training_attention(lm, fp32=fp32_attention) if attention_mask is None else nullcontext(False) as maskless:
         return lm.base_model(input_ids=input_ids, attention_mask=attention_mask,
                              use_cache=torch.compiler.is_compiling() and not maskless).last_hidden_state
 
 
 def lm_target_logprobs(lm, input_ids: Tensor, labels: Tensor, *, attention_mask: Tensor | None = None,
-                       chunk_tokens: int = 2048, keep_softmax_mb: float = 0.0) -> tuple[Tensor, Tensor]:
+                       chunk_tokens: int = 2048, keep_softmax_mb: float = 0.0,
+                       fp32_attention: bool = False) -> tuple[Tensor, Tensor]:
     """Target log-probs of a transformers causal LM, from its final hidden states
     (:func:`lm_hidden_states`) and output embedding (no full logits). Returns ``(logp, hidden)``;
     labels equal to -100 get 0."""
-    hidden = lm_hidden_states(lm, input_ids, attention_mask)
+    hidden = lm_hidden_states(lm, input_ids, attention_mask, fp32_attention=fp32_attention)
     head = lm.get_output_embeddings()
     logp = target_logprobs(hidden, head.weight, labels, bias=getattr(head, "bias", None), chunk_tokens=chunk_tokens,
                            keep_softmax_mb=keep_softmax_mb)

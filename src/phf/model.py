@@ -3,11 +3,11 @@
 Any ``transformers`` causal LM works. New models get dropout 0 (the paper's setting, and free
 speed), a vocabulary padded to a multiple of 64 (tensor-core friendly matmuls) and, new or loaded,
 torch's fused tanh-GELU where the config names HF's unfused ``gelu_new`` (the same function); their
-unpadded training forwards attend causally without a mask (:func:`causal_only_attention`). Saved
-checkpoints are plain HF directories: the tokenizer, a ``generation_config.json`` that already
-forbids the control tokens, ``phf.json`` (what a sampler must know: the prefix to condition on)
-and a model card, so ``AutoModelForCausalLM.from_pretrained(run_dir)`` + ``generate`` work with no
-phf code.
+unpadded training forwards attend causally without a mask, in fp32 where that is faster
+(:func:`training_attention`). Saved checkpoints are plain HF directories: the tokenizer, a
+``generation_config.json`` that already forbids the control tokens, ``phf.json`` (what a sampler
+must know: the prefix to condition on) and a model card, so
+``AutoModelForCausalLM.from_pretrained(run_dir)`` + ``generate`` work with no phf code.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from transformers import AttentionInterface, AutoConfig, AutoModelForCausalLM, GenerationConfig
+from transformers.masking_utils import AttentionMaskInterface
 
 from phf.config import ModelConfig
 
@@ -42,71 +43,85 @@ def padded_vocab(size: int, multiple: int) -> int:
 FAST_ACTIVATIONS = {"gelu_new": "gelu_pytorch_tanh"}
 
 
-class CpuFp32Attention(torch.overrides.TorchFunctionMode):
-    """Inside it, bf16 ``scaled_dot_product_attention`` calls on CPU run in fp32 (autocast off for
-    them), returning bf16 as before: the same function, computed more precisely and faster.
+# transformers' SDPA attention, also under phf's own names (below).
+_SDPA = AttentionInterface()["sdpa"]
+
+
+def sdpa_in_fp32(module, query, key, value, attention_mask, **kwargs):
+    """transformers' SDPA attention computed in fp32 from (bf16) inputs and returned in their dtype,
+    autocast off: the same function, computed more precisely, and on a CPU faster.
 
     Why: torch's CPU flash-attention kernel is slower in bf16 than in fp32 on short sequences (its
     bf16 backward). ``bench/cpu_attention.py`` on this project's AVX512-BF16 CPU (forward +
     backward, 4 heads of 32 or 64, 4,096 tokens per call): 2.2-2.9x slower at 64-128 tokens,
     1.1-1.4x at 256, about even at 512, faster from 1,024, hence ``training.cpu_fp32_attention_below:
-    512``. Other calls, and attention called with keyword tensors, pass through untouched."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is torch.nn.functional.scaled_dot_product_attention and len(args) >= 3 \
-                and args[0].dtype == torch.bfloat16 and args[0].device.type == "cpu":
-            q, k, v, *rest = args
-            # The mask, positional or not, must be bool or q's dtype.
-            if rest and isinstance(rest[0], torch.Tensor) and rest[0].is_floating_point():
-                rest[0] = rest[0].float()
-            mask = kwargs.get("attn_mask")
-            if mask is not None and mask.is_floating_point():
-                kwargs = {**kwargs, "attn_mask": mask.float()}
-            with torch.autocast("cpu", enabled=False):
-                return func(q.float(), k.float(), v.float(), *rest, **kwargs).to(torch.bfloat16)
-        return func(*args, **kwargs)
+    512``. An attention function (selected by :func:`training_attention`) rather than a mode that
+    intercepts every torch call: no Python cost on the other ops, and ``torch.compile`` traces it
+    (inductor would otherwise call the bf16 CPU kernel)."""
+    if attention_mask is not None and attention_mask.is_floating_point():
+        attention_mask = attention_mask.float()  # a float mask must match q's dtype
+    with torch.autocast(query.device.type, enabled=False):
+        out, weights = _SDPA(module, query.float(), key.float(), value.float(), attention_mask, **kwargs)
+    return out.to(query.dtype), weights
 
 
-# SDPA under a name transformers has no mask builder for: for such names it builds no attention mask
+# SDPA under names transformers has no mask builder for: for such names it builds no attention mask
 # at all (masking_utils' early exit for custom attention backends) and SDPA runs plain causal.
 # Registered at import: a compiled forward that saw the registry change would be compiled again.
 CAUSAL_ONLY_ATTENTION = "phf_causal_sdpa"
-AttentionInterface.register(CAUSAL_ONLY_ATTENTION, AttentionInterface()["sdpa"])
+CAUSAL_ONLY_FP32_ATTENTION = "phf_causal_sdpa_fp32"
+AttentionInterface.register(CAUSAL_ONLY_ATTENTION, _SDPA)
+AttentionInterface.register(CAUSAL_ONLY_FP32_ATTENTION, sdpa_in_fp32)
+# fp32 SDPA for models whose mask is more than causal (a sliding window): masks built as for SDPA.
+FP32_ATTENTION = "phf_sdpa_fp32"
+AttentionInterface.register(FP32_ATTENTION, sdpa_in_fp32)
+AttentionMaskInterface.register(FP32_ATTENTION, AttentionMaskInterface()["sdpa"])
 # Config fields that limit attention to a window or chunk (the mask, not SDPA, applies them).
 _WINDOW_FIELDS = ("sliding_window", "attention_chunk_size")
 
 
+def _on_attention_interface(lm) -> bool:
+    return lm.config._attn_implementation == "sdpa" and getattr(lm, "_supports_attention_backend", False)
+
+
 def causal_only_attention_applies(lm) -> bool:
-    """Whether :func:`causal_only_attention` changes ``lm``: SDPA models built on transformers'
+    """Whether :func:`training_attention` drops ``lm``'s mask: SDPA models built on transformers'
     attention interface whose mask is plain causal."""
     config = lm.config
-    return (config._attn_implementation == "sdpa" and getattr(lm, "_supports_attention_backend", False)
+    return (_on_attention_interface(lm)
             and getattr(config, "is_causal", True) and not getattr(config, "sub_configs", None)
             and not any(getattr(config, name, None) for name in _WINDOW_FIELDS)
             and set(getattr(config, "layer_types", None) or ["full_attention"]) == {"full_attention"})
 
 
 @contextmanager
-def causal_only_attention(lm) -> Iterator[bool]:
-    """Inside it, ``lm``'s forwards build no attention mask and attend causally, exactly as SDPA's
-    ``is_causal`` path that transformers picks on its own for unpadded inputs. Only for forwards with
-    no padding and no KV cache (phf's training and held-out-loss forwards); yields whether it applied
-    (see :func:`causal_only_attention_applies`; elsewhere it changes nothing).
+def training_attention(lm, *, fp32: bool = False) -> Iterator[bool]:
+    """The attention of ``lm``'s forwards inside it, for forwards with no padding and no KV cache
+    (phf's training and held-out-loss forwards). Yields whether they attend causally with no mask.
 
-    Why: to rule out packed sequences, transformers 5 checks the position ids on every forward without
-    a cache and reads the answer on the host (``find_packed_sequence_indices``): one host-device
-    synchronisation per micro-batch, after which the GPU waits while Python launches the next
-    kernels. Under ``torch.compile`` it cannot decide while tracing and builds a 4-D mask, which
-    bars SDPA's flash kernel, so compiled forwards had to carry a KV cache (a copy of every layer's
-    keys and values) only to skip the check. Sets the model's config for the duration: not for a
-    model that another thread runs at the same time."""
-    if not causal_only_attention_applies(lm):
+    No mask: where :func:`causal_only_attention_applies`, the forwards build no attention mask and
+    attend causally, exactly as SDPA's ``is_causal`` path that transformers picks on its own for
+    unpadded inputs. Why: to rule out packed sequences, transformers 5 checks the position ids on
+    every forward without a cache and reads the answer on the host (``find_packed_sequence_indices``):
+    one host-device synchronisation per micro-batch, after which the GPU waits while Python launches
+    the next kernels. Under ``torch.compile`` it cannot decide while tracing and builds a 4-D mask,
+    which bars SDPA's flash kernel, so compiled forwards had to carry a KV cache (a copy of every
+    layer's keys and values) only to skip the check.
+
+    ``fp32``: SDPA computes in fp32 (:func:`sdpa_in_fp32`), with or without the mask, for models on
+    transformers' attention interface. Elsewhere nothing changes. Sets the model's config for the
+    duration: not for a model that another thread runs at the same time."""
+    maskless = causal_only_attention_applies(lm)
+    if maskless:
+        name = CAUSAL_ONLY_FP32_ATTENTION if fp32 else CAUSAL_ONLY_ATTENTION
+    elif fp32 and _on_attention_interface(lm):
+        name = FP32_ATTENTION
+    else:
         yield False
         return
-    lm.config._attn_implementation = CAUSAL_ONLY_ATTENTION
+    lm.config._attn_implementation = name
     try:
-        yield True
+        yield maskless
     finally:
         lm.config._attn_implementation = "sdpa"
 

@@ -29,7 +29,6 @@ from phf.config import TrainConfig, to_yaml
 from phf.errors import PhfError
 from phf.data import Conditional, Filtering, PackedStream, bucket_edges, collate, step_sample_indices
 from phf.logprobs import lm_target_logprobs
-from phf.model import CpuFp32Attention
 from phf.objectives import LossInputs, ValueHead, build_objective
 
 CHECKPOINTS = "checkpoints"
@@ -52,17 +51,20 @@ class PolicyModel(nn.Module):
     """The LM plus, for AWR, a value head; forward returns target log-probs (and values).
 
     Log-probs come from the final hidden states and the output embedding in chunks
-    (``phf.logprobs``), so full-vocabulary fp32 logits never exist.
+    (``phf.logprobs``), so full-vocabulary fp32 logits never exist. ``fp32_attention``: attention
+    computed in fp32 (``phf.model.sdpa_in_fp32``).
     """
 
-    def __init__(self, lm, value_head: ValueHead | None, chunk_tokens: int, keep_softmax_mb: float):
+    def __init__(self, lm, value_head: ValueHead | None, chunk_tokens: int, keep_softmax_mb: float,
+                 fp32_attention: bool = False):
         super().__init__()
         self.lm, self.value_head = lm, value_head
         self.chunk_tokens, self.keep_softmax_mb = chunk_tokens, keep_softmax_mb
+        self.fp32_attention = fp32_attention
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor):
         logp, hidden = lm_target_logprobs(self.lm, input_ids, labels, chunk_tokens=self.chunk_tokens,
-                                          keep_softmax_mb=self.keep_softmax_mb)
+                                          keep_softmax_mb=self.keep_softmax_mb, fp32_attention=self.fp32_attention)
         values = self.value_head(hidden) if self.value_head is not None else None
         return logp, values
 
@@ -376,7 +378,11 @@ class Trainer:
                                 f"than the tokenizer's ({len(tokenizer)})")
         value_head = ValueHead(lm.config.hidden_size) if self.objective.needs_value_head else None
         self.lm = lm
-        model = PolicyModel(lm, value_head, cfg.training.logprob_chunk_tokens, cfg.training.logprob_keep_softmax_mb)
+        # bf16 autocast on a CPU: attention in fp32 where that is faster (short sequences; phf.model).
+        fp32_attention = (acc.device.type == "cpu" and acc.mixed_precision == "bf16"
+                          and cfg.data.seq_len < cfg.training.cpu_fp32_attention_below)
+        model = PolicyModel(lm, value_head, cfg.training.logprob_chunk_tokens, cfg.training.logprob_keep_softmax_mb,
+                            fp32_attention)
         self.flops_per_token = flops_per_token(lm, cfg.data.seq_len)
 
         t = cfg.training
@@ -396,11 +402,6 @@ class Trainer:
         if self.resume_from is not None:
             acc.load_state(str(self.resume_from))
             self.step = json.loads((self.resume_from / STATE_FILE).read_text())["step"]
-        # bf16 autocast on a CPU: attention in fp32 where that is faster (short sequences; model.py).
-        # Compiled code is left alone: inductor generates its own attention code.
-        self._attention = CpuFp32Attention() if (
-            acc.device.type == "cpu" and acc.mixed_precision == "bf16" and not t.compile
-            and cfg.data.seq_len < t.cpu_fp32_attention_below) else None
         prefetch = cfg.data.prefetch if cfg.data.prefetch is not None else acc.device.type != "cpu"
         self._prefetch = _Prefetch(self._micro_batches, pin=acc.device.type == "cuda") if prefetch else None
         self._num_tokens: torch.Tensor | None = None  # targets per step, all ranks (_step)
@@ -459,7 +460,7 @@ class Trainer:
             sync = k == len(batches) - 1
             context = acc.no_sync(self.model) if not sync else _nullcontext()
             with context:
-                with acc.autocast(), self._attention or _nullcontext():
+                with acc.autocast():
                     logp, values = self.model(batch["input_ids"], batch["labels"])
                 inputs = LossInputs(logp=logp, scores=batch["scores"], mask=torch.ones_like(batch["labels"], dtype=torch.bool),
                                     values=values.float() if values is not None else None, num_tokens=num_tokens)
@@ -629,7 +630,7 @@ class Trainer:
             "objective_config": asdict(o), "filter_threshold": self.filter_threshold,
             "init": self.config.model.init, "continue_from": self.config.data.continue_from,
             "mixed_precision": self.accelerator.mixed_precision,  # what `auto` resolved to on this machine
-            "cpu_fp32_attention": self._attention is not None,  # bf16 on a CPU, attention in fp32
+            "cpu_fp32_attention": policy.fp32_attention,  # bf16 on a CPU, attention in fp32
         }
         out = Path(out or self.run_dir)
         save_checkpoint(policy.lm, self.tokenizer, out, phf_info=info)
