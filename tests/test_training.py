@@ -161,6 +161,37 @@ def test_next_steps_batches_are_built_after_the_step_is_queued(tmp_path, scored)
     assert events == ["build 0", "update", "build 1", "update", "build 2", "update"], events
 
 
+def test_compiled_training_matches_eager_in_one_graph_and_resumes(tmp_path, scored, monkeypatch):
+    """``training.compile``: the same losses as eager (AWR: log-probs and the value head in the
+    compiled forward), from one graph with no break and no recompile over a run that logs, saves
+    and reads its metrics one step late in between; its checkpoints (saved from the compiled model)
+    resume a compiled run on the same losses."""
+    import shutil
+
+    from torch._dynamo.utils import counters
+
+    settings = {"objective.name": "awr", **OBJECTIVE_SETTINGS["awr"], "training.log_every": 2,
+                "training.save_every": 3, "training.compile": True}
+    eager = losses(run(tmp_path, scored, "eager", "awr", steps=6, **{**settings, "training.compile": False}))
+    torch._dynamo.reset()
+    counters.clear()
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    train(load_config([], tiny_overrides(tmp_path / "compiled", scored, 6, **settings)))
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"], dict(counters)
+    assert losses(tmp_path / "compiled") == pytest.approx(eager, rel=1e-4, abs=1e-5)
+
+    # As if killed after its step-3 checkpoint: resumed, compiled again, it trains steps 4-6 alike.
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "compiled" / "checkpoints" / "step-0000003", resumed / "checkpoints" / "step-0000003")
+    lines = (tmp_path / "compiled" / "metrics.jsonl").read_text().splitlines()
+    (resumed / "metrics.jsonl").write_text("".join(f"{line}\n" for line in lines if json.loads(line)["step"] <= 3))
+    torch._dynamo.reset()
+    train(load_config([], tiny_overrides(resumed, scored, 6, **settings)), resume=True)
+    assert [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()] == [2, 4, 6]
+    assert losses(resumed) == pytest.approx(eager, rel=1e-4, abs=1e-5)
+
+
 def test_keeping_the_softmax_or_recomputing_the_logits_trains_alike(tmp_path, scored, monkeypatch):
     import phf.logprobs
 
