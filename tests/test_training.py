@@ -209,15 +209,18 @@ def test_keeping_the_softmax_or_recomputing_the_logits_trains_alike(tmp_path, sc
     assert kept == pytest.approx(recomputed, rel=1e-5, abs=1e-6)
 
 
-def test_two_cpu_processes_match_one_with_the_same_global_batch(tmp_path, scored):
+@pytest.mark.parametrize("compiled", [False, True])
+def test_two_cpu_processes_match_one_with_the_same_global_batch(tmp_path, scored, compiled):
     single = losses(run(tmp_path, scored, "single", "ul", steps=4, **{"training.micro_batch_size": 2}))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29571",
-           "-m", "phf.cli", "train",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(29571 + compiled), "-m", "phf.cli", "train",
            *tiny_overrides(tmp_path / "ddp", scored, 4, **{"objective.name": "ul", "objective.threshold": 0.0,
                                                               "training.micro_batch_size": 2,
-                                                              "training.log_every": 2})]  # reads deferred too
+                                                              "training.log_every": 2,  # reads deferred too
+                                                              "training.compile": compiled})]
     subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)
-    assert losses(tmp_path / "ddp") == pytest.approx(single[1::2], rel=1e-5, abs=1e-6)
+    tolerance = 1e-4 if compiled else 1e-5  # inductor may order fp32 sums differently
+    assert losses(tmp_path / "ddp") == pytest.approx(single[1::2], rel=tolerance, abs=tolerance / 10)
 
 
 def test_ranks_see_disjoint_data_covering_each_step():
