@@ -86,10 +86,11 @@ def _compiled_kernels(forward) -> list[list[str]]:
 def test_compiled_training_micro_batch_has_no_more_kernels_than_a_minimal_gpt():
     """Issue 6's target (training as fast as a minimal hand-written GPT), at the level a CPU can
     check: inductor's code for one training micro-batch of phf's model and log-prob head (what
-    ``training.compile`` compiles) launches no more kernels, forward and backward, than the minimal
-    GPT of ``bench/minimal_gpt.py`` with its cross-entropy (both 21 forward and 32 backward with
-    torch 2.13 and transformers 5.24). A transformers or torch upgrade, or a phf change, that puts
-    work into the compiled step (a KV cache, a mask, casts, copies) fails here with both lists."""
+    ``training.compile`` compiles on a GPU, attention in bf16) launches no more kernels, forward and
+    backward, than the minimal GPT of ``bench/minimal_gpt.py`` with its cross-entropy (both 21
+    forward and 32 backward with torch 2.13 and transformers 5.24), and as many matmuls. A
+    transformers or torch upgrade, or a phf change, that puts work into the compiled step (a KV
+    cache, a mask, casts, copies) fails here with both lists."""
     from itertools import zip_longest
 
     from bench.minimal_gpt import GPTConfig, MinimalGPT
