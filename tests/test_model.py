@@ -117,6 +117,16 @@ SHAPES = {"gpt2": {"n_layer": 2, "n_head": 2, "n_embd": 32},
                     "intermediate_size": 64}}
 
 
+def _tiny(model_type: str, weights=None, **config):
+    """A tiny model of its type's shape in SHAPES (Mistral: Llama's) with ``config`` on top,
+    optionally with another's weights."""
+    shape = {**SHAPES["llama" if model_type == "mistral" else model_type], **config}
+    lm = build_model(ModelConfig(model_type=model_type, config=shape), vocab_size=100, seq_len=16, eos_id=0)
+    if weights is not None:
+        lm.load_state_dict(weights.state_dict())
+    return lm
+
+
 @pytest.mark.parametrize("model_type", list(SHAPES))
 def test_eager_training_forward_reads_nothing_builds_no_mask_and_fills_no_kv_cache(monkeypatch, model_type):
     """phf's training forward (unpadded blocks) must equal the model's own forward to the last bit
@@ -128,7 +138,7 @@ def test_eager_training_forward_reads_nothing_builds_no_mask_and_fills_no_kv_cac
 
     from phf.logprobs import lm_target_logprobs, target_logprobs
 
-    lm = build_model(ModelConfig(model_type=model_type, config=SHAPES[model_type]), vocab_size=100, seq_len=16, eos_id=0)
+    lm = _tiny(model_type)
     updates, attention = [], []
     update, sdpa = cache_utils.DynamicLayer.update, torch.nn.functional.scaled_dot_product_attention
     monkeypatch.setattr(cache_utils.DynamicLayer, "update",
@@ -172,21 +182,18 @@ def test_models_whose_mask_is_more_than_causal_keep_it():
     from phf.logprobs import lm_target_logprobs
     from phf.model import causal_only_attention_applies
 
-    mistral = build_model(ModelConfig(model_type="mistral", config={**SHAPES["llama"], "sliding_window": 4}),
-                          vocab_size=100, seq_len=16, eos_id=0).eval()
+    mistral = _tiny("mistral", sliding_window=4).eval()
     assert not causal_only_attention_applies(mistral)
     ids = torch.randint(1, 100, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         logp, _ = lm_target_logprobs(mistral, ids, ids)
-        unwindowed = build_model(ModelConfig(model_type="mistral", config={**SHAPES["llama"], "sliding_window": None}),
-                                 vocab_size=100, seq_len=16, eos_id=0).eval()
-        unwindowed.load_state_dict(mistral.state_dict())
+        unwindowed = _tiny("mistral", weights=mistral, sliding_window=None).eval()
         reference = mistral(ids).logits.float().log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1)
         assert not torch.allclose(lm_target_logprobs(unwindowed, ids, ids)[0], reference, atol=1e-3)  # the window matters
     torch.testing.assert_close(logp, reference, rtol=1e-5, atol=1e-5)
 
     # A padding mask is honoured: the same log-probs as the model's own masked forward.
-    lm = build_model(ModelConfig(model_type="gpt2", config=SHAPES["gpt2"]), vocab_size=100, seq_len=16, eos_id=0)
+    lm = _tiny("gpt2")
     mask = (torch.arange(16) >= 4).long().expand(2, 16)
     with torch.no_grad():
         logp, _ = lm_target_logprobs(lm, ids, ids, attention_mask=mask)
@@ -207,8 +214,7 @@ def test_fp32_attention_is_the_same_forward_with_attention_computed_in_fp32(monk
     from phf.logprobs import lm_target_logprobs
 
     windowed = model_type == "mistral"
-    shape = {**SHAPES["llama"], "sliding_window": 4} if windowed else SHAPES["gpt2"]
-    lm = build_model(ModelConfig(model_type=model_type, config=shape), vocab_size=100, seq_len=16, eos_id=0)
+    lm = _tiny("mistral", sliding_window=4) if windowed else _tiny("gpt2")
     ids = torch.randint(1, 100, (2, 16), generator=torch.Generator().manual_seed(0))
     sdpa, calls = F.scaled_dot_product_attention, []
 
@@ -237,9 +243,7 @@ def test_fp32_attention_is_the_same_forward_with_attention_computed_in_fp32(monk
     plain, _, seen = run(False, recording)
     assert seen == [(torch.bfloat16, windowed)] * 2 and not torch.equal(plain, ours)
     if windowed:  # the window is applied: the same model without it gives other log-probs
-        unwindowed = build_model(ModelConfig(model_type=model_type, config={**shape, "sliding_window": None}),
-                                 vocab_size=100, seq_len=16, eos_id=0)
-        unwindowed.load_state_dict(lm.state_dict())
+        unwindowed = _tiny("mistral", weights=lm, sliding_window=None)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert not torch.equal(lm_target_logprobs(unwindowed, ids, ids, fp32_attention=True)[0], ours)
         return
