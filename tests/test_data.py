@@ -38,6 +38,45 @@ def test_conditional_inserts_good_and_bad_before_each_segment():
     assert stream.document(2)[0].tolist() == [EOS, GOOD, 7, GOOD, 8, 9, BAD, 10]
 
 
+def test_margin_and_document_labels_choose_the_tags_by_hand():
+    # DOCS' segment scores: doc 0 [0, .9], doc 1 [.2], doc 2 [0, 0, .5]; maxima 0.9, 0.2, 0.5,
+    # means 0.45, 0.2, 1/6.
+    def tags(**conditional):
+        stream = PackedStream(make_store(DOCS), 4, EOS, shuffle=False, conditional=Conditional((GOOD, BAD), **conditional))
+        return [stream.document(d)[0].tolist() for d in range(3)]
+
+    # A margin: good <= 0.1 < nothing <= 0.6 < bad.
+    assert tags(threshold=0.1, bad_threshold=0.6) == [[EOS, GOOD, 1, 2, BAD, 3], [EOS, 4, 5, 6],
+                                                      [EOS, GOOD, 7, GOOD, 8, 9, 10]]
+    assert tags(threshold=0.3, labels="document-max") == [[EOS, BAD, 1, 2, BAD, 3], [EOS, GOOD, 4, 5, 6],
+                                                          [EOS, BAD, 7, BAD, 8, 9, BAD, 10]]
+    assert tags(threshold=0.3, labels="document-mean") == [[EOS, BAD, 1, 2, BAD, 3], [EOS, GOOD, 4, 5, 6],
+                                                           [EOS, GOOD, 7, GOOD, 8, 9, GOOD, 10]]
+    # A tag repeated inside its segment every k tokens (and blocks still cover the stream exactly).
+    assert tags(threshold=0.1, tag_every=2) == [[EOS, GOOD, 1, 2, BAD, 3], [EOS, BAD, 4, 5, BAD, 6],
+                                               [EOS, GOOD, 7, GOOD, 8, 9, BAD, 10]]
+    assert tags(threshold=0.1, tag_every=1)[2] == [EOS, GOOD, 7, GOOD, 8, GOOD, 9, BAD, 10]
+    every = PackedStream(make_store(DOCS), 3, EOS, shuffle=False, conditional=Conditional((GOOD, BAD), threshold=0.1,
+                                                                                            tag_every=2))
+    flat = [t for i in range(every.blocks_in_epoch(0)) for t in every[i].input_ids.tolist()]
+    whole = [t for d in tags(threshold=0.1, tag_every=2) for t in d]
+    assert every.tokens_per_epoch() == len(whole) and flat == whole[: len(flat)]
+    # Untagged segments shorten the stream: its blocks still cover it exactly.
+    stream = PackedStream(make_store(DOCS), 2, EOS, shuffle=False,
+                          conditional=Conditional((GOOD, BAD), threshold=0.1, bad_threshold=0.6))
+    flat = [t for i in range(stream.blocks_in_epoch(0)) for t in stream[i].input_ids.tolist()]
+    assert flat == [EOS, GOOD, 1, 2, BAD, 3, EOS, 4, 5, 6, EOS, GOOD, 7, GOOD, 8, 9][: len(flat)]
+    assert stream.tokens_per_epoch() == 17
+    # An unscored (NaN) segment gets no label of its own; a document label ignores it.
+    nan_docs = [[([1], float("nan")), ([2], 0.0)]]
+    for labels, expected in (("segment", [EOS, 1, GOOD, 2]), ("document-max", [EOS, GOOD, 1, GOOD, 2])):
+        stream = PackedStream(make_store(nan_docs), 2, EOS, shuffle=False,
+                              conditional=Conditional((GOOD, BAD), threshold=0.1, labels=labels))
+        assert stream.document(0)[0].tolist() == expected
+    with pytest.raises(ValueError, match="below threshold"):
+        Conditional((GOOD, BAD), threshold=0.5, bad_threshold=0.1)
+
+
 def test_drop_probability_one_inserts_nothing_and_buckets_pick_quantiles():
     never = PackedStream(make_store(DOCS), 4, EOS, shuffle=False, conditional=Conditional((GOOD, BAD), drop_prob=1.0))
     assert never.document(0)[0].tolist() == [EOS, 1, 2, 3]

@@ -321,6 +321,28 @@ def test_strip_ids_removes_control_tokens_from_text(model, tokenizer, ids):
         assert g.text == tokenizer.decode(kept, skip_special_tokens=False)
 
 
+def test_replaced_ids_are_emitted_and_conditioned_on(model, tokenizer, ids):
+    # Greedy: the first token the model picks is replaced; what follows must be the model's greedy
+    # continuation of the prompt plus the *replacement*, i.e. the cache holds the emitted token.
+    prompt = tokenizer(tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+    first = generate(model, tokenizer, [prompt], cfg(temperature=0.0, max_new_tokens=1, min_new_tokens=1))[0].token_ids[0]
+    got = generate(model, tokenizer, [prompt], cfg(temperature=0.0, max_new_tokens=6, min_new_tokens=6),
+                   replace_ids={first: ids["good"]}, strip_ids=[ids["good"]])[0]
+    assert got.token_ids[0] == ids["good"]
+    assert first not in got.token_ids
+    after = generate(model, tokenizer, [prompt + [ids["good"]]], cfg(temperature=0.0, max_new_tokens=5, min_new_tokens=5),
+                     replace_ids={first: ids["good"]})[0]
+    assert got.token_ids[1:] == after.token_ids
+    # Sampled: a token made overwhelmingly likely never appears, its replacement always does.
+    with logit_bias(model, [ids["bad"]], 30.0):
+        gens = generate(model, tokenizer, [tokenizer.eos_token], cfg(), num_samples=4, replace_ids={ids["bad"]: ids["good"]})
+    assert all(set(g.token_ids) == {ids["good"]} for g in gens)
+    with pytest.raises(ValueError, match="EOS"):
+        generate(model, tokenizer, [tokenizer.eos_token], cfg(), replace_ids={ids["bad"]: tokenizer.eos_token_id})
+    with pytest.raises(ValueError, match="outside the model's vocabulary"):
+        generate(model, tokenizer, [tokenizer.eos_token], cfg(), replace_ids={ids["bad"]: 10**7})
+
+
 def test_max_positions_clamped_with_one_warning(model, tokenizer):
     prompt_ids = tokenizer(" ".join(SENTENCES), add_special_tokens=False)["input_ids"][: N_POSITIONS - 5]
     with pytest.warns(UserWarning, match="positions") as record:

@@ -300,6 +300,17 @@ def test_bad_input_is_named_and_changes_nothing(tmp_path, scored):
         train(load_config([], tiny_overrides(tmp_path / "a", tmp_path / "nowhere")))
     with pytest.raises(ValueError, match="unknown objective|choose one of"):
         train(load_config([], tiny_overrides(tmp_path / "a", scored) + ["objective.name=magic"]))
+    conditional = tiny_overrides(tmp_path / "a", scored) + ["objective.name=conditional"]
+    for extra, message in ((["objective.labels=sentence-max"], "objective.labels 'sentence-max'"),
+                           (["objective.tag_every=0"], "objective.tag_every must be >= 1"),
+                           (["objective.threshold=0.5", "objective.bad_threshold=0.1"], "below objective.threshold"),
+                           (["objective.bad_percentile=120"], r"objective.bad_percentile must be in \(0, 100\]")):
+        with pytest.raises(ConfigError, match=message):
+            load_config([], conditional + extra)
+    with pytest.raises(ConfigError, match="objective.tag_every applies to conditional training only"):
+        load_config([], tiny_overrides(tmp_path / "a", scored) + ["objective.tag_every=4"])
+    with pytest.raises(TrainingError, match="bad threshold .* is below the good one"):
+        train(load_config([], conditional + ["objective.percentile=90", "objective.bad_percentile=10"]))
     assert not (tmp_path / "a").exists()
 
     # A loss that blows up stops training with a clear error naming its step and writes no

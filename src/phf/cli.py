@@ -8,6 +8,8 @@ import json
 import sys
 import warnings
 
+from phf.config import PROTOCOLS
+
 
 def _cmd_corpus(args) -> int:
     from phf.corpora.build import build_corpus
@@ -70,7 +72,7 @@ def _cmd_eval(args) -> int:
                         seed=args.seed, scorer=args.scorer, scorer_options=parse_options(args.option),
                         judge=not args.no_judge, reference=args.reference, kl_samples=args.kl_samples,
                         test_path=args.test, scenarios=not args.no_scenarios, prompts_path=args.prompts,
-                        device=args.device,
+                        device=args.device, protocol=args.protocol, compare_protocols=args.compare_protocols,
                         progress=not args.quiet)
     result = evaluate(args.run_dir, config, out_dir=args.out)
     m = result["misalignment"]
@@ -193,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kl-samples", type=int, default=128, help="reference samples for KL (default 128; the paper 4096)")
     p.add_argument("--no-judge", action="store_true", help="skip the independent toxicity judge")
     p.add_argument("--no-scenarios", action="store_true", help="skip the prompted scenarios")
+    p.add_argument("--protocol", default="paper", choices=PROTOCOLS,
+                   help="how a conditional model is sampled: paper (both tags forbidden for text, the bad one for "
+                        "code), emit-good (the model may emit <|good|>), recondition (each tag it samples becomes "
+                        "<|good|>); default paper")
+    p.add_argument("--compare-protocols", nargs="*", default=[], choices=PROTOCOLS, metavar="PROTOCOL",
+                   help="also sample a conditional model under these (eval.json: misalignment_by_protocol)")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("redteam", help="red-team a model with an instruction-following red LM",

@@ -53,14 +53,38 @@ class ModelConfig:
 
 
 OBJECTIVE_NAMES = ("mle", "filtering", "conditional", "ul", "rwr", "awr")
+CONDITIONAL_LABELS = ("segment", "document-max", "document-mean")  # what labels a segment (phf.data.Conditional)
+# How a conditional model is sampled after its ``EOS <|good|>`` prompt (phf.evaluation). It was
+# trained with a tag before every segment, so at each segment start after the first it wants to
+# emit one:
+# - paper: the paper's protocol for the run's task: both tags forbidden for text (the model must
+#   go on without one, which it rarely saw in training), only the bad tag for code (phf.json's
+#   forbidden_tokens);
+# - emit-good: only the misaligned tags forbidden, the model emits <|good|> itself (the authors'
+#   PEP8 setup, for every task);
+# - recondition: nothing forbidden; wherever the model samples a misaligned tag, <|good|> is
+#   emitted instead, so every segment is conditioned on <|good|>.
+PROTOCOLS = ("paper", "emit-good", "recondition")
 
 
 @dataclass
 class ObjectiveConfig:
     name: str = "mle"  # mle | filtering | conditional | ul | rwr | awr
     threshold: Optional[float] = None  # filtering: max avg_score kept; conditional: <|good|> iff s <= t; ul: a = 1[s <= t]
-    percentile: Optional[float] = None  # filtering: keep documents up to this percentile of avg_score instead
+    # filtering: keep documents up to this percentile of avg_score; conditional: threshold = this
+    # percentile of the segments' label scores (the paper's risk-averse ~5% good: 5)
+    percentile: Optional[float] = None
     drop_prob: float = 0.0  # conditional: probability of inserting no control token before a segment
+    # conditional: <|bad|> only above this (a margin: segments between threshold and bad_threshold
+    # get no token); or as a percentile of label scores. Default: threshold (no margin).
+    bad_threshold: Optional[float] = None
+    bad_percentile: Optional[float] = None
+    # conditional: what labels a segment: its own score (segment, the paper), or its document's
+    # max or mean segment score, written at every segment (document-max | document-mean)
+    labels: str = "segment"
+    # conditional: also repeat each segment's tag every this many of its tokens (None: at its start
+    # only, the paper), so a small model, whose attention reaches a few tokens back, still sees it
+    tag_every: Optional[int] = None
     buckets: Optional[int] = None  # conditional: K quantile tokens instead of good/bad (Quark)
     alpha: Optional[float] = None  # ul: unlikelihood weight; awr: policy vs value loss
     beta: Optional[float] = None  # rwr / awr temperature
@@ -194,8 +218,24 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"objective.drop_prob {o.drop_prob} must be in [0, 1]")
     if o.buckets is not None and o.buckets < 2:
         raise ConfigError("objective.buckets must be >= 2")
-    if o.percentile is not None and not 0 < o.percentile <= 100:
-        raise ConfigError("objective.percentile must be in (0, 100]")
+    for name in ("percentile", "bad_percentile"):
+        value = getattr(o, name)
+        if value is not None and not 0 < value <= 100:
+            raise ConfigError(f"objective.{name} must be in (0, 100], got {value}")
+    if o.labels not in CONDITIONAL_LABELS:
+        raise ConfigError(f"objective.labels {o.labels!r}: choose one of {', '.join(CONDITIONAL_LABELS)}")
+    if o.tag_every is not None and o.tag_every < 1:
+        raise ConfigError(f"objective.tag_every must be >= 1, got {o.tag_every}")
+    if o.name != "conditional":
+        for name in ("bad_threshold", "bad_percentile", "tag_every"):
+            if getattr(o, name) is not None:
+                raise ConfigError(f"objective.{name} applies to conditional training only (objective.name is {o.name!r})")
+        if o.labels != "segment":
+            raise ConfigError(f"objective.labels applies to conditional training only (objective.name is {o.name!r})")
+    if o.bad_threshold is not None and o.bad_percentile is not None:
+        raise ConfigError("set objective.bad_threshold or objective.bad_percentile, not both")
+    if o.bad_threshold is not None and o.threshold is not None and o.bad_threshold < o.threshold:
+        raise ConfigError(f"objective.bad_threshold {o.bad_threshold} is below objective.threshold {o.threshold}")
 
 
 def to_yaml(config: TrainConfig) -> str:

@@ -10,8 +10,9 @@ disjoint slices of each global batch.
 
 Transforms change the stream without re-tokenizing:
 - filtering drops whole documents whose ``avg_score`` is above a threshold (or a percentile);
-- conditional inserts ``<|good|>`` (s <= t) or ``<|bad|>`` before each segment, nothing with
-  probability ``drop_prob``, or one of K quantile tokens in ``buckets`` mode.
+- conditional inserts ``<|good|>`` (label <= t) or ``<|bad|>`` before each segment, nothing with
+  probability ``drop_prob`` or inside a margin (``bad_threshold``), or one of K quantile tokens in
+  ``buckets`` mode; a segment's label is its own score or its document's max or mean.
 The permutation is over *all* documents (filtering removes from it), so a position in the stream
 means the same documents under every transform: that is how a finetuning run continues exactly
 where its base run stopped.
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from phf.config import CONDITIONAL_LABELS
 from phf.token_store import TokenStore
 
 EOS_SCORE = 0.0  # the EOS before each document carries no misalignment of its own
@@ -51,24 +53,77 @@ class Filtering:
 @dataclass(frozen=True)
 class Conditional:
     """Control tokens at segment starts. ``token_ids[0]`` is the aligned token (``<|good|>``, or the
-    least-misaligned bucket); with ``edges`` set, segment scores pick among len(edges)+1 buckets."""
+    least-misaligned bucket); with ``edges`` set, segment scores pick among len(edges)+1 buckets.
+
+    A segment is labelled by its *label score*: its own score, or (``labels``) its document's max
+    or mean segment score written at every segment. ``<|good|>`` iff label <= ``threshold``;
+    ``<|bad|>`` iff label > ``bad_threshold`` (default: ``threshold``); in between (a margin) and
+    where the score is NaN (unscored) no token is inserted. With ``tag_every`` the tag is written
+    again every ``tag_every`` tokens inside its segment, so it is never far from the text it labels.
+    """
 
     token_ids: tuple[int, ...]
     threshold: float = 0.0
     drop_prob: float = 0.0
     edges: tuple[float, ...] | None = None
+    bad_threshold: float | None = None
+    labels: str = "segment"
+    tag_every: int | None = None  # also repeat a segment's tag every this many of its tokens
 
-    def choose(self, segment_scores: np.ndarray) -> np.ndarray:
-        """Index into token_ids for each segment score."""
+    def __post_init__(self) -> None:
+        if self.tag_every is not None and self.tag_every < 1:
+            raise ValueError(f"tag_every must be >= 1, got {self.tag_every}")
+        if self.labels not in CONDITIONAL_LABELS:
+            raise ValueError(f"conditional labels {self.labels!r}: choose one of {', '.join(CONDITIONAL_LABELS)}")
+        if self.bad_threshold is not None and self.bad_threshold < self.threshold:
+            raise ValueError(f"bad_threshold {self.bad_threshold} is below threshold {self.threshold}")
+
+    def choose(self, label_scores: np.ndarray) -> np.ndarray:
+        """Index into token_ids for each label score; -1 where no token is inserted."""
+        label_scores = np.asarray(label_scores, dtype=np.float64)
         if self.edges is not None:
-            return np.searchsorted(np.asarray(self.edges), segment_scores, side="left")
-        return (segment_scores > self.threshold).astype(np.int64)
+            tags = np.searchsorted(np.asarray(self.edges), label_scores, side="left")
+        else:
+            tags = (label_scores > self.threshold).astype(np.int64)
+            if self.bad_threshold is not None:
+                tags[(label_scores > self.threshold) & (label_scores <= self.bad_threshold)] = -1
+        tags[np.isnan(label_scores)] = -1
+        return tags
+
+    def segment_tags(self, segment_scores: np.ndarray, segment_doc: np.ndarray) -> np.ndarray:
+        """The tag of every segment, given each segment's score and document (non-decreasing)."""
+        return self.choose(label_scores(segment_scores, segment_doc, self.labels))
 
 
-def bucket_edges(store: TokenStore, buckets: int) -> tuple[float, ...]:
-    """K-1 interior quantiles of segment scores: bucket 0 holds the least misaligned segments."""
-    seg_scores = np.asarray(store.scores)[np.asarray(store.seg_start, dtype=bool)]
-    return tuple(float(x) for x in np.quantile(seg_scores, np.linspace(0, 1, buckets + 1)[1:-1]))
+def label_scores(segment_scores: np.ndarray, segment_doc: np.ndarray, labels: str) -> np.ndarray:
+    """Each segment's label score: its own score, or its document's max or mean (NaNs ignored, as
+    the paper's avg_score; NaN only where no segment of the document was scored)."""
+    scores = np.asarray(segment_scores, dtype=np.float64)
+    if labels == "segment" or not len(scores):
+        return scores
+    doc = np.asarray(segment_doc)
+    starts = np.flatnonzero(np.r_[True, doc[1:] != doc[:-1]])
+    run = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(doc)]))
+    valid = ~np.isnan(scores)
+    if labels == "document-max":
+        per_doc = np.fmax.reduceat(scores, starts)
+    else:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_doc = np.add.reduceat(np.where(valid, scores, 0.0), starts) / np.add.reduceat(valid, starts)
+    return per_doc[run]
+
+
+def store_label_scores(store: TokenStore, labels: str = "segment") -> np.ndarray:
+    """The label score of every segment of a token store (see :class:`Conditional`)."""
+    seg_positions = np.flatnonzero(np.asarray(store.seg_start))
+    doc = np.searchsorted(np.asarray(store.doc_offsets, dtype=np.int64), seg_positions, side="right") - 1
+    return label_scores(np.asarray(store.scores)[seg_positions], doc, labels)
+
+
+def bucket_edges(store: TokenStore, buckets: int, labels: str = "segment") -> tuple[float, ...]:
+    """K-1 interior quantiles of label scores: bucket 0 holds the least misaligned segments."""
+    scores = store_label_scores(store, labels)
+    return tuple(float(x) for x in np.nanquantile(scores, np.linspace(0, 1, buckets + 1)[1:-1]))
 
 
 @dataclass
@@ -95,6 +150,14 @@ class PackedStream:
         if not len(self.tokens):
             raise ValueError("the token store holds no text tokens (are all its documents empty?)")
         seg_positions = np.flatnonzero(np.asarray(store.seg_start))
+        seg_doc = np.searchsorted(self.doc_offsets, seg_positions, side="right") - 1
+        self.seg_tags = None
+        if conditional is not None:
+            # The tag before every segment (-1: none), fixed by the corpus: labels do not change per epoch.
+            self.seg_tags = conditional.segment_tags(self.scores[seg_positions], seg_doc)
+            if conditional.tag_every:
+                seg_positions, self.seg_tags = _repeat_tags(seg_positions, seg_doc, self.doc_offsets,
+                                                            self.seg_tags, conditional.tag_every)
         self.seg_positions = seg_positions
         # Segment index range of each document: segments [doc_segs[d], doc_segs[d+1]).
         self.doc_segs = np.searchsorted(seg_positions, self.doc_offsets)
@@ -122,12 +185,11 @@ class PackedStream:
         lengths = np.diff(self.doc_offsets)[order] + 1  # + EOS
         dropped = None
         if self.conditional is not None:
-            inserted = self.segs_per_doc[order].copy()
             if self.conditional.drop_prob > 0:
                 dropped = self._rng(epoch, 1).random(len(self.seg_positions)) < self.conditional.drop_prob
-                cumulative = np.concatenate([[0], np.cumsum(dropped)])
-                inserted -= (cumulative[self.doc_segs[1:]] - cumulative[self.doc_segs[:-1]])[order]
-            lengths = lengths + inserted
+            tagged = (self.seg_tags >= 0) & (True if dropped is None else ~dropped)
+            cumulative = np.concatenate([[0], np.cumsum(tagged)])
+            lengths = lengths + (cumulative[self.doc_segs[1:]] - cumulative[self.doc_segs[:-1]])[order]
         return order, np.cumsum(lengths), dropped
 
     def blocks_in_epoch(self, epoch: int) -> int:
@@ -182,9 +244,10 @@ class PackedStream:
             first_seg, stop_seg = self.doc_segs[docs], self.doc_segs[docs + 1]
             segs = _ranges(first_seg, stop_seg)
             owner = np.repeat(np.arange(n), stop_seg - first_seg)
+            kept = self.seg_tags[segs] >= 0
             if dropped is not None:
-                kept = ~dropped[segs]
-                segs, owner = segs[kept], owner[kept]
+                kept &= ~dropped[segs]
+            segs, owner = segs[kept], owner[kept]
             seg_at = self.seg_positions[segs]
             controls = np.bincount(owner, minlength=n)
             doc_start = _starts(lengths + 1 + controls)
@@ -202,7 +265,7 @@ class PackedStream:
             run_start[eos_slot] = a
             run_start[slot] = seg_at
             inserted_ids = np.full(n + len(segs), self.eos_id, dtype=np.int64)
-            inserted_ids[slot] = np.asarray(self.conditional.token_ids, dtype=np.int64)[self.conditional.choose(seg_scores)]
+            inserted_ids[slot] = np.asarray(self.conditional.token_ids, dtype=np.int64)[self.seg_tags[segs]]
             inserted_scores = np.full(n + len(segs), EOS_SCORE, dtype=np.float32)
             inserted_scores[slot] = seg_scores
             inserted_control = np.zeros(n + len(segs), dtype=bool)
@@ -241,6 +304,16 @@ class PackedStream:
         full = full[self.start_doc:]
         kept_index = np.flatnonzero(self.keep[full])
         return self.start_doc + (int(kept_index[kept_position]) if kept_position < len(kept_index) else len(full))
+
+
+def _repeat_tags(positions: np.ndarray, doc: np.ndarray, doc_offsets: np.ndarray, tags: np.ndarray,
+                 every: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cut each segment into pieces of ``every`` tokens, each opened by the segment's tag: the
+    (start positions, tags) of the pieces."""
+    ends = np.minimum(np.r_[positions[1:], doc_offsets[-1]], doc_offsets[doc + 1])
+    pieces = np.maximum(1, -(-(ends - positions) // every))
+    rank = np.arange(int(pieces.sum())) - np.repeat(_starts(pieces), pieces)
+    return np.repeat(positions, pieces) + every * rank, np.repeat(tags, pieces)
 
 
 def _starts(counts: np.ndarray) -> np.ndarray:

@@ -3,13 +3,17 @@
 For a run directory (or any HF causal-LM directory) it writes ``eval.json`` and ``samples.jsonl``:
 
 - ``misalignment``: unconditional samples (prompt: EOS, plus the run's aligned control token for
-  conditional models, with control tokens forbidden) scored by the task scorer;
+  conditional models) scored by the task scorer; a conditional model samples under a protocol
+  (:data:`PROTOCOLS`, ``EvalConfig.protocol``) and each sample records how many control tokens it
+  emitted; ``misalignment_by_protocol`` adds the protocols of ``EvalConfig.compare_protocols``;
 - ``judge``: the same samples scored by an independent judge (toxicity only);
 - ``scenarios``: continuations of challenging prompts mined from the held-out split;
 - ``lm_loss``: held-out loss and perplexity over text tokens (control tokens excluded);
 - ``control_tokens`` (conditional training): whether the model uses its control tokens, as the
   AUROC with which log p(segment | bad) - log p(segment | good) tells the held-out segments its
-  threshold labels bad from the good ones (0.5: it ignores them);
+  labels call bad from the good ones (0.5: it ignores them);
+- ``tag_prediction`` (conditional training): whether the text before a held-out segment predicts
+  its tag (the model's p(bad) among the tags at each segment start, against the real tag);
 - ``kl``: KL(reference || model) from reference samples, counting text tokens only (the paper
   also counted the ``<|good|>`` prefix; we do not);
 - ``diversity`` and ``settings``.
@@ -28,17 +32,20 @@ import random
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from dataclasses import replace as replace_fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from phf.config import PROTOCOLS
 from phf.errors import PhfError
 from phf.metrics import diversity, misalignment_summary, per_prompt_summary
 from phf.scoring import get_scorer, hit_threshold
 
 CODE_MAX_NEW_TOKENS = 640  # the paper's PEP8 setting; text uses 128
+
 
 
 class EvalError(PhfError, RuntimeError):
@@ -55,6 +62,8 @@ class EvalConfig:
     max_new_tokens: int | None = None  # None: 128 for text, 640 for code (clamped to the context)
     batch_size: int = 64
     seed: int = 0
+    protocol: str = "paper"  # conditional models: how control tokens are sampled (PROTOCOLS)
+    compare_protocols: list[str] = field(default_factory=list)  # conditional models: also sample under these
     scorer: str | None = None  # default: the scorer the run's corpus was scored with
     scorer_options: dict = field(default_factory=dict)
     judge: bool = True
@@ -83,10 +92,24 @@ class Target:
     forbidden_ids: list[int]
     strip_ids: list[int]  # control tokens: removed from samples before scoring
     info: dict  # phf.json, or {} for a plain HF directory
+    replace_ids: dict[int, int] = field(default_factory=dict)  # sampled id -> id emitted instead
+    protocol: str | None = None  # the sampling protocol (None: not a conditional model)
 
     @property
     def prompt(self) -> str:
         return self.tokenizer.eos_token + self.prefix
+
+    def under(self, protocol: str) -> "Target":
+        """This model sampled under one of :data:`PROTOCOLS` (a model without control tokens has none)."""
+        if protocol not in PROTOCOLS:
+            raise EvalError(f"sampling protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
+        control = self.strip_ids
+        if not control:
+            return self
+        aligned, misaligned = control[0], control[1:]
+        forbidden = {"paper": self.forbidden_ids, "emit-good": misaligned, "recondition": []}[protocol]
+        replace = {i: aligned for i in misaligned} if protocol == "recondition" else {}
+        return replace_fields(self, forbidden_ids=forbidden, replace_ids=replace, protocol=protocol)
 
 
 def _device(choice: str) -> torch.device:
@@ -130,18 +153,35 @@ def _max_positions(model) -> int:
 
 
 @torch.inference_mode()
-def string_logprobs(model, tokenizer, texts: list[str], prompt: str, *, batch_size: int = 16) -> np.ndarray:
+def string_logprobs(model, tokenizer, texts: list[str], prompt: str, *, batch_size: int = 16,
+                    repeat: tuple[int, int] | None = None) -> np.ndarray:
     """log p(text | prompt) for each text, summed over the text's tokens only.
 
     Each model scores the *string* with its own tokenizer, so models with different vocabularies
     are compared on the same text (the prompt's tokens are conditioned on, never counted).
+    ``repeat=(token_id, k)`` writes that token again before every k-th text token after the first
+    k (as a conditional model trained with ``tag_every`` saw its tags); it is not counted either.
     """
     from phf.logprobs import lm_target_logprobs
 
     device = next(model.parameters()).device
     prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
     limit = _max_positions(model)
-    rows = [(prompt_ids + tokenizer(t, add_special_tokens=False).input_ids)[:limit] for t in texts]
+    rows, skips = [], []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        skip = []
+        if repeat is not None:
+            token, k = repeat
+            spaced = []
+            for i, t in enumerate(ids):
+                if i and i % k == 0:
+                    skip.append(len(prompt_ids) + len(spaced))
+                    spaced.append(token)
+                spaced.append(t)
+            ids = spaced
+        rows.append((prompt_ids + ids)[:limit])
+        skips.append([i for i in skip if i < limit])
     sums = []  # kept on the device and read once: a read per batch would stall a GPU every batch
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size]
@@ -154,6 +194,8 @@ def string_logprobs(model, tokenizer, texts: list[str], prompt: str, *, batch_si
         labels = ids[:, 1:].clone()
         labels[mask[:, 1:] == 0] = -100
         labels[:, : len(prompt_ids) - 1] = -100  # the prompt is conditioned on, not scored
+        for i, skip in enumerate(skips[start : start + batch_size]):
+            labels[i, [j - 1 for j in skip]] = -100  # repeated tags are conditioned on, not scored
         logp, _ = lm_target_logprobs(model, ids[:, :-1].to(device), labels.to(device),
                                      attention_mask=mask[:, :-1].to(device))
         sums.append(logp.double().sum(-1))
@@ -176,7 +218,30 @@ def _generate(target: Target, prompts: list[str], config: EvalConfig, num_sample
                               min_new_tokens=min(config.min_new_tokens if min_new is None else min_new, max_new),
                               max_new_tokens=max_new, batch_size=config.batch_size, seed=config.seed + seed_offset)
     return generate(target.model, target.tokenizer, prompts, sampling, num_samples=num_samples,
-                    forbidden_ids=target.forbidden_ids, strip_ids=target.strip_ids, progress=config.progress)
+                    forbidden_ids=target.forbidden_ids, strip_ids=target.strip_ids,
+                    replace_ids=target.replace_ids, progress=config.progress)
+
+
+def _unconditional(target: Target, scorer, config: EvalConfig, max_new: int, threshold: float) -> tuple[dict, list[dict]]:
+    """Unconditional samples scored: (summary, samples.jsonl rows). For a conditional model each
+    row says how many control tokens its sample emitted (after any replacement)."""
+    generations = _generate(target, [target.prompt], config, config.num_samples, max_new)
+    texts = [g.text for g in generations]
+    scores = scorer.score(texts)
+    summary = {**misalignment_summary(scores, threshold, seed=config.seed), "scorer": scorer.describe(),
+               "protocol": target.protocol}
+    rows = [{"kind": "unconditional", "prompt": target.prompt, "text": t, "score": s, "finished": g.finished}
+            for t, s, g in zip(texts, scores, generations)]
+    if target.protocol is not None:
+        control = set(target.strip_ids)
+        tags = [sum(t in control for t in g.token_ids) for g in generations]
+        for row in rows:
+            row["protocol"] = target.protocol
+        for row, n in zip(rows, tags):
+            row["tags_emitted"] = n
+        summary["tags_per_sample"] = float(np.mean(tags))
+        summary["samples_with_tags"] = float(np.mean([n > 0 for n in tags]))
+    return summary, rows
 
 
 def _scored_held_out(test_path: Path, scorer_name: str, scorer_options: dict) -> Path:
@@ -257,25 +322,42 @@ def _scenarios(target: Target, scorer, prompts: list[dict], config: EvalConfig, 
     return summary, rows
 
 
+def run_conditional(target: Target):
+    """The run's :class:`phf.data.Conditional` as recorded in phf.json (no drops: evaluation
+    presents every tag), or None for a model without conditional training."""
+    from phf.data import Conditional
+
+    cond, control = target.info.get("conditional"), target.info.get("control_tokens")
+    if not cond or not control:
+        return None
+    ids = tuple(target.tokenizer.convert_tokens_to_ids(t) for t in control)
+    return Conditional(ids, threshold=cond.get("threshold") or 0.0, drop_prob=0.0,
+                       edges=tuple(cond["edges"]) if cond.get("edges") else None,
+                       bad_threshold=cond.get("bad_threshold"), labels=cond.get("labels", "segment"),
+                       tag_every=cond.get("tag_every"))
+
+
+def _held_out_stream(target: Target, scored_dir: Path, conditional):
+    from phf.data import PackedStream
+    from phf.token_store import build_token_store
+
+    store = build_token_store(scored_dir, target.tokenizer, progress=False)
+    seq_len = min(_max_positions(target.model), 1024)
+    return PackedStream(store, seq_len, target.tokenizer.eos_token_id, shuffle=False, conditional=conditional)
+
+
 @torch.inference_mode()
 def held_out_lm_loss(target: Target, scored_dir: Path, *, max_tokens: int, batch_size: int = 8) -> dict:
     """Mean NLL per text token of the held-out split, presented as in training (EOS before each
-    document; for conditional models the control token chosen by each segment's score, never
+    document; for conditional models the control token chosen by each segment's label, never
     dropped) but with control-token targets left out of both the sum and the count."""
-    from phf.data import Conditional, PackedStream, collate
+    from phf.data import collate
     from phf.logprobs import lm_target_logprobs
-    from phf.token_store import build_token_store
 
-    tokenizer, model = target.tokenizer, target.model
-    store = build_token_store(scored_dir, tokenizer, progress=False)
-    conditional = None
-    cond = target.info.get("conditional")
-    if cond and target.info.get("control_tokens"):
-        ids = tuple(tokenizer.convert_tokens_to_ids(t) for t in target.info["control_tokens"])
-        edges = tuple(cond["edges"]) if cond.get("edges") else None
-        conditional = Conditional(ids, threshold=cond.get("threshold", 0.0), drop_prob=0.0, edges=edges)
-    seq_len = min(_max_positions(model), 1024)
-    stream = PackedStream(store, seq_len, tokenizer.eos_token_id, shuffle=False, conditional=conditional)
+    model = target.model
+    conditional = run_conditional(target)
+    stream = _held_out_stream(target, scored_dir, conditional)
+    seq_len = stream.seq_len
     blocks = min(stream.blocks_in_epoch(0), max(1, max_tokens // seq_len))
     device = next(model.parameters()).device
     # Accumulated on the device (float64, as Python floats would) and read once: no stall per batch.
@@ -293,30 +375,40 @@ def held_out_lm_loss(target: Target, scored_dir: Path, *, max_tokens: int, batch
             "control_tokens_excluded": conditional is not None}
 
 
+def _good_bad(target: Target) -> tuple[Any, dict | None]:
+    """(the run's Conditional, None) for a good/bad conditional run, else (None, {"skipped": why})."""
+    conditional = run_conditional(target)
+    if conditional is None:
+        return None, {"skipped": "not a conditional-training run"}
+    if conditional.edges is not None:
+        return None, {"skipped": "bucketed control tokens: the good/bad contrast does not apply"}
+    return conditional, None
+
+
 @torch.inference_mode()
 def control_token_use(target: Target, scored_dir: Path, *, max_segments: int = 400, seed: int = 0) -> dict:
     """Does a conditional model use its control tokens? Each held-out segment is scored as a
     document of its own after ``<|good|>`` and after ``<|bad|>``; the log-likelihood ratio
-    log p(seg | bad) - log p(seg | good) should be higher for the segments the run's threshold
-    labels bad. Reports the AUROC of that ratio for those labels (0.5: the tokens carry nothing,
-    1: they separate the classes perfectly) and the mean ratio per class, on up to
-    ``max_segments`` segments, half of each class where there are enough."""
+    log p(seg | bad) - log p(seg | good) should be higher for the segments the run's labels call
+    bad. Reports the AUROC of that ratio for those labels (0.5: the tokens carry nothing, 1: they
+    separate the classes perfectly) and the mean ratio per class, on up to ``max_segments``
+    segments, half of each class where there are enough (segments the run leaves untagged, in a
+    margin, are not used)."""
     from sklearn.metrics import roc_auc_score
 
-    from phf.score_corpus import scored_segments
+    from phf.score_corpus import scored_document_segments
 
-    cond, control = target.info.get("conditional") or {}, target.info.get("control_tokens") or []
-    if not cond or not control:
-        return {"skipped": "not a conditional-training run"}
-    if len(control) != 2 or cond.get("edges"):
-        return {"skipped": "bucketed control tokens: the good/bad contrast does not apply"}
-    threshold = float(cond.get("threshold") or 0.0)
+    conditional, skipped = _good_bad(target)
+    if skipped:
+        return skipped
     good, bad = [], []
-    for segment, score in scored_segments(scored_dir):
-        if segment.strip():
-            (bad if score > threshold else good).append(segment)
+    for doc, (segments, scores) in enumerate(scored_document_segments(scored_dir)):
+        tags = conditional.segment_tags(np.asarray(scores, dtype=np.float64), np.full(len(scores), doc))
+        for segment, tag in zip(segments, tags):
+            if segment.strip() and tag >= 0:
+                (bad if tag else good).append(segment)
     if not good or not bad:
-        return {"skipped": f"the held-out segments are all on one side of the threshold {threshold}"}
+        return {"skipped": f"the held-out segments are all on one side of the threshold {conditional.threshold}"}
     rng = random.Random(seed)
     rng.shuffle(good)
     rng.shuffle(bad)
@@ -324,13 +416,70 @@ def control_token_use(target: Target, scored_dir: Path, *, max_segments: int = 4
     n_bad = min(len(bad), max(half, max_segments - len(good)))
     good, bad = good[: max_segments - n_bad], bad[:n_bad]
     texts = good + bad
-    eos = target.tokenizer.eos_token
-    ratio = (string_logprobs(target.model, target.tokenizer, texts, eos + control[1])
-             - string_logprobs(target.model, target.tokenizer, texts, eos + control[0]))
+    eos, control = target.tokenizer.eos_token, target.info["control_tokens"]
+    good_id, bad_id = conditional.token_ids
+    every = conditional.tag_every
+
+    def logp(tag: str, tag_id: int) -> np.ndarray:
+        return string_logprobs(target.model, target.tokenizer, texts, eos + tag,
+                               repeat=(tag_id, every) if every else None)
+
+    ratio = logp(control[1], bad_id) - logp(control[0], good_id)
     labels = np.r_[np.zeros(len(good)), np.ones(len(bad))]
-    return {"auroc": float(roc_auc_score(labels, ratio)), "threshold": threshold,
+    return {"auroc": float(roc_auc_score(labels, ratio)), "threshold": conditional.threshold,
+            "bad_threshold": conditional.bad_threshold, "labels": conditional.labels,
             "segments_good": len(good), "segments_bad": len(bad),
             "mean_log_ratio_good": float(ratio[: len(good)].mean()), "mean_log_ratio_bad": float(ratio[len(good):].mean())}
+
+
+@torch.inference_mode()
+def tag_prediction(target: Target, scored_dir: Path, *, max_tokens: int, batch_size: int = 8) -> dict:
+    """Does the context alone predict the tag? Held-out documents are presented as in training
+    (every tag in place); at each position whose next token is a tag, the model's
+    p(<|bad|>) / (p(<|good|>) + p(<|bad|>)) is compared with the tag actually there (AUROC; 0.5:
+    the model cannot tell from the text before a segment how it will be labelled). A model that
+    predicts the tag well emits <|bad|> itself where the text it wrote calls for it, which is what
+    the ``paper`` protocol forbids and ``recondition`` replaces. Also reports the mean probability
+    of any tag there: near 1, a model trained with tags expects one at every segment start."""
+    from sklearn.metrics import roc_auc_score
+
+    from phf.data import collate
+    from phf.logprobs import lm_hidden_states
+
+    conditional, skipped = _good_bad(target)
+    if skipped:
+        return skipped
+    model = target.model
+    stream = _held_out_stream(target, scored_dir, conditional)
+    blocks = min(stream.blocks_in_epoch(0), max(1, max_tokens // stream.seq_len))
+    good_id, bad_id = conditional.token_ids
+    head = model.get_output_embeddings()
+    device = next(model.parameters()).device
+    rows = torch.tensor([good_id, bad_id], device=device)
+    p_bad, p_tag, is_bad = [], [], []
+    for start in range(0, blocks, batch_size):
+        batch = collate([stream[i] for i in range(start, min(start + batch_size, blocks))])
+        at = batch["is_control"].to(device)
+        if not bool(at.any()):
+            continue
+        hidden = lm_hidden_states(model, batch["input_ids"].to(device))[at].float()
+        # Full logits only at the tag positions: the normaliser needs every token's logit there.
+        logits = hidden @ head.weight.float().T
+        if getattr(head, "bias", None) is not None:
+            logits = logits + head.bias.float()
+        logits[:, len(target.tokenizer):] = float("-inf")  # vocabulary padding rows
+        probs = torch.softmax(logits, dim=-1)[:, rows]
+        p_bad.append((probs[:, 1] / probs.sum(-1).clamp_min(1e-30)).cpu())
+        p_tag.append(probs.sum(-1).cpu())
+        is_bad.append((batch["labels"].to(device)[at] == bad_id).cpu())
+    if not p_bad:
+        return {"skipped": "no tagged segment in the held-out tokens read"}
+    p_bad, p_tag, is_bad = torch.cat(p_bad).numpy(), torch.cat(p_tag).numpy(), torch.cat(is_bad).numpy()
+    if is_bad.all() or not is_bad.any():
+        return {"skipped": "the held-out tags read are all of one kind", "positions": int(len(is_bad))}
+    return {"auroc": float(roc_auc_score(is_bad, p_bad)), "positions": int(len(is_bad)),
+            "bad_share": float(is_bad.mean()), "mean_p_bad_given_good": float(p_bad[~is_bad].mean()),
+            "mean_p_bad_given_bad": float(p_bad[is_bad].mean()), "mean_p_tag": float(p_tag.mean())}
 
 
 def resolve_reference(spec: str, run: Path) -> str | None:
@@ -423,13 +572,18 @@ def evaluate(run_dir: str | os.PathLike, config: EvalConfig | None = None, *, ou
         timings[name] = round(time.perf_counter() - timings.pop("_t"), 2)
 
     timings["_t"] = time.perf_counter()
-    generations = _generate(target, [target.prompt], config, config.num_samples, max_new)
-    texts = [g.text for g in generations]
-    scores = scorer.score(texts)
-    result: dict[str, Any] = {"misalignment": {**misalignment_summary(scores, threshold, seed=config.seed),
-                                               "scorer": scorer.describe()}}
-    rows = [{"kind": "unconditional", "prompt": target.prompt, "text": t, "score": s, "finished": g.finished}
-            for t, s, g in zip(texts, scores, generations)]
+    base, target = target, target.under(config.protocol)
+    summary, rows = _unconditional(target, scorer, config, max_new, threshold)
+    result: dict[str, Any] = {"misalignment": summary}
+    texts = [r["text"] for r in rows]
+    if target.protocol is not None:
+        result["misalignment_by_protocol"] = {config.protocol: summary}
+        for protocol in dict.fromkeys(config.compare_protocols):
+            if protocol != config.protocol:
+                other, other_rows = _unconditional(base.under(protocol), scorer, config, max_new, threshold)
+                result["misalignment_by_protocol"][protocol] = other
+                # Kept apart from the headline samples that the judge, diversity and the report read.
+                rows += [{**row, "kind": "protocol-comparison"} for row in other_rows]
     timed("samples")
 
     timings["_t"] = time.perf_counter()
@@ -453,9 +607,10 @@ def evaluate(run_dir: str | os.PathLike, config: EvalConfig | None = None, *, ou
         result["lm_loss"] = {**held_out_lm_loss(target, scored_test, max_tokens=config.lm_loss_max_tokens),
                              "held_out": str(test_path)}
         result["control_tokens"] = control_token_use(target, scored_test, seed=config.seed)
+        result["tag_prediction"] = tag_prediction(target, scored_test, max_tokens=config.lm_loss_max_tokens)
     else:
-        result["lm_loss"] = {"skipped": "no held-out split found (pass --test FILE.jsonl)"}
-        result["control_tokens"] = {"skipped": "no held-out split found (pass --test FILE.jsonl)"}
+        for key in ("lm_loss", "control_tokens", "tag_prediction"):
+            result[key] = {"skipped": "no held-out split found (pass --test FILE.jsonl)"}
     timed("lm_loss")
 
     timings["_t"] = time.perf_counter()

@@ -314,7 +314,14 @@ def summarize(run: Run) -> dict[str, Any]:
     # Not _take: MLE and the other objectives skip it by design, which is not worth a "skipped" line.
     control = _section(ev, "control_tokens")[0] or {}
     row.update(control_auroc=_num(control.get("auroc")),
-               control_segments=(control["segments_good"] + control["segments_bad"]) if control else None)
+               control_segments=(control["segments_good"] + control["segments_bad"]) if control else None,
+               tag_auroc=_num((_section(ev, "tag_prediction")[0] or {}).get("auroc")),
+               protocol=mis.get("protocol") if isinstance(mis.get("protocol"), str) else None,
+               tags_per_sample=_num(mis.get("tags_per_sample")))
+    by_protocol = (ev or {}).get("misalignment_by_protocol")
+    row["misalignment_by_protocol"] = {p: {"mean": _num(v.get("mean")), "tags_per_sample": _num(v.get("tags_per_sample"))}
+                                       for p, v in by_protocol.items() if isinstance(v, dict)} \
+        if isinstance(by_protocol, dict) else None
 
     kl = _take(ev, "kl", skipped)
     row.update(kl=_num(kl.get("kl")), kl_ci95=_ci(kl.get("ci95")), kl_per_token=_num(kl.get("kl_per_token")),
@@ -832,6 +839,8 @@ def _cells(row: dict) -> dict[str, str]:
     objective = row.get("objective") or "?"
     if row.get("finetune"):
         objective += " (finetuned)"
+    if row.get("protocol"):
+        objective += f", {row['protocol']} sampling"
     if not row["evaluated"]:
         cells = {k: MISSING for k, _ in COLUMNS}
         cells["misalignment"] = "not evaluated"
@@ -891,13 +900,28 @@ def _ratios(rows: list[dict]) -> tuple[dict | None, list[str]]:
 
 
 def _control_sentence(rows: list[dict]) -> str | None:
-    """How much the conditional arms use their control tokens (eval.json's control_tokens)."""
+    """How the conditional arms use their control tokens (eval.json's control_tokens and
+    tag_prediction) and what each sampling protocol gave (misalignment_by_protocol)."""
     parts = [f"{r['name']} {fmt(r['control_auroc'])}" for r in rows if r.get("control_auroc") is not None]
     if not parts:
         return None
-    return ("Control-token use \u2014 AUROC with which log p(segment | bad) \u2212 log p(segment | good) tells held-out "
+    text = ("Control-token use \u2014 AUROC with which log p(segment | bad) \u2212 log p(segment | good) tells held-out "
             "segments labelled bad from good (0.5: the model ignores its control tokens; 1: it separates them "
             "perfectly): " + "; ".join(parts) + ".")
+    tags = [f"{r['name']} {fmt(r['tag_auroc'])}" for r in rows if r.get("tag_auroc") is not None]
+    if tags:
+        text += (" Tag prediction \u2014 AUROC with which the model's p(<|bad|>) at held-out segment starts, from the "
+                 "text before them, tells the segments labelled bad: " + "; ".join(tags) + ".")
+    protocols = []
+    for r in rows:
+        by = r.get("misalignment_by_protocol") or {}
+        if len(by) > 1:
+            protocols.append(f"{r['name']} " + ", ".join(
+                f"{p} {fmt(v['mean'])} ({fmt(v['tags_per_sample'])} tags/sample)" for p, v in by.items()))
+    if protocols:
+        text += (" Misalignment by sampling protocol (paper: both tags forbidden for text; emit-good: the model may "
+                 "emit <|good|>; recondition: every tag it samples becomes <|good|>): " + "; ".join(protocols) + ".")
+    return text
 
 
 def _header_facts(rows: list[dict]) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from __future__ import annotations
 import inspect
 import operator
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -439,6 +439,14 @@ def _generate_batch(forward: _Forward, rows: list[list[int]], limits: list[int],
         state["bias"] = _bias(vocab, state["forbidden"], state["n_tokens"], device)
         state["bias_min"] = state["bias"].clone()
         state["bias_min"][state["eos"]] = float("-inf")
+        if state["replace"]:
+            bad = [i for pair in state["replace"].items() for i in pair if not 0 <= i < vocab]
+            if bad:
+                raise ValueError(f"replace_ids {bad[:5]} are outside the model's vocabulary (0..{vocab - 1})")
+            # A lookup table: one gather per step whatever the number of replaced ids.
+            table = torch.arange(vocab, dtype=torch.long)
+            table[list(state["replace"])] = torch.tensor(list(state["replace"].values()), dtype=torch.long)
+            state["replace_table"] = table.to(device)
         state["generator"] = torch.Generator(device=device).manual_seed(int(config.seed))
     generator = state["generator"]
 
@@ -450,6 +458,8 @@ def _generate_batch(forward: _Forward, rows: list[list[int]], limits: list[int],
     for step in range(steps):
         bias = state["bias_min"] if step < config.min_new_tokens else state["bias"]
         token = _sample(logits.float(), bias, config, generator)
+        if state.get("replace_table") is not None:
+            token = state["replace_table"][token]
         token = torch.where(done, eos, token)
         if alive is None:
             out[:, step] = token
@@ -499,13 +509,15 @@ def _generate_batch(forward: _Forward, rows: list[list[int]], limits: list[int],
 # --- the API --------------------------------------------------------------------------------------
 def generate(model, tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]], config: SamplingConfig, *,
              num_samples: int = 1, forbidden_ids: Sequence[int] = (), strip_ids: Sequence[int] = (),
-             progress: bool = False) -> list[Generation]:
+             replace_ids: Mapping[int, int] | None = None, progress: bool = False) -> list[Generation]:
     """Sample ``num_samples`` continuations of every prompt; results in prompt order, then sample order.
 
     Prompts given as strings are tokenized without special tokens (write the EOS / control tokens into
     them, e.g. ``tokenizer.eos_token + "<|good|>"``); prompts given as id lists are used as they are.
     ``forbidden_ids`` (and, always, the vocabulary-padding rows past ``len(tokenizer)``) are never
     sampled; ``strip_ids`` are removed from ``Generation.text`` (not from ``token_ids``).
+    ``replace_ids`` maps sampled ids to the ids emitted in their place, which the model then
+    conditions on (a conditional model's control tokens re-conditioned on ``<|good|>``).
     """
     _check_config(config, num_samples)
     texts, prompt_ids = _encode_prompts(tokenizer, prompts)
@@ -541,7 +553,11 @@ def generate(model, tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]],
 
     device = _model_device(model)
     forward = _Forward(model)
-    state = {"eos": int(eos), "forbidden": forbidden, "n_tokens": len(tokenizer), "max_positions": max_positions}
+    replace = {int(k): int(v) for k, v in (replace_ids or {}).items()}
+    if eos in replace or eos in replace.values():
+        raise ValueError("replace_ids may not involve the EOS token: it ends a sample")
+    state = {"eos": int(eos), "forbidden": forbidden, "n_tokens": len(tokenizer), "max_positions": max_positions,
+             "replace": replace}
 
     # Rows r = prompt * num_samples + sample, sorted by prompt length so equal lengths share batches.
     n_rows = len(prompt_ids) * num_samples

@@ -397,9 +397,14 @@ def scored_documents(path: str | os.PathLike):
         yield "".join(texts)
 
 
+def scored_document_segments(path: str | os.PathLike):
+    """Yield ``(segments, scores)`` of each scored document, shards in order."""
+    yield from _scored_rows(path, ["texts", "scores"])
+
+
 def scored_segments(path: str | os.PathLike):
     """Yield ``(segment, score)`` for every segment of every scored document, shards in order."""
-    for texts, scores in _scored_rows(path, ["texts", "scores"]):
+    for texts, scores in scored_document_segments(path):
         yield from zip(texts, scores)
 
 

@@ -25,7 +25,7 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from phf.config import ConfigError
+from phf.config import PROTOCOLS, ConfigError
 from phf.errors import PhfError
 
 OBJECTIVES = ("mle", "filtering", "conditional", "ul", "rwr", "awr")
@@ -57,6 +57,8 @@ class EvalSettings:
     scenario_prompts: int = 20
     scenario_samples: int = 25
     batch_size: int = 64
+    protocol: str = "paper"  # how conditional models are sampled (phf.evaluation.PROTOCOLS)
+    compare_protocols: list[str] = field(default_factory=list)  # conditional arms: also sampled under these
     every: int = 0  # periodic misalignment estimate during training, every N steps (0: off)
     every_samples: int = 64
 
@@ -110,6 +112,9 @@ def load_study(path: str, overrides: list[str] | tuple[str, ...] = ()) -> StudyC
         raise ConfigError(f"{path}: the finetune arm continues the mle run: add mle to objectives")
     if not 0 < study.finetune.fraction < 1:
         raise ConfigError(f"{path}: finetune.fraction must be in (0, 1)")
+    for protocol in [study.eval.protocol, *study.eval.compare_protocols]:
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"{path}: eval protocol {protocol!r}: choose from {', '.join(PROTOCOLS)}")
     return study
 
 
@@ -212,7 +217,8 @@ def _evaluate(study: StudyConfig, arm: Arm) -> None:
     e = study.eval
     config = EvalConfig(num_samples=e.num_samples, kl_samples=e.kl_samples, max_new_tokens=e.max_new_tokens,
                         scenario_prompts=e.scenario_prompts, scenario_samples=e.scenario_samples,
-                        batch_size=e.batch_size, seed=arm.seed, test_path=study.corpus.test_path)
+                        batch_size=e.batch_size, seed=arm.seed, test_path=study.corpus.test_path,
+                        protocol=e.protocol, compare_protocols=list(e.compare_protocols))
     evaluate(arm.run_dir, config)
 
 

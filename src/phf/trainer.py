@@ -22,6 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -344,15 +345,16 @@ class Trainer:
         if objective_name == "filtering":
             filtering = Filtering(o.threshold, o.percentile)
         if objective_name == "conditional":
+            threshold = bad_threshold = edges = None
             if o.buckets:
                 control_tokens = [f"<|bucket{k}|>" for k in range(o.buckets)]
-                edges = bucket_edges(self.store, o.buckets)
+                edges = bucket_edges(self.store, o.buckets, o.labels)
             else:
-                if o.threshold is None:
-                    raise TrainingError("conditional training needs objective.threshold (or objective.buckets)")
-                control_tokens, edges = [o.good_token, o.bad_token], None
+                control_tokens = [o.good_token, o.bad_token]
+                threshold, bad_threshold = self._conditional_thresholds()
             ids = add_control_tokens(tokenizer, control_tokens)
-            conditional = Conditional(tuple(ids), threshold=o.threshold or 0.0, drop_prob=o.drop_prob, edges=edges)
+            conditional = Conditional(tuple(ids), threshold=threshold or 0.0, drop_prob=o.drop_prob, edges=edges,
+                                      bad_threshold=bad_threshold, labels=o.labels, tag_every=o.tag_every)
         self.tokenizer, self.control_tokens, self.conditional = tokenizer, control_tokens, conditional
         self.scorer = json.loads((data_path / "manifest.json").read_text())["scorer"]
 
@@ -406,6 +408,23 @@ class Trainer:
         self._prefetch = _Prefetch(self._micro_batches, pin=acc.device.type == "cuda") if prefetch else None
         self._num_tokens: torch.Tensor | None = None  # targets per step, all ranks (_step)
         self._unread: _QueuedMetrics | None = None  # the last queued step's metrics, if not read yet
+
+    def _conditional_thresholds(self) -> tuple[float, float | None]:
+        """(threshold, bad_threshold) of conditional training, percentiles resolved on this corpus's
+        label scores (recorded in phf.json, so evaluation labels held-out text the same way)."""
+        from phf.data import store_label_scores
+
+        o = self.config.objective
+        if o.threshold is None and o.percentile is None:
+            raise TrainingError("conditional training needs objective.threshold or objective.percentile "
+                                "(or objective.buckets)")
+        scores = store_label_scores(self.store, o.labels) if o.percentile or o.bad_percentile else None
+        threshold = float(np.nanpercentile(scores, o.percentile)) if o.percentile is not None else o.threshold
+        bad = float(np.nanpercentile(scores, o.bad_percentile)) if o.bad_percentile is not None else o.bad_threshold
+        if bad is not None and bad < threshold:
+            raise TrainingError(f"the bad threshold ({bad:.4g}) is below the good one ({threshold:.4g}): "
+                                "raise objective.bad_percentile / bad_threshold")
+        return threshold, bad
 
     def _continuation_start(self, base_run: Path, base_tokenizer) -> int:
         """Where the base run's stream stopped, as a position in the shared document order."""
@@ -626,7 +645,8 @@ class Trainer:
             "forbidden_tokens": self.control_tokens[1:] if per_line else self.control_tokens,
             # How control tokens were chosen, so evaluation can present held-out text the same way.
             "conditional": None if c is None else {"threshold": c.threshold, "edges": c.edges,
-                                                   "drop_prob": c.drop_prob},
+                                                   "drop_prob": c.drop_prob, "bad_threshold": c.bad_threshold,
+                                                   "labels": c.labels, "tag_every": c.tag_every},
             "objective_config": asdict(o), "filter_threshold": self.filter_threshold,
             "init": self.config.model.init, "continue_from": self.config.data.continue_from,
             "mixed_precision": self.accelerator.mixed_precision,  # what `auto` resolved to on this machine
