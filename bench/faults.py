@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Figures that measure time, not results: they differ between any two runs.
 TIMING_KEYS = {"elapsed_s", "tok_s", "mfu", "seconds", "timing", "created", "build_seconds", "tokens_per_second",
                "wall_seconds", "samples_per_second", "time"}
+SCORE_DOCS, SHARD_SIZE = 4000, 50
 WORDS = "the cat sat on a mat while dogs ran far away home under red blue sky and sea".split()
 
 
@@ -54,7 +55,7 @@ def study_config(root: Path, objectives: list[str]) -> Path:
     return path
 
 
-def score_input(root: Path, docs: int = 1200) -> Path:
+def score_input(root: Path, docs: int = SCORE_DOCS) -> Path:
     rng = random.Random(0)
     path = root / "docs.jsonl"
     with open(path, "w") as handle:
@@ -102,12 +103,15 @@ def score_command(root: Path) -> Command:
 
     def argv(out: Path) -> list[str]:
         return ["score", "--input", str(source), "--out", str(out), "--scorer", "pep8", "--num-proc", "2",
-                "--shard-size", "25", "--quiet"]
+                "--shard-size", str(SHARD_SIZE), "--quiet"]
 
     def stage(out: Path, log: str) -> str:
-        if not (out / "plan.json").exists():
+        # Before this run wrote anything it was starting up (imports, workers loading the scorer).
+        started = out.with_name(out.name + ".log").stat().st_ctime
+        if not any(p.stat().st_mtime > started for p in out.rglob("*")) if out.exists() else True:
             return "startup"
-        return "scoring" if len(list((out / "shards").glob("*.json"))) < 48 else "manifest"
+        done = len(list((out / "shards").glob("*.json")))
+        return "scoring" if done < SCORE_DOCS // SHARD_SIZE else "manifest"
 
     def results(out: Path) -> dict:
         import pyarrow.parquet as pq
@@ -179,6 +183,8 @@ def campaign(command: Command, root: Path, kills: int, seed: int) -> dict:
             killed, stage, _ = run(command, out, env, moment)
             if killed:
                 stages[stage] += 1
+                print(f"  {command.name}: kill {sum(stages.values())} at {moment:.1f} s ({stage})", file=sys.stderr,
+                      flush=True)
             finished = not killed
         difference = first_difference(command.results(out), reference)
         if difference:
