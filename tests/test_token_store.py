@@ -267,7 +267,8 @@ def test_partial_builds_are_never_mistaken_for_a_store(scored, small_bpe, monkey
     # the target itself half there (e.g. copied by hand): rebuilt, not trusted
     target.mkdir()
     (target / "tokens.bin").write_bytes(b"\0" * 10)
-    store = build_token_store(scored, small_bpe, progress=False)
+    with pytest.warns(UserWarning, match="rebuilding the cached token store"):
+        store = build_token_store(scored, small_bpe, progress=False)
     assert store.path == target and store.num_tokens > 0
     assert not killed.exists()  # the dead build's temp dir is cleaned up
     assert [p.name for p in target.parent.iterdir()] == [target.name]

@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", module="scrubadub")
     try:
         return args.func(args)
-    except (PhfError, ValueError, FileNotFoundError) as exc:
+    except (PhfError, ValueError, OSError) as exc:  # OSError: a full disk, a read-only or missing path
         print(f"phf {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -154,7 +155,7 @@ def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, DictC
     try:
         node = OmegaConf.load(path)
     except Exception as exc:  # noqa: BLE001 - yaml raises several kinds
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
     if not isinstance(node, DictConfig):
         raise ConfigError(f"{path}: top level must be a mapping")
     chain: list[tuple[str, DictConfig]] = []
@@ -167,7 +168,7 @@ def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, DictC
 def _merge(schema: DictConfig, node: DictConfig, source: str) -> DictConfig:
     try:
         return OmegaConf.merge(schema, node)
-    except OmegaConfBaseException as exc:
+    except (OmegaConfBaseException, TypeError, ValueError) as exc:  # TypeError: a mapping where a list goes
         key = getattr(exc, "full_key", None)
         reason = str(exc).split("\n")[0]
         raise ConfigError(f"{source}: {'key ' + repr(key) + ': ' if key else ''}{reason}") from None
@@ -181,7 +182,11 @@ def load_config(files: list[str] | tuple[str, ...] = (), overrides: list[str] | 
     for override in overrides:
         if "=" not in override:
             raise ConfigError(f"override {override!r} must look like key=value (e.g. training.lr=3e-4)")
-        merged = _merge(merged, OmegaConf.from_dotlist([override]), f"override {override!r}")
+        try:
+            node = OmegaConf.from_dotlist([override])
+        except yaml.YAMLError as exc:  # e.g. a control character in the value
+            raise ConfigError(f"override {override!r}: not valid YAML: {' '.join(str(exc).split())}") from None
+        merged = _merge(merged, node, f"override {override!r}")
     missing = sorted(OmegaConf.missing_keys(merged))
     if missing:
         raise ConfigError(f"missing required setting(s): {', '.join(missing)} (set them in a file or as key=value)")

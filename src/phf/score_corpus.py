@@ -22,8 +22,8 @@ import math
 import multiprocessing as mp
 import os
 import socket
-import tempfile
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +32,9 @@ import numpy as np
 
 import phf
 from phf.errors import PhfError
+from phf.integrity import damage, file_record, remove_stale_temps, temp_path
 from phf.readers import SCORED_ISSUES, JsonlSource, Record, open_source
+from phf.run_lock import LOCK_FILE, RunLock
 from phf.scoring import get_scorer, hit_threshold
 from phf.scoring.base import Scorer
 from phf.segment import get_segmenter
@@ -84,10 +86,18 @@ def parse_shard(spec: str | None) -> tuple[int, int]:
 
 def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    _write_then_rename(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _write_then_rename(path: Path, write) -> None:
+    """``write(tmp)`` then rename it to ``path``; a failed write (a full disk) leaves no temp file."""
+    tmp = temp_path(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _shard_parquet(out: Path, shard: int, num_shards: int) -> Path:
@@ -97,6 +107,23 @@ def _shard_parquet(out: Path, shard: int, num_shards: int) -> Path:
 
 def _shard_marker(out: Path, shard: int) -> Path:
     return out / "shards" / f"{shard:05d}.json"
+
+
+def _shard_done(out: Path, shard: int) -> bool:
+    """Whether the shard has its marker and its Parquet file is the one the marker describes.
+    A damaged shard (cut short, garbled, written by a phf that recorded no checksum) is scored
+    again, with a warning."""
+    marker = _shard_marker(out, shard)
+    if not marker.exists():
+        return False
+    try:
+        stats = json.loads(marker.read_text())
+        problem = damage(out / stats["file"], stats.get("parquet"))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        problem = f"its marker {marker.name} is unreadable ({type(exc).__name__})"
+    if problem:
+        warnings.warn(f"{out}: shard {shard}: {problem}; scoring it again", stacklevel=3)
+    return problem is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,11 +246,10 @@ def score_shard(job: Job, shard: int, scorer: Scorer, advance=lambda n: None) ->
     })
     target = _shard_parquet(out, shard, job.num_shards)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, target)
+    _write_then_rename(target, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
     stats = {
         "shard": shard, "records": [start, stop], "file": str(target.relative_to(out)),
+        "parquet": file_record(target),  # checked before the shard counts as done (_shard_done)
         **{k: counts[k] for k in ("documents_read", "documents_scored", "documents_skipped", "segments",
                                    "segments_misaligned", "characters")},
         "scorer_errors": len(errors), "issues": issues + errors,
@@ -304,13 +330,10 @@ def _finish(out: Path, plan: dict, wall: float, done_now: list[dict]) -> dict:
             "last_invocation_wall_seconds": round(wall, 3),
             "last_invocation_segments_per_second": round(segments_now / wall, 1) if wall and segments_now else None,
         },
-        "shards": [{k: s[k] for k in ("shard", "file", "records", "documents_scored", "segments", "seconds")}
+        "shards": [{k: s[k] for k in ("shard", "file", "parquet", "records", "documents_scored", "segments", "seconds")}
                    for s in shards],
     }
-    with open(out / ".issues.jsonl.tmp", "w", encoding="utf-8") as handle:
-        for issue in issues:
-            handle.write(json.dumps(issue, ensure_ascii=False) + "\n")
-    os.replace(out / ".issues.jsonl.tmp", out / "issues.jsonl")
+    _atomic_write_text(out / "issues.jsonl", "".join(json.dumps(issue, ensure_ascii=False) + "\n" for issue in issues))
     _atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2))
     return manifest
 
@@ -323,8 +346,6 @@ def score_corpus(input: str, out: str, scorer: str = "toxicity", scorer_options:
 
     Returns the manifest once every shard is done, else a status dict for this job's shards.
     """
-    from tqdm.auto import tqdm
-
     if num_proc < 1 or (shard_size is not None and shard_size < 1) or batch_docs < 1:
         raise ScoringError("--num-proc, --shard-size and --batch-docs must be >= 1")
     job_index, job_count = parse_shard(shard)
@@ -343,10 +364,23 @@ def score_corpus(input: str, out: str, scorer: str = "toxicity", scorer_options:
               num_records=num_records, strict=strict, batch_docs=batch_docs)
     out_path = Path(out)
     plan = _plan(job, scorer_obj, source.fingerprint())
+    # One process per output directory, or per job of an array: jobs of one array share it.
+    lock_name = LOCK_FILE if job_count == 1 else f".phf-shards-{job_index}-of-{job_count}.lock"
+    with RunLock(out_path, "phf score", name=lock_name):
+        for directory in (out_path, out_path / "data", out_path / "shards"):
+            remove_stale_temps(directory)
+        return _score_shards(job, scorer_obj, source, plan, overwrite, job_index, job_count, num_proc, progress)
+
+
+def _score_shards(job: Job, scorer_obj: Scorer, source, plan: dict, overwrite: bool, job_index: int,
+                  job_count: int, num_proc: int, progress: bool) -> dict:
+    from tqdm.auto import tqdm
+
+    out_path, shard_size, num_records = Path(job.out), job.shard_size, job.num_records
     _check_or_write_plan(out_path, plan, overwrite)
 
     mine = [i for i in range(job.num_shards) if i % job_count == job_index]
-    todo = [i for i in mine if not _shard_marker(out_path, i).exists()]
+    todo = [i for i in mine if not _shard_done(out_path, i)]
     if not todo and (out_path / "manifest.json").exists():
         return json.loads((out_path / "manifest.json").read_text())  # finished before: nothing to redo
     if todo and isinstance(source, JsonlSource):
@@ -355,7 +389,7 @@ def score_corpus(input: str, out: str, scorer: str = "toxicity", scorer_options:
     todo_docs = sum(min((i + 1) * shard_size, num_records) - i * shard_size for i in todo)
     started = time.perf_counter()
     done_now: list[dict] = []
-    bar = tqdm(total=todo_docs, unit="doc", desc=f"scoring ({scorer})", disable=not progress, smoothing=0.1)
+    bar = tqdm(total=todo_docs, unit="doc", desc=f"scoring ({job.scorer})", disable=not progress, smoothing=0.1)
     try:
         if num_proc == 1 or len(todo) <= 1:
             for i in todo:

@@ -22,11 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from phf.config import PROTOCOLS, ConfigError
 from phf.errors import PhfError
+from phf.integrity import temp_path
 
 OBJECTIVES = ("mle", "filtering", "conditional", "ul", "rwr", "awr")
 TASK_SCORERS = {"toxicity": "toxicity", "pii": "pii", "pep8": "pep8"}
@@ -94,13 +96,19 @@ class ExperimentError(PhfError, RuntimeError):
 
 
 def load_study(path: str, overrides: list[str] | tuple[str, ...] = ()) -> StudyConfig:
-    schema = OmegaConf.structured(StudyConfig)
-    try:
-        merged = OmegaConf.merge(schema, OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides)))
-    except FileNotFoundError:
-        raise ConfigError(f"study config {path} does not exist") from None
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"{path}: key {getattr(exc, 'full_key', '?')!r}: {str(exc).splitlines()[0]}") from None
+    merged = OmegaConf.structured(StudyConfig)
+    # One source at a time, so an error names the file or the override it comes from.
+    for source, load in [(path, lambda: OmegaConf.load(path))] + [
+            (f"{path}: override {o!r}", lambda o=o: OmegaConf.from_dotlist([o])) for o in overrides]:
+        try:
+            merged = OmegaConf.merge(merged, load())
+        except FileNotFoundError:
+            raise ConfigError(f"study config {path} does not exist") from None
+        except (OmegaConfBaseException, TypeError, ValueError) as exc:  # TypeError: a dict where a list goes
+            key = getattr(exc, "full_key", None)
+            raise ConfigError(f"{source}: {'key ' + repr(key) + ': ' if key else ''}{str(exc).splitlines()[0]}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: not valid YAML: {' '.join(str(exc).split())}") from None
     study: StudyConfig = OmegaConf.to_object(merged)
     for task in study.tasks:
         if task not in TASK_SCORERS:
@@ -176,7 +184,9 @@ def _preset_file(study: StudyConfig, task: str, objective: str) -> str:
 
 
 def _finished(run_dir: Path) -> bool:
-    return (run_dir / "model.safetensors").exists() and (run_dir / "phf.json").exists()
+    from phf.trainer import STATE_FILE
+
+    return (run_dir / STATE_FILE).exists()  # save_final writes it last
 
 
 def _train(study: StudyConfig, arm: Arm, arms: list[Arm]) -> None:
@@ -198,9 +208,10 @@ def _train(study: StudyConfig, arm: Arm, arms: list[Arm]) -> None:
         total = total_steps(load_config(files, overrides))
         overrides.append(f"training.export_steps=[{max(1, int(total * study.finetune.fraction))}]")
     config = load_config(files, overrides)
-    resume = (arm.run_dir / "checkpoints").exists()
     evaluate = periodic_evaluator(num_samples=study.eval.every_samples, seed=arm.seed) if study.eval.every else None
-    Trainer(config, resume=resume, evaluate=evaluate).train()
+    # The study owns its run directories: whatever a killed run left is resumed (or, with no intact
+    # checkpoint, started again).
+    Trainer(config, resume=True, evaluate=evaluate).train()
 
 
 def total_steps(config) -> int:
@@ -343,7 +354,9 @@ def write_report(study: StudyConfig, arms: list[Arm], out: Path) -> dict[str, An
 
     names = [_arm_name(a, study) for a in arms]
     result = build_report([a.run_dir for a in arms], out / "report", title=study.name, names=names)
-    shutil.copyfile(out / "report" / "results.json", out / "results.json")
+    tmp = temp_path(out / "results.json")  # a kill while copying leaves no half results.json
+    shutil.copyfile(out / "report" / "results.json", tmp)
+    os.replace(tmp, out / "results.json")
     print(f"\nreport: {out / 'report' / 'report.html'} (and report.md); numbers: {out / 'results.json'}")
     return result
 

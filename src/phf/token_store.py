@@ -30,9 +30,13 @@ import shutil
 import socket
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
+
+from phf.errors import PhfError
+from phf.integrity import damage, pid_alive
 
 FORMAT_VERSION = 1
 STORE_FILE = "store.json"
@@ -40,7 +44,7 @@ DOC_ARRAYS = ("doc_offsets", "doc_avg_score", "doc_index")
 READ_COLUMNS = ["texts", "scores", "avg_score", "doc_index"]
 
 
-class TokenStoreError(RuntimeError):
+class TokenStoreError(PhfError, RuntimeError):
     """A store that cannot be built or opened; the message names the file and what is wrong."""
 
 
@@ -149,6 +153,10 @@ class TokenStore:
         if offsets[0] != 0 or offsets[-1] != n_tokens:
             raise TokenStoreError(f"{path}: doc_offsets run from {offsets[0]} to {offsets[-1]}, "
                                   f"expected 0 to {n_tokens}")
+        decreasing = np.flatnonzero(np.diff(offsets) < 0)
+        if len(decreasing):
+            raise TokenStoreError(f"{path}: doc_offsets decrease after document {int(decreasing[0])}; "
+                                  "the store's files disagree: rebuild it")
         return cls(path, meta, tokens, scores, seg_start, offsets, arrays["doc_avg_score"], arrays["doc_index"])
 
     @property
@@ -265,16 +273,6 @@ def _map_batch(encoder, batch, vocab_size: int, dtype: np.dtype) -> dict:
     }
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_stale_temps(target: Path) -> None:
     """Delete temp dirs of builds of ``target`` that were killed on this host (their pid is gone)."""
     prefix = f".tmp-{target.name}-{socket.gethostname()}-"
@@ -283,7 +281,7 @@ def _remove_stale_temps(target: Path) -> None:
             pid = int(tmp.name[len(prefix):].split("-", 1)[0])
         except ValueError:
             continue
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -292,10 +290,12 @@ def _reusable(target: Path, corpus_fp: str, tokenizer_fp: str, explicit: bool) -
         return None
     try:
         store = TokenStore.open(target)
-    except TokenStoreError:
+    except TokenStoreError as exc:
         if explicit and any(target.iterdir()):
             raise TokenStoreError(f"{target} exists and is not a complete token store; "
                                   "delete it or choose another out") from None
+        if any(target.iterdir()):
+            warnings.warn(f"rebuilding the cached token store: {exc}", stacklevel=3)
         shutil.rmtree(target)  # phf's own cache entry (or an empty dir): safe to rebuild
         return None
     if store.meta.get("tokenizer", {}).get("fingerprint") == tokenizer_fp and \
@@ -338,6 +338,11 @@ def build_token_store(scored_dir: str | os.PathLike, tokenizer, *, out: str | os
     if store is not None:
         return store
 
+    for shard in manifest.get("shards", []):  # sizes and checksums recorded by `phf score`
+        problem = damage(scored_dir / shard["file"], shard["parquet"]) if "parquet" in shard else None
+        if problem:
+            raise TokenStoreError(f"{scored_dir}: {problem}; rerun the same `phf score` command to score "
+                                  "that shard again")
     files = sorted((scored_dir / "data").glob("train-*.parquet"))
     expected_docs = manifest.get("counts", {}).get("documents_scored")
     vocab_size = len(tokenizer)

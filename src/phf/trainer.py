@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
@@ -26,14 +27,20 @@ import numpy as np
 import torch
 from torch import nn
 
+import phf
 from phf.config import TrainConfig, to_yaml
 from phf.errors import PhfError
+from phf.integrity import directory_damage, directory_records, temp_path
 from phf.data import Conditional, Filtering, PackedStream, bucket_edges, collate, step_sample_indices
 from phf.logprobs import lm_target_logprobs
 from phf.objectives import LossInputs, ValueHead, build_objective
+from phf.run_lock import RunLock
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
+# Bumped when a checkpoint's layout changes; a checkpoint of another format is refused, not guessed at.
+# 1: trainer_state.json records phf's version and every file's size and sha256.
+CHECKPOINT_FORMAT = 1
 
 # Peak dense bf16 FLOP/s by device name, for MFU. Unknown devices (and CPUs) report no MFU.
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "4090": 165e12}
@@ -259,6 +266,26 @@ def _checkpoint_dirs(run: Path) -> list[Path]:
     return sorted(done, key=lambda p: int(p.name.split("-")[1]))
 
 
+def _usable_checkpoint(run: Path) -> Path | None:
+    """The newest checkpoint that is intact; damaged newer ones are skipped with a warning."""
+    for checkpoint in reversed(_checkpoint_dirs(run)):
+        try:
+            state = json.loads((checkpoint / STATE_FILE).read_text())
+            int(state["step"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            problem = f"{STATE_FILE} is unreadable ({type(exc).__name__})"
+        else:
+            if state.get("format") != CHECKPOINT_FORMAT:
+                raise TrainingError(f"{checkpoint} was written by phf {state.get('phf_version', '0.1.0 or older')} "
+                                    f"(checkpoint format {state.get('format')}), this phf {phf.__version__} reads "
+                                    f"format {CHECKPOINT_FORMAT}: resume it with that version or choose a new output_dir")
+            problem = directory_damage(checkpoint, state.get("files", {}))
+            if problem is None:
+                return checkpoint
+        warnings.warn(f"skipping damaged checkpoint {checkpoint}: {problem}; resuming from an earlier one", stacklevel=2)
+    return None
+
+
 def _last_logged(path: Path, key: str) -> float:
     """The last value of ``key`` in metrics.jsonl (0 if none)."""
     if not path.exists():
@@ -268,11 +295,21 @@ def _last_logged(path: Path, key: str) -> float:
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop metric lines a killed run wrote after its last checkpoint: they are about to be redone."""
+    """Drop metric lines a killed run wrote after its last checkpoint: they are about to be redone.
+    So is a line cut short by a full disk. Rewritten atomically: a failure keeps the old file."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= last_step]
-    path.write_text("".join(line + "\n" for line in kept))
+    kept = [line for line in path.read_text().splitlines() if _logged_step(line) <= last_step]
+    tmp = temp_path(path)
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
+def _logged_step(line: str) -> float:
+    try:
+        return json.loads(line).get("step", 0)
+    except (ValueError, AttributeError):
+        return math.inf
 
 
 class Trainer:
@@ -283,7 +320,6 @@ class Trainer:
 
         self.config, self.evaluate = config, evaluate
         self.run_dir = Path(config.output_dir)
-        self._check_run_dir(resume)
         # cpu=True on a machine without CUDA is what makes torchrun/accelerate launch use gloo (MULTI_CPU).
         # The scheduler steps once per optimizer step (accelerate would step it once per process).
         precision = _mixed_precision(config.training.mixed_precision)
@@ -298,7 +334,19 @@ class Trainer:
         if self.accelerator.device.type == "cpu":
             keep_freed_memory()
         set_seed(config.training.seed)
-        self._build()
+        # Held by the main process until training ends; checked before the run directory is read.
+        self._lock = RunLock(self.run_dir, "phf train").acquire() if self.accelerator.is_main_process else None
+        try:
+            self._check_run_dir(resume)
+            self._build()
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Let another process use the run directory (``train`` does this when it ends)."""
+        if self._lock is not None:
+            self._lock.release()
 
     # --- set-up -------------------------------------------------------------------------------
     def _check_run_dir(self, resume: bool) -> None:
@@ -306,7 +354,12 @@ class Trainer:
         if has_state and not resume:
             raise TrainingError(f"{self.run_dir} already holds a run: pass --resume to continue it, "
                                 "or choose a new output_dir")
-        self.resume_from = _checkpoint_dirs(self.run_dir)[-1] if resume and has_state else None
+        self.resume_from = _usable_checkpoint(self.run_dir) if has_state else None
+        if has_state and self.resume_from is None:
+            warnings.warn(f"{self.run_dir} has no intact checkpoint: training starts again from step 0", stacklevel=2)
+        if self._lock is not None:  # this process owns the directory: any temp checkpoint is a killed run's
+            for stale in (self.run_dir / CHECKPOINTS).glob(".tmp-step-*"):
+                shutil.rmtree(stale)
 
     def _build(self) -> None:
         from phf.model import add_token_rows, build_model, check_vocab, load_model
@@ -535,6 +588,12 @@ class Trainer:
         return any(self._due(step + 1).values())
 
     def train(self) -> dict:
+        try:
+            return self._train()
+        finally:
+            self.release()
+
+    def _train(self) -> dict:
         from tqdm.auto import tqdm
 
         cfg, acc = self.config, self.accelerator
@@ -602,19 +661,33 @@ class Trainer:
         acc = self.accelerator
         root = self.run_dir / CHECKPOINTS
         final, tmp = root / f"step-{self.step:07d}", root / f".tmp-step-{self.step:07d}"
-        if acc.is_main_process:
+        try:
+            if acc.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+            acc.wait_for_everyone()
+            # safetensors drops the tied lm_head copy and accelerate warns each time; loading re-ties it
+            # (the resume test checks the losses), so the warning is noise.
+            logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
+            acc.save_state(str(tmp))
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                # The state file is the commit point and records every file, so a damaged checkpoint
+                # is recognised before it is loaded (_usable_checkpoint).
+                state = {"step": self.step, "samples": self.step * self.config.training.batch_size,
+                         "tokens": self.step * self.config.training.batch_size * self.config.data.seq_len,
+                         "format": CHECKPOINT_FORMAT, "phf_version": phf.__version__, "files": directory_records(tmp)}
+                (tmp / STATE_FILE).write_text(json.dumps(state))
+        # A full disk or a read-only mount (torch.save reports a failed write as a RuntimeError): keep
+        # the last checkpoint, and say so.
+        except (OSError, RuntimeError) as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        acc.wait_for_everyone()
-        # safetensors drops the tied lm_head copy and accelerate warns each time; loading re-ties it
-        # (the resume test checks the losses), so the warning is noise.
-        logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
-        acc.save_state(str(tmp))
-        acc.wait_for_everyone()
+            last = _checkpoint_dirs(self.run_dir)
+            reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+            raise TrainingError(f"cannot write checkpoint step {self.step} to {root}: {reason}; "
+                                f"the last checkpoint ({last[-1].name if last else 'none'}) is intact: "
+                                "free space and rerun with --resume") from exc
         if acc.is_main_process:
-            state = {"step": self.step, "samples": self.step * self.config.training.batch_size,
-                     "tokens": self.step * self.config.training.batch_size * self.config.data.seq_len}
-            (tmp / STATE_FILE).write_text(json.dumps(state))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             for old in _checkpoint_dirs(self.run_dir)[: -self.config.training.keep_checkpoints]:
