@@ -4,7 +4,7 @@ Each CLI subcommand is also a function here: ``phf.corpus``, ``phf.score``, ``ph
 ``phf.redteam``, ``phf.experiment``, ``phf.report``.
 """
 
-__version__ = "0.1.0"
+from phf._version import __version__
 
 
 def corpus(task: str, out: str, **kwargs) -> dict:

