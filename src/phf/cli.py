@@ -239,7 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (PhfError, ValueError, FileNotFoundError) as exc:
-        print(f"phf {args.command}: error: {exc}", file=sys.stderr)
+        # One line even when the message quotes a library's multi-line one.
+        message = " | ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"phf {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"phf {args.command}: interrupted; rerun the same command to continue", file=sys.stderr)

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from phf._version import __version__
+from phf.errors import PhfError
 
 FORMAT_VERSION = 1
 STORE_FILE = "store.json"
@@ -42,7 +43,7 @@ DOC_ARRAYS = ("doc_offsets", "doc_avg_score", "doc_index")
 READ_COLUMNS = ["texts", "scores", "avg_score", "doc_index"]
 
 
-class TokenStoreError(RuntimeError):
+class TokenStoreError(PhfError, RuntimeError):
     """A store that cannot be built or opened; the message names the file and what is wrong."""
 
 

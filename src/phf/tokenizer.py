@@ -24,6 +24,8 @@ import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from phf.errors import PhfError
+
 EOS = "<|endoftext|>"
 GPT2_VOCAB_SIZE = 50257
 GPT2_CONTEXT = 1024
@@ -31,7 +33,7 @@ GPT2_CONTEXT = 1024
 BPE_RECIPE = "phf-bytelevel-bpe-v1"
 
 
-class TokenizerError(ValueError):
+class TokenizerError(PhfError, ValueError):
     """A tokenizer spec that cannot be honoured; the message says what to do."""
 
 
