@@ -52,12 +52,15 @@ class ModelConfig:
     attn_implementation: str = "sdpa"
 
 
+# The six objectives, in the paper's order: the one list of their names. phf.objectives (losses) and
+# phf.reporting (plot styles) key their tables by it; it lives here so configs and studies are checked
+# without importing torch.
 OBJECTIVE_NAMES = ("mle", "filtering", "conditional", "ul", "rwr", "awr")
 
 
 @dataclass
 class ObjectiveConfig:
-    name: str = "mle"  # mle | filtering | conditional | ul | rwr | awr
+    name: str = "mle"  # one of OBJECTIVE_NAMES
     threshold: Optional[float] = None  # filtering: max avg_score kept; conditional: <|good|> iff s <= t; ul: a = 1[s <= t]
     percentile: Optional[float] = None  # filtering: keep documents up to this percentile of avg_score instead
     drop_prob: float = 0.0  # conditional: probability of inserting no control token before a segment

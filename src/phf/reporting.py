@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from phf.config import OBJECTIVE_NAMES
+
 __all__ = ["build_report", "pareto_frontier", "arm_names", "OBJECTIVE_STYLES"]
 
 DPI = 150
@@ -36,15 +38,16 @@ MISSING = "—"
 SAMPLES_PER_ARM = 5
 SAMPLE_CHARS = 200
 
-# objective -> (colour, marker, display name). Fixed, so every report uses the same encoding.
-OBJECTIVE_STYLES: dict[str, tuple[str, str, str]] = {
-    "mle": ("#4d4d4d", "o", "MLE"),
-    "filtering": ("#1f77b4", "s", "filtering"),
-    "conditional": ("#d62728", "*", "conditional"),
-    "ul": ("#2ca02c", "v", "unlikelihood"),
-    "rwr": ("#9467bd", "^", "RWR"),
-    "awr": ("#ff7f0e", "D", "AWR"),
-}
+# objective -> (colour, marker, display name), in OBJECTIVE_NAMES' order (the legend's). Fixed, so
+# every report uses the same encoding.
+OBJECTIVE_STYLES: dict[str, tuple[str, str, str]] = dict(zip(OBJECTIVE_NAMES, (
+    ("#4d4d4d", "o", "MLE"),
+    ("#1f77b4", "s", "filtering"),
+    ("#d62728", "*", "conditional"),
+    ("#2ca02c", "v", "unlikelihood"),
+    ("#9467bd", "^", "RWR"),
+    ("#ff7f0e", "D", "AWR"),
+), strict=True))
 _OTHER_STYLE = ("#8c564b", "X", "other")
 _MARKER_SIZE = {"*": 15, "D": 8}  # stars look small and diamonds large at the same nominal size
 

@@ -25,10 +25,9 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from phf.config import ConfigError
+from phf.config import OBJECTIVE_NAMES, ConfigError
 from phf.errors import PhfError
 
-OBJECTIVES = ("mle", "filtering", "conditional", "ul", "rwr", "awr")
 TASK_SCORERS = {"toxicity": "toxicity", "pii": "pii", "pep8": "pep8"}
 
 
@@ -76,7 +75,7 @@ class StudyConfig:
     name: str = "study"
     out: str = "runs/study"
     tasks: list[str] = field(default_factory=lambda: ["toxicity"])
-    objectives: list[str] = field(default_factory=lambda: list(OBJECTIVES))
+    objectives: list[str] = field(default_factory=lambda: list(OBJECTIVE_NAMES))
     seeds: list[int] = field(default_factory=lambda: [42])
     preset: str = "configs/tiny"  # training configs: <preset>/<task>/<objective>.yaml
     overrides: list[str] = field(default_factory=list)  # key=value for every training run
@@ -104,8 +103,8 @@ def load_study(path: str, overrides: list[str] | tuple[str, ...] = ()) -> StudyC
         if task not in TASK_SCORERS:
             raise ConfigError(f"{path}: unknown task {task!r}; choose from {sorted(TASK_SCORERS)}")
     for objective in study.objectives + study.finetune.objectives:
-        if objective not in OBJECTIVES:
-            raise ConfigError(f"{path}: unknown objective {objective!r}; choose from {', '.join(OBJECTIVES)}")
+        if objective not in OBJECTIVE_NAMES:
+            raise ConfigError(f"{path}: unknown objective {objective!r}; choose from {', '.join(OBJECTIVE_NAMES)}")
     if study.finetune.enabled and "mle" not in study.objectives:
         raise ConfigError(f"{path}: the finetune arm continues the mle run: add mle to objectives")
     if not 0 < study.finetune.fraction < 1:

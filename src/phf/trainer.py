@@ -29,7 +29,7 @@ from phf.config import TrainConfig, to_yaml
 from phf.errors import PhfError
 from phf.data import Conditional, Filtering, PackedStream, bucket_edges, collate, step_sample_indices
 from phf.logprobs import lm_target_logprobs
-from phf.objectives import LossInputs, ValueHead, build_objective
+from phf.objectives import LossInputs, ValueHead, build_objective, objective_parameters
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -40,11 +40,6 @@ PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A
 
 class TrainingError(PhfError, RuntimeError):
     """Training cannot go on (NaN loss, a run directory in the way); the message says what to do."""
-
-
-# Objective parameters each objective reads from the config (others must stay unset).
-OBJECTIVE_PARAMS = {"mle": (), "filtering": (), "conditional": (), "ul": ("threshold", "alpha", "soft"),
-                    "rwr": ("beta",), "awr": ("alpha", "beta", "weight_clip")}
 
 
 class PolicyModel(nn.Module):
@@ -70,12 +65,11 @@ class PolicyModel(nn.Module):
 
 
 def objective_params(config: TrainConfig) -> dict:
+    """The objective's loss parameters that the config sets (the others keep the loss's defaults)."""
     o = config.objective
-    if o.name not in OBJECTIVE_PARAMS:
-        raise TrainingError(f"objective.name {o.name!r}: choose one of {', '.join(OBJECTIVE_PARAMS)}")
     # `is not None`, never truthiness: threshold 0.0 is the paper's PII/PEP8 setting (the authors'
     # `if self.score_threshold:` dropped it).
-    return {k: getattr(o, k) for k in OBJECTIVE_PARAMS[o.name] if getattr(o, k) is not None}
+    return {k: getattr(o, k) for k in objective_parameters(o.name) if getattr(o, k) is not None}
 
 
 def keep_freed_memory() -> bool:
