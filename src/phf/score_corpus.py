@@ -22,7 +22,6 @@ import math
 import multiprocessing as mp
 import os
 import socket
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from phf._version import __version__
+from phf.atomic import atomic_path, write_text_atomic
 from phf.errors import PhfError
 from phf.readers import SCORED_ISSUES, JsonlSource, Record, open_source
 from phf.scoring import get_scorer, hit_threshold
@@ -80,14 +80,6 @@ def parse_shard(spec: str | None) -> tuple[int, int]:
     if count < 1 or not 0 <= index < count:
         raise ScoringError(f"--shard {spec!r}: need 0 <= i < N")
     return index, count
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def _shard_parquet(out: Path, shard: int, num_shards: int) -> Path:
@@ -218,10 +210,8 @@ def score_shard(job: Job, shard: int, scorer: Scorer, advance=lambda n: None) ->
         "doc_index": pa.array(columns["doc_index"], pa.int64()),
     })
     target = _shard_parquet(out, shard, job.num_shards)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, target)
+    with atomic_path(target) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
     stats = {
         "shard": shard, "records": [start, stop], "file": str(target.relative_to(out)),
         **{k: counts[k] for k in ("documents_read", "documents_scored", "documents_skipped", "segments",
@@ -230,7 +220,7 @@ def score_shard(job: Job, shard: int, scorer: Scorer, advance=lambda n: None) ->
         "seconds": time.perf_counter() - started, "host": socket.gethostname(), "pid": os.getpid(),
     }
     # The marker is the commit point: written only once the Parquet shard is complete.
-    _atomic_write_text(_shard_marker(out, shard), json.dumps(stats))
+    write_text_atomic(_shard_marker(out, shard), json.dumps(stats))
     return stats
 
 
@@ -265,7 +255,7 @@ def _check_or_write_plan(out: Path, plan: dict, overwrite: bool) -> None:
             (out / name).unlink(missing_ok=True)
     elif out.exists() and any(not p.name.startswith(".") for p in out.iterdir()):
         raise ScoringError(f"{out} is not empty and holds no scoring run; choose an empty or new --out")
-    _atomic_write_text(path, json.dumps(plan, indent=2))
+    write_text_atomic(path, json.dumps(plan, indent=2))
 
 
 def _finish(out: Path, plan: dict, wall: float, done_now: list[dict]) -> dict:
@@ -307,11 +297,10 @@ def _finish(out: Path, plan: dict, wall: float, done_now: list[dict]) -> dict:
         "shards": [{k: s[k] for k in ("shard", "file", "records", "documents_scored", "segments", "seconds")}
                    for s in shards],
     }
-    with open(out / ".issues.jsonl.tmp", "w", encoding="utf-8") as handle:
+    with atomic_path(out / "issues.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as handle:
         for issue in issues:
             handle.write(json.dumps(issue, ensure_ascii=False) + "\n")
-    os.replace(out / ".issues.jsonl.tmp", out / "issues.jsonl")
-    _atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2))
+    write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=2))
     return manifest
 
 
