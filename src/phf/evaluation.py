@@ -36,6 +36,7 @@ import torch
 from phf.atomic import write_text_atomic
 from phf.errors import PhfError
 from phf.metrics import diversity, misalignment_summary, per_prompt_summary
+from phf.model import max_positions
 from phf.scoring import get_scorer, hit_threshold
 
 CODE_MAX_NEW_TOKENS = 640  # the paper's PEP8 setting; text uses 128
@@ -121,11 +122,6 @@ def load_target(path: str | os.PathLike, device: torch.device) -> Target:
                   [vocab[t] for t in info.get("forbidden_tokens", [])], [vocab[t] for t in control], info)
 
 
-def _max_positions(model) -> int:
-    cfg = model.config
-    return getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None) or 1024
-
-
 # --- log-probabilities of strings -------------------------------------------------------------
 
 
@@ -140,7 +136,7 @@ def string_logprobs(model, tokenizer, texts: list[str], prompt: str, *, batch_si
 
     device = next(model.parameters()).device
     prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
-    limit = _max_positions(model)
+    limit = max_positions(model)
     rows = [(prompt_ids + tokenizer(t, add_special_tokens=False).input_ids)[:limit] for t in texts]
     sums = []  # kept on the device and read once: a read per batch would stall a GPU every batch
     for start in range(0, len(rows), batch_size):
@@ -170,7 +166,9 @@ def _generate(target: Target, prompts: list[str], config: EvalConfig, num_sample
 
     # Fit the continuation into the context, so the sampler has nothing to clamp (or warn about).
     longest = max(len(target.tokenizer(p, add_special_tokens=False).input_ids) for p in prompts)
-    max_new = max(1, min(max_new, _max_positions(target.model) - longest))
+    limit = max_positions(target.model)
+    if limit is not None:
+        max_new = max(1, min(max_new, limit - longest))
     sampling = SamplingConfig(temperature=config.temperature if temperature is None else temperature,
                               top_p=config.top_p if top_p is None else top_p, top_k=config.top_k,
                               min_new_tokens=min(config.min_new_tokens if min_new is None else min_new, max_new),
@@ -274,7 +272,8 @@ def held_out_lm_loss(target: Target, scored_dir: Path, *, max_tokens: int, batch
         ids = tuple(tokenizer.convert_tokens_to_ids(t) for t in target.info["control_tokens"])
         edges = tuple(cond["edges"]) if cond.get("edges") else None
         conditional = Conditional(ids, threshold=cond.get("threshold", 0.0), drop_prob=0.0, edges=edges)
-    seq_len = min(_max_positions(model), 1024)
+    limit = max_positions(model)
+    seq_len = 1024 if limit is None else min(limit, 1024)
     stream = PackedStream(store, seq_len, tokenizer.eos_token_id, shuffle=False, conditional=conditional)
     blocks = min(stream.blocks_in_epoch(0), max(1, max_tokens // seq_len))
     device = next(model.parameters()).device

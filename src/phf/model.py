@@ -197,6 +197,20 @@ def check_vocab(model, tokenizer, source: str) -> None:
                          "tokens: this tokenizer does not belong to this checkpoint")
 
 
+def max_positions(model) -> int | None:
+    """The most positions ``model`` takes: its config's ``n_positions`` or ``max_position_embeddings``.
+
+    None where the config names neither (ALiBi models such as BLOOM): no limit is known, so callers
+    enforce none rather than guess one.
+    """
+    config = getattr(model, "config", None)
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def save_checkpoint(model, tokenizer, out: str | Path, *, phf_info: dict[str, Any]) -> None:
     """An HF directory that samples correctly with plain transformers."""
     out = Path(out)
@@ -205,7 +219,7 @@ def save_checkpoint(model, tokenizer, out: str | Path, *, phf_info: dict[str, An
     tokenizer.save_pretrained(out)
     forbidden = phf_info.get("forbidden_tokens", [])
     padding_rows = list(range(len(tokenizer), model.get_input_embeddings().weight.shape[0]))
-    positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    positions = max_positions(model)
     generation = GenerationConfig(
         # The paper's sampling settings; at most 128 new tokens, fewer if the context is shorter.
         do_sample=True, temperature=0.7, top_p=0.9, top_k=0, max_new_tokens=min(128, (positions or 130) - 2),

@@ -44,6 +44,8 @@ from dataclasses import dataclass
 
 import torch
 
+from phf.model import max_positions
+
 __all__ = ["SamplingConfig", "Generation", "generate"]
 
 # On CUDA, asking "are all rows done?" synchronises host and device; doing it every few steps lets the
@@ -140,15 +142,6 @@ def _model_device(model) -> torch.device:
     if isinstance(device, torch.device):
         return device
     return next(model.parameters()).device
-
-
-def _max_positions(model) -> int | None:
-    config = getattr(model, "config", None)
-    for name in ("n_positions", "max_position_embeddings"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 class _Forward:
@@ -518,22 +511,22 @@ def generate(model, tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]],
     strip = {int(i) for i in strip_ids}
 
     # Per prompt: how many new tokens fit in the model's positions.
-    max_positions = _max_positions(model)
+    positions = max_positions(model)
     limits = []
     clamped = []
     for i, ids in enumerate(prompt_ids):
         limit = config.max_new_tokens
-        if max_positions is not None:
-            room = max_positions - len(ids)
+        if positions is not None:
+            room = positions - len(ids)
             if room < 1:
-                raise ValueError(f"prompt {i} has {len(ids)} tokens, but the model takes at most {max_positions} "
+                raise ValueError(f"prompt {i} has {len(ids)} tokens, but the model takes at most {positions} "
                                  "positions: no room left to generate")
             if room < limit:
                 limit = room
                 clamped.append(i)
         limits.append(limit)
     if clamped:
-        warnings.warn(f"max_new_tokens={config.max_new_tokens} does not fit in the model's {max_positions} positions "
+        warnings.warn(f"max_new_tokens={config.max_new_tokens} does not fit in the model's {positions} positions "
                       f"after {len(clamped)} of {len(prompt_ids)} prompt(s) (the longest has "
                       f"{max(len(prompt_ids[i]) for i in clamped)} tokens): those rows generate at most "
                       f"{min(limits[i] for i in clamped)} to {max(limits[i] for i in clamped)} new tokens",
@@ -541,7 +534,7 @@ def generate(model, tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]],
 
     device = _model_device(model)
     forward = _Forward(model)
-    state = {"eos": int(eos), "forbidden": forbidden, "n_tokens": len(tokenizer), "max_positions": max_positions}
+    state = {"eos": int(eos), "forbidden": forbidden, "n_tokens": len(tokenizer), "max_positions": positions}
 
     # Rows r = prompt * num_samples + sample, sorted by prompt length so equal lengths share batches.
     n_rows = len(prompt_ids) * num_samples
