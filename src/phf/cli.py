@@ -124,7 +124,7 @@ def _cmd_experiment(args) -> int:
 def _cmd_report(args) -> int:
     from phf.reporting import build_report
 
-    build_report(args.run_dirs, args.out, title=args.title)
+    build_report(args.run_dirs, args.out, title=args.title, names=args.names.split(",") if args.names else None)
     print(f"report written to {args.out}/report.html and {args.out}/report.md")
     return 0
 
@@ -227,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--out", required=True)
     p.add_argument("--title", default=None)
+    p.add_argument("--names", default=None, metavar="A,B,...",
+                   help="comma-separated arm names, one per run directory (default: the directories' names)")
     p.set_defaults(func=_cmd_report)
     return parser
 

@@ -1167,22 +1167,3 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path, *, title: str 
     (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return results
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m phf.reporting RUN_DIR... --out DIR`` (the CLI's ``phf report`` calls build_report)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m phf.reporting", description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--title")
-    parser.add_argument("--names", help="comma-separated arm names, one per run")
-    args = parser.parse_args(argv)
-    result = build_report(args.runs, args.out, title=args.title,
-                          names=args.names.split(",") if args.names else None)
-    print(f"{args.out}: " + ", ".join(Path(f).name for f in result["files"].values()))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
