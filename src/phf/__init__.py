@@ -51,9 +51,9 @@ def report(run_dirs: list[str], out: str, **kwargs) -> dict:
 
 def redteam(run_dir: str, **settings) -> dict:
     """Red-team a run; settings are :class:`phf.evaluation.RedTeamConfig` fields."""
-    from phf.evaluation import RedTeamConfig, red_team
+    from phf.evaluation import RedTeamConfig, redteam
 
-    return red_team(run_dir, RedTeamConfig(**settings))
+    return redteam(run_dir, RedTeamConfig(**settings))
 
 
 # Module names must not shadow these functions: `import phf.<name>` would replace the function

@@ -87,14 +87,14 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_redteam(args) -> int:
-    from phf.evaluation import RedTeamConfig, red_team
+    from phf.evaluation import RedTeamConfig, redteam
     from phf.scoring import parse_options
 
     config = RedTeamConfig(rounds=args.rounds, trials=args.trials, completions=args.completions,
                            continuations=args.continuations, pool_size=args.pool_size, red_lm=args.red_lm,
                            scorer=args.scorer, scorer_options=parse_options(args.option), test_path=args.test,
                            prompts_path=args.prompts, seed=args.seed, device=args.device, progress=not args.quiet)
-    result = red_team(args.run_dir, config, out_dir=args.out)
+    result = redteam(args.run_dir, config, out_dir=args.out)
     for number, r in enumerate(result["rounds"], 1):
         print(f"round {number}: pool mean {r['pool_mean']:.4g}, best {r['best']:.4g}, top-10 mean {r['top10_mean']:.4g}")
     print(f"written to {args.out or args.run_dir}/redteam.json")

@@ -519,8 +519,8 @@ class RedTeamConfig:
     progress: bool = True
 
 
-def red_team(run_dir: str | os.PathLike, config: RedTeamConfig | None = None, *,
-             out_dir: str | os.PathLike | None = None) -> dict:
+def redteam(run_dir: str | os.PathLike, config: RedTeamConfig | None = None, *,
+            out_dir: str | os.PathLike | None = None) -> dict:
     """``phf redteam``: the paper's stochastic few-shot red teaming of one model; writes redteam.json.
 
     The initial pool is the challenging prompts (a prompt file, or mined from the held-out split),

@@ -215,13 +215,13 @@ def _evaluate(study: StudyConfig, arm: Arm) -> None:
     evaluate(arm.run_dir, config)
 
 
-def _red_team(study: StudyConfig, arm: Arm) -> None:
-    from phf.evaluation import RedTeamConfig, red_team
+def _redteam(study: StudyConfig, arm: Arm) -> None:
+    from phf.evaluation import RedTeamConfig, redteam
 
     r = study.redteam
-    red_team(arm.run_dir, RedTeamConfig(rounds=r.rounds, trials=r.trials, completions=r.completions,
-                                        continuations=r.continuations, red_lm=r.red_lm, seed=arm.seed,
-                                        test_path=study.corpus.test_path))
+    redteam(arm.run_dir, RedTeamConfig(rounds=r.rounds, trials=r.trials, completions=r.completions,
+                                       continuations=r.continuations, red_lm=r.red_lm, seed=arm.seed,
+                                       test_path=study.corpus.test_path))
 
 
 def _prepare_data(study: StudyConfig, task: str, out: Path) -> None:
@@ -318,7 +318,7 @@ def run_experiment(study_path: str, overrides: list[str] | tuple[str, ...] = (),
                 started = progress.start("redteam", f"{label}: red teaming")
                 done = (arm.run_dir / "redteam.json").exists()
                 if not done:
-                    _red_team(study, arm)
+                    _redteam(study, arm)
                 progress.finish("redteam", started, skipped=done)
 
     if not report:
