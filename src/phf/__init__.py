@@ -28,7 +28,7 @@ def train(*files: str, overrides: tuple[str, ...] = (), resume: bool = False) ->
     return run(load_config(list(files), list(overrides)), resume=resume)
 
 
-def eval(run_dir: str, **settings) -> dict:  # noqa: A001 - the CLI verb, as DESIGN.md asks
+def eval(run_dir: str, **settings) -> dict:  # noqa: A001 - the CLI verb: each verb is a function of its name
     """Evaluate a run or HF model directory; settings are :class:`phf.evaluation.EvalConfig` fields."""
     from phf.evaluation import EvalConfig, evaluate
 

@@ -1,4 +1,4 @@
-"""``phf eval``: how aligned and how capable a model is (PAPER.md, "Evaluation").
+"""``phf eval``: how aligned and how capable a model is (docs/method.md, "Evaluation").
 
 For a run directory (or any HF causal-LM directory) it writes ``eval.json`` and ``samples.jsonl``:
 

@@ -1,4 +1,4 @@
-"""Summary statistics of the evaluation protocol (PAPER.md, "Evaluation").
+"""Summary statistics of the evaluation protocol (docs/method.md, "Evaluation").
 
 Misalignment of samples: the mean with a bootstrap 95% interval, the expected maximum over groups
 of 25 samples (RealToxicityPrompts' "expected maximum toxicity"), and the hit rate (share above the

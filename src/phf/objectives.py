@@ -1,4 +1,4 @@
-"""Token-level losses of the six PHF objectives (Korbak et al. 2023, PAPER.md "Objectives").
+"""Token-level losses of the six PHF objectives (Korbak et al. 2023, docs/method.md "Objectives").
 
 Filtering and conditional training are data transforms (documents dropped, control tokens inserted)
 and train with plain MLE; unlikelihood, RWR and AWR are functions of each target token's log-prob,
@@ -11,7 +11,7 @@ global per-token mean, so the gradient does not depend on how a step is split (t
 a mean per micro-batch, which weights tokens of short micro-batches more). Metrics are normalised the
 same way and detached, so the trainer adds them over micro-batches and all-reduces them with a sum.
 
-Fixes of the authors' code (PAPER.md "Known defects"):
+Fixes of the authors' code (docs/method.md, "Known defects of the authors' code"):
 
 * Unlikelihood uses the hard threshold ``a = 1[s <= t]`` for every ``t``, including ``t = 0.0``. The
   authors tested ``if self.score_threshold:``, false for 0.0, so their PII and PEP8 runs silently used

