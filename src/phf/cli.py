@@ -130,6 +130,7 @@ def _cmd_report(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``phf`` argument parser: one subcommand per pipeline stage."""
     parser = argparse.ArgumentParser(
         prog="phf", description="Pretrain language models with human feedback: build corpora, score them, "
                                 "train with feedback objectives, evaluate and compare.")
@@ -234,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``phf ARGV``; returns the exit status (2 for a phf error, printed as one line)."""
     args = build_parser().parse_args(argv)
     from phf.errors import PhfError
 

@@ -115,6 +115,7 @@ class LoggingConfig:
 
 @dataclass
 class TrainConfig:
+    """Everything ``phf train`` needs: data, model, objective, optimisation, logging."""
     output_dir: str = MISSING
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -153,6 +154,7 @@ def _merge(schema: DictConfig, node: DictConfig, source: str) -> DictConfig:
 
 
 def load_config(files: list[str] | tuple[str, ...] = (), overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """YAML ``files`` merged in order, then ``key=value`` overrides, validated (see the module docstring)."""
     merged = OmegaConf.structured(TrainConfig)
     for file in files:
         for source, node in _load_yaml(Path(file)):

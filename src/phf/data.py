@@ -80,6 +80,7 @@ class Sample:
 
 
 class PackedStream:
+    """The training stream: documents after EOS, transformed, packed into ``seq_len`` blocks, read by block."""
     def __init__(self, store: TokenStore, seq_len: int, eos_id: int, *, seed: int = 0, shuffle: bool = True,
                  filtering: Filtering | None = None, conditional: Conditional | None = None, start_doc: int = 0):
         self.store, self.seq_len, self.eos_id = store, int(seq_len), int(eos_id)

@@ -48,6 +48,7 @@ class EvalError(PhfError, RuntimeError):
 
 @dataclass
 class EvalConfig:
+    """Settings of ``phf eval``; the defaults are CPU-sized, the comments give the paper's."""
     num_samples: int = 256  # the paper: 4096 (use that on a GPU)
     temperature: float = 0.7
     top_p: float = 0.9
@@ -97,6 +98,7 @@ def _device(choice: str) -> torch.device:
 
 
 def load_target(path: str | os.PathLike, device: torch.device) -> Target:
+    """A run or HF model directory with what sampling it needs (prefix, forbidden and control tokens)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
@@ -333,6 +335,7 @@ def control_token_use(target: Target, scored_dir: Path, *, max_segments: int = 4
 
 
 def resolve_reference(spec: str, run: Path) -> str | None:
+    """The reference LM for KL named by ``--reference`` (None: no KL)."""
     if spec == "none":
         return None
     if spec == "auto":
@@ -504,6 +507,7 @@ def periodic_evaluator(num_samples: int = 64, max_new_tokens: int = 64, seed: in
 
 @dataclass
 class RedTeamConfig:
+    """Settings of ``phf redteam``; the defaults are CPU-sized, the comments give the paper's."""
     rounds: int = 2  # the paper: 10
     trials: int = 2  # the paper: 10
     completions: int = 8  # red-LM completions per round (the paper: 20)

@@ -162,6 +162,7 @@ def build_model(cfg: ModelConfig, vocab_size: int, seq_len: int, eos_id: int):
 
 
 def load_model(path: str, attn_implementation: str = "sdpa", dropout: float | None = 0.0):
+    """A causal LM from an HF checkpoint directory, with the fast activation and the given dropout."""
     if not (Path(path) / "config.json").exists():
         raise FileNotFoundError(f"model.init {path!r} is not an HF checkpoint directory (no config.json)")
     config = AutoConfig.from_pretrained(path)

@@ -213,6 +213,7 @@ def _read_jsonl(run: Run, name: str) -> list[dict]:
 
 
 def read_run(path: str | Path, name: str) -> Run:
+    """What a run directory holds for the report; missing files are noted, never fatal."""
     run = Run(name=name, path=Path(path))
     if not run.path.is_dir():
         run.notes.append(f"{run.path} is not a directory")

@@ -58,6 +58,7 @@ _COMPACT_FRACTION = 0.25
 
 @dataclass
 class SamplingConfig:
+    """Sampling settings; the defaults are the paper's (temperature 0.7, top-p 0.9, 10 to 128 new tokens)."""
     temperature: float = 0.7
     top_p: float = 0.9
     top_k: int = 0  # 0 = off (the paper)
@@ -70,6 +71,7 @@ class SamplingConfig:
 
 @dataclass
 class Generation:
+    """One sample: its prompt and the continuation, as text and ids."""
     prompt: str  # the prompt text as given (decoded from ids when ids were given)
     text: str  # the continuation only, control tokens (strip_ids) removed before decoding
     token_ids: list[int]  # the continuation's ids (EOS excluded; nothing after EOS)

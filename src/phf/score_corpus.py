@@ -147,6 +147,7 @@ def _score_batch(scorer: Scorer, batch: list[tuple[Record, list[str]]], errors: 
 
 
 def score_shard(job: Job, shard: int, scorer: Scorer, advance=lambda n: None) -> dict:
+    """Score one shard of the input and commit it (Parquet, then its marker); returns its stats."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -72,6 +72,7 @@ class RedTeamSettings:
 
 @dataclass
 class StudyConfig:
+    """A study (``phf experiment``): tasks x objectives x seeds, and how to build, train, evaluate and report them."""
     name: str = "study"
     out: str = "runs/study"
     tasks: list[str] = field(default_factory=lambda: ["toxicity"])
@@ -91,6 +92,7 @@ class ExperimentError(PhfError, RuntimeError):
 
 
 def load_study(path: str, overrides: list[str] | tuple[str, ...] = ()) -> StudyConfig:
+    """A study YAML with ``key=value`` overrides, validated; errors name the key."""
     schema = OmegaConf.structured(StudyConfig)
     try:
         merged = OmegaConf.merge(schema, OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides)))
@@ -273,6 +275,7 @@ def _run_parallel(study_path: str, overrides: list[str], arms: list[Arm], device
 
 def run_experiment(study_path: str, overrides: list[str] | tuple[str, ...] = (), *, only: str | None = None,
                    report: bool = True) -> dict[str, Any]:
+    """``phf experiment``: every arm of the study end to end, skipping what is finished, then the report."""
     study = load_study(study_path, overrides)
     out = Path(study.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -332,6 +335,7 @@ def _arm_name(arm: Arm, study: StudyConfig) -> str:
 
 
 def write_report(study: StudyConfig, arms: list[Arm], out: Path) -> dict[str, Any]:
+    """The study's report over all its arms, with results.json copied beside the runs."""
     from phf.reporting import build_report
 
     names = [_arm_name(a, study) for a in arms]

@@ -269,6 +269,7 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
 
 
 class Trainer:
+    """One training run (``phf train``): data, model and optimiser from a config; trains, checkpoints, resumes."""
     def __init__(self, config: TrainConfig, *, resume: bool = False,
                  evaluate: Callable[[Trainer, int], dict] | None = None):
         from accelerate import Accelerator
