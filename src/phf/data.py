@@ -163,7 +163,7 @@ class PackedStream:
 
         Vectorised over the documents: a fixed number of numpy calls per block however many
         documents it spans, reading only the window's tokens from the store. (The per-document
-        loop it replaced cost 3x as much on blocks of short documents, re-transformed a whole long
+        loop it replaced was slowest on blocks of short documents, re-transformed a whole long
         document for every block that touched it, and held the GIL the training thread needs.)
 
         The stream is a sequence of inserted tokens (EOS, controls), each followed by a run of

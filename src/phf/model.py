@@ -38,8 +38,8 @@ def padded_vocab(size: int, multiple: int) -> int:
 
 # Activations with a faster kernel that computes the same function: HF's "gelu_new" (GPT-2, GPT-Neo)
 # is the tanh approximation written as eight elementwise ops; torch's fused gelu(approximate="tanh")
-# agrees to 1e-15 in float64 and makes the tiny CPU preset ~20% faster. Checkpoints stay loadable by
-# any transformers (the saved config names the fused one).
+# computes it in one (docs/benchmarks.md). Checkpoints stay loadable by any transformers (the saved
+# config names the fused one).
 FAST_ACTIVATIONS = {"gelu_new": "gelu_pytorch_tanh"}
 
 
@@ -52,12 +52,11 @@ def sdpa_in_fp32(module, query, key, value, attention_mask, **kwargs):
     autocast off: the same function, computed more precisely, and on a CPU faster.
 
     Why: torch's CPU flash-attention kernel is slower in bf16 than in fp32 on short sequences (its
-    bf16 backward). ``bench/cpu_attention.py`` on this project's AVX512-BF16 CPU (forward +
-    backward, 4 heads of 32 or 64, 4,096 tokens per call): 2.2-2.9x slower at 64-128 tokens,
-    1.1-1.4x at 256, about even at 512, faster from 1,024, hence ``training.cpu_fp32_attention_below:
-    512``. An attention function (selected by :func:`training_attention`) rather than a mode that
-    intercepts every torch call: no Python cost on the other ops, and ``torch.compile`` traces it
-    (inductor would otherwise call the bf16 CPU kernel)."""
+    bf16 backward); ``bench/cpu_attention.py`` finds the crossover on a CPU (docs/benchmarks.md),
+    hence ``training.cpu_fp32_attention_below``. An attention function (selected by
+    :func:`training_attention`) rather than a mode that intercepts every torch call: no Python cost
+    on the other ops, and ``torch.compile`` traces it (inductor would otherwise call the bf16 CPU
+    kernel)."""
     if attention_mask is not None and attention_mask.is_floating_point():
         attention_mask = attention_mask.float()  # a float mask must match q's dtype
     with torch.autocast(query.device.type, enabled=False):

