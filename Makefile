@@ -1,4 +1,6 @@
-# make demo: the main job on the embedded default corpora.   make test: the test suite.
+# make demo: the main job on the embedded default corpora.
+# make test: the test suite, network tests included (they fetch from PyPI/Debian into the cache and
+# fail without it); offline: make test PYTEST_ARGS='-m "not slow and not gpu and not network"'.
 # Both create .venv on first use. GPU users: make setup TORCH_SPEC="torch==2.13.0" with their CUDA index.
 PYTHON ?= python3
 VENV ?= .venv

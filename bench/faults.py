@@ -35,6 +35,11 @@ ROOT = Path(__file__).resolve().parent.parent
 TIMING_KEYS = {"elapsed_s", "tok_s", "mfu", "seconds", "timing", "created", "build_seconds", "tokens_per_second",
                "wall_seconds", "samples_per_second", "time"}
 SCORE_DOCS, SHARD_SIZE = 4000, 50
+
+
+def _is_timing(key: str) -> bool:
+    """A wall-clock figure (``eval_seconds``, ``timings_s``, ...): never equal across runs."""
+    return key in TIMING_KEYS or key.endswith(("_seconds", "_s"))
 WORDS = "the cat sat on a mat while dogs ran far away home under red blue sky and sea".split()
 
 
@@ -134,7 +139,8 @@ def metrics(path: Path) -> list[dict]:
 def strip(value):
     """``value`` without its timing entries (and paths of the directory it was written in)."""
     if isinstance(value, dict):
-        return {k: strip(v) for k, v in value.items() if k not in TIMING_KEYS and k not in ("path", "phf_version")}
+        return {k: strip(v) for k, v in value.items()
+                if not _is_timing(k) and k not in ("path", "phf_version")}
     if isinstance(value, list):
         return [strip(v) for v in value]
     return value

@@ -31,7 +31,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=sorted(bench.PRESETS), default=None,
                         help="model/data preset (default: tiny on CPU, gpt2-small on CUDA)")
-    parser.add_argument("--objectives", default=",".join(bench.OBJECTIVES),
+    parser.add_argument("--objectives", default=",".join(bench.OBJECTIVE_NAMES),
                         help="comma-separated, MLE first is the reference; OBJECTIVE:key=value adds overrides")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a phf config override for every objective; repeatable")

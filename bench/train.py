@@ -49,7 +49,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
-OBJECTIVES = ("mle", "filtering", "conditional", "ul", "rwr", "awr")
 PRESETS = {"tiny": ROOT / "configs" / "tiny" / "base.yaml", "gpt2-small": ROOT / "configs" / "gpt2-small.yaml"}
 SCORER = "tests.helpers.user_scorers:length_score"  # misalignment = share of the letter "x"
 CORPUS_PASSES = 2.5  # the corpus holds ~2.5x the tokens one objective reads (filtering keeps ~half)
@@ -64,6 +63,8 @@ for path in (str(ROOT), str(ROOT / "src"), str(BENCH)):
         sys.path.insert(0, path)
 # Spawned scoring processes import the user scorer from the repo root too.
 os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+
+from phf.config import OBJECTIVE_NAMES  # noqa: E402 - src/ is on the path from here
 
 
 # --- the synthetic scored corpus ------------------------------------------------------------------
@@ -177,9 +178,9 @@ def phf_config(spec: dict, run: str):
 def parse_runs(parser: argparse.ArgumentParser, text: str) -> list[str]:
     """``--objectives``: objective names, each optionally followed by ``:key=value`` overrides."""
     runs = [o.strip() for o in text.split(",") if o.strip()]
-    bad = [o for o in runs if o.split(":")[0] not in OBJECTIVES or any("=" not in kv for kv in o.split(":")[1:])]
+    bad = [o for o in runs if o.split(":")[0] not in OBJECTIVE_NAMES or any("=" not in kv for kv in o.split(":")[1:])]
     if bad or not runs:
-        parser.error(f"--objectives: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(OBJECTIVES)}, "
+        parser.error(f"--objectives: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(OBJECTIVE_NAMES)}, "
                      "each optionally followed by :key=value overrides")
     return runs
 
@@ -552,7 +553,7 @@ def main() -> int:
                         help="model/data preset (default: tiny on CPU, gpt2-small on CUDA)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per run (default 20)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps before them (default 3 tiny, 5 gpt2-small)")
-    parser.add_argument("--objectives", default=",".join(OBJECTIVES),
+    parser.add_argument("--objectives", default=",".join(OBJECTIVE_NAMES),
                         help="comma-separated (default: all six); OBJECTIVE:key=value[:key=value] adds a run of that "
                              "objective with its own config overrides, e.g. mle:training.logprob_keep_softmax_mb=0")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

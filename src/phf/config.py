@@ -53,6 +53,9 @@ class ModelConfig:
     attn_implementation: str = "sdpa"
 
 
+# The six objectives, in the paper's order: the one list of their names. phf.objectives (losses) and
+# phf.reporting (plot styles) key their tables by it; it lives here so configs and studies are checked
+# without importing torch.
 OBJECTIVE_NAMES = ("mle", "filtering", "conditional", "ul", "rwr", "awr")
 CONDITIONAL_LABELS = ("segment", "document-max", "document-mean")  # what labels a segment (phf.data.Conditional)
 # How a conditional model is sampled after its ``EOS <|good|>`` prompt (phf.evaluation). It was
@@ -70,7 +73,7 @@ PROTOCOLS = ("paper", "emit-good", "recondition")
 
 @dataclass
 class ObjectiveConfig:
-    name: str = "mle"  # mle | filtering | conditional | ul | rwr | awr
+    name: str = "mle"  # one of OBJECTIVE_NAMES
     threshold: Optional[float] = None  # filtering: max avg_score kept; conditional: <|good|> iff s <= t; ul: a = 1[s <= t]
     # filtering: keep documents up to this percentile of avg_score; conditional: threshold = this
     # percentile of the segments' label scores (the paper's risk-averse ~5% good: 5)
@@ -137,6 +140,7 @@ class LoggingConfig:
 
 @dataclass
 class TrainConfig:
+    """Everything ``phf train`` needs: data, model, objective, optimisation, logging."""
     output_dir: str = MISSING
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -175,6 +179,7 @@ def _merge(schema: DictConfig, node: DictConfig, source: str) -> DictConfig:
 
 
 def load_config(files: list[str] | tuple[str, ...] = (), overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """YAML ``files`` merged in order, then ``key=value`` overrides, validated (see the module docstring)."""
     merged = OmegaConf.structured(TrainConfig)
     for file in files:
         for source, node in _load_yaml(Path(file)):

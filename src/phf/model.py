@@ -38,8 +38,8 @@ def padded_vocab(size: int, multiple: int) -> int:
 
 # Activations with a faster kernel that computes the same function: HF's "gelu_new" (GPT-2, GPT-Neo)
 # is the tanh approximation written as eight elementwise ops; torch's fused gelu(approximate="tanh")
-# agrees to 1e-15 in float64 and makes the tiny CPU preset ~20% faster. Checkpoints stay loadable by
-# any transformers (the saved config names the fused one).
+# computes it in one (docs/benchmarks.md). Checkpoints stay loadable by any transformers (the saved
+# config names the fused one).
 FAST_ACTIVATIONS = {"gelu_new": "gelu_pytorch_tanh"}
 
 
@@ -52,12 +52,11 @@ def sdpa_in_fp32(module, query, key, value, attention_mask, **kwargs):
     autocast off: the same function, computed more precisely, and on a CPU faster.
 
     Why: torch's CPU flash-attention kernel is slower in bf16 than in fp32 on short sequences (its
-    bf16 backward). ``bench/cpu_attention.py`` on this project's AVX512-BF16 CPU (forward +
-    backward, 4 heads of 32 or 64, 4,096 tokens per call): 2.2-2.9x slower at 64-128 tokens,
-    1.1-1.4x at 256, about even at 512, faster from 1,024, hence ``training.cpu_fp32_attention_below:
-    512``. An attention function (selected by :func:`training_attention`) rather than a mode that
-    intercepts every torch call: no Python cost on the other ops, and ``torch.compile`` traces it
-    (inductor would otherwise call the bf16 CPU kernel)."""
+    bf16 backward); ``bench/cpu_attention.py`` finds the crossover on a CPU (docs/benchmarks.md),
+    hence ``training.cpu_fp32_attention_below``. An attention function (selected by
+    :func:`training_attention`) rather than a mode that intercepts every torch call: no Python cost
+    on the other ops, and ``torch.compile`` traces it (inductor would otherwise call the bf16 CPU
+    kernel)."""
     if attention_mask is not None and attention_mask.is_floating_point():
         attention_mask = attention_mask.float()  # a float mask must match q's dtype
     with torch.autocast(query.device.type, enabled=False):
@@ -162,6 +161,7 @@ def build_model(cfg: ModelConfig, vocab_size: int, seq_len: int, eos_id: int):
 
 
 def load_model(path: str, attn_implementation: str = "sdpa", dropout: float | None = 0.0):
+    """A causal LM from an HF checkpoint directory, with the fast activation and the given dropout."""
     if not (Path(path) / "config.json").exists():
         raise FileNotFoundError(f"model.init {path!r} is not an HF checkpoint directory (no config.json)")
     config = AutoConfig.from_pretrained(path)
@@ -197,6 +197,20 @@ def check_vocab(model, tokenizer, source: str) -> None:
                          "tokens: this tokenizer does not belong to this checkpoint")
 
 
+def max_positions(model) -> int | None:
+    """The most positions ``model`` takes: its config's ``n_positions`` or ``max_position_embeddings``.
+
+    None where the config names neither (ALiBi models such as BLOOM): no limit is known, so callers
+    enforce none rather than guess one.
+    """
+    config = getattr(model, "config", None)
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def save_checkpoint(model, tokenizer, out: str | Path, *, phf_info: dict[str, Any]) -> None:
     """An HF directory that samples correctly with plain transformers."""
     out = Path(out)
@@ -205,7 +219,7 @@ def save_checkpoint(model, tokenizer, out: str | Path, *, phf_info: dict[str, An
     tokenizer.save_pretrained(out)
     forbidden = phf_info.get("forbidden_tokens", [])
     padding_rows = list(range(len(tokenizer), model.get_input_embeddings().weight.shape[0]))
-    positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    positions = max_positions(model)
     generation = GenerationConfig(
         # The paper's sampling settings; at most 128 new tokens, fewer if the context is shorter.
         do_sample=True, temperature=0.7, top_p=0.9, top_k=0, max_new_tokens=min(128, (positions or 130) - 2),

@@ -1,4 +1,4 @@
-"""Token-level losses of the six PHF objectives (Korbak et al. 2023, PAPER.md "Objectives").
+"""Token-level losses of the six PHF objectives (Korbak et al. 2023, docs/method.md "Objectives").
 
 Filtering and conditional training are data transforms (documents dropped, control tokens inserted)
 and train with plain MLE; unlikelihood, RWR and AWR are functions of each target token's log-prob,
@@ -11,7 +11,7 @@ global per-token mean, so the gradient does not depend on how a step is split (t
 a mean per micro-batch, which weights tokens of short micro-batches more). Metrics are normalised the
 same way and detached, so the trainer adds them over micro-batches and all-reduces them with a sum.
 
-Fixes of the authors' code (PAPER.md "Known defects"):
+Fixes of the authors' code (docs/method.md, "Known defects of the authors' code"):
 
 * Unlikelihood uses the hard threshold ``a = 1[s <= t]`` for every ``t``, including ``t = 0.0``. The
   authors tested ``if self.score_threshold:``, false for 0.0, so their PII and PEP8 runs silently used
@@ -32,6 +32,8 @@ from typing import ClassVar, Protocol
 import torch
 from torch import Tensor, nn
 
+from phf.config import OBJECTIVE_NAMES
+
 __all__ = [
     "AWR",
     "MLE",
@@ -42,6 +44,7 @@ __all__ = [
     "Unlikelihood",
     "ValueHead",
     "build_objective",
+    "objective_parameters",
 ]
 
 Metrics = dict[str, Tensor]
@@ -278,14 +281,9 @@ def _awr(alpha: float = 0.5, beta: float = 10.0, weight_clip: float = 1000.0) ->
     return AWR(alpha=alpha, beta=beta, weight_clip=weight_clip)
 
 
-OBJECTIVES: dict[str, Callable[..., Objective]] = {
-    "mle": _mle,
-    "filtering": _filtering,
-    "conditional": _conditional,
-    "ul": _ul,
-    "rwr": _rwr,
-    "awr": _awr,
-}
+# Each name of OBJECTIVE_NAMES, in its order, picks its builder.
+OBJECTIVES: dict[str, Callable[..., Objective]] = dict(
+    zip(OBJECTIVE_NAMES, (_mle, _filtering, _conditional, _ul, _rwr, _awr), strict=True))
 
 
 def _coerce(objective: str, key: str, value: object, default: object) -> object:
@@ -302,16 +300,22 @@ def _coerce(objective: str, key: str, value: object, default: object) -> object:
         raise ValueError(f"{objective}: parameter {key!r} must be a number, got {value!r}") from None
 
 
-def build_objective(name: str, **params: object) -> Objective:
-    """The objective called ``name`` with ``params`` (others keep the paper's toxicity defaults).
+def objective_parameters(name: str) -> dict[str, inspect.Parameter]:
+    """The loss parameters of objective ``name`` (its builder's keywords and their defaults).
 
-    Filtering and conditional training take no loss parameters: their thresholds belong to the
-    data transform. Unknown names and parameters are errors that name them.
+    Filtering and conditional training take none: their thresholds belong to the data transform.
     """
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; known: {', '.join(OBJECTIVES)}")
-    builder = OBJECTIVES[name]
-    signature = inspect.signature(builder).parameters
+    return dict(inspect.signature(OBJECTIVES[name]).parameters)
+
+
+def build_objective(name: str, **params: object) -> Objective:
+    """The objective called ``name`` with ``params`` (others keep the paper's toxicity defaults).
+
+    Unknown names and parameters are errors that name them.
+    """
+    signature = objective_parameters(name)
     unknown = sorted(set(params) - set(signature))
     if unknown:
         allowed = ", ".join(signature) or "none (its settings belong to the data transform)"
@@ -320,4 +324,4 @@ def build_objective(name: str, **params: object) -> Objective:
     if missing:
         raise ValueError(f"objective {name!r}: missing parameter(s) {', '.join(missing)}")
     kwargs = {k: _coerce(name, k, v, signature[k].default) for k, v in params.items()}
-    return builder(**kwargs)
+    return OBJECTIVES[name](**kwargs)

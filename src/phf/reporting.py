@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from phf.config import OBJECTIVE_NAMES
+
 __all__ = ["build_report", "pareto_frontier", "arm_names", "OBJECTIVE_STYLES"]
 
 DPI = 150
@@ -36,15 +38,16 @@ MISSING = "—"
 SAMPLES_PER_ARM = 5
 SAMPLE_CHARS = 200
 
-# objective -> (colour, marker, display name). Fixed, so every report uses the same encoding.
-OBJECTIVE_STYLES: dict[str, tuple[str, str, str]] = {
-    "mle": ("#4d4d4d", "o", "MLE"),
-    "filtering": ("#1f77b4", "s", "filtering"),
-    "conditional": ("#d62728", "*", "conditional"),
-    "ul": ("#2ca02c", "v", "unlikelihood"),
-    "rwr": ("#9467bd", "^", "RWR"),
-    "awr": ("#ff7f0e", "D", "AWR"),
-}
+# objective -> (colour, marker, display name), in OBJECTIVE_NAMES' order (the legend's). Fixed, so
+# every report uses the same encoding.
+OBJECTIVE_STYLES: dict[str, tuple[str, str, str]] = dict(zip(OBJECTIVE_NAMES, (
+    ("#4d4d4d", "o", "MLE"),
+    ("#1f77b4", "s", "filtering"),
+    ("#d62728", "*", "conditional"),
+    ("#2ca02c", "v", "unlikelihood"),
+    ("#9467bd", "^", "RWR"),
+    ("#ff7f0e", "D", "AWR"),
+), strict=True))
 _OTHER_STYLE = ("#8c564b", "X", "other")
 _MARKER_SIZE = {"*": 15, "D": 8}  # stars look small and diamonds large at the same nominal size
 
@@ -210,6 +213,7 @@ def _read_jsonl(run: Run, name: str) -> list[dict]:
 
 
 def read_run(path: str | Path, name: str) -> Run:
+    """What a run directory holds for the report; missing files are noted, never fatal."""
     run = Run(name=name, path=Path(path))
     if not run.path.is_dir():
         run.notes.append(f"{run.path} is not a directory")
@@ -1188,22 +1192,3 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path, *, title: str 
     (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return results
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m phf.reporting RUN_DIR... --out DIR`` (the CLI's ``phf report`` calls build_report)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m phf.reporting", description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--title")
-    parser.add_argument("--names", help="comma-separated arm names, one per run")
-    args = parser.parse_args(argv)
-    result = build_report(args.runs, args.out, title=args.title,
-                          names=args.names.split(",") if args.names else None)
-    print(f"{args.out}: " + ", ".join(Path(f).name for f in result["files"].values()))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

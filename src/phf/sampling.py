@@ -44,6 +44,8 @@ from dataclasses import dataclass
 
 import torch
 
+from phf.model import max_positions
+
 __all__ = ["SamplingConfig", "Generation", "generate"]
 
 # On CUDA, asking "are all rows done?" synchronises host and device; doing it every few steps lets the
@@ -56,6 +58,7 @@ _COMPACT_FRACTION = 0.25
 
 @dataclass
 class SamplingConfig:
+    """Sampling settings; the defaults are the paper's (temperature 0.7, top-p 0.9, 10 to 128 new tokens)."""
     temperature: float = 0.7
     top_p: float = 0.9
     top_k: int = 0  # 0 = off (the paper)
@@ -68,6 +71,7 @@ class SamplingConfig:
 
 @dataclass
 class Generation:
+    """One sample: its prompt and the continuation, as text and ids."""
     prompt: str  # the prompt text as given (decoded from ids when ids were given)
     text: str  # the continuation only, control tokens (strip_ids) removed before decoding
     token_ids: list[int]  # the continuation's ids (EOS excluded; nothing after EOS)
@@ -140,15 +144,6 @@ def _model_device(model) -> torch.device:
     if isinstance(device, torch.device):
         return device
     return next(model.parameters()).device
-
-
-def _max_positions(model) -> int | None:
-    config = getattr(model, "config", None)
-    for name in ("n_positions", "max_position_embeddings"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 class _Forward:
@@ -530,22 +525,22 @@ def generate(model, tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]],
     strip = {int(i) for i in strip_ids}
 
     # Per prompt: how many new tokens fit in the model's positions.
-    max_positions = _max_positions(model)
+    positions = max_positions(model)
     limits = []
     clamped = []
     for i, ids in enumerate(prompt_ids):
         limit = config.max_new_tokens
-        if max_positions is not None:
-            room = max_positions - len(ids)
+        if positions is not None:
+            room = positions - len(ids)
             if room < 1:
-                raise ValueError(f"prompt {i} has {len(ids)} tokens, but the model takes at most {max_positions} "
+                raise ValueError(f"prompt {i} has {len(ids)} tokens, but the model takes at most {positions} "
                                  "positions: no room left to generate")
             if room < limit:
                 limit = room
                 clamped.append(i)
         limits.append(limit)
     if clamped:
-        warnings.warn(f"max_new_tokens={config.max_new_tokens} does not fit in the model's {max_positions} positions "
+        warnings.warn(f"max_new_tokens={config.max_new_tokens} does not fit in the model's {positions} positions "
                       f"after {len(clamped)} of {len(prompt_ids)} prompt(s) (the longest has "
                       f"{max(len(prompt_ids[i]) for i in clamped)} tokens): those rows generate at most "
                       f"{min(limits[i] for i in clamped)} to {max(limits[i] for i in clamped)} new tokens",
@@ -556,7 +551,7 @@ def generate(model, tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]],
     replace = {int(k): int(v) for k, v in (replace_ids or {}).items()}
     if eos in replace or eos in replace.values():
         raise ValueError("replace_ids may not involve the EOS token: it ends a sample")
-    state = {"eos": int(eos), "forbidden": forbidden, "n_tokens": len(tokenizer), "max_positions": max_positions,
+    state = {"eos": int(eos), "forbidden": forbidden, "n_tokens": len(tokenizer), "max_positions": positions,
              "replace": replace}
 
     # Rows r = prompt * num_samples + sample, sorted by prompt length so equal lengths share batches.

@@ -30,9 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-import phf
+from phf._version import __version__
+from phf.atomic import atomic_path, write_text_atomic
 from phf.errors import PhfError
-from phf.integrity import damage, file_record, remove_stale_temps, temp_path
+from phf.integrity import damage, file_record, remove_stale_temps
 from phf.readers import SCORED_ISSUES, JsonlSource, Record, open_source
 from phf.run_lock import LOCK_FILE, RunLock
 from phf.scoring import get_scorer, hit_threshold
@@ -82,22 +83,6 @@ def parse_shard(spec: str | None) -> tuple[int, int]:
     if count < 1 or not 0 <= index < count:
         raise ScoringError(f"--shard {spec!r}: need 0 <= i < N")
     return index, count
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_then_rename(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def _write_then_rename(path: Path, write) -> None:
-    """``write(tmp)`` then rename it to ``path``; a failed write (a full disk) leaves no temp file."""
-    tmp = temp_path(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _shard_parquet(out: Path, shard: int, num_shards: int) -> Path:
@@ -182,6 +167,7 @@ def _score_batch(scorer: Scorer, batch: list[tuple[Record, list[str]]], errors: 
 
 
 def score_shard(job: Job, shard: int, scorer: Scorer, advance=lambda n: None) -> dict:
+    """Score one shard of the input and commit it (Parquet, then its marker); returns its stats."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -245,8 +231,8 @@ def score_shard(job: Job, shard: int, scorer: Scorer, advance=lambda n: None) ->
         "doc_index": pa.array(columns["doc_index"], pa.int64()),
     })
     target = _shard_parquet(out, shard, job.num_shards)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _write_then_rename(target, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+    with atomic_path(target) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
     stats = {
         "shard": shard, "records": [start, stop], "file": str(target.relative_to(out)),
         "parquet": file_record(target),  # checked before the shard counts as done (_shard_done)
@@ -256,7 +242,7 @@ def score_shard(job: Job, shard: int, scorer: Scorer, advance=lambda n: None) ->
         "seconds": time.perf_counter() - started, "host": socket.gethostname(), "pid": os.getpid(),
     }
     # The marker is the commit point: written only once the Parquet shard is complete.
-    _atomic_write_text(_shard_marker(out, shard), json.dumps(stats))
+    write_text_atomic(_shard_marker(out, shard), json.dumps(stats))
     return stats
 
 
@@ -291,7 +277,7 @@ def _check_or_write_plan(out: Path, plan: dict, overwrite: bool) -> None:
             (out / name).unlink(missing_ok=True)
     elif out.exists() and any(not p.name.startswith(".") for p in out.iterdir()):
         raise ScoringError(f"{out} is not empty and holds no scoring run; choose an empty or new --out")
-    _atomic_write_text(path, json.dumps(plan, indent=2))
+    write_text_atomic(path, json.dumps(plan, indent=2))
 
 
 def _finish(out: Path, plan: dict, wall: float, done_now: list[dict]) -> dict:
@@ -313,7 +299,7 @@ def _finish(out: Path, plan: dict, wall: float, done_now: list[dict]) -> dict:
     work_seconds = sum(s["seconds"] for s in shards)
     segments_now = sum(s["segments"] for s in done_now)
     manifest = {
-        "phf_version": phf.__version__,
+        "phf_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "input": {"path": plan["input"], "fingerprint": plan["input_fingerprint"],
                   "text_field": plan["text_field"], "split": plan["split"], "records": plan["num_records"]},
@@ -333,8 +319,10 @@ def _finish(out: Path, plan: dict, wall: float, done_now: list[dict]) -> dict:
         "shards": [{k: s[k] for k in ("shard", "file", "parquet", "records", "documents_scored", "segments", "seconds")}
                    for s in shards],
     }
-    _atomic_write_text(out / "issues.jsonl", "".join(json.dumps(issue, ensure_ascii=False) + "\n" for issue in issues))
-    _atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2))
+    with atomic_path(out / "issues.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        for issue in issues:
+            handle.write(json.dumps(issue, ensure_ascii=False) + "\n")
+    write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=2))
     return manifest
 
 

@@ -77,6 +77,7 @@ SEGMENTERS: dict[str, Callable[[str], list[str]]] = {
 
 
 def get_segmenter(name: str) -> Callable[[str], list[str]]:
+    """The lossless segmenter called ``name``."""
     try:
         return SEGMENTERS[name]
     except KeyError:

@@ -26,11 +26,10 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from phf.config import PROTOCOLS, ConfigError
+from phf.config import OBJECTIVE_NAMES, PROTOCOLS, ConfigError
 from phf.errors import PhfError
-from phf.integrity import temp_path
+from phf.atomic import atomic_path
 
-OBJECTIVES = ("mle", "filtering", "conditional", "ul", "rwr", "awr")
 TASK_SCORERS = {"toxicity": "toxicity", "pii": "pii", "pep8": "pep8"}
 
 
@@ -77,10 +76,11 @@ class RedTeamSettings:
 
 @dataclass
 class StudyConfig:
+    """A study (``phf experiment``): tasks x objectives x seeds, and how to build, train, evaluate and report them."""
     name: str = "study"
     out: str = "runs/study"
     tasks: list[str] = field(default_factory=lambda: ["toxicity"])
-    objectives: list[str] = field(default_factory=lambda: list(OBJECTIVES))
+    objectives: list[str] = field(default_factory=lambda: list(OBJECTIVE_NAMES))
     seeds: list[int] = field(default_factory=lambda: [42])
     preset: str = "configs/tiny"  # training configs: <preset>/<task>/<objective>.yaml
     overrides: list[str] = field(default_factory=list)  # key=value for every training run
@@ -96,6 +96,7 @@ class ExperimentError(PhfError, RuntimeError):
 
 
 def load_study(path: str, overrides: list[str] | tuple[str, ...] = ()) -> StudyConfig:
+    """A study YAML with ``key=value`` overrides, validated; errors name the key."""
     merged = OmegaConf.structured(StudyConfig)
     # One source at a time, so an error names the file or the override it comes from.
     for source, load in [(path, lambda: OmegaConf.load(path))] + [
@@ -114,8 +115,8 @@ def load_study(path: str, overrides: list[str] | tuple[str, ...] = ()) -> StudyC
         if task not in TASK_SCORERS:
             raise ConfigError(f"{path}: unknown task {task!r}; choose from {sorted(TASK_SCORERS)}")
     for objective in study.objectives + study.finetune.objectives:
-        if objective not in OBJECTIVES:
-            raise ConfigError(f"{path}: unknown objective {objective!r}; choose from {', '.join(OBJECTIVES)}")
+        if objective not in OBJECTIVE_NAMES:
+            raise ConfigError(f"{path}: unknown objective {objective!r}; choose from {', '.join(OBJECTIVE_NAMES)}")
     if study.finetune.enabled and "mle" not in study.objectives:
         raise ConfigError(f"{path}: the finetune arm continues the mle run: add mle to objectives")
     if not 0 < study.finetune.fraction < 1:
@@ -233,13 +234,13 @@ def _evaluate(study: StudyConfig, arm: Arm) -> None:
     evaluate(arm.run_dir, config)
 
 
-def _red_team(study: StudyConfig, arm: Arm) -> None:
-    from phf.evaluation import RedTeamConfig, red_team
+def _redteam(study: StudyConfig, arm: Arm) -> None:
+    from phf.evaluation import RedTeamConfig, redteam
 
     r = study.redteam
-    red_team(arm.run_dir, RedTeamConfig(rounds=r.rounds, trials=r.trials, completions=r.completions,
-                                        continuations=r.continuations, red_lm=r.red_lm, seed=arm.seed,
-                                        test_path=study.corpus.test_path))
+    redteam(arm.run_dir, RedTeamConfig(rounds=r.rounds, trials=r.trials, completions=r.completions,
+                                       continuations=r.continuations, red_lm=r.red_lm, seed=arm.seed,
+                                       test_path=study.corpus.test_path))
 
 
 def _prepare_data(study: StudyConfig, task: str, out: Path) -> None:
@@ -291,6 +292,7 @@ def _run_parallel(study_path: str, overrides: list[str], arms: list[Arm], device
 
 def run_experiment(study_path: str, overrides: list[str] | tuple[str, ...] = (), *, only: str | None = None,
                    report: bool = True) -> dict[str, Any]:
+    """``phf experiment``: every arm of the study end to end, skipping what is finished, then the report."""
     study = load_study(study_path, overrides)
     out = Path(study.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -336,7 +338,7 @@ def run_experiment(study_path: str, overrides: list[str] | tuple[str, ...] = (),
                 started = progress.start("redteam", f"{label}: red teaming")
                 done = (arm.run_dir / "redteam.json").exists()
                 if not done:
-                    _red_team(study, arm)
+                    _redteam(study, arm)
                 progress.finish("redteam", started, skipped=done)
 
     if not report:
@@ -350,13 +352,13 @@ def _arm_name(arm: Arm, study: StudyConfig) -> str:
 
 
 def write_report(study: StudyConfig, arms: list[Arm], out: Path) -> dict[str, Any]:
+    """The study's report over all its arms, with results.json copied beside the runs."""
     from phf.reporting import build_report
 
     names = [_arm_name(a, study) for a in arms]
     result = build_report([a.run_dir for a in arms], out / "report", title=study.name, names=names)
-    tmp = temp_path(out / "results.json")  # a kill while copying leaves no half results.json
-    shutil.copyfile(out / "report" / "results.json", tmp)
-    os.replace(tmp, out / "results.json")
+    with atomic_path(out / "results.json") as tmp:  # a kill while copying leaves no half results.json
+        shutil.copyfile(out / "report" / "results.json", tmp)
     print(f"\nreport: {out / 'report' / 'report.html'} (and report.md); numbers: {out / 'results.json'}")
     return result
 

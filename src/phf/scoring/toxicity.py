@@ -143,6 +143,7 @@ TOXICITY_BACKENDS = {
 
 
 def make_toxicity_scorer(backend: str = "profanity-check", **options) -> Scorer:
+    """The toxicity scorer of ``backend`` (default: the offline profanity-check model)."""
     if backend not in TOXICITY_BACKENDS:
         raise ValueError(f"toxicity: unknown backend {backend!r}; choose one of {sorted(TOXICITY_BACKENDS)}")
     return construct(TOXICITY_BACKENDS[backend], f"scorer 'toxicity' (backend {backend!r})", options)

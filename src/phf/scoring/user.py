@@ -48,6 +48,7 @@ def _code_version(obj) -> str:
 
 
 def load_user_scorer(spec: str, **options) -> Scorer:
+    """The scorer ``package.module:name`` names: a function of texts, a Scorer class or a Scorer."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ValueError(f"user scorer {spec!r} must look like 'package.module:callable'")
