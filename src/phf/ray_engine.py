@@ -37,7 +37,7 @@ LOCAL_OBJECT_STORE_BYTES = 256 * 2**20
 
 
 class RayEngineError(PhfError, RuntimeError):
-    """Ray is missing, or a Ray run failed; the message names the input or the arm."""
+    """Ray is not installed, or no Ray cluster answers at the address given."""
 
 
 def require_ray():
@@ -112,13 +112,12 @@ def score_shards(job: Job, shards: list[int], scorer: Scorer, advance, address: 
         return []
     with connected(address) as ray:
         ray.data.DataContext.get_current().enable_progress_bars = False  # phf's bar counts documents
-        gpu = _wants_gpu(scorer)
         # One block per shard, one shard per call: a retry after a worker dies redoes one shard.
         dataset = ray.data.from_items([{"shard": i} for i in shards], override_num_blocks=len(shards))
         scored = dataset.map_batches(
             _ShardScorer, fn_constructor_kwargs={"job": job}, batch_size=1,
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=len(shards)),
-            num_cpus=1, num_gpus=1 if gpu else 0)
+            num_cpus=1, num_gpus=1 if _wants_gpu(scorer) else 0)
         done = []
         for row in scored.iter_rows():
             if row["error"]:
