@@ -112,12 +112,17 @@ def score_shards(job: Job, shards: list[int], scorer: Scorer, advance, address: 
         return []
     with connected(address) as ray:
         ray.data.DataContext.get_current().enable_progress_bars = False  # phf's bar counts documents
+        gpu = _wants_gpu(scorer)
         # One block per shard, one shard per call: a retry after a worker dies redoes one shard.
         dataset = ray.data.from_items([{"shard": i} for i in shards], override_num_blocks=len(shards))
-        scored = dataset.map_batches(
-            _ShardScorer, fn_constructor_kwargs={"job": job}, batch_size=1,
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=len(shards)),
-            num_cpus=1, num_gpus=1 if _wants_gpu(scorer) else 0)
+        # As many actors as the cluster holds now (it may grow), each given one shard at a time: a
+        # shard is seconds of work or more, so queueing one behind a busy actor costs more than the
+        # dispatch latency it saves.
+        fits = int(ray.cluster_resources().get("GPU" if gpu else "CPU", 1))
+        pool = ray.data.ActorPoolStrategy(min_size=1, max_size=len(shards), initial_size=max(1, min(fits, len(shards))),
+                                          max_tasks_in_flight_per_actor=1)
+        scored = dataset.map_batches(_ShardScorer, fn_constructor_kwargs={"job": job}, batch_size=1, compute=pool,
+                                     num_cpus=1, num_gpus=1 if gpu else 0)
         done = []
         for row in scored.iter_rows():
             if row["error"]:
