@@ -2,9 +2,11 @@
 
 Prints, per scorer: segments/s when phf scores whole batches of documents, segments/s of the
 authors' per-text loop (one scorer call per segment) on a sample, and the ratio of the two; then
-the 1 -> 2 process speed-up of `phf score`. Ends with ``RESULT <json>`` holding every figure.
+the 1 -> 2 process speed-up of `phf score`; with ``--ray``, the time of ``--engine ray`` (a local
+Ray instance with one actor per CPU) against ``--num-proc`` with as many processes: the Ray engine's
+overhead on one machine. Ends with ``RESULT <json>`` holding every figure.
 
-    python bench/scoring.py [--max-mb 1.0] [--loop-sample 2000]
+    python bench/scoring.py [--max-mb 1.0] [--loop-sample 2000] [--ray]
 
 Figures are ratios measured in one run on one machine; absolute numbers vary with the machine.
 """
@@ -53,6 +55,7 @@ def main() -> int:
     parser.add_argument("--max-mb", type=float, default=1.0, help="size of each corpus (default 1 MB)")
     parser.add_argument("--loop-sample", type=int, default=2000, help="segments timed in the per-text loop")
     parser.add_argument("--workdir", default=None, help="keep corpora here (default: a temp dir)")
+    parser.add_argument("--ray", action="store_true", help="also time --engine ray against --num-proc (needs phf[ray])")
     args = parser.parse_args()
     result: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,8 +100,43 @@ def main() -> int:
             result[f"ratio.score.{name}.2proc_vs_1proc"] = round(speedup, 2)
             print(f"{name:<16}{manifest['counts']['segments']:>8} segments  1 proc {seconds[1]:6.2f}s  "
                   f"2 procs {seconds[2]:6.2f}s  speed-up {speedup:.2f}x")
+        if args.ray:
+            result.update(time_ray_engine(corpora, root, cpus))
     print("RESULT " + json.dumps(result, sort_keys=True))
     return 0
+
+
+def time_ray_engine(corpora: dict[str, Path], root: Path, cpus: int) -> dict[str, float]:
+    """`phf score --engine ray` against `--num-proc <cpus>` on the same corpus and shards.
+
+    The Ray instance is started once, outside the timings (on a cluster it is up before any job),
+    and its start-up is reported on its own."""
+    from phf.ray_engine import connected
+
+    result = {}
+    started = time.perf_counter()
+    with connected():
+        result["seconds.ray.startup"] = round(time.perf_counter() - started, 2)
+        print(f"\nphf score --engine ray vs --num-proc {cpus} (local Ray instance started in "
+              f"{result['seconds.ray.startup']:.1f}s, not counted)")
+        for name in ("pii", "toxicity"):
+            seconds = {}
+            for engine in ("local", "ray"):
+                out = root / f"scored-{name}-{engine}"
+                began = time.perf_counter()
+                manifest = score_corpus(str(corpora[SCORER_CORPUS[name]]), str(out), name, num_proc=cpus,
+                                        overwrite=True, progress=False, engine=engine)
+                seconds[engine] = time.perf_counter() - began
+            shards = len(manifest["shards"])
+            per_shard = (seconds["ray"] - seconds["local"]) / shards
+            result[f"seconds.score.{name}.ray_baseline_{cpus}proc"] = round(seconds["local"], 2)
+            result[f"seconds.score.{name}.ray"] = round(seconds["ray"], 2)
+            result[f"ratio.score.{name}.ray_vs_{cpus}proc"] = round(seconds["ray"] / seconds["local"], 2)
+            result[f"seconds.score.{name}.ray_overhead_per_shard"] = round(per_shard, 3)
+            print(f"{name:<16}{manifest['counts']['segments']:>8} segments  {cpus} procs {seconds['local']:6.2f}s  "
+                  f"ray {seconds['ray']:6.2f}s  ({seconds['ray'] / seconds['local']:.2f}x the time; "
+                  f"{per_shard * 1000:+.0f} ms per shard over {shards} shards)")
+    return result
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 
@@ -28,7 +29,8 @@ def _cmd_score(args) -> int:
     result = score_corpus(
         args.input, args.out, args.scorer, parse_options(args.option), text_field=args.text_field,
         split=args.split, num_proc=args.num_proc, shard=args.shard, shard_size=args.shard_size,
-        batch_docs=args.batch_docs, strict=args.strict, overwrite=args.overwrite, progress=not args.quiet)
+        batch_docs=args.batch_docs, strict=args.strict, overwrite=args.overwrite, progress=not args.quiet,
+        engine=args.engine, ray_address=args.ray_address)
     if result.get("complete") is False:
         print(f"scored shards {result['shards_done_now']}; {len(result['shards_missing'])} of "
               f"{result['num_shards']} shards still missing (other jobs of the array)", file=sys.stderr)
@@ -115,10 +117,19 @@ def _add_target_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_engine_options(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help=f"where {what} run: this machine (default) or a Ray cluster (pip install 'phf[ray]')")
+    p.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS"), metavar="ADDR",
+                   help="Ray cluster to use with --engine ray, e.g. head-node:6379 (default $RAY_ADDRESS; "
+                        "unset: start a local Ray instance)")
+
+
 def _cmd_experiment(args) -> int:
     from phf.study import run_experiment
 
-    run_experiment(args.study, args.overrides, only=args.only, report=not args.no_report)
+    run_experiment(args.study, args.overrides, only=args.only, report=not args.no_report, engine=args.engine,
+                   ray_address=args.ray_address)
     return 0
 
 
@@ -163,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scorer option, repeatable (e.g. -o backend=hf -o path=./clf -o label=toxic)")
     p.add_argument("--text-field", default="text", help="field holding the document text (default text)")
     p.add_argument("--split", default="train", help="split of a HF dataset (default train)")
-    p.add_argument("--num-proc", type=int, default=1, help="worker processes on this machine (default 1)")
+    p.add_argument("--num-proc", type=int, default=1,
+                   help="worker processes on this machine (default 1; --engine ray uses the whole cluster)")
     p.add_argument("--shard", default=None, metavar="i/N",
                    help="score only the shards of job i of an N-job array (the last job writes the manifest)")
     p.add_argument("--shard-size", type=int, default=None,
@@ -172,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="fail on the first bad record instead of reporting it")
     p.add_argument("--overwrite", action="store_true", help="discard an existing run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_engine_options(p, "the shards")
     p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser("train", help="train a causal LM with a feedback objective",
@@ -227,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the study config")
     p.add_argument("--only", default=None, metavar="TASK/seedS/ARM", help="run one arm (used for one-arm-per-GPU)")
     p.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    _add_engine_options(p, "the arms (one Ray task per arm, one GPU each) and the scoring")
     p.set_defaults(func=_cmd_experiment)
 
     p = sub.add_parser("report", help="tables and plots comparing evaluated runs",

@@ -8,8 +8,8 @@ Layout of an output directory::
     manifest.json                     the whole run, written once every shard is done
     issues.jsonl                      every reported record or scorer error, with its location
 
-A shard is a fixed range of input records, so any process (``--num-proc``) or any job of an array
-(``--shard i/N``) can score it alone, and a shard whose ``shards/*.json`` exists is never redone:
+A shard is a fixed range of input records, so any process (``--num-proc``), any job of an array
+(``--shard i/N``) or any Ray actor (``--engine ray``, phf.ray_engine) can score it alone, and a shard whose ``shards/*.json`` exists is never redone:
 killing a run loses at most the shards in flight, and rerunning neither duplicates nor loses a
 document.
 """
@@ -41,6 +41,7 @@ from phf.scoring.base import Scorer
 from phf.segment import get_segmenter
 
 SCHEMA_COLUMNS = ["texts", "scores", "avg_score", "num_sents", "meta", "doc_index"]
+ENGINES = ("local", "ray")  # where the shards run: this machine's processes, or a Ray cluster
 ISSUE_EXAMPLES = 20  # per kind, in the manifest; the full list is in issues.jsonl
 
 
@@ -329,13 +330,21 @@ def _finish(out: Path, plan: dict, wall: float, done_now: list[dict]) -> dict:
 def score_corpus(input: str, out: str, scorer: str = "toxicity", scorer_options: dict | None = None, *,
                  text_field: str = "text", split: str = "train", num_proc: int = 1, shard: str | None = None,
                  shard_size: int | None = None, batch_docs: int = 64, strict: bool = False, overwrite: bool = False,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, engine: str = "local", ray_address: str | None = None) -> dict:
     """Score every segment of a corpus; see the module docstring for the output layout.
 
+    ``engine="ray"`` scores the shards on a Ray cluster (``ray_address``, else a local instance)
+    instead of ``num_proc`` local processes; the output is the same (phf.ray_engine).
     Returns the manifest once every shard is done, else a status dict for this job's shards.
     """
     if num_proc < 1 or (shard_size is not None and shard_size < 1) or batch_docs < 1:
         raise ScoringError("--num-proc, --shard-size and --batch-docs must be >= 1")
+    if engine not in ENGINES:
+        raise ScoringError(f"--engine {engine!r}: choose {' or '.join(ENGINES)}")
+    if engine == "ray":
+        from phf.ray_engine import require_ray
+
+        require_ray()  # before any output is written
     job_index, job_count = parse_shard(shard)
     scorer_options = dict(scorer_options or {})
     scorer_obj = get_scorer(scorer, **scorer_options)  # validates name and options before any work
@@ -379,7 +388,11 @@ def _score_shards(job: Job, scorer_obj: Scorer, source, plan: dict, overwrite: b
     done_now: list[dict] = []
     bar = tqdm(total=todo_docs, unit="doc", desc=f"scoring ({job.scorer})", disable=not progress, smoothing=0.1)
     try:
-        if num_proc == 1 or len(todo) <= 1:
+        if engine == "ray":
+            from phf.ray_engine import score_shards
+
+            done_now = score_shards(job, todo, scorer_obj, bar.update, address=ray_address)
+        elif num_proc == 1 or len(todo) <= 1:
             for i in todo:
                 done_now.append(score_shard(job, i, scorer_obj, bar.update))
         else:

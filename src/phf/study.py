@@ -243,7 +243,7 @@ def _redteam(study: StudyConfig, arm: Arm) -> None:
                                        test_path=study.corpus.test_path))
 
 
-def _prepare_data(study: StudyConfig, task: str, out: Path) -> None:
+def _prepare_data(study: StudyConfig, task: str, out: Path, engine: str = "local") -> None:
     from phf.corpora.build import build_corpus
     from phf.score_corpus import score_corpus
 
@@ -254,7 +254,7 @@ def _prepare_data(study: StudyConfig, task: str, out: Path) -> None:
             build_corpus(task, corpus_dir, max_mb=study.corpus.max_mb, seed=study.corpus.seed,
                          test_fraction=study.corpus.test_fraction)
         source = str(corpus_dir / "train.jsonl")
-    score_corpus(source, str(scored_dir), TASK_SCORERS[task], num_proc=study.corpus.num_proc)
+    score_corpus(source, str(scored_dir), TASK_SCORERS[task], num_proc=study.corpus.num_proc, engine=engine)
 
 
 def _devices(study: StudyConfig) -> list[str]:
@@ -290,9 +290,50 @@ def _run_parallel(study_path: str, overrides: list[str], arms: list[Arm], device
                         raise ExperimentError(f"arm {arm.task}/seed{arm.seed}/{arm.name} failed (exit {proc.returncode})")
 
 
+def _arm_stages(study: StudyConfig, arm: Arm) -> list[tuple[str, str]]:
+    return [("train", arm.name), ("eval", arm.name)] + ([("redteam", arm.name)] if study.redteam.enabled else [])
+
+
+def run_arm(study: StudyConfig, arm: Arm, arms: list[Arm], progress: Progress | None = None) -> None:
+    """Train, evaluate (and red-team) one arm, skipping the stages already finished."""
+    progress = progress or Progress(_arm_stages(study, arm))
+    label = f"{arm.task}/seed{arm.seed}/{arm.name}"
+    started = progress.start("train", f"{label}: training")
+    done = _finished(arm.run_dir)
+    if not done:
+        _train(study, arm, arms)
+    progress.finish("train", started, skipped=done)
+    started = progress.start("eval", f"{label}: evaluation")
+    done = (arm.run_dir / "eval.json").exists()
+    if not done:
+        _evaluate(study, arm)
+    progress.finish("eval", started, skipped=done)
+    if study.redteam.enabled:
+        started = progress.start("redteam", f"{label}: red teaming")
+        done = (arm.run_dir / "redteam.json").exists()
+        if not done:
+            _redteam(study, arm)
+        progress.finish("redteam", started, skipped=done)
+
+
 def run_experiment(study_path: str, overrides: list[str] | tuple[str, ...] = (), *, only: str | None = None,
-                   report: bool = True) -> dict[str, Any]:
-    """``phf experiment``: every arm of the study end to end, skipping what is finished, then the report."""
+                   report: bool = True, engine: str = "local", ray_address: str | None = None) -> dict[str, Any]:
+    """``phf experiment``: every arm of the study end to end, skipping what is finished, then the
+    report. ``engine="ray"`` runs each arm as a Ray task (and scores on Ray) on the cluster at
+    ``ray_address``, else on a local Ray instance."""
+    from phf.score_corpus import ENGINES
+
+    if engine not in ENGINES:
+        raise ExperimentError(f"--engine {engine!r}: choose {' or '.join(ENGINES)}")
+    if engine == "ray":
+        from phf.ray_engine import connected
+
+        with connected(ray_address):  # one Ray session for the scoring and the arms
+            return _run_experiment(study_path, overrides, only, report, engine)
+    return _run_experiment(study_path, overrides, only, report, engine)
+
+
+def _run_experiment(study_path: str, overrides, only: str | None, report: bool, engine: str) -> dict[str, Any]:
     study = load_study(study_path, overrides)
     out = Path(study.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -305,41 +346,29 @@ def run_experiment(study_path: str, overrides: list[str] | tuple[str, ...] = (),
     else:
         arms_run = arms
 
-    devices = _devices(study) if not only else []
+    devices = _devices(study) if not only and engine == "local" else []
     stages = [("data", t) for t in study.tasks if only is None]
-    if len(devices) < 2:
+    if len(devices) < 2 and engine == "local":
         for arm in arms_run:
-            stages += [("train", arm.name), ("eval", arm.name)] + ([("redteam", arm.name)] if study.redteam.enabled else [])
+            stages += _arm_stages(study, arm)
     progress = Progress(stages)
 
     for task in study.tasks:
         if only is None or only.startswith(f"{task}/"):
             started = progress.start("data", f"{task}: corpus and scores") if only is None else None
-            _prepare_data(study, task, out)
+            _prepare_data(study, task, out, engine)
             if started is not None:
                 progress.finish("data", started)
 
-    if len(devices) >= 2:
+    if engine == "ray":
+        from phf.ray_engine import run_arms
+
+        run_arms(study, arms_run, arms)
+    elif len(devices) >= 2:
         _run_parallel(study_path, list(overrides), arms_run, devices)
     else:
         for arm in arms_run:
-            label = f"{arm.task}/seed{arm.seed}/{arm.name}"
-            started = progress.start("train", f"{label}: training")
-            done = _finished(arm.run_dir)
-            if not done:
-                _train(study, arm, arms)
-            progress.finish("train", started, skipped=done)
-            started = progress.start("eval", f"{label}: evaluation")
-            done = (arm.run_dir / "eval.json").exists()
-            if not done:
-                _evaluate(study, arm)
-            progress.finish("eval", started, skipped=done)
-            if study.redteam.enabled:
-                started = progress.start("redteam", f"{label}: red teaming")
-                done = (arm.run_dir / "redteam.json").exists()
-                if not done:
-                    _redteam(study, arm)
-                progress.finish("redteam", started, skipped=done)
+            run_arm(study, arm, arms, progress)
 
     if not report:
         return {"arms": [str(a.run_dir) for a in arms_run]}
