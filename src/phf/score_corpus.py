@@ -366,11 +366,12 @@ def score_corpus(input: str, out: str, scorer: str = "toxicity", scorer_options:
     with RunLock(out_path, "phf score", name=lock_name):
         for directory in (out_path, out_path / "data", out_path / "shards"):
             remove_stale_temps(directory)
-        return _score_shards(job, scorer_obj, source, plan, overwrite, job_index, job_count, num_proc, progress)
+        return _score_shards(job, scorer_obj, source, plan, overwrite, job_index, job_count, num_proc, progress,
+                             engine, ray_address)
 
 
 def _score_shards(job: Job, scorer_obj: Scorer, source, plan: dict, overwrite: bool, job_index: int,
-                  job_count: int, num_proc: int, progress: bool) -> dict:
+                  job_count: int, num_proc: int, progress: bool, engine: str, ray_address: str | None) -> dict:
     from tqdm.auto import tqdm
 
     out_path, shard_size, num_records = Path(job.out), job.shard_size, job.num_records
