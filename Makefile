@@ -13,7 +13,7 @@ STAMP := $(VENV)/.phf-installed
 DEMO ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup lock demo test bench clean
+.PHONY: setup lock demo test lint bench clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,13 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Lint, format and types: zero findings is the bar (CI runs this). `ruff format .` and
+# `ruff check --fix .` repair most findings.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 bench: setup
 	$(BIN)/python bench/scoring.py

@@ -6,7 +6,9 @@ after each kill, and check that what is finally written equals an uninterrupted 
 
 A tiny study (pep8: a corpus cut from this machine's standard library, so no network; the tiny
 GPT-2 preset shrunk to seconds; two objectives; checkpoints every 2 steps) is first run without
-interruption: its duration D bounds the kill moments, drawn from a seeded RNG in (0, D). Each kill
+interruption: its duration D bounds the kill moments, drawn from a seeded RNG in (0, D). The clock
+of ``phf experiment`` starts at its first stage line, not at its launch: on a loaded machine the
+rerun's imports alone can outlast the unloaded D, and every kill would land before any work. Each kill
 hits the whole process group (what a scheduler or the OOM killer's cgroup does), then the command
 is rerun. A rerun that finishes is compared with the uninterrupted run and the campaign starts
 again in a fresh directory; so every kill is followed by a full recovery check. Compared:
@@ -72,10 +74,11 @@ def score_input(root: Path, docs: int = SCORE_DOCS) -> Path:
 
 
 class Command:
-    """One command of the campaign: how to run it in a directory and read its stage and results."""
+    """One command of the campaign: how to run it in a directory and read its stage and results.
+    ``started(log)`` tells when its work began (the kill clock starts then); None: at launch."""
 
-    def __init__(self, name: str, argv, stage, results):
-        self.name, self.argv, self.stage, self.results = name, argv, stage, results
+    def __init__(self, name: str, argv, stage, results, started=None):
+        self.name, self.argv, self.stage, self.results, self.started = name, argv, stage, results, started
 
 
 def experiment_command(root: Path, objectives: list[str]) -> Command:
@@ -88,8 +91,8 @@ def experiment_command(root: Path, objectives: list[str]) -> Command:
         lines = [line for line in log.splitlines() if line.startswith("[")]
         if not lines:
             return "startup"
-        last = lines[-1]
-        if "corpus and scores" in last:
+        last = lines[-1].split(" (")[0]  # "[2/5] pep8 seed 0 mle: training (0.1 min so far)"
+        if last.endswith("corpus and scores"):
             return "scoring" if (out / "pep8" / "scored" / "plan.json").exists() else "corpus"
         if last.endswith("training"):
             return "checkpointing" if list(out.glob("pep8/seed0/*/checkpoints/.tmp-step-*")) else "training"
@@ -100,7 +103,10 @@ def experiment_command(root: Path, objectives: list[str]) -> Command:
         runs = {str(p.parent.relative_to(out)): metrics(p) for p in sorted(out.glob("pep8/seed0/*/metrics.jsonl"))}
         return {"results.json": strip(json.loads((out / "results.json").read_text())), "metrics": runs}
 
-    return Command("phf experiment", argv, stage, results)
+    def started(log: str) -> bool:
+        return any(line.startswith("[") for line in log.splitlines())
+
+    return Command("phf experiment", argv, stage, results, started)
 
 
 def score_command(root: Path) -> Command:
@@ -151,23 +157,29 @@ def leftovers(*dirs: Path) -> list[str]:
     return sorted(str(p) for d in dirs if d.exists() for p in d.rglob(".*"))
 
 
-def run(command: Command, out: Path, env: dict, kill_after: float | None) -> tuple[bool, str, float]:
-    """Run the command; with ``kill_after``, SIGKILL its process group then. Returns (killed, stage, seconds)."""
+def run(command: Command, out: Path, env: dict, kill_after: float | None) -> tuple[bool, str, float, float]:
+    """Run the command; with ``kill_after``, SIGKILL its process group that long after its work began
+    (``Command.started``). Returns (killed, stage, seconds, seconds until its work began)."""
     log_path = out.with_name(out.name + ".log")
     started = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "phf.cli", *command.argv(out)], cwd=ROOT, env=env,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        work_began = started
+        if command.started is not None:
+            while proc.poll() is None and not command.started(log_path.read_text()):
+                time.sleep(0.05)
+            work_began = time.perf_counter()
         try:
             proc.wait(timeout=kill_after)
         except subprocess.TimeoutExpired:
             stage = command.stage(out, log_path.read_text())  # what the files say just before the kill
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            return True, stage, time.perf_counter() - started
+            return True, stage, time.perf_counter() - started, work_began - started
     if proc.returncode != 0:
         raise RuntimeError(f"{command.name} failed (exit {proc.returncode}):\n{log_path.read_text()[-3000:]}")
-    return False, "finished", time.perf_counter() - started
+    return False, "finished", time.perf_counter() - started, work_began - started
 
 
 def campaign(command: Command, root: Path, kills: int, seed: int) -> dict:
@@ -175,7 +187,8 @@ def campaign(command: Command, root: Path, kills: int, seed: int) -> dict:
     part of what runs record), emptied after each check."""
     out, cache = root / "run", root / "cache"
     env = {**os.environ, "PHF_CACHE": str(cache)}
-    _, _, duration = run(command, out, env, None)
+    _, _, total, startup = run(command, out, env, None)
+    duration = total - startup  # the span the kill moments are drawn from, counted from the work's start
     reference = command.results(out)
     rng = random.Random(seed)
     stages: Counter = Counter()
@@ -186,7 +199,7 @@ def campaign(command: Command, root: Path, kills: int, seed: int) -> dict:
         finished = False
         while not finished:
             moment = rng.uniform(0, duration) if sum(stages.values()) < kills else None
-            killed, stage, _ = run(command, out, env, moment)
+            killed, stage, _, _ = run(command, out, env, moment)
             if killed:
                 stages[stage] += 1
                 print(f"  {command.name}: kill {sum(stages.values())} at {moment:.1f} s ({stage})", file=sys.stderr,
