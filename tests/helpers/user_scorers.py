@@ -4,7 +4,7 @@ import os
 import signal
 import time
 
-from phf.scoring.base import Scorer
+from phf.data.scoring.base import Scorer
 
 
 def length_score(texts):
