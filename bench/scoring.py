@@ -111,7 +111,7 @@ def time_ray_engine(corpora: dict[str, Path], root: Path, cpus: int) -> dict[str
 
     The Ray instance is started once, outside the timings (on a cluster it is up before any job),
     and its start-up is reported on its own."""
-    from phf.data.ray_scoring import connected
+    from phf.io.ray import connected
 
     result = {}
     started = time.perf_counter()

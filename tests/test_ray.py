@@ -109,7 +109,7 @@ def test_a_study_runs_its_arms_as_ray_tasks_and_reruns_do_nothing_new(tmp_path, 
 
 @pytest.mark.gpu
 def test_a_gpu_scorer_gets_one_gpu_per_actor_and_arms_ask_for_one(tmp_path, cluster):
-    from phf.data.ray_scoring import _arm_resources
+    from phf.study.ray_arms import _arm_resources
 
     assert ray.cluster_resources().get("GPU", 0) >= 1
     src = write_jsonl(tmp_path / "in.jsonl", corpus_texts(24))

@@ -342,7 +342,7 @@ def score_corpus(input: str, out: str, scorer: str = "toxicity", scorer_options:
     if engine not in ENGINES:
         raise ScoringError(f"--engine {engine!r}: choose {' or '.join(ENGINES)}")
     if engine == "ray":
-        from phf.data.ray_scoring import require_ray
+        from phf.io.ray import require_ray
 
         require_ray()  # before any output is written
     job_index, job_count = parse_shard(shard)

@@ -326,7 +326,7 @@ def run_experiment(study_path: str, overrides: list[str] | tuple[str, ...] = (),
     if engine not in ENGINES:
         raise ExperimentError(f"--engine {engine!r}: choose {' or '.join(ENGINES)}")
     if engine == "ray":
-        from phf.data.ray_scoring import connected
+        from phf.io.ray import connected
 
         with connected(ray_address):  # one Ray session for the scoring and the arms
             return _run_experiment(study_path, overrides, only, report, engine)
@@ -361,7 +361,7 @@ def _run_experiment(study_path: str, overrides, only: str | None, report: bool, 
                 progress.finish("data", started)
 
     if engine == "ray":
-        from phf.data.ray_scoring import run_arms
+        from phf.study.ray_arms import run_arms
 
         run_arms(study, arms_run, arms)
     elif len(devices) >= 2:
