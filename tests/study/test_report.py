@@ -7,7 +7,9 @@ import re
 
 import pytest
 
-from phf.study.report import arm_names, build_report, fmt, fmt_mean_ci, fmt_tokens, pareto_frontier, pick_samples
+from phf.study.report import arm_names, build_report, pareto_frontier
+from phf.study.report.runs import pick_samples
+from phf.study.report.table import fmt, fmt_mean_ci, fmt_tokens
 
 SCORER = {"name": "toxicity", "version": "alt-profanity-check-1.9.1", "unit": "probability"}
 
@@ -239,7 +241,7 @@ def test_formatting_and_sample_spread():
 
 
 def test_seeds_of_one_objective_are_drawn_as_their_mean(tmp_path):
-    from phf.study.report import plot_over_tokens
+    from phf.study.report.plots import plot_over_tokens
 
     def arm(seed, objective, points, final):
         return {"name": f"seed{seed}/{objective}", "objective": objective, "misalignment_mean": final,
@@ -250,7 +252,7 @@ def test_seeds_of_one_objective_are_drawn_as_their_mean(tmp_path):
             arm(1, "ul", [(100, 0.1), (300, 0.1)], 0.1)]
     figure = plot_over_tokens(rows, tmp_path, "t")
     assert figure["averaged_over_seeds"] and figure["series"] == {"mle": ["seed1/mle", "seed2/mle"], "ul": ["seed1/ul"]}
-    from phf.study.report import _mean_curve
+    from phf.study.report.plots import _mean_curve
 
     assert _mean_curve(rows[:2]) == ([200, 300], [pytest.approx(0.3), pytest.approx(0.4)])  # tokens both logged
     assert (tmp_path / "misalignment_over_tokens.png").exists()
