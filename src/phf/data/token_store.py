@@ -328,7 +328,7 @@ def build_token_store(scored_dir: str | os.PathLike, tokenizer, *, out: str | os
     manifest = _read_manifest(scored_dir)
     if not getattr(tokenizer, "is_fast", False) or getattr(tokenizer, "backend_tokenizer", None) is None:
         raise TokenStoreError(f"{type(tokenizer).__name__} is a slow tokenizer without offsets support; "
-                              "phf needs a fast one (see phf.data.tokenizer.load_tokenizer)")
+                              "phf needs a fast one (see phf.load_tokenizer)")
     corpus_fp = corpus_fingerprint(manifest)
     tokenizer_fp = tokenizer_fingerprint(tokenizer)
     explicit = out is not None
