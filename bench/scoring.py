@@ -22,10 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from phf.corpora.build import build_corpus
-from phf.score_corpus import score_corpus
-from phf.scoring import get_scorer
-from phf.segment import get_segmenter
+from phf.data.corpora.build import build_corpus
+from phf.data.score_corpus import score_corpus
+from phf.data.scoring import get_scorer
+from phf.data.segment import get_segmenter
 
 # scorer -> the embedded corpus it is benchmarked on
 SCORER_CORPUS = {"toxicity": "toxicity", "toxicity-judge": "toxicity", "pii": "pii", "pep8": "pep8"}
@@ -111,7 +111,7 @@ def time_ray_engine(corpora: dict[str, Path], root: Path, cpus: int) -> dict[str
 
     The Ray instance is started once, outside the timings (on a cluster it is up before any job),
     and its start-up is reported on its own."""
-    from phf.ray_engine import connected
+    from phf.io.ray import connected
 
     result = {}
     started = time.perf_counter()

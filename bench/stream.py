@@ -1,6 +1,6 @@
 """Cost of building training blocks: microseconds per packed sample, per transform and document length.
 
-The training stream (``phf.data.PackedStream``) builds every block on demand from the token store.
+The training stream (``phf.data.stream.PackedStream``) builds every block on demand from the token store.
 On a GPU the next step's blocks are built on a background thread while the current step runs; that
 thread shares the GIL with the thread launching kernels, so what matters is how much CPU time a
 step's blocks take. This times ``stream[i]`` for MLE (plain packing) and conditional training
@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from phf.data import Conditional, PackedStream  # noqa: E402
+from phf.data.stream import Conditional, PackedStream  # noqa: E402
 
 VOCAB, EOS, GOOD, BAD = 50257, 50256, 50257, 50258
 

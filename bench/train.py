@@ -110,9 +110,9 @@ def prepare_data(spec: dict) -> dict:
     """Write, score and tokenize the corpus (tokenizer and token store land in phf's cache)."""
     import numpy as np
 
-    from phf.score_corpus import score_corpus, scored_documents
-    from phf.token_store import build_token_store
-    from phf.tokenizer import load_tokenizer
+    from phf.data.score_corpus import score_corpus, scored_documents
+    from phf.data.token_store import build_token_store
+    from phf.data.tokenizer import load_tokenizer
 
     work = Path(spec["workdir"])
     config = shape_config(spec)
@@ -267,7 +267,7 @@ def run_steps(trainer, first: int, count: int) -> dict | None:
 def time_objective(spec: dict, objective: str) -> dict:
     import torch
 
-    from phf.trainer import Trainer, peak_flops
+    from phf.training.trainer import Trainer, peak_flops
 
     cuda = torch.cuda.is_available()
     rss_start = _start_memory_window(cuda)
@@ -340,12 +340,12 @@ def time_hf_trainer(spec: dict, stock: bool = False) -> dict:
     from transformers import TrainerCallback, TrainingArguments
     from transformers.trainer_callback import PrinterCallback
 
-    from phf.data import PackedStream
-    from phf.model import build_model
-    from phf.score_corpus import scored_documents
-    from phf.token_store import build_token_store
-    from phf.tokenizer import load_tokenizer
-    from phf.trainer import _mixed_precision, flops_per_token, peak_flops
+    from phf.data.score_corpus import scored_documents
+    from phf.data.stream import PackedStream
+    from phf.data.token_store import build_token_store
+    from phf.data.tokenizer import load_tokenizer
+    from phf.training.model import build_model
+    from phf.training.trainer import _mixed_precision, flops_per_token, peak_flops
 
     cuda = torch.cuda.is_available()
     rss_start = _start_memory_window(cuda)
@@ -466,8 +466,8 @@ def _phf_model_with_cross_entropy(config, spec: dict, layout: str = "conv1d"):
     import torch
     import torch.nn.functional as F
 
-    from phf.logprobs import lm_hidden_states
-    from phf.model import build_model
+    from phf.training.logprobs import lm_hidden_states
+    from phf.training.model import build_model
 
     class PhfModelWithCrossEntropy(torch.nn.Module):
         def __init__(self, _shape):
@@ -488,10 +488,10 @@ def time_minimal_gpt(spec: dict, phf_model: str | None = None) -> dict:
     """The minimal GPT in its own loop, or with ``phf_model`` ("conv1d" or "linear", the weights'
     memory order) phf's model in that loop."""
     import torch
-
     from minimal_gpt import run_benchmark
-    from phf.model import padded_vocab
-    from phf.trainer import _mixed_precision
+
+    from phf.training.model import padded_vocab
+    from phf.training.trainer import _mixed_precision
 
     cuda = torch.cuda.is_available()
     config = shape_config(spec)

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # phf itself is not installed in the TF venv
 
-from phf.fetch import PIP_ARTIFACTS, fetch_pip  # noqa: E402
+from phf.io.fetch import PIP_ARTIFACTS, fetch_pip  # noqa: E402
 
 # ~100 words of clean prose, and a toxic sentence; the two long texts put the toxic part before or
 # after it, so pad_sequences' truncating="pre" (keep the LAST 100 words) is exercised both ways.

@@ -25,7 +25,7 @@ def _documents(rng, count):
 def scored(tmp_path_factory):
     """~300 training documents scored by tests.helpers.user_scorers:length_score, and a
     held-out test.jsonl beside the input (where phf looks for it)."""
-    from phf.score_corpus import score_corpus
+    from phf.data.score_corpus import score_corpus
 
     rng = random.Random(0)
     root = tmp_path_factory.mktemp("corpus")

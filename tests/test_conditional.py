@@ -22,9 +22,9 @@ MODEL = ["model.config={n_layer: 2, n_head: 2, n_embd: 64}", "data.seq_len=64"]
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     from phf.config import load_config
-    from phf.evaluation import EvalConfig, evaluate
-    from phf.score_corpus import score_corpus
-    from phf.trainer import train
+    from phf.data.score_corpus import score_corpus
+    from phf.evaluation.evaluator import EvalConfig, evaluate
+    from phf.training.trainer import train
 
     root = tmp_path_factory.mktemp("marker")
     source = write_corpus(root)

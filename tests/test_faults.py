@@ -18,10 +18,10 @@ import pytest
 
 from phf import cli
 from phf.config import load_config
-from phf.run_lock import RunLock, RunLockedError
-from phf.score_corpus import score_corpus
-from phf.token_store import TokenStore, TokenStoreError, build_token_store
-from phf.trainer import Trainer, TrainingError, _usable_checkpoint, train
+from phf.data.score_corpus import score_corpus
+from phf.data.token_store import TokenStore, TokenStoreError, build_token_store
+from phf.io.run_lock import RunLock, RunLockedError
+from phf.training.trainer import Trainer, TrainingError, _usable_checkpoint, train
 from tests.helpers.training import losses, tiny_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,7 +114,7 @@ def test_a_half_written_parquet_shard_is_detected_and_scored_again(tmp_path):
     expected = pq.read_table(sorted((out / "data").glob("*.parquet"))).to_pylist()
     shard = sorted((out / "data").glob("*.parquet"))[2]
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
-    from phf.tokenizer import load_tokenizer
+    from phf.data.tokenizer import load_tokenizer
 
     with pytest.raises(TokenStoreError, match=f"{shard.name} has .* bytes, .* were written; rerun"):
         build_token_store(out, load_tokenizer("gpt2"), out=tmp_path / "store", progress=False)
@@ -125,7 +125,7 @@ def test_a_half_written_parquet_shard_is_detected_and_scored_again(tmp_path):
 
 
 def test_a_token_store_whose_files_disagree_is_refused(scored, tmp_path):
-    from phf.tokenizer import load_tokenizer
+    from phf.data.tokenizer import load_tokenizer
 
     store = build_token_store(scored, load_tokenizer("gpt2"), out=tmp_path / "store", progress=False)
     offsets = np.load(store.path / "doc_offsets.npy")
@@ -140,7 +140,7 @@ def test_a_token_store_whose_files_disagree_is_refused(scored, tmp_path):
 
 def test_a_second_process_on_the_same_directory_is_refused_and_a_killed_ones_lock_is_not(scored, tmp_path, capsys):
     run = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from phf.run_lock import RunLock; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from phf.io.run_lock import RunLock; "
                                f"RunLock({str(run)!r}, 'phf train').acquire(); print('held', flush=True); time.sleep(120)"],
                               stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert holder.stdout.readline() == "held\n"

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-import phf.study
-from phf.score_corpus import ScoringError, score_corpus
+import phf.study.experiment
+from phf.data.score_corpus import ScoringError, score_corpus
 from phf.study import run_experiment
-from tests.test_experiment import snapshot, write_study
-from tests.test_score_corpus import USER, corpus_texts, rows, write_jsonl
+from tests.data.test_score_corpus import USER, corpus_texts, rows, write_jsonl
+from tests.study.test_experiment import snapshot, write_study
 
 ray = pytest.importorskip("ray", reason="ray is not installed: pip install 'phf[ray]' (make test installs it)")
 
@@ -96,7 +96,7 @@ def test_a_study_runs_its_arms_as_ray_tasks_and_reruns_do_nothing_new(tmp_path, 
     def not_here(*args):
         raise AssertionError("an arm ran in the driver, not in a Ray task")
 
-    monkeypatch.setattr(phf.study, "run_arm", not_here)  # Ray workers import their own phf.study
+    monkeypatch.setattr(phf.study.experiment, "run_arm", not_here)  # Ray workers import their own phf.study
     run_experiment(str(study), engine="ray")
     out = tmp_path / "study"
     assert set(json.loads((out / "results.json").read_text())["arms"]) == {"mle", "finetune-conditional"}
@@ -109,7 +109,7 @@ def test_a_study_runs_its_arms_as_ray_tasks_and_reruns_do_nothing_new(tmp_path, 
 
 @pytest.mark.gpu
 def test_a_gpu_scorer_gets_one_gpu_per_actor_and_arms_ask_for_one(tmp_path, cluster):
-    from phf.ray_engine import _arm_resources
+    from phf.study.ray_arms import _arm_resources
 
     assert ray.cluster_resources().get("GPU", 0) >= 1
     src = write_jsonl(tmp_path / "in.jsonl", corpus_texts(24))

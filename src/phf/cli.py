@@ -14,7 +14,7 @@ from phf.config import PROTOCOLS
 
 
 def _cmd_corpus(args) -> int:
-    from phf.corpora.build import build_corpus
+    from phf.data.corpora.build import build_corpus
 
     summary = build_corpus(args.task, args.out, max_mb=args.max_mb, seed=args.seed,
                            test_fraction=args.test_fraction, progress=not args.quiet)
@@ -23,8 +23,8 @@ def _cmd_corpus(args) -> int:
 
 
 def _cmd_score(args) -> int:
-    from phf.score_corpus import score_corpus
-    from phf.scoring import parse_options
+    from phf.data.score_corpus import score_corpus
+    from phf.data.scoring import parse_options
 
     result = score_corpus(
         args.input, args.out, args.scorer, parse_options(args.option), text_field=args.text_field,
@@ -49,7 +49,7 @@ def _cmd_score(args) -> int:
 
 def _cmd_train(args) -> int:
     from phf.config import load_config
-    from phf.trainer import train
+    from phf.training.trainer import train
 
     files = [a for a in args.configs if "=" not in a]
     overrides = [a for a in args.configs if "=" in a]
@@ -58,7 +58,7 @@ def _cmd_train(args) -> int:
     config = load_config(files, overrides)
     evaluate = None
     if config.training.eval_every:
-        from phf.evaluation import periodic_evaluator
+        from phf.evaluation.evaluator import periodic_evaluator
 
         evaluate = periodic_evaluator(seed=config.training.seed)
     last = train(config, resume=args.resume, evaluate=evaluate)
@@ -68,8 +68,8 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from phf.evaluation import EvalConfig, evaluate
-    from phf.scoring import parse_options
+    from phf.data.scoring import parse_options
+    from phf.evaluation.evaluator import EvalConfig, evaluate
 
     config = EvalConfig(num_samples=args.num_samples, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                         seed=args.seed, scorer=args.scorer, scorer_options=parse_options(args.option),
@@ -90,8 +90,8 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_redteam(args) -> int:
-    from phf.evaluation import RedTeamConfig, redteam
-    from phf.scoring import parse_options
+    from phf.data.scoring import parse_options
+    from phf.evaluation.evaluator import RedTeamConfig, redteam
 
     config = RedTeamConfig(rounds=args.rounds, trials=args.trials, completions=args.completions,
                            continuations=args.continuations, pool_size=args.pool_size, red_lm=args.red_lm,
@@ -134,7 +134,7 @@ def _cmd_experiment(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from phf.reporting import build_report
+    from phf.study.report import build_report
 
     build_report(args.run_dirs, args.out, title=args.title, names=args.names.split(",") if args.names else None)
     print(f"report written to {args.out}/report.html and {args.out}/report.md")

