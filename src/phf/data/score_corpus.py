@@ -281,8 +281,15 @@ def _check_or_write_plan(out: Path, plan: dict, overwrite: bool) -> None:
     write_text_atomic(path, json.dumps(plan, indent=2))
 
 
+def _remove_stale_temps(out: Path) -> None:
+    for directory in (out, out / "data", out / "shards"):
+        remove_stale_temps(directory)
+
+
 def _finish(out: Path, plan: dict, wall: float, done_now: list[dict]) -> dict:
     """Aggregate the shard markers into manifest.json and issues.jsonl."""
+    # Again at the end: a worker killed with an earlier run may still have been dying at the start.
+    _remove_stale_temps(out)
     shards = [json.loads(_shard_marker(out, i).read_text()) for i in range(plan["num_shards"])]
     covered = sum(s["records"][1] - s["records"][0] for s in shards)
     read = sum(s["documents_read"] for s in shards)
@@ -364,8 +371,7 @@ def score_corpus(input: str, out: str, scorer: str = "toxicity", scorer_options:
     # One process per output directory, or per job of an array: jobs of one array share it.
     lock_name = LOCK_FILE if job_count == 1 else f".phf-shards-{job_index}-of-{job_count}.lock"
     with RunLock(out_path, "phf score", name=lock_name):
-        for directory in (out_path, out_path / "data", out_path / "shards"):
-            remove_stale_temps(directory)
+        _remove_stale_temps(out_path)
         return _score_shards(job, scorer_obj, source, plan, overwrite, job_index, job_count, num_proc, progress,
                              engine, ray_address)
 

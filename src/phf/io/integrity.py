@@ -65,10 +65,17 @@ def remove_stale_temps(directory: Path) -> list[Path]:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs on this host. A zombie does not: a SIGKILLed scoring worker whose parent
+    died too stays a zombie until init reaps it, which some inits (containers, VMs) do late or never,
+    and its temp file must not outlive it."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        # /proc/<pid>/stat: "pid (comm) state ...": comm may hold spaces and parentheses.
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no procfs (macOS): kill(pid, 0) is all we know
