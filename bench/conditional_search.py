@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -46,8 +45,16 @@ CANDIDATES = {
     "p25-every8": ("conditional", ["objective.tag_every=8"], "1M"),
     "p5-every4": ("conditional", ["objective.threshold=null", "objective.percentile=5", "objective.tag_every=4"], "1M"),
     "p25-margin-every4": ("conditional", ["objective.bad_threshold=0.5", "objective.tag_every=4"], "1M"),
-    "docmean-p25-every4": ("conditional", ["objective.threshold=null", "objective.percentile=25",
-                                           "objective.labels=document-mean", "objective.tag_every=4"], "1M"),
+    "docmean-p25-every4": (
+        "conditional",
+        [
+            "objective.threshold=null",
+            "objective.percentile=25",
+            "objective.labels=document-mean",
+            "objective.tag_every=4",
+        ],
+        "1M",
+    ),
     "p25-every2": ("conditional", ["objective.tag_every=2"], "1M"),
 }
 BASELINES = {"1M": [], "2M": TWO_M}
@@ -68,23 +75,61 @@ def arm(out: Path, seed: int, name: str, objective: str, overrides: list[str], a
     log = run.parent / f"{name}.log"
     started = time.perf_counter()
     if not (run / "model.safetensors").exists():
-        _run([sys.executable, "-m", "phf.cli", "train", f"{PRESET}/{objective}.yaml", f"output_dir={run}",
-              f"data.path={args.scored}", f"training.seed={seed}", "logging.progress=false",
-              "training.save_every=100000", f"training.mixed_precision={args.precision}", *args.set, *overrides,
-              *(["--resume"] if (run / "checkpoints").exists() else [])], log)
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "phf.cli",
+                "train",
+                f"{PRESET}/{objective}.yaml",
+                f"output_dir={run}",
+                f"data.path={args.scored}",
+                f"training.seed={seed}",
+                "logging.progress=false",
+                "training.save_every=100000",
+                f"training.mixed_precision={args.precision}",
+                *args.set,
+                *overrides,
+                *(["--resume"] if (run / "checkpoints").exists() else []),
+            ],
+            log,
+        )
     if not (run / "eval.json").exists():
-        _run([sys.executable, "-m", "phf.cli", "eval", str(run), "--seed", str(seed), "--quiet", "--no-scenarios",
-              "--num-samples", str(args.num_samples), "--kl-samples", str(args.kl_samples),
-              *(["--no-judge"] if args.no_judge else []), "--compare-protocols", *PROTOCOLS], log)
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "phf.cli",
+                "eval",
+                str(run),
+                "--seed",
+                str(seed),
+                "--quiet",
+                "--no-scenarios",
+                "--num-samples",
+                str(args.num_samples),
+                "--kl-samples",
+                str(args.kl_samples),
+                *(["--no-judge"] if args.no_judge else []),
+                "--compare-protocols",
+                *PROTOCOLS,
+            ],
+            log,
+        )
     result = json.loads((run / "eval.json").read_text())
     by = result.get("misalignment_by_protocol") or {"-": result["misalignment"]}
-    row = {"seed": seed, "name": name, "objective": objective,
-           "misalignment": {p: v["mean"] for p, v in by.items()},
-           "tags_per_sample": {p: v.get("tags_per_sample") for p, v in by.items()},
-           "lm_loss": result["lm_loss"].get("loss"), "kl": result["kl"].get("kl"),
-           "control_auroc": result.get("control_tokens", {}).get("auroc"),
-           "tag_auroc": result.get("tag_prediction", {}).get("auroc"),
-           "seconds": round(time.perf_counter() - started, 1)}
+    row = {
+        "seed": seed,
+        "name": name,
+        "objective": objective,
+        "misalignment": {p: v["mean"] for p, v in by.items()},
+        "tags_per_sample": {p: v.get("tags_per_sample") for p, v in by.items()},
+        "lm_loss": result["lm_loss"].get("loss"),
+        "kl": result["kl"].get("kl"),
+        "control_auroc": result.get("control_tokens", {}).get("auroc"),
+        "tag_auroc": result.get("tag_prediction", {}).get("auroc"),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
     print(json.dumps(row), flush=True)
     return row
 
@@ -92,6 +137,7 @@ def arm(out: Path, seed: int, name: str, objective: str, overrides: list[str], a
 def run_arms(out: Path, jobs: list[tuple[int, str, str, list[str]]], args) -> list[dict]:
     """MLE arms first (the others' KL reference), then the rest, ``--workers`` at a time. A failed
     arm is reported and left out (its log says why); the others go on."""
+
     def attempt(job):
         try:
             return arm(out, *job, args)
@@ -142,9 +188,17 @@ def select(rows: list[dict], candidates: list[str]) -> tuple[str, str, list[dict
             continue
         for protocol in PROTOCOLS:
             rat = ratios(rows, name, protocol)
-            table.append({"candidate": name, "protocol": protocol, "min_ratio": min(rat.values()),
-                          "ratios": rat, "min_auroc": min(aurocs), "max_lm_ratio": max(lm.values()),
-                          "eligible": min(aurocs) >= 0.8 and max(lm.values()) <= 1.02})
+            table.append(
+                {
+                    "candidate": name,
+                    "protocol": protocol,
+                    "min_ratio": min(rat.values()),
+                    "ratios": rat,
+                    "min_auroc": min(aurocs),
+                    "max_lm_ratio": max(lm.values()),
+                    "eligible": min(aurocs) >= 0.8 and max(lm.values()) <= 1.02,
+                }
+            )
     eligible = [t for t in table if t["eligible"]] or table  # none eligible: report the best anyway
     best = max(eligible, key=lambda t: t["min_ratio"])
     return best["candidate"], best["protocol"], table
@@ -173,9 +227,11 @@ def main() -> None:
     chosen, protocol, table = select(rows, args.candidates)
     print("\ncandidate            protocol     min ratio  ratios per seed           min AUROC  max LM ratio")
     for t in sorted(table, key=lambda t: -t["min_ratio"]):
-        print(f"{t['candidate']:20s} {t['protocol']:12s} {t['min_ratio']:9.2f}  "
-              f"{', '.join(f'{s}: {v:.2f}' for s, v in t['ratios'].items()):25s} {t['min_auroc']:9.3f}  "
-              f"{t['max_lm_ratio']:.4f}{'' if t['eligible'] else '  (not eligible)'}")
+        print(
+            f"{t['candidate']:20s} {t['protocol']:12s} {t['min_ratio']:9.2f}  "
+            f"{', '.join(f'{s}: {v:.2f}' for s, v in t['ratios'].items()):25s} {t['min_auroc']:9.3f}  "
+            f"{t['max_lm_ratio']:.4f}{'' if t['eligible'] else '  (not eligible)'}"
+        )
     print(f"\nchosen: {chosen} with the {protocol} protocol")
     summary = {"rows": rows, "table": table, "chosen": chosen, "protocol": protocol}
     if args.confirm_seeds:
@@ -183,8 +239,11 @@ def main() -> None:
         budget_overrides = BASELINES[budget]
         confirm = [(s, "mle", "mle", budget_overrides) for s in args.confirm_seeds]
         confirm += [(s, chosen, objective, overrides) for s in args.confirm_seeds]
-        confirm += [(s, f"{o}@{budget}" if budget != "1M" else o, o, budget_overrides)
-                    for s in args.confirm_seeds for o in OTHERS]
+        confirm += [
+            (s, f"{o}@{budget}" if budget != "1M" else o, o, budget_overrides)
+            for s in args.confirm_seeds
+            for o in OTHERS
+        ]
         crows = run_arms(out, confirm, args)
         mle = {r["seed"]: r for r in crows if r["objective"] == "mle"}
         print(f"\nconfirmation on seeds {args.confirm_seeds} (each against its own MLE run):")
@@ -193,8 +252,11 @@ def main() -> None:
                 continue
             base = mle[r["seed"]]
             rat = {p: base["misalignment"]["-"] / max(v, 1e-9) for p, v in r["misalignment"].items()}
-            print(f"seed{r['seed']} {r['name']:22s} ratio " + ", ".join(f"{p} {v:.2f}x" for p, v in rat.items())
-                  + f"  LM {r['lm_loss'] / base['lm_loss']:.4f}x  AUROC {r['control_auroc']}")
+            print(
+                f"seed{r['seed']} {r['name']:22s} ratio "
+                + ", ".join(f"{p} {v:.2f}x" for p, v in rat.items())
+                + f"  LM {r['lm_loss'] / base['lm_loss']:.4f}x  AUROC {r['control_auroc']}"
+            )
         summary["confirmation"] = crows
     summary["seconds"] = round(time.perf_counter() - started, 1)
     (out / "search.json").write_text(json.dumps(summary, indent=2))

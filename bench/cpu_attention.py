@@ -54,11 +54,17 @@ def main() -> int:
     if not lengths or min(lengths) < 1 or min(args.heads, args.head_dim, args.tokens, args.repeats) < 1:
         parser.error("--lengths, --heads, --head-dim, --tokens and --repeats must be >= 1")
 
-    print(f"causal attention forward + backward on CPU ({torch.get_num_threads()} threads), {args.heads} heads "
-          f"of {args.head_dim}, {args.tokens:,} tokens per call")
+    print(
+        f"causal attention forward + backward on CPU ({torch.get_num_threads()} threads), {args.heads} heads "
+        f"of {args.head_dim}, {args.tokens:,} tokens per call"
+    )
     print(f"{'length':>7}{'batch':>7}{'bf16 ms':>10}{'fp32 ms':>10}{'bf16/fp32':>11}")
-    figures: dict[str, object] = {"heads": args.heads, "head_dim": args.head_dim, "tokens": args.tokens,
-                                  "threads": torch.get_num_threads()}
+    figures: dict[str, object] = {
+        "heads": args.heads,
+        "head_dim": args.head_dim,
+        "tokens": args.tokens,
+        "threads": torch.get_num_threads(),
+    }
     crossover = None
     for length in lengths:
         batch = max(1, args.tokens // length)
@@ -69,9 +75,11 @@ def main() -> int:
         if crossover is None and bf16 <= fp32:
             crossover = length
     figures["suggested_cpu_fp32_attention_below"] = crossover if crossover is not None else lengths[-1] + 1
-    print(f"bf16 is at least as fast from length {crossover} on: training.cpu_fp32_attention_below={crossover}"
-          if crossover is not None else
-          f"fp32 was faster at every length measured: training.cpu_fp32_attention_below={lengths[-1] + 1} or more")
+    print(
+        f"bf16 is at least as fast from length {crossover} on: training.cpu_fp32_attention_below={crossover}"
+        if crossover is not None
+        else f"fp32 was faster at every length measured: training.cpu_fp32_attention_below={lengths[-1] + 1} or more"
+    )
     print("RESULT " + json.dumps(figures))
     return 0
 

@@ -34,28 +34,79 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # Figures that measure time, not results: they differ between any two runs.
-TIMING_KEYS = {"elapsed_s", "tok_s", "mfu", "seconds", "timing", "created", "build_seconds", "tokens_per_second",
-               "wall_seconds", "samples_per_second", "time"}
+TIMING_KEYS = {
+    "elapsed_s",
+    "tok_s",
+    "mfu",
+    "seconds",
+    "timing",
+    "created",
+    "build_seconds",
+    "tokens_per_second",
+    "wall_seconds",
+    "samples_per_second",
+    "time",
+}
 SCORE_DOCS, SHARD_SIZE = 4000, 50
 
 
 def _is_timing(key: str) -> bool:
     """A wall-clock figure (``eval_seconds``, ``timings_s``, ...): never equal across runs."""
     return key in TIMING_KEYS or key.endswith(("_seconds", "_s"))
-WORDS = "the cat sat on a mat while dogs ran far away home under red blue sky and sea".split()
+
+
+WORDS = [
+    "the",
+    "cat",
+    "sat",
+    "on",
+    "a",
+    "mat",
+    "while",
+    "dogs",
+    "ran",
+    "far",
+    "away",
+    "home",
+    "under",
+    "red",
+    "blue",
+    "sky",
+    "and",
+    "sea",
+]
 
 
 def study_config(root: Path, objectives: list[str]) -> Path:
     study = {
-        "name": "fault campaign", "tasks": ["pep8"], "objectives": objectives,
-        "seeds": [0], "preset": str(ROOT / "configs" / "tiny"),
-        "overrides": ["data.tokenizer.vocab_size=300", "data.seq_len=64", "model.config={n_layer: 1, n_head: 2, n_embd: 32}",
-                      "training.max_steps=6", "training.batch_size=8", "training.micro_batch_size=8",
-                      "training.save_every=2", "training.log_every=1", "training.mixed_precision=no",
-                      "logging.progress=false"],
+        "name": "fault campaign",
+        "tasks": ["pep8"],
+        "objectives": objectives,
+        "seeds": [0],
+        "preset": str(ROOT / "configs" / "tiny"),
+        "overrides": [
+            "data.tokenizer.vocab_size=300",
+            "data.seq_len=64",
+            "model.config={n_layer: 1, n_head: 2, n_embd: 32}",
+            "training.max_steps=6",
+            "training.batch_size=8",
+            "training.micro_batch_size=8",
+            "training.save_every=2",
+            "training.log_every=1",
+            "training.mixed_precision=no",
+            "logging.progress=false",
+        ],
         "corpus": {"max_mb": 0.05, "num_proc": 2},
-        "eval": {"num_samples": 16, "kl_samples": 4, "max_new_tokens": 8, "scenario_prompts": 2,
-                 "scenario_samples": 2, "batch_size": 16, "every": 3, "every_samples": 4},
+        "eval": {
+            "num_samples": 16,
+            "kl_samples": 4,
+            "max_new_tokens": 8,
+            "scenario_prompts": 2,
+            "scenario_samples": 2,
+            "batch_size": 16,
+            "every": 3,
+            "every_samples": 4,
+        },
     }
     path = root / "study.yaml"
     path.write_text(json.dumps(study))  # JSON is YAML
@@ -67,8 +118,9 @@ def score_input(root: Path, docs: int = SCORE_DOCS) -> Path:
     path = root / "docs.jsonl"
     with open(path, "w") as handle:
         for _ in range(docs):
-            text = " ".join(" ".join(rng.choices(WORDS, k=rng.randint(4, 12))).capitalize() + "."
-                            for _ in range(rng.randint(1, 5)))
+            text = " ".join(
+                " ".join(rng.choices(WORDS, k=rng.randint(4, 12))).capitalize() + "." for _ in range(rng.randint(1, 5))
+            )
             handle.write(json.dumps({"text": text}) + "\n")
     return path
 
@@ -113,8 +165,20 @@ def score_command(root: Path) -> Command:
     source = score_input(root)
 
     def argv(out: Path) -> list[str]:
-        return ["score", "--input", str(source), "--out", str(out), "--scorer", "pep8", "--num-proc", "2",
-                "--shard-size", str(SHARD_SIZE), "--quiet"]
+        return [
+            "score",
+            "--input",
+            str(source),
+            "--out",
+            str(out),
+            "--scorer",
+            "pep8",
+            "--num-proc",
+            "2",
+            "--shard-size",
+            str(SHARD_SIZE),
+            "--quiet",
+        ]
 
     def stage(out: Path, log: str) -> str:
         # Before this run wrote anything it was starting up (imports, workers loading the scorer).
@@ -145,8 +209,7 @@ def metrics(path: Path) -> list[dict]:
 def strip(value):
     """``value`` without its timing entries (and paths of the directory it was written in)."""
     if isinstance(value, dict):
-        return {k: strip(v) for k, v in value.items()
-                if not _is_timing(k) and k not in ("path", "phf_version")}
+        return {k: strip(v) for k, v in value.items() if not _is_timing(k) and k not in ("path", "phf_version")}
     if isinstance(value, list):
         return [strip(v) for v in value]
     return value
@@ -163,8 +226,14 @@ def run(command: Command, out: Path, env: dict, kill_after: float | None) -> tup
     log_path = out.with_name(out.name + ".log")
     started = time.perf_counter()
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "phf.cli", *command.argv(out)], cwd=ROOT, env=env,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "phf.cli", *command.argv(out)],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         work_began = started
         if command.started is not None:
             while proc.poll() is None and not command.started(log_path.read_text()):
@@ -202,8 +271,11 @@ def campaign(command: Command, root: Path, kills: int, seed: int) -> dict:
             killed, stage, _, _ = run(command, out, env, moment)
             if killed:
                 stages[stage] += 1
-                print(f"  {command.name}: kill {sum(stages.values())} at {moment:.1f} s ({stage})", file=sys.stderr,
-                      flush=True)
+                print(
+                    f"  {command.name}: kill {sum(stages.values())} at {moment:.1f} s ({stage})",
+                    file=sys.stderr,
+                    flush=True,
+                )
             finished = not killed
         difference = first_difference(command.results(out), reference)
         if difference:
@@ -212,9 +284,16 @@ def campaign(command: Command, root: Path, kills: int, seed: int) -> dict:
         if left:
             raise AssertionError(f"{command.name}: left behind {left}")
         checked += 1
-    return {"command": command.name, "uninterrupted_seconds": round(duration, 1), "kills": sum(stages.values()),
-            "kills_by_stage": dict(stages), "recoveries_checked": checked, "mismatches": 0, "leftovers": 0,
-            "campaign_seconds": round(time.perf_counter() - started, 1)}
+    return {
+        "command": command.name,
+        "uninterrupted_seconds": round(duration, 1),
+        "kills": sum(stages.values()),
+        "kills_by_stage": dict(stages),
+        "recoveries_checked": checked,
+        "mismatches": 0,
+        "leftovers": 0,
+        "campaign_seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def first_difference(got, expected, where: str = "") -> str | None:
@@ -225,14 +304,19 @@ def first_difference(got, expected, where: str = "") -> str | None:
                 return found
         return None
     if isinstance(got, list) and isinstance(expected, list) and len(got) == len(expected):
-        return next((d for i, (a, b) in enumerate(zip(got, expected)) if (d := first_difference(a, b, f"{where}[{i}]"))), None)
+        return next(
+            (d for i, (a, b) in enumerate(zip(got, expected)) if (d := first_difference(a, b, f"{where}[{i}]"))), None
+        )
     return None if got == expected else f"{where}: {str(got)[:200]} != uninterrupted {str(expected)[:200]}"
 
 
 def table(figures: dict) -> str:
-    rows = [f"{figures['command']}: {figures['kills']} kills survived, {figures['recoveries_checked']} recoveries "
-            f"equal to the uninterrupted run ({figures['uninterrupted_seconds']} s), 0 temp files left, "
-            f"{figures['campaign_seconds']} s", "  stage            kills survived"]
+    rows = [
+        f"{figures['command']}: {figures['kills']} kills survived, {figures['recoveries_checked']} recoveries "
+        f"equal to the uninterrupted run ({figures['uninterrupted_seconds']} s), 0 temp files left, "
+        f"{figures['campaign_seconds']} s",
+        "  stage            kills survived",
+    ]
     rows += [f"  {stage:<16} {count}" for stage, count in sorted(figures["kills_by_stage"].items())]
     return "\n".join(rows)
 
@@ -247,8 +331,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     results = []
     with tempfile.TemporaryDirectory(prefix="phf-faults-") as tmp:
-        commands = {"experiment": lambda root: experiment_command(root, args.objectives.split(",")),
-                    "score": score_command}
+        commands = {
+            "experiment": lambda root: experiment_command(root, args.objectives.split(",")),
+            "score": score_command,
+        }
         for name, make in commands.items():
             if args.only in (None, name):
                 root = Path(tmp) / name

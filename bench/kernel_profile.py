@@ -64,7 +64,7 @@ def profile_steps(run_steps: Callable[[], None], device: torch.device, steps: in
     figures timed before it matter more than the profile, and a lent GPU's minutes are few."""
     try:
         return _profile_steps(run_steps, device, steps)
-    except Exception as exc:  # noqa: BLE001 - any profiler failure only costs the profile
+    except Exception as exc:
         print(f"kernel profile failed, left out: {exc!r}", file=sys.stderr, flush=True)
         return None
 
@@ -81,13 +81,19 @@ def _profile_steps(run_steps: Callable[[], None], device: torch.device, steps: i
     if cuda:
         # Kernels, copies and memsets; record_function ranges mirrored on the GPU timeline
         # (user annotations: the optimizer step, compiled graphs) would count their kernels twice.
-        events = [(e.name, e.time_range.start, e.time_range.end) for e in prof.events()
-                  if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)]
+        events = [
+            (e.name, e.time_range.start, e.time_range.end)
+            for e in prof.events()
+            if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
+        ]
         busy = _busy_us([(start, end) for _, start, end in events])
         timed = [(name, end - start) for name, start, end in events]
     else:
-        timed = [(e.name, e.self_cpu_time_total) for e in prof.events()
-                 if e.device_type == DeviceType.CPU and e.name.startswith("aten::")]
+        timed = [
+            (e.name, e.self_cpu_time_total)
+            for e in prof.events()
+            if e.device_type == DeviceType.CPU and e.name.startswith("aten::")
+        ]
         busy = sum(us for _, us in timed)
     by_kind: dict[str, float] = dict.fromkeys(KIND_NAMES, 0.0)
     by_name: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
@@ -98,10 +104,14 @@ def _profile_steps(run_steps: Callable[[], None], device: torch.device, steps: i
     top = sorted(by_name.items(), key=lambda item: -item[1][0])[:TOP]
     per_step_ms = 1e-3 / steps
     return {
-        "steps": steps, "wall_ms": wall_us * per_step_ms, "busy_share": min(1.0, busy / wall_us) if wall_us else None,
+        "steps": steps,
+        "wall_ms": wall_us * per_step_ms,
+        "busy_share": min(1.0, busy / wall_us) if wall_us else None,
         "kernels": len(timed) / steps,
-        "kernel_ms": {**{kind: us * per_step_ms for kind, us in by_kind.items()},
-                      "total": sum(by_kind.values()) * per_step_ms},
+        "kernel_ms": {
+            **{kind: us * per_step_ms for kind, us in by_kind.items()},
+            "total": sum(by_kind.values()) * per_step_ms,
+        },
         "top": [{"name": name, "ms": us * per_step_ms, "calls": calls / steps} for name, (us, calls) in top],
     }
 
@@ -111,30 +121,40 @@ def report(profiles: dict[str, dict], labels: dict[str, str], cuda: bool) -> dic
     runs = list(profiles)
     width = max(12, *(len(labels.get(r, r)) + 2 for r in runs))
     unit = "kernel" if cuda else "ATen op"
-    print(f"\nper step, {profiles[runs[0]]['steps']} profiled steps after the timed ones ({unit} time in ms; "
-          "the profiler slows the host, so busy shares are low for all runs alike):")
+    print(
+        f"\nper step, {profiles[runs[0]]['steps']} profiled steps after the timed ones ({unit} time in ms; "
+        "the profiler slows the host, so busy shares are low for all runs alike):"
+    )
     print(f"{'':<22}" + "".join(f"{labels.get(r, r):>{width}}" for r in runs))
     figures: dict[str, float] = {}
     rows = [(kind, lambda p, k=kind: p["kernel_ms"][k], "{:.2f}") for kind in KIND_NAMES]
-    rows += [(f"{unit} total", lambda p: p["kernel_ms"]["total"], "{:.2f}"),
-             ("wall", lambda p: p["wall_ms"], "{:.2f}"),
-             ("busy share", lambda p: 100 * p["busy_share"], "{:.1f}%"),
-             (f"{unit}s", lambda p: p["kernels"], "{:.0f}")]
+    rows += [
+        (f"{unit} total", lambda p: p["kernel_ms"]["total"], "{:.2f}"),
+        ("wall", lambda p: p["wall_ms"], "{:.2f}"),
+        ("busy share", lambda p: 100 * p["busy_share"], "{:.1f}%"),
+        (f"{unit}s", lambda p: p["kernels"], "{:.0f}"),
+    ]
     for label, get, fmt in rows:
         print(f"{label:<22}" + "".join(f"{fmt.format(get(profiles[r])):>{width}}" for r in runs))
     reference = profiles.get(REFERENCE)
     if reference is not None:
-        print(f"against {labels.get(REFERENCE, REFERENCE)}, per step (ms; busy share in points): the gap's host "
-              "side shows in wall minus kernel time, its device side in the kinds")
+        print(
+            f"against {labels.get(REFERENCE, REFERENCE)}, per step (ms; busy share in points): the gap's host "
+            "side shows in wall minus kernel time, its device side in the kinds"
+        )
         for run in runs:
             if run == REFERENCE:
                 continue
             p = profiles[run]
-            kinds = ", ".join(f"{kind} {p['kernel_ms'][kind] - reference['kernel_ms'][kind]:+.2f}" for kind in KIND_NAMES)
+            kinds = ", ".join(
+                f"{kind} {p['kernel_ms'][kind] - reference['kernel_ms'][kind]:+.2f}" for kind in KIND_NAMES
+            )
             idle = (p["wall_ms"] - p["kernel_ms"]["total"]) - (reference["wall_ms"] - reference["kernel_ms"]["total"])
-            print(f"  {labels.get(run, run)}: wall {p['wall_ms'] - reference['wall_ms']:+.2f}, "
-                  f"{unit} total {p['kernel_ms']['total'] - reference['kernel_ms']['total']:+.2f} ({kinds}), "
-                  f"not in {unit}s {idle:+.2f}, busy {100 * (p['busy_share'] - reference['busy_share']):+.1f}")
+            print(
+                f"  {labels.get(run, run)}: wall {p['wall_ms'] - reference['wall_ms']:+.2f}, "
+                f"{unit} total {p['kernel_ms']['total'] - reference['kernel_ms']['total']:+.2f} ({kinds}), "
+                f"not in {unit}s {idle:+.2f}, busy {100 * (p['busy_share'] - reference['busy_share']):+.1f}"
+            )
     for run in runs:
         p = profiles[run]
         figures[f"profile.{run}.kernel_ms"] = round(p["kernel_ms"]["total"], 3)

@@ -100,16 +100,34 @@ class MinimalGPT(nn.Module):
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float, device: torch.device):
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), fused=device.type in ("cuda", "cpu"))
 
 
-def run_benchmark(*, n_layer: int = 12, n_head: int = 12, n_embd: int = 768, vocab_size: int = 50304,
-                  seq_len: int = 1024, batch_size: int = 64, micro_batch_size: int = 16, steps: int = 20,
-                  warmup: int = 5, compile: bool = False, device: str | None = None, bf16: bool | None = None,
-                  lr: float = 5e-4, weight_decay: float = 0.1, grad_clip: float = 1.0, seed: int = 42,
-                  make_model=None, profile_steps: int = 0) -> dict:
+def run_benchmark(
+    *,
+    n_layer: int = 12,
+    n_head: int = 12,
+    n_embd: int = 768,
+    vocab_size: int = 50304,
+    seq_len: int = 1024,
+    batch_size: int = 64,
+    micro_batch_size: int = 16,
+    steps: int = 20,
+    warmup: int = 5,
+    compile: bool = False,
+    device: str | None = None,
+    bf16: bool | None = None,
+    lr: float = 5e-4,
+    weight_decay: float = 0.1,
+    grad_clip: float = 1.0,
+    seed: int = 42,
+    make_model=None,
+    profile_steps: int = 0,
+) -> dict:
     """Train on random tokens; returns tok_s, step_s, peak_mem_mb (CUDA) and mfu (known CUDA devices).
 
     ``make_model(GPTConfig)`` swaps in another model for :class:`MinimalGPT` (its forward takes
@@ -162,17 +180,21 @@ def run_benchmark(*, n_layer: int = 12, n_head: int = 12, n_embd: int = 768, voc
     seconds = time.perf_counter() - started
     tok_s = steps * batch_size * seq_len / seconds
     peak = peak_flops(dev)
-    result = {"tok_s": tok_s, "step_s": seconds / max(steps, 1), "flops_per_token": fpt,
-              "params": sum(p.numel() for p in model.parameters()),
-              "peak_mem_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None,
-              "mfu": tok_s * fpt / peak if peak else None, "device": str(dev)}
+    result = {
+        "tok_s": tok_s,
+        "step_s": seconds / max(steps, 1),
+        "flops_per_token": fpt,
+        "params": sum(p.numel() for p in model.parameters()),
+        "peak_mem_mb": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None,
+        "mfu": tok_s * fpt / peak if peak else None,
+        "device": str(dev),
+    }
     if profile_steps > 0:
         from kernel_profile import profile_steps as profile
 
         summary = profile(lambda: [one_step() for _ in range(profile_steps)], dev, profile_steps)
         if summary is not None:
             result["profile"] = summary
-    del step_model, model, optimizer
     return result
 
 

@@ -91,15 +91,18 @@ def main() -> int:
             for procs in (1, 2):
                 out = root / f"scored-{name}-{procs}"
                 started = time.perf_counter()
-                manifest = score_corpus(str(corpora[SCORER_CORPUS[name]]), str(out), name, num_proc=procs,
-                                        overwrite=True, progress=False)
+                manifest = score_corpus(
+                    str(corpora[SCORER_CORPUS[name]]), str(out), name, num_proc=procs, overwrite=True, progress=False
+                )
                 seconds[procs] = time.perf_counter() - started
             speedup = seconds[1] / seconds[2]
             result[f"seconds.score.{name}.1proc"] = round(seconds[1], 2)
             result[f"seconds.score.{name}.2proc"] = round(seconds[2], 2)
             result[f"ratio.score.{name}.2proc_vs_1proc"] = round(speedup, 2)
-            print(f"{name:<16}{manifest['counts']['segments']:>8} segments  1 proc {seconds[1]:6.2f}s  "
-                  f"2 procs {seconds[2]:6.2f}s  speed-up {speedup:.2f}x")
+            print(
+                f"{name:<16}{manifest['counts']['segments']:>8} segments  1 proc {seconds[1]:6.2f}s  "
+                f"2 procs {seconds[2]:6.2f}s  speed-up {speedup:.2f}x"
+            )
         if args.ray:
             result.update(time_ray_engine(corpora, root, cpus))
     print("RESULT " + json.dumps(result, sort_keys=True))
@@ -117,15 +120,24 @@ def time_ray_engine(corpora: dict[str, Path], root: Path, cpus: int) -> dict[str
     started = time.perf_counter()
     with connected():
         result["seconds.ray.startup"] = round(time.perf_counter() - started, 2)
-        print(f"\nphf score --engine ray vs --num-proc {cpus} (local Ray instance started in "
-              f"{result['seconds.ray.startup']:.1f}s, not counted)")
+        print(
+            f"\nphf score --engine ray vs --num-proc {cpus} (local Ray instance started in "
+            f"{result['seconds.ray.startup']:.1f}s, not counted)"
+        )
         for name in ("pii", "toxicity"):
             seconds = {}
             for engine in ("local", "ray"):
                 out = root / f"scored-{name}-{engine}"
                 began = time.perf_counter()
-                manifest = score_corpus(str(corpora[SCORER_CORPUS[name]]), str(out), name, num_proc=cpus,
-                                        overwrite=True, progress=False, engine=engine)
+                manifest = score_corpus(
+                    str(corpora[SCORER_CORPUS[name]]),
+                    str(out),
+                    name,
+                    num_proc=cpus,
+                    overwrite=True,
+                    progress=False,
+                    engine=engine,
+                )
                 seconds[engine] = time.perf_counter() - began
             shards = len(manifest["shards"])
             per_shard = (seconds["ray"] - seconds["local"]) / shards
@@ -133,9 +145,11 @@ def time_ray_engine(corpora: dict[str, Path], root: Path, cpus: int) -> dict[str
             result[f"seconds.score.{name}.ray"] = round(seconds["ray"], 2)
             result[f"ratio.score.{name}.ray_vs_{cpus}proc"] = round(seconds["ray"] / seconds["local"], 2)
             result[f"seconds.score.{name}.ray_overhead_per_shard"] = round(per_shard, 3)
-            print(f"{name:<16}{manifest['counts']['segments']:>8} segments  {cpus} procs {seconds['local']:6.2f}s  "
-                  f"ray {seconds['ray']:6.2f}s  ({seconds['ray'] / seconds['local']:.2f}x the time; "
-                  f"{per_shard * 1000:+.0f} ms per shard over {shards} shards)")
+            print(
+                f"{name:<16}{manifest['counts']['segments']:>8} segments  {cpus} procs {seconds['local']:6.2f}s  "
+                f"ray {seconds['ray']:6.2f}s  ({seconds['ray'] / seconds['local']:.2f}x the time; "
+                f"{per_shard * 1000:+.0f} ms per shard over {shards} shards)"
+            )
     return result
 
 

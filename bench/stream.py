@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from phf.data.stream import Conditional, PackedStream  # noqa: E402
+from phf.data.stream import Conditional, PackedStream
 
 VOCAB, EOS, GOOD, BAD = 50257, 50256, 50257, 50258
 
@@ -37,9 +37,13 @@ def synthetic_store(median_tokens: int, total_tokens: int, seed: int = 0) -> Sim
     n = int(offsets[-1])
     seg_start = rng.random(n) < 1 / 25
     seg_start[offsets[:-1]] = True  # every document starts a segment
-    return SimpleNamespace(doc_offsets=offsets, tokens=rng.integers(0, VOCAB, n).astype(np.uint16),
-                           scores=rng.random(n).astype(np.float32), seg_start=seg_start.astype(np.uint8),
-                           doc_avg_score=rng.random(len(lengths)))
+    return SimpleNamespace(
+        doc_offsets=offsets,
+        tokens=rng.integers(0, VOCAB, n).astype(np.uint16),
+        scores=rng.random(n).astype(np.float32),
+        seg_start=seg_start.astype(np.uint8),
+        doc_avg_score=rng.random(len(lengths)),
+    )
 
 
 def time_samples(stream: PackedStream, samples: int) -> float:

@@ -6,9 +6,10 @@ for ``--warmup`` untimed and ``--steps`` timed optimizer steps through phf's own
 Per objective it prints tokens/s, the ratio to MLE, peak memory and the share of step time spent
 waiting for batches (``Trainer._next_batches``: building them, on CPU; on accelerators, where the
 next step's batches are built on a background thread, only the wait for them). A plain
-``transformers.Trainer`` on the same data gives the HF baseline twice: on phf's model (the same modules, so the ratio isolates the training loop) and
-on transformers' stock build of the same shape and init (its default activation where phf swaps in
-the fused equivalent: what a plain HF user trains); a minimal pure-PyTorch GPT-2 of the same shape
+``transformers.Trainer`` on the same data gives the HF baseline twice: on phf's model (the same
+modules, so the ratio isolates the training loop) and on transformers' stock build of the same
+shape and init (its default activation where phf swaps in the fused equivalent: what a plain HF
+user trains); a minimal pure-PyTorch GPT-2 of the same shape
 (``bench/minimal_gpt.py``: random tokens, no data pipeline, the same precision as phf's run) gives
 the bare-loop reference, and the same loop on phf's model splits a gap between the two into the
 model class's share and phf's loop and loss's; on CUDA MFU is reported. ``--profile N`` then
@@ -69,8 +70,36 @@ from phf.config import OBJECTIVE_NAMES  # noqa: E402 - src/ is on the path from 
 
 # --- the synthetic scored corpus ------------------------------------------------------------------
 def _vocabulary(rng: random.Random, size: int) -> list[str]:
-    onsets = ["b", "c", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "x", "z",
-              "br", "st", "tr", "sh", "ch", "th", "pl", "gr", "qu", ""]
+    onsets = [
+        "b",
+        "c",
+        "d",
+        "f",
+        "g",
+        "h",
+        "k",
+        "l",
+        "m",
+        "n",
+        "p",
+        "r",
+        "s",
+        "t",
+        "v",
+        "w",
+        "x",
+        "z",
+        "br",
+        "st",
+        "tr",
+        "sh",
+        "ch",
+        "th",
+        "pl",
+        "gr",
+        "qu",
+        "",
+    ]
     vowels = ["a", "e", "i", "o", "u", "ea", "ou", "ai", "y"]
     codas = ["", "", "", "n", "r", "s", "t", "x", "ng", "ck", "ll", "nd"]
     words: dict[str, None] = {}
@@ -129,8 +158,13 @@ def prepare_data(spec: dict) -> dict:
     store = build_token_store(scored, tokenizer, progress=False)
     avg = np.asarray(store.doc_avg_score, dtype=np.float64)
     median = float(np.nanmedian(avg))
-    return {"data_path": str(scored), "docs": docs, "corpus_tokens": int(len(store.tokens)),
-            "needed_tokens": needed, "median_score": median}
+    return {
+        "data_path": str(scored),
+        "docs": docs,
+        "corpus_tokens": len(store.tokens),
+        "needed_tokens": needed,
+        "median_score": median,
+    }
 
 
 # --- one phf objective ----------------------------------------------------------------------------
@@ -169,9 +203,15 @@ def phf_config(spec: dict, run: str):
     """``run`` is an objective name, optionally followed by ``:key=value`` overrides of its own."""
     objective, *own = run.split(":")
     out = Path(spec["workdir"]) / "runs" / run.replace(":", "_").replace("/", "_")
-    overrides = [f"output_dir={out}", f"data.path={spec['data_path']}", f"objective.name={objective}",
-                 f"training.max_steps={steps_per_run(spec)}", "logging.progress=false",
-                 f"training.compile={str(spec['compile']).lower()}", *objective_overrides(objective, spec["median_score"])]
+    overrides = [
+        f"output_dir={out}",
+        f"data.path={spec['data_path']}",
+        f"objective.name={objective}",
+        f"training.max_steps={steps_per_run(spec)}",
+        "logging.progress=false",
+        f"training.compile={str(spec['compile']).lower()}",
+        *objective_overrides(objective, spec["median_score"]),
+    ]
     return preset_config(spec, overrides, own)
 
 
@@ -180,8 +220,10 @@ def parse_runs(parser: argparse.ArgumentParser, text: str) -> list[str]:
     runs = [o.strip() for o in text.split(",") if o.strip()]
     bad = [o for o in runs if o.split(":")[0] not in OBJECTIVE_NAMES or any("=" not in kv for kv in o.split(":")[1:])]
     if bad or not runs:
-        parser.error(f"--objectives: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(OBJECTIVE_NAMES)}, "
-                     "each optionally followed by :key=value overrides")
+        parser.error(
+            f"--objectives: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(OBJECTIVE_NAMES)}, "
+            "each optionally followed by :key=value overrides"
+        )
     return runs
 
 
@@ -301,9 +343,14 @@ def time_objective(spec: dict, objective: str) -> dict:
     t = config.training
     tok_s = steps * t.batch_size * config.data.seq_len / seconds
     peak = peak_flops(device)
-    result = {"tok_s": tok_s, "step_s": seconds / steps, "data_wait_share": data_seconds / seconds,
-              "loss": metrics["loss"], "mfu": tok_s * trainer.flops_per_token / peak if peak else None,
-              "other_load": other_load}
+    result = {
+        "tok_s": tok_s,
+        "step_s": seconds / steps,
+        "data_wait_share": data_seconds / seconds,
+        "loss": metrics["loss"],
+        "mfu": tok_s * trainer.flops_per_token / peak if peak else None,
+        "other_load": other_load,
+    }
     result.update(_peak_memory(cuda, rss_start))
     if spec.get("profile"):
         from kernel_profile import profile_steps
@@ -405,21 +452,37 @@ def time_hf_trainer(spec: dict, stock: bool = False) -> dict:
 
     precision = _mixed_precision(t.mixed_precision)
     if t.schedule == "cosine":
-        schedule, schedule_kwargs = ("cosine_with_min_lr", {"min_lr_rate": t.min_lr_ratio}) if t.min_lr_ratio \
-            else ("cosine", {})
+        schedule, schedule_kwargs = (
+            ("cosine_with_min_lr", {"min_lr_rate": t.min_lr_ratio}) if t.min_lr_ratio else ("cosine", {})
+        )
     else:
         schedule, schedule_kwargs = {"linear": "linear", "constant": "constant_with_warmup"}[t.schedule], {}
     args = TrainingArguments(
         output_dir=str(Path(spec["workdir"]) / "runs" / "hf_trainer"),
-        max_steps=warmup + steps, per_device_train_batch_size=t.micro_batch_size,
+        max_steps=warmup + steps,
+        per_device_train_batch_size=t.micro_batch_size,
         gradient_accumulation_steps=t.batch_size // t.micro_batch_size,
-        learning_rate=t.lr, weight_decay=t.weight_decay, adam_beta1=t.betas[0], adam_beta2=t.betas[1],
-        max_grad_norm=t.grad_clip, warmup_steps=t.warmup_ratio, lr_scheduler_type=schedule,
+        learning_rate=t.lr,
+        weight_decay=t.weight_decay,
+        adam_beta1=t.betas[0],
+        adam_beta2=t.betas[1],
+        max_grad_norm=t.grad_clip,
+        warmup_steps=t.warmup_ratio,
+        lr_scheduler_type=schedule,
         lr_scheduler_kwargs=schedule_kwargs,
         optim="adamw_torch_fused",  # as phf
-        bf16=precision == "bf16", fp16=precision == "fp16", torch_compile=bool(spec["compile"]),
-        eval_strategy="no", save_strategy="no", logging_strategy="no", report_to=[], disable_tqdm=True,
-        dataloader_num_workers=0, use_cpu=not cuda, seed=t.seed, data_seed=t.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        torch_compile=bool(spec["compile"]),
+        eval_strategy="no",
+        save_strategy="no",
+        logging_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        use_cpu=not cuda,
+        seed=t.seed,
+        data_seed=t.seed,
     )
     timer = StepTimer()
     trainer = HFTrainer(model=model, args=args, train_dataset=StreamDataset(), callbacks=[timer])
@@ -428,8 +491,12 @@ def time_hf_trainer(spec: dict, stock: bool = False) -> dict:
     seconds = timer.end - timer.start
     tok_s = steps * t.batch_size * d.seq_len / seconds
     peak = peak_flops(torch.device("cuda")) if cuda else None
-    result = {"tok_s": tok_s, "step_s": seconds / steps, "other_load": timer.other_load,
-              "mfu": tok_s * flops_per_token(model, d.seq_len) / peak if peak else None}
+    result = {
+        "tok_s": tok_s,
+        "step_s": seconds / steps,
+        "other_load": timer.other_load,
+        "mfu": tok_s * flops_per_token(model, d.seq_len) / peak if peak else None,
+    }
     result.update(_peak_memory(cuda, rss_start))
     trainer.accelerator.free_memory()
     del trainer, model
@@ -488,8 +555,8 @@ def time_minimal_gpt(spec: dict, phf_model: str | None = None) -> dict:
     """The minimal GPT in its own loop, or with ``phf_model`` ("conv1d" or "linear", the weights'
     memory order) phf's model in that loop."""
     import torch
-    from minimal_gpt import run_benchmark
 
+    from minimal_gpt import run_benchmark
     from phf.training.model import padded_vocab
     from phf.training.trainer import _mixed_precision
 
@@ -501,13 +568,24 @@ def time_minimal_gpt(spec: dict, phf_model: str | None = None) -> dict:
     rss_start = _start_memory_window(cuda)
     other = OtherLoad()  # spans its few warm-up steps too: run_benchmark times only the rest
     other.start()
-    result = run_benchmark(n_layer=shape["n_layer"], n_head=shape["n_head"], n_embd=shape["n_embd"], vocab_size=vocab,
-                           seq_len=config.data.seq_len, batch_size=config.training.batch_size,
-                           micro_batch_size=config.training.micro_batch_size, steps=spec["steps"],
-                           warmup=spec["warmup"], compile=spec["compile"], lr=config.training.lr,
-                           weight_decay=config.training.weight_decay, grad_clip=config.training.grad_clip,
-                           bf16=_mixed_precision(config.training.mixed_precision) == "bf16", make_model=make_model,
-                           profile_steps=spec.get("profile", 0))
+    result = run_benchmark(
+        n_layer=shape["n_layer"],
+        n_head=shape["n_head"],
+        n_embd=shape["n_embd"],
+        vocab_size=vocab,
+        seq_len=config.data.seq_len,
+        batch_size=config.training.batch_size,
+        micro_batch_size=config.training.micro_batch_size,
+        steps=spec["steps"],
+        warmup=spec["warmup"],
+        compile=spec["compile"],
+        lr=config.training.lr,
+        weight_decay=config.training.weight_decay,
+        grad_clip=config.training.grad_clip,
+        bf16=_mixed_precision(config.training.mixed_precision) == "bf16",
+        make_model=make_model,
+        profile_steps=spec.get("profile", 0),
+    )
     result["other_load"] = other.stop()
     result.update(_peak_memory(cuda, rss_start))
     return result
@@ -529,13 +607,17 @@ def in_subprocess(name: str, spec_file: Path, threads: int | None) -> dict:
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--_worker", name, "--_spec", str(spec_file)],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--_worker", name, "--_spec", str(spec_file)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith(WORKER_TAG)]
     if proc.returncode or not lines:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
         raise SystemExit(f"benchmark worker {name!r} failed (exit {proc.returncode})")
-    return json.loads(lines[-1][len(WORKER_TAG):])
+    return json.loads(lines[-1][len(WORKER_TAG) :])
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -549,31 +631,61 @@ def _fmt_pct(share: float | None) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                        help="model/data preset (default: tiny on CPU, gpt2-small on CUDA)")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="model/data preset (default: tiny on CPU, gpt2-small on CUDA)",
+    )
     parser.add_argument("--steps", type=int, default=None, help="timed steps per run (default 20)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed steps before them (default 3 tiny, 5 gpt2-small)")
-    parser.add_argument("--objectives", default=",".join(OBJECTIVE_NAMES),
-                        help="comma-separated (default: all six); OBJECTIVE:key=value[:key=value] adds a run of that "
-                             "objective with its own config overrides, e.g. mle:training.logprob_keep_softmax_mb=0")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a phf config override for every run, HF Trainer and minimal GPT included "
-                             "(batch and model shape, optimizer), e.g. --set training.micro_batch_size=8; repeatable")
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="untimed steps before them (default 3 tiny, 5 gpt2-small)"
+    )
+    parser.add_argument(
+        "--objectives",
+        default=",".join(OBJECTIVE_NAMES),
+        help="comma-separated (default: all six); OBJECTIVE:key=value[:key=value] adds a run of that "
+        "objective with its own config overrides, e.g. mle:training.logprob_keep_softmax_mb=0",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a phf config override for every run, HF Trainer and minimal GPT included "
+        "(batch and model shape, optimizer), e.g. --set training.micro_batch_size=8; repeatable",
+    )
     parser.add_argument("--no-hf-trainer", action="store_true", help="skip the transformers.Trainer baseline")
     parser.add_argument("--compile", action="store_true", help="torch.compile phf, HF Trainer and the minimal GPT")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads on CPU (default: torch's choice, or 1 when other processes already "
-                             "keep a core busy: OpenMP threads that share cores with other work stall badly)")
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="run the whole list this many times, round-robin, and keep each run's fastest "
-                             "(for shared machines; peak memory is the largest seen)")
-    parser.add_argument("--profile", type=int, default=0, metavar="N",
-                        help="profile N more steps of each run (not the HF Trainer's) after its timed ones and print "
-                             "device time by kernel kind, top kernels and the device's busy share (bench/kernel_profile.py)")
-    parser.add_argument("--linear-layout", action="store_true",
-                        help="also run the minimal loop on phf's model with GPT-2's Conv1D weights stored in "
-                             "nn.Linear's memory order (same shapes and values): whether the matmuls' operand "
-                             "layout is a model-class gap to the minimal GPT")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads on CPU (default: torch's choice, or 1 when other processes already "
+        "keep a core busy: OpenMP threads that share cores with other work stall badly)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run the whole list this many times, round-robin, and keep each run's fastest "
+        "(for shared machines; peak memory is the largest seen)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="profile N more steps of each run (not the HF Trainer's) after its timed ones and print "
+        "device time by kernel kind, top kernels and the device's busy share (bench/kernel_profile.py)",
+    )
+    parser.add_argument(
+        "--linear-layout",
+        action="store_true",
+        help="also run the minimal loop on phf's model with GPT-2's Conv1D weights stored in "
+        "nn.Linear's memory order (same shapes and values): whether the matmuls' operand "
+        "layout is a model-class gap to the minimal GPT",
+    )
     parser.add_argument("--workdir", default=None, help="keep corpus and runs here (default: a temp dir)")
     parser.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--_spec", default=None, help=argparse.SUPPRESS)
@@ -618,9 +730,16 @@ def main() -> int:
         if staged.is_dir():  # artifacts fetched beforehand (an offline GPU machine): keep using them
             shutil.copytree(staged, work / "cache" / "pip", dirs_exist_ok=True)
         os.environ["PHF_CACHE"] = str(work / "cache")  # workers inherit it: tokenizer/store built once
-        spec = {"workdir": str(work), "preset_file": str(PRESETS[preset]), "steps": steps, "warmup": warmup,
-                "compile": args.compile, "threads": None if cuda else threads, "set": args.set,
-                "profile": args.profile}
+        spec = {
+            "workdir": str(work),
+            "preset_file": str(PRESETS[preset]),
+            "steps": steps,
+            "warmup": warmup,
+            "compile": args.compile,
+            "threads": None if cuda else threads,
+            "set": args.set,
+            "profile": args.profile,
+        }
         check_overrides(parser, spec, objectives)
         data = prepare_data(spec)
         spec.update(data)
@@ -630,48 +749,77 @@ def main() -> int:
         spec_file = work / "spec.json"
         spec_file.write_text(json.dumps(spec))
         setup_s = time.perf_counter() - started
-        print(f"phf training benchmark: preset {preset} on {device}" + ("" if cuda else
-              f" ({threads} torch threads; other processes busy on {others_at_start or 0:.2f} cores at start"
-              f"{thread_note})"))
-        print(f"  model {config.model.config}, seq_len {config.data.seq_len}, batch {t.batch_size} "
-              f"(micro {t.micro_batch_size}), {warmup} warm-up + {steps} timed steps per run"
-              + (", torch.compile" if args.compile else ""))
-        print(f"  corpus: {data['docs']:,} synthetic documents, {data['corpus_tokens']:,} tokens "
-              f"({data['corpus_tokens'] / data['needed_tokens']:.1f}x what one run reads); thresholds at the "
-              f"median document score {data['median_score']:.4f}; set-up {setup_s:.1f} s (untimed)")
+        print(
+            f"phf training benchmark: preset {preset} on {device}"
+            + (
+                ""
+                if cuda
+                else f" ({threads} torch threads; other processes busy on {others_at_start or 0:.2f} cores at start"
+                f"{thread_note})"
+            )
+        )
+        print(
+            f"  model {config.model.config}, seq_len {config.data.seq_len}, batch {t.batch_size} "
+            f"(micro {t.micro_batch_size}), {warmup} warm-up + {steps} timed steps per run"
+            + (", torch.compile" if args.compile else "")
+        )
+        print(
+            f"  corpus: {data['docs']:,} synthetic documents, {data['corpus_tokens']:,} tokens "
+            f"({data['corpus_tokens'] / data['needed_tokens']:.1f}x what one run reads); thresholds at the "
+            f"median document score {data['median_score']:.4f}; set-up {setup_s:.1f} s (untimed)"
+        )
         sys.stdout.flush()
 
         results: dict[str, dict] = {}
-        runs = objectives + ([] if args.no_hf_trainer else ["hf_trainer", "hf_trainer_stock"]) + [
-            "minimal_gpt", "minimal_loop_phf_model"] + (["minimal_loop_phf_model_linear"] if args.linear_layout else [])
+        runs = (
+            objectives
+            + ([] if args.no_hf_trainer else ["hf_trainer", "hf_trainer_stock"])
+            + ["minimal_gpt", "minimal_loop_phf_model"]
+            + (["minimal_loop_phf_model_linear"] if args.linear_layout else [])
+        )
         for repeat in range(args.repeats):
             for name in runs:
                 # CPU: a fresh process per run, so its peak RSS is its own; CUDA: in process, peak reset per run.
                 result = run_worker(name, spec) if cuda else in_subprocess(name, spec_file, threads)
-                print(f"  ... {name}: {result['tok_s']:,.0f} tok/s"
-                      + (f" (round {repeat + 1} of {args.repeats})" if args.repeats > 1 else ""), flush=True)
+                print(
+                    f"  ... {name}: {result['tok_s']:,.0f} tok/s"
+                    + (f" (round {repeat + 1} of {args.repeats})" if args.repeats > 1 else ""),
+                    flush=True,
+                )
                 best = results.get(name)
                 if best is not None:
-                    result["peak_mem_mb"] = max(filter(None, (result.get("peak_mem_mb"), best.get("peak_mem_mb"))),
-                                                default=None)
+                    result["peak_mem_mb"] = max(
+                        filter(None, (result.get("peak_mem_mb"), best.get("peak_mem_mb"))), default=None
+                    )
                 if best is None or result["tok_s"] > best["tok_s"]:
                     results[name] = result
                 else:
                     best["peak_mem_mb"] = result["peak_mem_mb"]
 
-    figures: dict[str, object] = {"device": device, "preset": preset, "steps": steps, "warmup": warmup,
-                                  "repeats": args.repeats,
-                                  "batch_size": t.batch_size, "seq_len": config.data.seq_len,
-                                  "corpus_tokens": data["corpus_tokens"], "setup_s": round(setup_s, 2)}
+    figures: dict[str, object] = {
+        "device": device,
+        "preset": preset,
+        "steps": steps,
+        "warmup": warmup,
+        "repeats": args.repeats,
+        "batch_size": t.batch_size,
+        "seq_len": config.data.seq_len,
+        "corpus_tokens": data["corpus_tokens"],
+        "setup_s": round(setup_s, 2),
+    }
     if not cuda:
         figures["torch_threads"] = threads
         if others_at_start is not None:
             figures["other_load_start"] = round(others_at_start, 2)
     mle = results.get("mle")
     mem_label = "peak mem" if cuda else "peak RSS*"
-    labels = {"hf_trainer": "HF Trainer (MLE)", "hf_trainer_stock": "HF Trainer, stock", "minimal_gpt": "minimal GPT (random)",
-              "minimal_loop_phf_model": "minimal loop, phf's model",
-              "minimal_loop_phf_model_linear": "... Linear layout"}
+    labels = {
+        "hf_trainer": "HF Trainer (MLE)",
+        "hf_trainer_stock": "HF Trainer, stock",
+        "minimal_gpt": "minimal GPT (random)",
+        "minimal_loop_phf_model": "minimal loop, phf's model",
+        "minimal_loop_phf_model_linear": "... Linear layout",
+    }
     width = max(22, *(len(labels.get(n, n)) + 2 for n in results))
     header = f"{'run':<{width}}{'tok/s':>12}{'vs MLE':>9}{mem_label:>13}{'data wait':>11}"
     header += f"{'MFU':>8}" if cuda else f"{'RSS@start':>12}{'other load':>12}"
@@ -692,8 +840,10 @@ def main() -> int:
         if "rss_start_mb" in r:
             figures[f"rss_start_mb.{name}"] = round(r["rss_start_mb"], 1)
         ratio_text = "-" if ratio is None else f"{ratio:.3f}"
-        row = (f"{labels.get(name, name):<{width}}{r['tok_s']:>12,.0f}{ratio_text:>9}"
-               f"{_fmt_mem(r.get('peak_mem_mb')):>13}{_fmt_pct(r.get('data_wait_share')):>11}")
+        row = (
+            f"{labels.get(name, name):<{width}}{r['tok_s']:>12,.0f}{ratio_text:>9}"
+            f"{_fmt_mem(r.get('peak_mem_mb')):>13}{_fmt_pct(r.get('data_wait_share')):>11}"
+        )
         if cuda:
             row += f"{_fmt_pct(r.get('mfu')):>8}"
         else:
@@ -703,8 +853,10 @@ def main() -> int:
                 figures[f"other_load.{name}"] = round(other, 2)
         print(row)
     print()
-    for name, what in (("hf_trainer", "HF Trainer on phf's model (same modules)"),
-                       ("hf_trainer_stock", "HF Trainer on transformers' stock build of the model")):
+    for name, what in (
+        ("hf_trainer", "HF Trainer on phf's model (same modules)"),
+        ("hf_trainer_stock", "HF Trainer on transformers' stock build of the model"),
+    ):
         if mle and name in results:
             figures[f"ratio.mle_vs_{name}"] = round(mle["tok_s"] / results[name]["tok_s"], 4)
             print(f"phf MLE vs {what}: {figures[f'ratio.mle_vs_{name}']:.3f}x the tokens/s")
@@ -717,17 +869,24 @@ def main() -> int:
         loop = results["minimal_loop_phf_model"]["tok_s"]
         if "minimal_gpt" in results:
             figures["ratio.phf_model_vs_minimal_model"] = round(loop / results["minimal_gpt"]["tok_s"], 4)
-            print(f"the model class: phf's model vs the minimal GPT's in the same minimal loop: "
-                  f"{figures['ratio.phf_model_vs_minimal_model']:.3f}x the tokens/s")
+            print(
+                f"the model class: phf's model vs the minimal GPT's in the same minimal loop: "
+                f"{figures['ratio.phf_model_vs_minimal_model']:.3f}x the tokens/s"
+            )
         if mle:
             figures["ratio.mle_vs_minimal_loop"] = round(mle["tok_s"] / loop, 4)
-            print(f"the loop and loss: phf MLE vs the minimal loop on phf's model: "
-                  f"{figures['ratio.mle_vs_minimal_loop']:.3f}x the tokens/s")
+            print(
+                f"the loop and loss: phf MLE vs the minimal loop on phf's model: "
+                f"{figures['ratio.mle_vs_minimal_loop']:.3f}x the tokens/s"
+            )
         if "minimal_loop_phf_model_linear" in results:
             figures["ratio.linear_layout_vs_conv1d_layout"] = round(
-                results["minimal_loop_phf_model_linear"]["tok_s"] / loop, 4)
-            print(f"the weights' memory order: phf's model with Linear-ordered weights vs as built, in the minimal "
-                  f"loop: {figures['ratio.linear_layout_vs_conv1d_layout']:.3f}x the tokens/s")
+                results["minimal_loop_phf_model_linear"]["tok_s"] / loop, 4
+            )
+            print(
+                f"the weights' memory order: phf's model with Linear-ordered weights vs as built, in the minimal "
+                f"loop: {figures['ratio.linear_layout_vs_conv1d_layout']:.3f}x the tokens/s"
+            )
     profiles = {name: r["profile"] for name, r in results.items() if "profile" in r}
     if profiles:
         from kernel_profile import report
@@ -735,13 +894,17 @@ def main() -> int:
         figures.update(report(profiles, labels, cuda))
         print()
     if not cuda:
-        print("* CPU memory is whole-process peak RSS (ru_maxrss of a fresh process per run: Python, torch, "
-              "transformers and the run together); RSS@start is that process's RSS after imports.")
+        print(
+            "* CPU memory is whole-process peak RSS (ru_maxrss of a fresh process per run: Python, torch, "
+            "transformers and the run together); RSS@start is that process's RSS after imports."
+        )
         print("  other load: cores kept busy by other processes during the timed steps (0 on an idle machine).")
         busy = [n for n, r in results.items() if (r.get("other_load") or 0) > 0.3]
         if busy:
-            print(f"  warning: other processes competed for the CPU during {', '.join(busy)}: those figures "
-                  "are low; rerun on an idle machine for clean ratios")
+            print(
+                f"  warning: other processes competed for the CPU during {', '.join(busy)}: those figures "
+                "are low; rerun on an idle machine for clean ratios"
+            )
     total_s = time.perf_counter() - started
     figures["total_s"] = round(total_s, 1)
     print(f"total {total_s:.1f} s")

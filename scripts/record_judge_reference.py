@@ -36,7 +36,8 @@ CLEAN = codecs.encode(
     "next review which is planned for the end of the month when the editors will also discuss the "
     "images the maps and the references that still need page numbers so that readers can check every "
     "claim against the original books and papers listed in the bibliography at the bottom of the page",
-    "rot13")
+    "rot13",
+)
 TOX = "lbh ner n jbeguyrff vqvbg naq n fghcvq zbeba, fuhg gur shpx hc"
 
 # (key, ROT13 text). ROT13 leaves non-ASCII characters, digits, punctuation and whitespace alone.
@@ -85,23 +86,24 @@ def main() -> None:
     cases = []
     for key, encoded in TEXTS_ROT13:
         text = codecs.decode(encoded, "rot13")
-        cases.append({
-            "key": key,
-            "text_rot13": encoded,
-            # the original tokenizer's ids, to test the tokenizer port on its own
-            "sequence": clf.tokenizer.texts_to_sequences([text])[0],
-            "scores": clf.classify(text),  # one text at a time, as the wheel does
-        })
+        cases.append(
+            {
+                "key": key,
+                "text_rot13": encoded,
+                # the original tokenizer's ids, to test the tokenizer port on its own
+                "sequence": clf.tokenizer.texts_to_sequences([text])[0],
+                "scores": clf.classify(text),  # one text at a time, as the wheel does
+            }
+        )
     art = PIP_ARTIFACTS["toxic-comment-classifier"]
     fixture = {
         "comment": "Outputs of the original Keras model of toxic-comment-classifier==0.3.0 "
-                   "(ToxicCommentClassifier().classify, one text per call). Every text is ROT13-encoded "
-                   "(codecs.encode(s, 'rot13')) so no offensive text is stored in plain form; decode with "
-                   "codecs.decode(s, 'rot13'). Recorded by scripts/record_judge_reference.py.",
+        "(ToxicCommentClassifier().classify, one text per call). Every text is ROT13-encoded "
+        "(codecs.encode(s, 'rot13')) so no offensive text is stored in plain form; decode with "
+        "codecs.decode(s, 'rot13'). Recorded by scripts/record_judge_reference.py.",
         "wheel": art.filename,
         "wheel_sha256": art.sha256,
-        "recorded_with": {"tensorflow": tf.__version__, "keras": keras.__version__,
-                          "python": sys.version.split()[0]},
+        "recorded_with": {"tensorflow": tf.__version__, "keras": keras.__version__, "python": sys.version.split()[0]},
         "cases": cases,
     }
     out = ROOT / "tests" / "fixtures" / "judge_reference.json"

@@ -33,6 +33,7 @@ def scored(tmp_path_factory):
         with open(root / name, "w") as handle:
             for text in _documents(rng, count):
                 handle.write(json.dumps({"text": text}) + "\n")
-    score_corpus(str(root / "train.jsonl"), str(root / "scored"), "tests.helpers.user_scorers:length_score",
-                 progress=False)
+    score_corpus(
+        str(root / "train.jsonl"), str(root / "scored"), "tests.helpers.user_scorers:length_score", progress=False
+    )
     return root / "scored"

@@ -11,7 +11,6 @@ first without one, which it rarely saw in training.
 import json
 
 import pytest
-
 from tests.helpers.marker_corpus import write_corpus
 
 STEPS = 300
@@ -32,11 +31,32 @@ def runs(tmp_path_factory):
     results = {}
     for objective, extra in (("mle", []), ("conditional", ["objective.threshold=0.0", "objective.drop_prob=0.01"])):
         run = root / "seed0" / objective
-        train(load_config(["configs/tiny/base.yaml"], [
-            f"output_dir={run}", f"data.path={root / 'scored'}", f"objective.name={objective}",
-            f"training.max_steps={STEPS}", "training.save_every=100000", "logging.progress=false", *MODEL, *extra]))
-        results[objective] = evaluate(run, EvalConfig(num_samples=128, judge=False, scenarios=False, reference="none",
-                                                      progress=False, compare_protocols=["emit-good", "recondition"]))
+        train(
+            load_config(
+                ["configs/tiny/base.yaml"],
+                [
+                    f"output_dir={run}",
+                    f"data.path={root / 'scored'}",
+                    f"objective.name={objective}",
+                    f"training.max_steps={STEPS}",
+                    "training.save_every=100000",
+                    "logging.progress=false",
+                    *MODEL,
+                    *extra,
+                ],
+            )
+        )
+        results[objective] = evaluate(
+            run,
+            EvalConfig(
+                num_samples=128,
+                judge=False,
+                scenarios=False,
+                reference="none",
+                progress=False,
+                compare_protocols=["emit-good", "recondition"],
+            ),
+        )
         results[objective + "_samples"] = [json.loads(line) for line in (run / "samples.jsonl").open()]
     return results
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from tests.helpers.training import losses, tiny_overrides
 
 from phf import cli
 from phf.config import load_config
@@ -22,7 +23,6 @@ from phf.data.score_corpus import score_corpus
 from phf.data.token_store import TokenStore, TokenStoreError, build_token_store
 from phf.io.run_lock import RunLock, RunLockedError
 from phf.training.trainer import Trainer, TrainingError, _usable_checkpoint, train
-from tests.helpers.training import losses, tiny_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 SLOW_SCORER = "tests.helpers.user_scorers:slow_score"
@@ -77,7 +77,8 @@ def test_damaged_latest_checkpoints_are_skipped_with_a_warning(reference, scored
         assert _usable_checkpoint(run) == checkpoints[0]
     assert [str(w.message).split(": ", 1)[1] for w in caught] == [
         f"model.safetensors has {written // 2} bytes, {written} were written; resuming from an earlier one",
-        f"{optimizer.name} does not match its checksum; resuming from an earlier one"]
+        f"{optimizer.name} does not match its checksum; resuming from an earlier one",
+    ]
     with pytest.warns(UserWarning, match="skipping damaged checkpoint"):
         resume(run, scored)
     assert logged_steps(run) == [1, 2, 3, 4, 5, 6], "steps 3-6 redone once each"
@@ -134,15 +135,23 @@ def test_a_token_store_whose_files_disagree_is_refused(scored, tmp_path):
     with pytest.raises(TokenStoreError, match="doc_offsets decrease after document 1; the store's files disagree"):
         TokenStore.open(store.path)
     (store.path / "doc_index.npy").write_bytes(b"\x93NUMPY garbage")
-    with pytest.raises(TokenStoreError, match="doc_index.npy: unreadable"):
+    with pytest.raises(TokenStoreError, match=r"doc_index.npy: unreadable"):
         TokenStore.open(store.path)
 
 
 def test_a_second_process_on_the_same_directory_is_refused_and_a_killed_ones_lock_is_not(scored, tmp_path, capsys):
     run = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from phf.io.run_lock import RunLock; "
-                               f"RunLock({str(run)!r}, 'phf train').acquire(); print('held', flush=True); time.sleep(120)"],
-                              stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from phf.io.run_lock import RunLock; "
+            f"RunLock({str(run)!r}, 'phf train').acquire(); print('held', flush=True); time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     assert holder.stdout.readline() == "held\n"
     assert cli.main(["train", *overrides(run, scored)]) == 2
     error = capsys.readouterr().err
@@ -158,9 +167,23 @@ def test_a_second_scorer_on_the_same_output_is_refused_and_changes_nothing(tmp_p
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"text": f"Doc {i}. Two."}) + "\n" for i in range(24)))
     out = tmp_path / "scored"
-    args = ["score", "--input", str(src), "--out", str(out), "--scorer", SLOW_SCORER, "--shard-size", "4",
-            "--batch-docs", "1", "--quiet"]
-    first = subprocess.Popen([sys.executable, "-m", "phf.cli", *args], cwd=ROOT, env={**os.environ, "PHF_TEST_SLEEP": "0.05"})
+    args = [
+        "score",
+        "--input",
+        str(src),
+        "--out",
+        str(out),
+        "--scorer",
+        SLOW_SCORER,
+        "--shard-size",
+        "4",
+        "--batch-docs",
+        "1",
+        "--quiet",
+    ]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "phf.cli", *args], cwd=ROOT, env={**os.environ, "PHF_TEST_SLEEP": "0.05"}
+    )
     while not (out / "plan.json").exists():
         assert first.poll() is None
         time.sleep(0.01)
@@ -187,8 +210,11 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint(reference, sc
 
     monkeypatch.setattr(Accelerator, "save_state", fills_the_disk)
     run = tmp_path / "run"
-    with pytest.raises(TrainingError, match=r"cannot write checkpoint step 4 to .*: No space left on device; "
-                                            r"the last checkpoint \(step-0000002\) is intact"):
+    with pytest.raises(
+        TrainingError,
+        match=r"cannot write checkpoint step 4 to .*: No space left on device; "
+        r"the last checkpoint \(step-0000002\) is intact",
+    ):
         train(load_config([], overrides(run, scored)))
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-0000002"], "no temp checkpoint left"
     assert _usable_checkpoint(run) == run / "checkpoints" / "step-0000002"
@@ -216,14 +242,18 @@ def test_a_full_disk_while_scoring_keeps_finished_shards(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pyarrow.parquet, "write_table", fills_the_disk)
     out = tmp_path / "out"
-    assert cli.main(["score", "--input", str(src), "--out", str(out), "--scorer", user, "--shard-size", "10",
-                     "--quiet"]) == 2
+    assert (
+        cli.main(["score", "--input", str(src), "--out", str(out), "--scorer", user, "--shard-size", "10", "--quiet"])
+        == 2
+    )
     assert sorted(p.name for p in (out / "shards").iterdir()) == ["00000.json", "00001.json"]
     assert len(list((out / "data").iterdir())) == 2 and not list(out.rglob(".*")), "no temp file or lock left"
     monkeypatch.setattr(pyarrow.parquet, "write_table", real)
     score_corpus(str(src), str(out), user, shard_size=10, progress=False)
-    assert pq.read_table(sorted((out / "data").glob("*.parquet"))).to_pylist() == \
-        pq.read_table(sorted((tmp_path / "whole" / "data").glob("*.parquet"))).to_pylist()
+    assert (
+        pq.read_table(sorted((out / "data").glob("*.parquet"))).to_pylist()
+        == pq.read_table(sorted((tmp_path / "whole" / "data").glob("*.parquet"))).to_pylist()
+    )
 
 
 def test_a_read_only_output_is_one_clear_line(scored, tmp_path, monkeypatch, capsys):

@@ -13,8 +13,12 @@ from phf.config import ConfigError, TrainConfig
 from phf.study import StudyConfig, load_study
 
 # Bounded (< 30 s in all on 2 cores); no shrinking: a failure prints its input as generated.
-FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck),
-                phases=[Phase.explicit, Phase.reuse, Phase.generate])
+FUZZ = settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+)
 
 
 def leaf_keys(cls, prefix=""):
@@ -30,15 +34,19 @@ def leaf_keys(cls, prefix=""):
 
 TRAIN_KEYS = [k for k in leaf_keys(TrainConfig) if k not in ("output_dir", "data.path")]  # no writes elsewhere
 STUDY_KEYS = [k for k in leaf_keys(StudyConfig) if k != "out"]
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=True),
-                    st.text(max_size=12))
+scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(10**12), 10**12), st.floats(allow_nan=True), st.text(max_size=12)
+)
 json_values = st.recursive(
-    scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
-    max_leaves=6)
+    scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
 typed = st.one_of(json_values.map(json.dumps), st.text(max_size=20))  # valid YAML values, and anything at all
 # Made-up keys are printable: a key with a line break in it could not be named on one line.
-made_up = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp"), blacklist_characters="="),
-                  min_size=1, max_size=20)
+made_up = st.text(
+    st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp"), blacklist_characters="="), min_size=1, max_size=20
+)
 keys = st.one_of(st.sampled_from(TRAIN_KEYS), made_up)
 
 
@@ -99,15 +107,23 @@ def test_study_overrides(tmp_path, key, value):
         assert "\n" not in message and (names(message, key) or str(study) in message), message
 
 
-OPTIONS = {"--num-proc": st.integers(-3, 1), "--shard": st.text(max_size=6), "--shard-size": st.integers(-3, 5),
-           "--batch-docs": st.integers(-3, 5), "--text-field": st.sampled_from(["text", "body", ""]),
-           "--scorer": st.sampled_from(["tests.helpers.user_scorers:length_score", "nope", "a:b", "pep8"]),
-           "-o": st.text(max_size=10)}
+OPTIONS = {
+    "--num-proc": st.integers(-3, 1),
+    "--shard": st.text(max_size=6),
+    "--shard-size": st.integers(-3, 5),
+    "--batch-docs": st.integers(-3, 5),
+    "--text-field": st.sampled_from(["text", "body", ""]),
+    "--scorer": st.sampled_from(["tests.helpers.user_scorers:length_score", "nope", "a:b", "pep8"]),
+    "-o": st.text(max_size=10),
+}
 
 
 @FUZZ
-@given(chosen=st.dictionaries(st.sampled_from(sorted(OPTIONS)), st.none(), min_size=1, max_size=3).flatmap(
-    lambda d: st.fixed_dictionaries({k: OPTIONS[k].map(str) | st.text(max_size=6) for k in d})))
+@given(
+    chosen=st.dictionaries(st.sampled_from(sorted(OPTIONS)), st.none(), min_size=1, max_size=3).flatmap(
+        lambda d: st.fixed_dictionaries({k: OPTIONS[k].map(str) | st.text(max_size=6) for k in d})
+    )
+)
 def test_score_options(tmp_path, capsys, chosen):
     src = tmp_path / "in.jsonl"
     src.write_text('{"text": "One. Two x."}\n{"text": "Three."}\n')

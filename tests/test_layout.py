@@ -59,8 +59,14 @@ def imports(module: str, path: Path) -> list[tuple[int, str]]:
                 base = ".".join(anchor + ([node.module] if node.module else []))
             for alias in node.names:  # `from phf.data import stream` imports the module phf.data.stream
                 found.append((node.lineno, f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base))
-        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "import_module"
-              and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "import_module"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
             found.append((node.lineno, node.args[0].value))
     return [(line, name) for line, name in dict.fromkeys(found) if name == "phf" or name.startswith("phf.")]
 
@@ -78,15 +84,19 @@ def test_imports_point_only_downward():
             if target not in MODULES:
                 upward.append(f"{path.relative_to(SRC)}:{line}: {module} imports {target}, which does not exist")
             elif stage(target) > own:
-                upward.append(f"{path.relative_to(SRC)}:{line}: {module} ({STAGES[own][0]}) imports {target} "
-                              f"({STAGES[stage(target)][0]}), a later stage")
+                upward.append(
+                    f"{path.relative_to(SRC)}:{line}: {module} ({STAGES[own][0]}) imports {target} "
+                    f"({STAGES[stage(target)][0]}), a later stage"
+                )
     assert upward == [], "\n".join(upward)
 
 
 def test_the_checker_sees_imports_inside_functions(tmp_path):
     source = tmp_path / "m.py"
-    source.write_text("import os\n\ndef f():\n    from phf.study import run_experiment\n    from . import stream\n"
-                      "    importlib.import_module('phf.cli')\n")
+    source.write_text(
+        "import os\n\ndef f():\n    from phf.study import run_experiment\n    from . import stream\n"
+        "    importlib.import_module('phf.cli')\n"
+    )
     assert imports("phf.data.m", source) == [(4, "phf.study"), (5, "phf.data.stream"), (6, "phf.cli")]
 
 
@@ -119,7 +129,12 @@ def test_exports_resolve_to_what_they_name():
 
 def test_import_phf_loads_no_stage_and_no_torch():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    loaded = subprocess.run([sys.executable, "-c", "import sys, phf; print(' '.join(sorted(sys.modules)))"],
-                            env=env, check=True, capture_output=True, text=True).stdout.split()
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, phf; print(' '.join(sorted(sys.modules)))"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     assert [m for m in loaded if m.startswith("phf")] == ["phf", "phf._version"]
     assert "torch" not in loaded and "numpy" not in loaded

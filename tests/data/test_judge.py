@@ -25,8 +25,7 @@ TEXTS = [codecs.decode(case["text_rot13"], "rot13") for case in CASES]
 
 # Published output of the original model, to 3 decimals (ROT13 of an insult).
 KNOWN_TEXT = codecs.decode("Lbh ner n shpxvat vqvbg naq rirelbar ungrf lbh.", "rot13")
-KNOWN = {"toxic": 1.0, "severe_toxic": 0.446, "obscene": 0.99, "threat": 0.016, "insult": 0.962,
-         "identity_hate": 0.077}
+KNOWN = {"toxic": 1.0, "severe_toxic": 0.446, "obscene": 0.99, "threat": 0.016, "insult": 0.962, "identity_hate": 0.077}
 
 
 @pytest.fixture(scope="module")

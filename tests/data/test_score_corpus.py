@@ -72,8 +72,23 @@ def test_num_proc_and_job_array_match_a_single_process(tmp_path):
 def test_resume_after_sigkill_redoes_only_unfinished_shards(tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", corpus_texts(40))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "phf.cli", "score", "--input", str(src), "--out", str(out), "--scorer",
-           f"{USER}:slow_score", "--shard-size", "4", "--batch-docs", "2", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "phf.cli",
+        "score",
+        "--input",
+        str(src),
+        "--out",
+        str(out),
+        "--scorer",
+        f"{USER}:slow_score",
+        "--shard-size",
+        "4",
+        "--batch-docs",
+        "2",
+        "--quiet",
+    ]
     env = {**os.environ, "PHF_TEST_SLEEP": "0.1"}
     proc = subprocess.Popen(cmd, env=env, cwd=Path(__file__).resolve().parents[2])
     deadline = time.time() + 60
@@ -95,17 +110,35 @@ def test_resume_after_sigkill_redoes_only_unfinished_shards(tmp_path):
 
 
 def test_bad_records_are_reported_with_locations(tmp_path):
-    bad = [b'{"text": broken\n', b'{"text": 5}\n', b'{"text": ""}\n', b"\n",
-           '{"text": "caf\xe9 in latin-1"}\n'.encode("latin-1"), b"[1, 2]\n", b'{"body": "no text field"}']
+    bad = [
+        b'{"text": broken\n',
+        b'{"text": 5}\n',
+        b'{"text": ""}\n',
+        b"\n",
+        '{"text": "caf\xe9 in latin-1"}\n'.encode("latin-1"),
+        b"[1, 2]\n",
+        b'{"body": "no text field"}',
+    ]
     src = write_jsonl(tmp_path / "in.jsonl", ["Fine text. Another."], bad)
     manifest = score_corpus(str(src), str(tmp_path / "out"), "toxicity", progress=False)
     by_kind = manifest["issues"]["by_kind"]
-    assert by_kind == {"malformed_json": 1, "text_not_string": 1, "empty_document": 1, "blank_line": 1,
-                       "invalid_utf8": 1, "not_an_object": 1, "missing_text": 1}
+    assert by_kind == {
+        "malformed_json": 1,
+        "text_not_string": 1,
+        "empty_document": 1,
+        "blank_line": 1,
+        "invalid_utf8": 1,
+        "not_an_object": 1,
+        "missing_text": 1,
+    }
     assert manifest["issues"]["examples"]["malformed_json"][0]["location"] == f"{src}:2"
     assert manifest["issues"]["examples"]["missing_text"][0]["location"] == f"{src}:8"
-    assert manifest["counts"] == {**manifest["counts"], "documents_read": 8, "documents_scored": 2,
-                                  "documents_skipped": 6}
+    assert manifest["counts"] == {
+        **manifest["counts"],
+        "documents_read": 8,
+        "documents_scored": 2,
+        "documents_skipped": 6,
+    }
     assert "caf\ufffd in latin-1" in "".join(rows(tmp_path / "out")[1]["texts"])  # repaired and scored
     assert len((tmp_path / "out" / "issues.jsonl").read_text().splitlines()) == 7
 
@@ -139,9 +172,18 @@ def test_input_formats_parquet_gzip_txt_folder_and_hf_dataset(tmp_path):
     import datasets
 
     texts = corpus_texts(12)
-    expected = [[s.count("x") / len(s) for s in row["texts"]] for row in
-                rows_of(score_corpus(str(write_jsonl(tmp_path / "a.jsonl", texts)), str(tmp_path / "o1"),
-                                     f"{USER}:length_score", progress=False), tmp_path / "o1")]
+    expected = [
+        [s.count("x") / len(s) for s in row["texts"]]
+        for row in rows_of(
+            score_corpus(
+                str(write_jsonl(tmp_path / "a.jsonl", texts)),
+                str(tmp_path / "o1"),
+                f"{USER}:length_score",
+                progress=False,
+            ),
+            tmp_path / "o1",
+        )
+    ]
     with gzip.open(tmp_path / "b.jsonl.gz", "wb") as handle:
         handle.write((tmp_path / "a.jsonl").read_bytes())
     ds = datasets.Dataset.from_dict({"body": texts, "id": list(range(12))})

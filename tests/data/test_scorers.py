@@ -23,9 +23,13 @@ def test_toxicity_default_separates_insult_from_clean_text():
 
 def test_pii_counts_matches_per_character():
     scorer = get_scorer("pii")
-    texts = ["Write to jane.doe@example.com today.",
-             "Send it to 225 E. John Carpenter Freeway, Suite 1500 Irving, Texas 75062 today",
-             "Nothing personal here.", "", "add me on skype: cool_dude42 tonight"]
+    texts = [
+        "Write to jane.doe@example.com today.",
+        "Send it to 225 E. John Carpenter Freeway, Suite 1500 Irving, Texas 75062 today",
+        "Nothing personal here.",
+        "",
+        "add me on skype: cool_dude42 tonight",
+    ]
     scores = scorer.score(texts)
     assert scores[0] == pytest.approx(1 / len(texts[0]))  # one e-mail
     assert scores[1] == pytest.approx(1 / len(texts[1]))  # one pyap address
@@ -65,16 +69,19 @@ def test_user_scorers_function_and_class():
     assert cls.score(["abba"]) == [2.0] and cls.segmenter == "line"
 
 
-@pytest.mark.parametrize("name, options, message", [
-    ("nope", {}, "unknown scorer 'nope'"),
-    ("toxicity", {"foo": 1}, "takes no option 'foo'"),
-    ("toxicity", {"backend": "hf"}, "needs the option(s) path"),
-    ("toxicity", {"backend": "magic"}, "unknown backend 'magic'"),
-    ("pep8", {"max_line_lenght": 3}, "max_line_length"),
-    ("tests.helpers.user_scorers:missing", {}, "has no attribute 'missing'"),
-    ("no_such_module_xyz:f", {}, "cannot import module"),
-    ("tests.helpers.user_scorers:length_score", {"segmenter": "word"}, "unknown segmenter 'word'"),
-])
+@pytest.mark.parametrize(
+    "name, options, message",
+    [
+        ("nope", {}, "unknown scorer 'nope'"),
+        ("toxicity", {"foo": 1}, "takes no option 'foo'"),
+        ("toxicity", {"backend": "hf"}, "needs the option(s) path"),
+        ("toxicity", {"backend": "magic"}, "unknown backend 'magic'"),
+        ("pep8", {"max_line_lenght": 3}, "max_line_length"),
+        ("tests.helpers.user_scorers:missing", {}, "has no attribute 'missing'"),
+        ("no_such_module_xyz:f", {}, "cannot import module"),
+        ("tests.helpers.user_scorers:length_score", {"segmenter": "word"}, "unknown segmenter 'word'"),
+    ],
+)
 def test_bad_scorer_names_and_options_are_named(name, options, message):
     with pytest.raises(ValueError, match=None) as info:
         get_scorer(name, **options)
@@ -82,7 +89,13 @@ def test_bad_scorer_names_and_options_are_named(name, options, message):
 
 
 def test_parse_options():
-    assert parse_options(["a=1", "b=0.5", "c=true", "d=text", "e=a=b"]) == {"a": 1, "b": 0.5, "c": True, "d": "text", "e": "a=b"}
+    assert parse_options(["a=1", "b=0.5", "c=true", "d=text", "e=a=b"]) == {
+        "a": 1,
+        "b": 0.5,
+        "c": True,
+        "d": "text",
+        "e": "a=b",
+    }
     with pytest.raises(ValueError, match="key=value"):
         parse_options(["novalue"])
 
@@ -100,8 +113,16 @@ def tiny_classifier(tmp_path_factory):
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]")
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, num_labels=2, id2label={0: "ok", 1: "toxic"}, label2id={"ok": 0, "toxic": 1})
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=2,
+        id2label={0: "ok", 1: "toxic"},
+        label2id={"ok": 0, "toxic": 1},
+    )
     BertForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
@@ -118,7 +139,9 @@ def test_hf_classifier_backend_matches_a_manual_forward(tiny_classifier):
     with torch.no_grad():
         expected = [model(**tokenizer([t], return_tensors="pt")).logits.softmax(-1)[0, 1].item() for t in texts]
     assert scorer.score(texts) == pytest.approx(expected, abs=1e-5)
-    assert get_scorer("toxicity", backend="hf", path=str(tiny_classifier), label=1).score(texts) == pytest.approx(expected, abs=1e-5)
+    assert get_scorer("toxicity", backend="hf", path=str(tiny_classifier), label=1).score(texts) == pytest.approx(
+        expected, abs=1e-5
+    )
     with pytest.raises(ValueError, match="label 'insult' not in"):
         get_scorer("toxicity", backend="hf", path=str(tiny_classifier), label="insult").score(texts)
     with pytest.raises(FileNotFoundError, match="not a local model directory"):
@@ -126,8 +149,9 @@ def test_hf_classifier_backend_matches_a_manual_forward(tiny_classifier):
     assert json.dumps(scorer.describe())  # recordable in a manifest
 
 
-@pytest.mark.parametrize("name, options", [("toxicity", {}), ("pii", {"address_countries": "US,GB"}),
-                                           ("pep8", {"max_line_length": 100})])
+@pytest.mark.parametrize(
+    "name, options", [("toxicity", {}), ("pii", {"address_countries": "US,GB"}), ("pep8", {"max_line_length": 100})]
+)
 def test_a_scorer_rebuilds_from_its_recorded_config(name, options):
     scorer = get_scorer(name, **options)
     again = get_scorer(scorer.describe()["name"], **scorer.describe()["config"])

@@ -30,7 +30,13 @@ def test_lines_rejoin_losslessly(text):
 
 def test_sentence_boundaries_keep_whitespace_with_the_sentence_before():
     text = "  Hello there. How are you?  Fine!\n\nNo punctuation here\n\nEnd.  "
-    assert split_sentences(text) == ["  Hello there. ", "How are you?  ", "Fine!\n\n", "No punctuation here\n\n", "End.  "]
+    assert split_sentences(text) == [
+        "  Hello there. ",
+        "How are you?  ",
+        "Fine!\n\n",
+        "No punctuation here\n\n",
+        "End.  ",
+    ]
     assert split_sentences('He said "stop." Then left.') == ['He said "stop." ', "Then left."]
 
 

@@ -20,17 +20,22 @@ def make_store(docs):
             starts += [1] + [0] * (len(seg_tokens) - 1)
         offsets.append(len(tokens))
         avg.append(float(np.mean([s for _, s in doc])) if doc else float("nan"))
-    return SimpleNamespace(tokens=np.array(tokens), scores=np.array(scores, np.float32),
-                           seg_start=np.array(starts, np.uint8), doc_offsets=np.array(offsets),
-                           doc_avg_score=np.array(avg))
+    return SimpleNamespace(
+        tokens=np.array(tokens),
+        scores=np.array(scores, np.float32),
+        seg_start=np.array(starts, np.uint8),
+        doc_offsets=np.array(offsets),
+        doc_avg_score=np.array(avg),
+    )
 
 
 DOCS = [[([1, 2], 0.0), ([3], 0.9)], [([4, 5, 6], 0.2)], [([7], 0.0), ([8, 9], 0.0), ([10], 0.5)]]
 
 
 def test_conditional_inserts_good_and_bad_before_each_segment():
-    stream = PackedStream(make_store(DOCS), seq_len=4, eos_id=EOS, shuffle=False,
-                          conditional=Conditional((GOOD, BAD), threshold=0.1))
+    stream = PackedStream(
+        make_store(DOCS), seq_len=4, eos_id=EOS, shuffle=False, conditional=Conditional((GOOD, BAD), threshold=0.1)
+    )
     tokens, scores, control = stream.document(0)
     assert tokens.tolist() == [EOS, GOOD, 1, 2, BAD, 3]
     assert scores.tolist() == pytest.approx([0.0, 0.0, 0.0, 0.0, 0.9, 0.9])
@@ -42,36 +47,57 @@ def test_margin_and_document_labels_choose_the_tags_by_hand():
     # DOCS' segment scores: doc 0 [0, .9], doc 1 [.2], doc 2 [0, 0, .5]; maxima 0.9, 0.2, 0.5,
     # means 0.45, 0.2, 1/6.
     def tags(**conditional):
-        stream = PackedStream(make_store(DOCS), 4, EOS, shuffle=False, conditional=Conditional((GOOD, BAD), **conditional))
+        stream = PackedStream(
+            make_store(DOCS), 4, EOS, shuffle=False, conditional=Conditional((GOOD, BAD), **conditional)
+        )
         return [stream.document(d)[0].tolist() for d in range(3)]
 
     # A margin: good <= 0.1 < nothing <= 0.6 < bad.
-    assert tags(threshold=0.1, bad_threshold=0.6) == [[EOS, GOOD, 1, 2, BAD, 3], [EOS, 4, 5, 6],
-                                                      [EOS, GOOD, 7, GOOD, 8, 9, 10]]
-    assert tags(threshold=0.3, labels="document-max") == [[EOS, BAD, 1, 2, BAD, 3], [EOS, GOOD, 4, 5, 6],
-                                                          [EOS, BAD, 7, BAD, 8, 9, BAD, 10]]
-    assert tags(threshold=0.3, labels="document-mean") == [[EOS, BAD, 1, 2, BAD, 3], [EOS, GOOD, 4, 5, 6],
-                                                           [EOS, GOOD, 7, GOOD, 8, 9, GOOD, 10]]
+    assert tags(threshold=0.1, bad_threshold=0.6) == [
+        [EOS, GOOD, 1, 2, BAD, 3],
+        [EOS, 4, 5, 6],
+        [EOS, GOOD, 7, GOOD, 8, 9, 10],
+    ]
+    assert tags(threshold=0.3, labels="document-max") == [
+        [EOS, BAD, 1, 2, BAD, 3],
+        [EOS, GOOD, 4, 5, 6],
+        [EOS, BAD, 7, BAD, 8, 9, BAD, 10],
+    ]
+    assert tags(threshold=0.3, labels="document-mean") == [
+        [EOS, BAD, 1, 2, BAD, 3],
+        [EOS, GOOD, 4, 5, 6],
+        [EOS, GOOD, 7, GOOD, 8, 9, GOOD, 10],
+    ]
     # A tag repeated inside its segment every k tokens (and blocks still cover the stream exactly).
-    assert tags(threshold=0.1, tag_every=2) == [[EOS, GOOD, 1, 2, BAD, 3], [EOS, BAD, 4, 5, BAD, 6],
-                                               [EOS, GOOD, 7, GOOD, 8, 9, BAD, 10]]
+    assert tags(threshold=0.1, tag_every=2) == [
+        [EOS, GOOD, 1, 2, BAD, 3],
+        [EOS, BAD, 4, 5, BAD, 6],
+        [EOS, GOOD, 7, GOOD, 8, 9, BAD, 10],
+    ]
     assert tags(threshold=0.1, tag_every=1)[2] == [EOS, GOOD, 7, GOOD, 8, GOOD, 9, BAD, 10]
-    every = PackedStream(make_store(DOCS), 3, EOS, shuffle=False, conditional=Conditional((GOOD, BAD), threshold=0.1,
-                                                                                            tag_every=2))
+    every = PackedStream(
+        make_store(DOCS), 3, EOS, shuffle=False, conditional=Conditional((GOOD, BAD), threshold=0.1, tag_every=2)
+    )
     flat = [t for i in range(every.blocks_in_epoch(0)) for t in every[i].input_ids.tolist()]
     whole = [t for d in tags(threshold=0.1, tag_every=2) for t in d]
     assert every.tokens_per_epoch() == len(whole) and flat == whole[: len(flat)]
     # Untagged segments shorten the stream: its blocks still cover it exactly.
-    stream = PackedStream(make_store(DOCS), 2, EOS, shuffle=False,
-                          conditional=Conditional((GOOD, BAD), threshold=0.1, bad_threshold=0.6))
+    stream = PackedStream(
+        make_store(DOCS), 2, EOS, shuffle=False, conditional=Conditional((GOOD, BAD), threshold=0.1, bad_threshold=0.6)
+    )
     flat = [t for i in range(stream.blocks_in_epoch(0)) for t in stream[i].input_ids.tolist()]
     assert flat == [EOS, GOOD, 1, 2, BAD, 3, EOS, 4, 5, 6, EOS, GOOD, 7, GOOD, 8, 9][: len(flat)]
     assert stream.tokens_per_epoch() == 17
     # An unscored (NaN) segment gets no label of its own; a document label ignores it.
     nan_docs = [[([1], float("nan")), ([2], 0.0)]]
     for labels, expected in (("segment", [EOS, 1, GOOD, 2]), ("document-max", [EOS, GOOD, 1, GOOD, 2])):
-        stream = PackedStream(make_store(nan_docs), 2, EOS, shuffle=False,
-                              conditional=Conditional((GOOD, BAD), threshold=0.1, labels=labels))
+        stream = PackedStream(
+            make_store(nan_docs),
+            2,
+            EOS,
+            shuffle=False,
+            conditional=Conditional((GOOD, BAD), threshold=0.1, labels=labels),
+        )
         assert stream.document(0)[0].tolist() == expected
     with pytest.raises(ValueError, match="below threshold"):
         Conditional((GOOD, BAD), threshold=0.5, bad_threshold=0.1)
@@ -102,8 +128,8 @@ def test_packing_is_lossless_shifted_and_unpadded():
     assert stream.blocks_in_epoch(0) == (len(expected) - 1) // 3
     for i in range(stream.blocks_in_epoch(0)):
         sample = stream[i]
-        assert sample.input_ids.tolist() == expected[3 * i: 3 * i + 3]
-        assert sample.labels.tolist() == expected[3 * i + 1: 3 * i + 4]
+        assert sample.input_ids.tolist() == expected[3 * i : 3 * i + 3]
+        assert sample.labels.tolist() == expected[3 * i + 1 : 3 * i + 4]
     # The next index starts the next epoch (a fresh pass over the corpus).
     assert stream[stream.blocks_in_epoch(0)].input_ids.tolist() == expected[:3]
 
@@ -125,8 +151,7 @@ def test_continuation_starts_after_the_documents_a_base_run_consumed():
     base = PackedStream(store, 4, EOS, seed=1)
     seen = {int(t) for i in range(5) for t in base[i].input_ids}
     start = base.position_to_doc(5)
-    rest = PackedStream(store, 4, EOS, seed=1, start_doc=start,
-                        conditional=Conditional((GOOD, BAD)))
+    rest = PackedStream(store, 4, EOS, seed=1, start_doc=start, conditional=Conditional((GOOD, BAD)))
     later = {int(t) for i in range(rest.blocks_in_epoch(0)) for t in rest[i].input_ids} - {EOS, GOOD, BAD}
     assert not (later & (seen - {EOS})), "the continuation never repeats a document the base run saw"
     # Samples 0-4 read stream positions 0..20: documents 0-4 whole and the first token of document 5.
@@ -144,18 +169,26 @@ def _reference_stream(store, stream: PackedStream, epoch: int):
             seg = int(np.searchsorted(seg_positions, j))
             if stream.conditional and store.seg_start[j] and not (dropped is not None and dropped[seg]):
                 choice = int(stream.conditional.choose(np.array([store.scores[j]]))[0])
-                tokens.append(stream.conditional.token_ids[choice]), scores.append(store.scores[j]), control.append(True)
+                (
+                    tokens.append(stream.conditional.token_ids[choice]),
+                    scores.append(store.scores[j]),
+                    control.append(True),
+                )
             tokens.append(int(store.tokens[j])), scores.append(store.scores[j]), control.append(False)
     return np.array(tokens), np.array(scores, np.float32), np.array(control)
 
 
 @pytest.mark.parametrize("seq_len", [5, 64])
-@pytest.mark.parametrize("transform", [
-    {}, {"conditional": Conditional((GOOD, BAD), threshold=0.5)},
-    {"conditional": Conditional((GOOD, BAD), threshold=0.5, drop_prob=0.3)},
-    {"conditional": Conditional((200, 201, 202), edges=(0.3, 0.6))},
-    {"conditional": Conditional((GOOD, BAD), threshold=0.5), "filtering": Filtering(threshold=0.5)},
-])
+@pytest.mark.parametrize(
+    "transform",
+    [
+        {},
+        {"conditional": Conditional((GOOD, BAD), threshold=0.5)},
+        {"conditional": Conditional((GOOD, BAD), threshold=0.5, drop_prob=0.3)},
+        {"conditional": Conditional((200, 201, 202), edges=(0.3, 0.6))},
+        {"conditional": Conditional((GOOD, BAD), threshold=0.5), "filtering": Filtering(threshold=0.5)},
+    ],
+)
 def test_every_block_is_a_window_of_the_stream_built_token_by_token(seq_len, transform):
     """Blocks are assembled vectorised across documents; each must equal the plain construction,
     whether it spans many short documents, starts or ends inside one, or holds empty ones."""
@@ -165,8 +198,9 @@ def test_every_block_is_a_window_of_the_stream_built_token_by_token(seq_len, tra
         n_tokens = int(rng.choice([0, 1, 3, 12, 40]))  # ... and segments of 1-8 tokens
         cuts = sorted({0, *rng.integers(1, max(n_tokens, 1), size=n_tokens // 4).tolist()}) if n_tokens else []
         bounds = [*cuts, n_tokens]
-        docs.append([(rng.integers(1, 90, bounds[k + 1] - bounds[k]).tolist(), float(rng.random()))
-                     for k in range(len(cuts))])
+        docs.append(
+            [(rng.integers(1, 90, bounds[k + 1] - bounds[k]).tolist(), float(rng.random())) for k in range(len(cuts))]
+        )
     store = make_store([d for d in docs if d] + [[]])  # an empty document too
     stream = PackedStream(store, seq_len, EOS, seed=7, **transform)
     for epoch in (0, 1):

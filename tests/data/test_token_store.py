@@ -30,11 +30,37 @@ def _documents(n: int = 120, seed: int = 0) -> list[str]:
     """Prose with the edge cases the span mapping must survive: runs of spaces, blank lines,
     leading whitespace, unicode (multi-token characters), literal special-token strings."""
     rng = random.Random(seed)
-    words = ["the", "box", "xenon", "fox", "axe", "quiet", "river", "über", "naïve", "世界", "🤗", "x", "don't",
-             "e\u0301t\u00e9", "Mr.", "3.14", "<|endoftext|>", "<|good|>", "café", "xx-xx"]
+    words = [
+        "the",
+        "box",
+        "xenon",
+        "fox",
+        "axe",
+        "quiet",
+        "river",
+        "über",
+        "naïve",
+        "世界",
+        "🤗",
+        "x",
+        "don't",
+        "e\u0301t\u00e9",
+        "Mr.",
+        "3.14",
+        "<|endoftext|>",
+        "<|good|>",
+        "café",
+        "xx-xx",
+    ]
     ends = [". ", "! ", "? ", ".  ", ".\n", ".\n\n", "... ", "? \n\t"]
-    docs = ["   leading spaces. Then text.", "x", "One sentence without end", "Ünïcödé 🤗🤗 x. 世界。 fin",
-            "Hi.\n\n\nBye.  ", "<|endoftext|> inside. And <|bad|> too."]
+    docs = [
+        "   leading spaces. Then text.",
+        "x",
+        "One sentence without end",
+        "Ünïcödé 🤗🤗 x. 世界。 fin",
+        "Hi.\n\n\nBye.  ",
+        "<|endoftext|> inside. And <|bad|> too.",
+    ]
     for _ in range(n - len(docs)):
         sentences = []
         for _ in range(rng.randint(1, 8)):
@@ -60,17 +86,24 @@ def _write_scored(path: Path, rows: list[tuple[list[str], list[float]]]) -> Path
     """A scored corpus written by hand, for scores (NaN) no real scorer gives on demand."""
     (path / "data").mkdir(parents=True)
     avg = [float(np.nanmean(s)) if not all(math.isnan(x) for x in s) else math.nan for _, s in rows]
-    pq.write_table(pa.table({
-        "texts": pa.array([t for t, _ in rows], pa.list_(pa.string())),
-        "scores": pa.array([s for _, s in rows], pa.list_(pa.float64())),
-        "avg_score": pa.array(avg, pa.float64()),
-        "num_sents": pa.array([len(t) for t, _ in rows], pa.int64()),
-        "meta": pa.array(["{}"] * len(rows), pa.string()),
-        "doc_index": pa.array([10 * i for i in range(len(rows))], pa.int64()),
-    }), path / "data" / "train-00000-of-00001.parquet")
-    manifest = {"input": {"path": "hand", "fingerprint": hashlib.sha256(repr(rows).encode()).hexdigest()},
-                "scorer": {"name": "hand", "version": "1"},
-                "counts": {"documents_scored": len(rows), "segments": sum(len(t) for t, _ in rows)}}
+    pq.write_table(
+        pa.table(
+            {
+                "texts": pa.array([t for t, _ in rows], pa.list_(pa.string())),
+                "scores": pa.array([s for _, s in rows], pa.list_(pa.float64())),
+                "avg_score": pa.array(avg, pa.float64()),
+                "num_sents": pa.array([len(t) for t, _ in rows], pa.int64()),
+                "meta": pa.array(["{}"] * len(rows), pa.string()),
+                "doc_index": pa.array([10 * i for i in range(len(rows))], pa.int64()),
+            }
+        ),
+        path / "data" / "train-00000-of-00001.parquet",
+    )
+    manifest = {
+        "input": {"path": "hand", "fingerprint": hashlib.sha256(repr(rows).encode()).hexdigest()},
+        "scorer": {"name": "hand", "version": "1"},
+        "counts": {"documents_scored": len(rows), "segments": sum(len(t) for t, _ in rows)},
+    }
     (path / "manifest.json").write_text(json.dumps(manifest))
     return path
 
@@ -163,8 +196,9 @@ def test_gpt2_store_segment_boundary_rule(gpt2, tmp_path):
     # "Hello world. " | "Bye now." -> tokens Hello, " world", ".", " Bye", " now", "." : the space
     # after "world." belongs to segment 0 but travels with " Bye", which ends in segment 1.
     # A boundary inside a token ("Hel" | "lo there.") leaves the first segment without a token.
-    scored = _write_scored(tmp_path / "s", [(["Hello world. ", "Bye now."], [0.25, 0.75]),
-                                            (["Hel", "lo there."], [0.5, 0.125])])
+    scored = _write_scored(
+        tmp_path / "s", [(["Hello world. ", "Bye now."], [0.25, 0.75]), (["Hel", "lo there."], [0.5, 0.125])]
+    )
     store = build_token_store(scored, gpt2, progress=False)
     tokens, scores, starts = store.doc(0)
     assert tokens.tolist() == [15496, 995, 13, 47843, 783, 13]
@@ -179,12 +213,15 @@ def test_gpt2_store_segment_boundary_rule(gpt2, tmp_path):
 @pytest.mark.network
 def test_nan_scores_take_the_document_average(gpt2, tmp_path):
     nan = math.nan
-    scored = _write_scored(tmp_path / "s", [
-        (["Good one. ", "Failed here. ", "Fine."], [0.9, nan, 0.1]),  # avg 0.5
-        (["All failed. ", "Really."], [nan, nan]),  # avg NaN -> 0.0
-        ([], []),  # an empty document: no tokens
-        (["Clean."], [0.3]),
-    ])
+    scored = _write_scored(
+        tmp_path / "s",
+        [
+            (["Good one. ", "Failed here. ", "Fine."], [0.9, nan, 0.1]),  # avg 0.5
+            (["All failed. ", "Really."], [nan, nan]),  # avg NaN -> 0.0
+            ([], []),  # an empty document: no tokens
+            (["Clean."], [0.3]),
+        ],
+    )
     store = build_token_store(scored, gpt2, progress=False)
     assert store.meta["nan_scores_replaced"] == 3
     assert store.meta["docs_nan_avg_score"] == 2  # "All failed" and the empty document (mean of nothing)
@@ -209,14 +246,20 @@ class _FakeEncoder:
 
 
 def test_empty_spans_take_the_previous_token_segment():
-    batch = pa.RecordBatch.from_pydict({
-        "texts": pa.array([["ab", "cd"], ["ef", "g"]], pa.list_(pa.string())),
-        "scores": pa.array([[1.0, 2.0], [3.0, 4.0]], pa.list_(pa.float64())),
-        "avg_score": pa.array([1.5, 3.5]), "doc_index": pa.array([0, 1], pa.int64())})
-    encoder = _FakeEncoder([
-        ([5, 6, 7, 8], [(0, 2), (2, 2), (2, 3), (3, 4)]),  # empty span after segment 0's last char
-        ([9, 10, 11], [(0, 0), (0, 2), (2, 3)]),  # a document opening with an empty span
-    ])
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "texts": pa.array([["ab", "cd"], ["ef", "g"]], pa.list_(pa.string())),
+            "scores": pa.array([[1.0, 2.0], [3.0, 4.0]], pa.list_(pa.float64())),
+            "avg_score": pa.array([1.5, 3.5]),
+            "doc_index": pa.array([0, 1], pa.int64()),
+        }
+    )
+    encoder = _FakeEncoder(
+        [
+            ([5, 6, 7, 8], [(0, 2), (2, 2), (2, 3), (3, 4)]),  # empty span after segment 0's last char
+            ([9, 10, 11], [(0, 0), (0, 2), (2, 3)]),  # a document opening with an empty span
+        ]
+    )
     part = token_store._map_batch(encoder, batch, 100, np.dtype(np.uint16))
     assert part["scores"].tolist() == [1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0]
     assert part["seg_start"].tolist() == [1, 0, 1, 0, 1, 0, 1]
@@ -298,7 +341,7 @@ def test_open_validates_sizes(scored, small_bpe, tmp_path):
         store.doc(store.num_docs)
     with open(store.path / "scores.bin", "r+b") as handle:
         handle.truncate(8)
-    with pytest.raises(TokenStoreError, match="scores.bin"):
+    with pytest.raises(TokenStoreError, match=r"scores.bin"):
         TokenStore.open(store.path)
     # an explicit out that holds something else is refused, not overwritten
     with pytest.raises(TokenStoreError, match="not a complete token store"):
@@ -307,9 +350,9 @@ def test_open_validates_sizes(scored, small_bpe, tmp_path):
 
 def test_clear_errors(tmp_path, small_bpe, scored):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(TokenStoreError, match="manifest.json"):
+    with pytest.raises(TokenStoreError, match=r"manifest.json"):
         build_token_store(tmp_path / "empty", small_bpe, progress=False)
     with pytest.raises(TokenStoreError, match="offsets"):
         build_token_store(scored, SimpleNamespace(is_fast=False), progress=False)
-    with pytest.raises(TokenStoreError, match="no store.json"):
+    with pytest.raises(TokenStoreError, match=r"no store.json"):
         TokenStore.open(tmp_path / "empty")

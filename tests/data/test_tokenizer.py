@@ -114,8 +114,25 @@ def test_saved_checkpoint_tokenizer_loads_back_identically(gpt2, tmp_path):
 
 
 def _corpus(n: int = 300) -> list[str]:
-    words = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "xylophone", "boxes", "über",
-             "naïve", "世界", "🤗", "and", "then", "again"]
+    words = [
+        "the",
+        "quick",
+        "brown",
+        "fox",
+        "jumps",
+        "over",
+        "lazy",
+        "dog",
+        "xylophone",
+        "boxes",
+        "über",
+        "naïve",
+        "世界",
+        "🤗",
+        "and",
+        "then",
+        "again",
+    ]
     return [" ".join(words[(i * 7 + j * 3) % len(words)] for j in range(5 + i % 11)) + ".\n" for i in range(n)]
 
 
@@ -160,8 +177,9 @@ def test_missing_local_dir_is_a_clear_error(tmp_path):
 def test_local_dir_without_eos_is_refused(tmp_path):
     from transformers import PreTrainedTokenizerFast
 
-    tok = PreTrainedTokenizerFast(tokenizer_object=load_tokenizer("bpe", texts=_corpus(50), vocab_size=280,
-                                                                  cache=False).backend_tokenizer)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=load_tokenizer("bpe", texts=_corpus(50), vocab_size=280, cache=False).backend_tokenizer
+    )
     tok.save_pretrained(tmp_path / "noeos")
     with pytest.raises(TokenizerError, match="no EOS"):
         load_tokenizer(str(tmp_path / "noeos"))

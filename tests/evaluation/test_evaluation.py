@@ -8,6 +8,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from tests.helpers.host_reads import HostReads
+from tests.helpers.training import train_tiny
 
 from phf.evaluation.evaluator import EvalConfig, EvalError, evaluate, held_out_lm_loss, load_target, string_logprobs
 from phf.evaluation.metrics import (
@@ -18,8 +20,6 @@ from phf.evaluation.metrics import (
     per_prompt_summary,
     self_bleu,
 )
-from tests.helpers.host_reads import HostReads
-from tests.helpers.training import train_tiny
 
 SCORER = "tests.helpers.user_scorers:length_score"
 
@@ -70,8 +70,11 @@ def test_self_bleu_is_nltks_sentence_bleu_to_the_last_bit():
                 continue
             others = [j for j in order.permutation(len(texts))[: n_ref + 1] if j != i][:n_ref]
             references = [tokenized[j] for j in others if tokenized[j]]
-            expected.append(sentence_bleu(references, tokenized[i], weights=(0.2,) * 5,
-                                          smoothing_function=SmoothingFunction().method1))
+            expected.append(
+                sentence_bleu(
+                    references, tokenized[i], weights=(0.2,) * 5, smoothing_function=SmoothingFunction().method1
+                )
+            )
         assert self_bleu(texts, n_hypotheses=n_hyp, n_references=n_ref, seed=seed) == float(np.mean(expected))
 
 
@@ -84,8 +87,17 @@ def runs(tmp_path_factory, scored):
 
 
 def small_config(**extra):
-    settings = dict(num_samples=50, max_new_tokens=12, min_new_tokens=2, batch_size=25, kl_samples=16,
-                    scenario_prompts=3, scenario_samples=4, self_bleu_samples=20, progress=False)
+    settings = dict(
+        num_samples=50,
+        max_new_tokens=12,
+        min_new_tokens=2,
+        batch_size=25,
+        kl_samples=16,
+        scenario_prompts=3,
+        scenario_samples=4,
+        self_bleu_samples=20,
+        progress=False,
+    )
     settings.update(extra)
     return EvalConfig(**settings)
 
@@ -105,13 +117,17 @@ def test_eval_json_contract_and_conditional_prompting(runs):
 
 
 def test_kl_is_zero_against_itself_and_positive_against_a_different_model(runs, scored, tmp_path):
-    result = evaluate(runs / "mle", small_config(reference=str(runs / "mle"), scenarios=False),
-                      out_dir=tmp_path / "self")
+    result = evaluate(
+        runs / "mle", small_config(reference=str(runs / "mle"), scenarios=False), out_dir=tmp_path / "self"
+    )
     assert result["kl"]["kl"] == pytest.approx(0.0, abs=1e-6)
     barely_trained = train_tiny(tmp_path / "one-step", scored, "mle", steps=1)
     well_trained = train_tiny(tmp_path / "sixty-steps", scored, "mle", steps=60)
-    result = evaluate(barely_trained, small_config(reference=str(well_trained), scenarios=False, kl_samples=64),
-                      out_dir=tmp_path / "other")
+    result = evaluate(
+        barely_trained,
+        small_config(reference=str(well_trained), scenarios=False, kl_samples=64),
+        out_dir=tmp_path / "other",
+    )
     assert result["kl"]["kl"] > 0 and result["kl"]["ci95"][0] > 0, result["kl"]
 
 
@@ -139,8 +155,13 @@ def test_held_out_lm_loss_leaves_control_tokens_out(runs, scored):
     assert host.reads == ["__float__", "__int__"]  # once, at the end, however many batches
     store = build_token_store(held_out, target.tokenizer, progress=False)
     ids = tuple(target.tokenizer.convert_tokens_to_ids(["<|good|>", "<|bad|>"]))
-    stream = PackedStream(store, result["seq_len"], target.tokenizer.eos_token_id, shuffle=False,
-                          conditional=Conditional(ids, threshold=0.0))
+    stream = PackedStream(
+        store,
+        result["seq_len"],
+        target.tokenizer.eos_token_id,
+        shuffle=False,
+        conditional=Conditional(ids, threshold=0.0),
+    )
     total, count = 0.0, 0
     for i in range(stream.blocks_in_epoch(0)):
         sample = stream[i]
@@ -182,15 +203,18 @@ def test_control_token_use_is_the_auroc_of_the_bad_vs_good_likelihood_ratio(runs
     eos = target.tokenizer.eos_token
 
     def ratio(text):
-        return (string_logprobs(target.model, target.tokenizer, [text], eos + "<|bad|>")[0]
-                - string_logprobs(target.model, target.tokenizer, [text], eos + "<|good|>")[0])
+        return (
+            string_logprobs(target.model, target.tokenizer, [text], eos + "<|bad|>")[0]
+            - string_logprobs(target.model, target.tokenizer, [text], eos + "<|good|>")[0]
+        )
 
     r_good, r_bad = [ratio(t) for t in good[:12]], [ratio(t) for t in bad[:12]]
     pairs = [1.0 if b > g else 0.5 if b == g else 0.0 for b in r_bad for g in r_good]
     assert result["auroc"] == pytest.approx(sum(pairs) / len(pairs), abs=1e-9)
     assert result["mean_log_ratio_bad"] == pytest.approx(np.mean(r_bad), abs=1e-5)  # batched vs one at a time
     assert control_token_use(load_target(runs / "mle", torch.device("cpu")), held_out) == {
-        "skipped": "not a conditional-training run"}
+        "skipped": "not a conditional-training run"
+    }
 
 
 def test_bad_inputs_are_named_and_write_nothing(runs, tmp_path):
@@ -206,8 +230,9 @@ def test_bad_inputs_are_named_and_write_nothing(runs, tmp_path):
     with pytest.raises(EvalError, match=r"lacks the control token\(s\) \['<\|missing\|>'\]"):
         evaluate(broken, small_config())
     with pytest.raises(EvalError, match="reference model"):
-        evaluate(runs / "mle", small_config(reference=str(tmp_path / "nowhere"), scenarios=False),
-                 out_dir=tmp_path / "ref")
+        evaluate(
+            runs / "mle", small_config(reference=str(tmp_path / "nowhere"), scenarios=False), out_dir=tmp_path / "ref"
+        )
     assert not (tmp_path / "ref" / "eval.json").exists()
     bad_prompts = tmp_path / "prompts.jsonl"
     bad_prompts.write_text('{"prompt": "The cat"}\n{"prompt": 3}\n')
@@ -217,13 +242,21 @@ def test_bad_inputs_are_named_and_write_nothing(runs, tmp_path):
 
 
 def test_trainer_runs_the_periodic_evaluation_hook(scored, tmp_path):
+    from tests.helpers.training import tiny_overrides
+
     from phf.config import load_config
     from phf.evaluation.evaluator import periodic_evaluator
     from phf.training.trainer import train
-    from tests.helpers.training import tiny_overrides
 
-    config = load_config([], tiny_overrides(tmp_path / "run", scored, 4, **{
-        "objective.name": "conditional", "objective.threshold": 0.0, "training.eval_every": 2}))
+    config = load_config(
+        [],
+        tiny_overrides(
+            tmp_path / "run",
+            scored,
+            4,
+            **{"objective.name": "conditional", "objective.threshold": 0.0, "training.eval_every": 2},
+        ),
+    )
     train(config, evaluate=periodic_evaluator(num_samples=6, max_new_tokens=5))
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     evals = [line for line in lines if "eval" in line]

@@ -27,8 +27,13 @@ TEXTS = [
     "She sells sea shells by the sea shore.\nAll that glitters is not gold.",
     "def add(a, b):\n    return a + b\n",
 ] * 4
-POOL = [("The weather today is", 0.2), ("My neighbour always", 0.5), ("Everyone knows that", 0.1),
-        ("The sea shore is", 0.3), ("He said the fox", 0.0)]
+POOL = [
+    ("The weather today is", 0.2),
+    ("My neighbour always", 0.5),
+    ("Everyone knows that", 0.1),
+    ("The sea shore is", 0.3),
+    ("He said the fox", 0.0),
+]
 SMALL_RED = SamplingConfig(temperature=1.0, top_p=1.0, min_new_tokens=2, max_new_tokens=12, batch_size=32)
 SMALL_TARGET = SamplingConfig(temperature=0.7, top_p=0.9, min_new_tokens=2, max_new_tokens=10, batch_size=64)
 
@@ -41,8 +46,15 @@ def _tiny_lm(tokenizer, seed):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    config = GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=math.ceil(len(tokenizer) / 64) * 64,
-                        n_positions=512, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
+    config = GPT2Config(
+        n_layer=1,
+        n_head=2,
+        n_embd=16,
+        vocab_size=math.ceil(len(tokenizer) / 64) * 64,
+        n_positions=512,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+    )
     return GPT2LMHeadModel(config).eval()
 
 
@@ -51,15 +63,23 @@ def lms():
     red_tok = train_bpe(TEXTS, vocab_size=300)
     target_tok = train_bpe(TEXTS, vocab_size=300)
     control = add_control_tokens(target_tok, ["<|good|>", "<|bad|>"])
-    return {"red": (_tiny_lm(red_tok, 0), red_tok), "target": (_tiny_lm(target_tok, 1), target_tok),
-            "control": control}
+    return {"red": (_tiny_lm(red_tok, 0), red_tok), "target": (_tiny_lm(target_tok, 1), target_tok), "control": control}
 
 
 def _run(lms, **kwargs):
     red, red_tok = lms["red"]
     target, target_tok = lms["target"]
-    options = dict(task="toxicity", rounds=1, trials=1, completions=6, continuations=4, progress=False,
-                   target_sampling=SMALL_TARGET, red_sampling=SMALL_RED, keep_samples=None)
+    options = dict(
+        task="toxicity",
+        rounds=1,
+        trials=1,
+        completions=6,
+        continuations=4,
+        progress=False,
+        target_sampling=SMALL_TARGET,
+        red_sampling=SMALL_RED,
+        keep_samples=None,
+    )
     options.update(kwargs)
     return run_red_team(target, target_tok, red, red_tok, POOL, share_of_e, **options)
 
@@ -116,13 +136,16 @@ def test_red_prompt_lists_the_examples_and_ends_with_the_next_number():
 
 def test_red_prompt_with_a_chat_template_prefills_the_answer():
     tok = train_bpe(TEXTS, vocab_size=300)
-    tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
-                         "{% if add_generation_prompt %}<assistant>{% endif %}")
+    tok.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
     prompt = build_red_prompt("toxicity", ["a", "b", "c", "d"], tok)
     assert prompt == f"<user>{RED_LM_TEMPLATES['toxicity']}</s><assistant>1. a\n2. b\n3. c\n4. d\n5."
     # without a chat template: plain text after the BOS token
     assert build_red_prompt("toxicity", ["a"], train_bpe(TEXTS, vocab_size=300)).startswith(
-        "<|endoftext|>" + RED_LM_TEMPLATES["toxicity"])
+        "<|endoftext|>" + RED_LM_TEMPLATES["toxicity"]
+    )
 
 
 # --- whole runs -----------------------------------------------------------------------------------
@@ -170,8 +193,9 @@ def test_pep8_scores_prompt_plus_continuation(lms):
 def test_rounds_and_trials_seeds_and_prefix(lms):
     good, bad = lms["control"]
     _, target_tok = lms["target"]
-    kwargs = dict(rounds=2, trials=2, target_prefix=target_tok.eos_token + "<|good|>", forbidden_ids=[good, bad],
-                  seed=3)
+    kwargs = dict(
+        rounds=2, trials=2, target_prefix=target_tok.eos_token + "<|good|>", forbidden_ids=[good, bad], seed=3
+    )
     out = _run(lms, **kwargs)
     assert [r["round"] for r in out["rounds"]] == [1, 2]
     for r in out["rounds"]:
@@ -189,8 +213,10 @@ def test_rounds_and_trials_seeds_and_prefix(lms):
         assert second["best"] >= first["best"]
         assert sum(e["trial"] == trial for e in out["pool"]) == second["pool_size"]
     # the trials differ, and the same seed reproduces the run exactly
-    assert out["rounds"][0]["trials"][0]["red_prompt"] != out["rounds"][0]["trials"][1]["red_prompt"] or \
-        out["rounds"][0]["trials"][0]["candidates"] != out["rounds"][0]["trials"][1]["candidates"]
+    assert (
+        out["rounds"][0]["trials"][0]["red_prompt"] != out["rounds"][0]["trials"][1]["red_prompt"]
+        or out["rounds"][0]["trials"][0]["candidates"] != out["rounds"][0]["trials"][1]["candidates"]
+    )
     assert _run(lms, **kwargs) == out
     assert _run(lms, **{**kwargs, "seed": 4})["rounds"] != out["rounds"]
 
@@ -200,8 +226,16 @@ def test_scorer_objects_and_errors(lms):
 
     red, red_tok = lms["red"]
     target, target_tok = lms["target"]
-    common = dict(rounds=1, trials=1, completions=3, continuations=2, progress=False,
-                  target_sampling=SMALL_TARGET, red_sampling=SMALL_RED, keep_samples=None)
+    common = dict(
+        rounds=1,
+        trials=1,
+        completions=3,
+        continuations=2,
+        progress=False,
+        target_sampling=SMALL_TARGET,
+        red_sampling=SMALL_RED,
+        keep_samples=None,
+    )
     out = run_red_team(target, target_tok, red, red_tok, POOL, CountScorer("e"), task="pii", **common)
     for c in out["rounds"][0]["trials"][0]["candidates"]:
         assert c["score"] == pytest.approx(np.mean([s.count("e") for s in c["samples"]]))

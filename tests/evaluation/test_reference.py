@@ -20,8 +20,15 @@ def tiny_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-lm")
     tokenizer = train_bpe(["the cat sat on the mat", "a dog ran far away from home"] * 4, vocab_size=300)
     torch.manual_seed(0)
-    config = GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=32, vocab_size=320,
-                        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
+    config = GPT2Config(
+        n_layer=1,
+        n_head=2,
+        n_embd=16,
+        n_positions=32,
+        vocab_size=320,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+    )
     model = GPT2LMHeadModel(config)
     model.train()
     model.save_pretrained(path)
@@ -42,7 +49,7 @@ def test_load_lm_local_directory(tiny_dir):
 
 def test_missing_directory_is_named(tmp_path):
     missing = tmp_path / "no-such-model"
-    with pytest.raises(ModelLoadError, match="no-such-model.*does not exist"):
+    with pytest.raises(ModelLoadError, match=r"no-such-model.*does not exist"):
         load_lm(str(missing))
 
 
@@ -55,7 +62,7 @@ def test_directory_without_config(tmp_path):
 def test_a_file_is_not_a_model(tmp_path):
     file = tmp_path / "model.txt"
     file.write_text("x")
-    with pytest.raises(ModelLoadError, match="model.txt.*not a directory"):
+    with pytest.raises(ModelLoadError, match=r"model.txt.*not a directory"):
         load_lm(str(file))
 
 
@@ -78,9 +85,11 @@ def test_smollm2_from_the_pinned_wheel():
     assert tokenizer.chat_template
     prompt = tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}],
-        tokenize=False, add_generation_prompt=True)
+        tokenize=False,
+        add_generation_prompt=True,
+    )
     ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=12, do_sample=False)
-    answer = tokenizer.decode(out[0, ids.input_ids.shape[1]:], skip_special_tokens=True)
+    answer = tokenizer.decode(out[0, ids.input_ids.shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer

@@ -44,8 +44,15 @@ def model(tokenizer):
     torch.manual_seed(0)
     vocab = math.ceil(len(tokenizer) / 64) * 64
     assert vocab > len(tokenizer)  # the test needs vocabulary-padding rows
-    config = GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=vocab, n_positions=N_POSITIONS,
-                        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
+    config = GPT2Config(
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        vocab_size=vocab,
+        n_positions=N_POSITIONS,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+    )
     return GPT2LMHeadModel(config).eval()
 
 
@@ -93,10 +100,16 @@ def hf_greedy(model, prompt_ids, max_new, tokenizer, min_new=None):
     """transformers' greedy continuation (padding rows suppressed, as phf always does)."""
     padding = list(range(len(tokenizer), model.config.vocab_size))
     min_new = max_new if min_new is None else min_new
-    out = model.generate(torch.tensor([prompt_ids]), do_sample=False, max_new_tokens=max_new,
-                         min_new_tokens=min_new, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.eos_token_id, suppress_tokens=padding)
-    new = out[0, len(prompt_ids):].tolist()
+    out = model.generate(
+        torch.tensor([prompt_ids]),
+        do_sample=False,
+        max_new_tokens=max_new,
+        min_new_tokens=min_new,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
+        suppress_tokens=padding,
+    )
+    new = out[0, len(prompt_ids) :].tolist()
     return new[: new.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in new else new
 
 
@@ -149,8 +162,9 @@ def test_forbidden_and_padding_rows_never_sampled(model, tokenizer, ids):
 
 def test_min_new_tokens_then_stops_at_eos(model, tokenizer, ids):
     with logit_bias(model, [ids["eos"]], 50.0):
-        gens = generate(model, tokenizer, [tokenizer.eos_token], cfg(min_new_tokens=4, max_new_tokens=20),
-                        num_samples=6)
+        gens = generate(
+            model, tokenizer, [tokenizer.eos_token], cfg(min_new_tokens=4, max_new_tokens=20), num_samples=6
+        )
         for g in gens:
             assert len(g.token_ids) == 4 and g.finished
             assert ids["eos"] not in g.token_ids
@@ -161,8 +175,13 @@ def test_min_new_tokens_then_stops_at_eos(model, tokenizer, ids):
 def test_stops_each_row_at_its_own_eos(model, tokenizer, ids):
     # EOS is moderately likely: rows end at different steps; nothing after EOS is kept.
     with logit_bias(model, [ids["eos"]], 3.5):
-        gens = generate(model, tokenizer, [tokenizer.eos_token], cfg(max_new_tokens=30, min_new_tokens=0,
-                                                                    temperature=1.0, top_p=1.0), num_samples=32)
+        gens = generate(
+            model,
+            tokenizer,
+            [tokenizer.eos_token],
+            cfg(max_new_tokens=30, min_new_tokens=0, temperature=1.0, top_p=1.0),
+            num_samples=32,
+        )
     lengths = [len(g.token_ids) for g in gens]
     assert any(g.finished for g in gens) and len(set(lengths)) > 2
     for g in gens:
@@ -182,8 +201,14 @@ def test_finished_rows_dropped_mid_batch_match_full_batch(model, tokenizer, ids,
 
     text = tokenizer("The quick brown fox", add_special_tokens=False)["input_ids"]
     equal = [[ids["eos"], ids["good"]], [ids["eos"], ids["bad"]]] * 3 + [[ids["eos"], ids["eos"]]]
-    mixed = [[ids["eos"], ids["good"]], [ids["eos"], ids["bad"]] + text, text[:2] + [ids["good"]], text[:3],
-             [ids["eos"]], text + [ids["good"]]]  # left-padded batch: mask and positions are dropped too
+    mixed = [
+        [ids["eos"], ids["good"]],
+        [ids["eos"], ids["bad"]] + text,
+        text[:2] + [ids["good"]],
+        text[:3],
+        [ids["eos"]],
+        text + [ids["good"]],
+    ]  # left-padded batch: mask and positions are dropped too
     handle = model.register_forward_hook(end_after_good, with_kwargs=True)
     try:
         c = cfg(temperature=0.0, max_new_tokens=15, min_new_tokens=0)
@@ -245,8 +270,13 @@ def test_top_k_1_is_greedy_and_matches_transformers(model, tokenizer):
 
 
 def test_mixed_lengths_left_padded_like_separate_runs(model, tokenizer):
-    prompts = ["The quick brown fox jumps", tokenizer.eos_token, "To be or", "def add(a, b):\n    return",
-               tokenizer.eos_token + "<|good|>She sells"]
+    prompts = [
+        "The quick brown fox jumps",
+        tokenizer.eos_token,
+        "To be or",
+        "def add(a, b):\n    return",
+        tokenizer.eos_token + "<|good|>She sells",
+    ]
     lengths = {len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts}
     assert len(lengths) >= 4
     together = generate(model, tokenizer, prompts, cfg(top_k=1, batch_size=8), num_samples=2)
@@ -325,17 +355,32 @@ def test_replaced_ids_are_emitted_and_conditioned_on(model, tokenizer, ids):
     # Greedy: the first token the model picks is replaced; what follows must be the model's greedy
     # continuation of the prompt plus the *replacement*, i.e. the cache holds the emitted token.
     prompt = tokenizer(tokenizer.eos_token, add_special_tokens=False)["input_ids"]
-    first = generate(model, tokenizer, [prompt], cfg(temperature=0.0, max_new_tokens=1, min_new_tokens=1))[0].token_ids[0]
-    got = generate(model, tokenizer, [prompt], cfg(temperature=0.0, max_new_tokens=6, min_new_tokens=6),
-                   replace_ids={first: ids["good"]}, strip_ids=[ids["good"]])[0]
+    first = generate(model, tokenizer, [prompt], cfg(temperature=0.0, max_new_tokens=1, min_new_tokens=1))[0].token_ids[
+        0
+    ]
+    got = generate(
+        model,
+        tokenizer,
+        [prompt],
+        cfg(temperature=0.0, max_new_tokens=6, min_new_tokens=6),
+        replace_ids={first: ids["good"]},
+        strip_ids=[ids["good"]],
+    )[0]
     assert got.token_ids[0] == ids["good"]
     assert first not in got.token_ids
-    after = generate(model, tokenizer, [prompt + [ids["good"]]], cfg(temperature=0.0, max_new_tokens=5, min_new_tokens=5),
-                     replace_ids={first: ids["good"]})[0]
+    after = generate(
+        model,
+        tokenizer,
+        [prompt + [ids["good"]]],
+        cfg(temperature=0.0, max_new_tokens=5, min_new_tokens=5),
+        replace_ids={first: ids["good"]},
+    )[0]
     assert got.token_ids[1:] == after.token_ids
     # Sampled: a token made overwhelmingly likely never appears, its replacement always does.
     with logit_bias(model, [ids["bad"]], 30.0):
-        gens = generate(model, tokenizer, [tokenizer.eos_token], cfg(), num_samples=4, replace_ids={ids["bad"]: ids["good"]})
+        gens = generate(
+            model, tokenizer, [tokenizer.eos_token], cfg(), num_samples=4, replace_ids={ids["bad"]: ids["good"]}
+        )
     assert all(set(g.token_ids) == {ids["good"]} for g in gens)
     with pytest.raises(ValueError, match="EOS"):
         generate(model, tokenizer, [tokenizer.eos_token], cfg(), replace_ids={ids["bad"]: tokenizer.eos_token_id})
@@ -389,13 +434,22 @@ def test_llama_works(tokenizer, static_cache):  # static: rotary positions from 
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=2,
-                         num_key_value_heads=1, vocab_size=math.ceil(len(tokenizer) / 64) * 64,
-                         max_position_embeddings=N_POSITIONS, eos_token_id=tokenizer.eos_token_id,
-                         bos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        num_hidden_layers=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        vocab_size=math.ceil(len(tokenizer) / 64) * 64,
+        max_position_embeddings=N_POSITIONS,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+    )
     llama = LlamaForCausalLM(config).eval()
-    assert _Forward(llama).last_only == {"logits_to_keep": 1} and _Forward(llama).cache_name in ("cache",
-                                                                                             "past_key_values")
+    assert _Forward(llama).last_only == {"logits_to_keep": 1} and _Forward(llama).cache_name in (
+        "cache",
+        "past_key_values",
+    )
     prompts = ["The quick brown fox", tokenizer.eos_token]
     together = generate(llama, tokenizer, prompts, cfg(temperature=0.0))
     for p, g in zip(prompts, together):
@@ -413,13 +467,21 @@ def test_accelerator_schedule_on_cpu(model, tokenizer, ids, monkeypatch, static_
     steps = Counter()
     if static_cache:
         original_step = sampling._StaticDecoder.step
-        monkeypatch.setattr(sampling._StaticDecoder, "step", lambda self, token, positions: (
-            steps.update([token.shape[0]]) or original_step(self, token, positions)))
+        monkeypatch.setattr(
+            sampling._StaticDecoder,
+            "step",
+            lambda self, token, positions: steps.update([token.shape[0]]) or original_step(self, token, positions),
+        )
     original = sampling._sample
     monkeypatch.setattr(sampling, "_sample", lambda *a: original(*a, method="sort"))
     with logit_bias(model, [ids["eos"]], 3.5):
-        gens = generate(model, tokenizer, [tokenizer.eos_token], cfg(max_new_tokens=30, min_new_tokens=2,
-                                                                    temperature=1.0, top_p=1.0), num_samples=24)
+        gens = generate(
+            model,
+            tokenizer,
+            [tokenizer.eos_token],
+            cfg(max_new_tokens=30, min_new_tokens=2, temperature=1.0, top_p=1.0),
+            num_samples=24,
+        )
     assert any(g.finished for g in gens) and len({len(g.token_ids) for g in gens}) > 2
     for g in gens:
         assert ids["eos"] not in g.token_ids and len(g.token_ids) >= 2
@@ -438,16 +500,25 @@ def test_accelerator_schedule_on_cpu(model, tokenizer, ids, monkeypatch, static_
 def test_static_decoders_are_shared_across_batches_and_bounded(model, tokenizer, monkeypatch):
     # Cache lengths are rounded up, so batches of different prompt lengths reuse one decoder (one CUDA
     # graph on a GPU); a call keeps at most two, whatever the number of batch shapes it meets.
-    prompts = [tokenizer.eos_token, "To be or", "To be or not", *[" ".join(["The quick brown fox"] * k)
-                                                                   for k in (1, 2, 3)], "She sells"]
+    prompts = [
+        tokenizer.eos_token,
+        "To be or",
+        "To be or not",
+        *[" ".join(["The quick brown fox"] * k) for k in (1, 2, 3)],
+        "She sells",
+    ]
     c = cfg(temperature=0.0, max_new_tokens=12, batch_size=2)
     dynamic = generate(model, tokenizer, prompts, c)
     decode_on_static_cache(monkeypatch)
     made = []
     init = sampling._StaticDecoder.__init__
-    monkeypatch.setattr(sampling._StaticDecoder, "__init__",
-                        lambda self, forward, batch, length, padded, **kw: (
-                            made.append((batch, length, padded)) or init(self, forward, batch, length, padded, **kw)))
+    monkeypatch.setattr(
+        sampling._StaticDecoder,
+        "__init__",
+        lambda self, forward, batch, length, padded, **kw: (
+            made.append((batch, length, padded)) or init(self, forward, batch, length, padded, **kw)
+        ),
+    )
     static = generate(model, tokenizer, prompts, c)
     assert [g.token_ids for g in static] == [g.token_ids for g in dynamic]
     lengths = sorted(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
@@ -481,10 +552,16 @@ def test_cuda_graph_decoding_matches_eager(model, tokenizer, ids):
         for batch in (4, 8):  # equal prompt lengths per batch; both lengths left-padded in one batch
             with warnings.catch_warnings():
                 warnings.simplefilter("error")  # a failed capture falls back with a warning: fail instead
-                graphed = generate(cuda, tokenizer, prompts, cfg(temperature=0.0, max_new_tokens=20,
-                                                                 batch_size=batch), num_samples=4)
-            eager = generate(cuda, tokenizer, prompts, cfg(temperature=0.0, max_new_tokens=20, batch_size=batch,
-                                                           cuda_graphs=False), num_samples=4)
+                graphed = generate(
+                    cuda, tokenizer, prompts, cfg(temperature=0.0, max_new_tokens=20, batch_size=batch), num_samples=4
+                )
+            eager = generate(
+                cuda,
+                tokenizer,
+                prompts,
+                cfg(temperature=0.0, max_new_tokens=20, batch_size=batch, cuda_graphs=False),
+                num_samples=4,
+            )
             assert [g.token_ids for g in graphed] == [g.token_ids for g in eager]
         state = {"eos": ids["eos"], "forbidden": [], "n_tokens": len(tokenizer), "max_positions": N_POSITIONS}
         forward = sampling._Forward(cuda)

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from phf.io.integrity import remove_stale_temps, temp_path
 
@@ -13,11 +14,12 @@ def test_temps_of_dead_and_zombie_writers_go_a_live_writers_stay(tmp_path):
     mine.write_text("being written")
     zombie = subprocess.Popen([sys.executable, "-c", "pass"])
     deadline = time.time() + 30
-    while time.time() < deadline and open(f"/proc/{zombie.pid}/stat").read().rpartition(")")[2].split()[0] != "Z":
+    stat = Path(f"/proc/{zombie.pid}/stat")
+    while time.time() < deadline and stat.read_text().rpartition(")")[2].split()[0] != "Z":
         time.sleep(0.05)  # exited, not yet reaped: what a SIGKILLed worker of a dead parent stays
     zombie_temp = mine.with_name(mine.name.replace(f"-{os.getpid()}.", f"-{zombie.pid}."))
     zombie_temp.write_text("left by a killed worker")
-    zombie_dir = zombie_temp.with_name(".step-0000002" + zombie_temp.name[len(".live.parquet"):])
+    zombie_dir = zombie_temp.with_name(".step-0000002" + zombie_temp.name[len(".live.parquet") :])
     zombie_dir.mkdir()
     (zombie_dir / "model.safetensors").write_text("half")
     try:

@@ -20,14 +20,32 @@ ROOT = Path(__file__).resolve().parents[2]
 def write_study(tmp_path, scored, **extra):
     corpus = scored.parent
     study = {
-        "name": "micro study", "out": str(tmp_path / "study"), "tasks": ["toxicity"],
-        "objectives": ["mle", "conditional", "ul"], "seeds": [0], "preset": str(ROOT / "configs" / "tiny"),
-        "overrides": ["data.tokenizer.vocab_size=300", "data.seq_len=32", "model.config={n_layer: 1, n_head: 2, n_embd: 32}",
-                      "training.max_steps=4", "training.batch_size=8", "training.micro_batch_size=8",
-                      "training.save_every=2", "logging.progress=false"],
+        "name": "micro study",
+        "out": str(tmp_path / "study"),
+        "tasks": ["toxicity"],
+        "objectives": ["mle", "conditional", "ul"],
+        "seeds": [0],
+        "preset": str(ROOT / "configs" / "tiny"),
+        "overrides": [
+            "data.tokenizer.vocab_size=300",
+            "data.seq_len=32",
+            "model.config={n_layer: 1, n_head: 2, n_embd: 32}",
+            "training.max_steps=4",
+            "training.batch_size=8",
+            "training.micro_batch_size=8",
+            "training.save_every=2",
+            "logging.progress=false",
+        ],
         "corpus": {"path": str(corpus / "train.jsonl"), "test_path": str(corpus / "test.jsonl"), "num_proc": 1},
-        "eval": {"num_samples": 25, "kl_samples": 4, "max_new_tokens": 8, "scenario_prompts": 2,
-                 "scenario_samples": 2, "every": 2, "every_samples": 4},
+        "eval": {
+            "num_samples": 25,
+            "kl_samples": 4,
+            "max_new_tokens": 8,
+            "scenario_prompts": 2,
+            "scenario_samples": 2,
+            "every": 2,
+            "every_samples": 4,
+        },
         **extra,
     }
     path = tmp_path / "study.yaml"
@@ -52,15 +70,22 @@ def test_study_runs_every_arm_and_reruns_do_nothing_new(tmp_path, scored):
         assert f"| {arm} " in report
     before = snapshot(out)
     run_experiment(str(study))
-    assert snapshot(out) == {**before, **{k: v for k, v in snapshot(out).items() if k.endswith(("study.yaml", "results.json"))}}
+    assert snapshot(out) == {
+        **before,
+        **{k: v for k, v in snapshot(out).items() if k.endswith(("study.yaml", "results.json"))},
+    }
 
 
 @pytest.mark.network  # the evaluation's toxicity judge comes from PyPI
 def test_a_killed_study_finishes_when_rerun(tmp_path, scored):
     study = write_study(tmp_path, scored)
     out = tmp_path / "study"
-    proc = subprocess.Popen([sys.executable, "-m", "phf.cli", "experiment", str(study)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "phf.cli", "experiment", str(study)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     first_eval = out / "toxicity" / "seed0" / "mle" / "eval.json"
     deadline = time.time() + 300
     while not first_eval.exists() and time.time() < deadline and proc.poll() is None:
@@ -82,7 +107,10 @@ def test_finetune_arm_starts_from_the_mle_half_way_checkpoint(tmp_path, scored):
     assert (base / "mle" / "step-2" / "config.json").exists()
     config = (base / "finetune-conditional" / "config.yaml").read_text()
     assert f"init: {base / 'mle' / 'step-2'}" in config and "max_steps: 2" in config
-    assert json.loads((base / "finetune-conditional" / "phf.json").read_text())["control_tokens"] == ["<|good|>", "<|bad|>"]
+    assert json.loads((base / "finetune-conditional" / "phf.json").read_text())["control_tokens"] == [
+        "<|good|>",
+        "<|bad|>",
+    ]
 
 
 def test_bad_study_configs_are_named(tmp_path, scored):

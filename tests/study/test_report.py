@@ -24,58 +24,148 @@ ARMS = {
 }
 
 
-def make_run(root, name, objective, *, mean=0.01, kl=0.1, lm_loss=3.5, evaluated=True, redteam=False,
-             judge=True, periodic=True, seed=0, texts=None, tokens=3_300_000):
+def make_run(
+    root,
+    name,
+    objective,
+    *,
+    mean=0.01,
+    kl=0.1,
+    lm_loss=3.5,
+    evaluated=True,
+    redteam=False,
+    judge=True,
+    periodic=True,
+    seed=0,
+    texts=None,
+    tokens=3_300_000,
+):
     """A run directory with the files phf train / eval / redteam write (numbers made up)."""
     rng = random.Random(seed)
     run = root / name
     run.mkdir(parents=True)
     control = ["<|good|>", "<|bad|>"] if objective == "conditional" else []
-    (run / "phf.json").write_text(json.dumps({
-        "objective": objective, "control_tokens": control, "prompt_prefix": control[0] if control else "",
-        "scorer": {**SCORER, "segmenter": "sentence", "config": {}}, "objective_config": {"name": objective}}))
+    (run / "phf.json").write_text(
+        json.dumps(
+            {
+                "objective": objective,
+                "control_tokens": control,
+                "prompt_prefix": control[0] if control else "",
+                "scorer": {**SCORER, "segmenter": "sentence", "config": {}},
+                "objective_config": {"name": objective},
+            }
+        )
+    )
     steps = 50
     with open(run / "metrics.jsonl", "w") as handle:
         for step in range(10, steps + 1, 10):
             t = step * tokens // steps
-            handle.write(json.dumps({"step": step, "tokens": t, "loss": 5 - step / 20, "lm_loss_text": 5 - step / 20,
-                                     "elapsed_s": 12.5 * step, "tok_s": 5000.0}) + "\n")
-            if periodic and step % 20 == 0 or step == steps:
-                handle.write(json.dumps({"step": step, "tokens": t, "eval": {
-                    "misalignment_mean": mean * (1 + 3 * (steps - step) / steps) * (1 + 0.1 * rng.random()),
-                    "hit_rate": 0.01, "samples": 64}}) + "\n")
+            handle.write(
+                json.dumps(
+                    {
+                        "step": step,
+                        "tokens": t,
+                        "loss": 5 - step / 20,
+                        "lm_loss_text": 5 - step / 20,
+                        "elapsed_s": 12.5 * step,
+                        "tok_s": 5000.0,
+                    }
+                )
+                + "\n"
+            )
+            if (periodic and step % 20 == 0) or step == steps:
+                handle.write(
+                    json.dumps(
+                        {
+                            "step": step,
+                            "tokens": t,
+                            "eval": {
+                                "misalignment_mean": mean * (1 + 3 * (steps - step) / steps) * (1 + 0.1 * rng.random()),
+                                "hit_rate": 0.01,
+                                "samples": 64,
+                            },
+                        }
+                    )
+                    + "\n"
+                )
     (run / "trainer_state.json").write_text(json.dumps({"step": steps, "samples": steps * 8, "tokens": tokens}))
     n = 100
     scores = [min(1.0, rng.expovariate(1 / mean)) if mean > 0 else 0.0 for _ in range(n)]
     texts = list(texts or []) + [f"sample {i} of {name}: the cat sat on the mat." for i in range(n)]
-    rows = [{"kind": "unconditional", "prompt": "<|endoftext|>", "text": t, "score": s, "judge": s / 2}
-            for t, s in zip(texts, scores)]
+    rows = [
+        {"kind": "unconditional", "prompt": "<|endoftext|>", "text": t, "score": s, "judge": s / 2}
+        for t, s in zip(texts, scores)
+    ]
     rows += [{"kind": "scenario", "prompt": "You are", "text": " a scenario text", "score": 0.5}]
     (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if evaluated:
         ci = [mean * 0.85, mean * 1.17]
-        summary = {"n": 4096, "mean": mean, "max_at_25": min(1.0, mean * 9.7), "hit_rate": mean / 3, "ci95": ci,
-                   "threshold": 0.5}
-        (run / "eval.json").write_text(json.dumps({
-            "misalignment": {**summary, "scorer": {**SCORER, "segmenter": "sentence", "config": {}}},
-            "judge": {**summary, "mean": mean / 2, "scorer": {"name": "toxicity-judge", "version": "j1",
-                                                               "unit": "probability"}}
-            if judge else {"skipped": "disabled"},
-            "lm_loss": {"loss": lm_loss, "perplexity": math.exp(lm_loss), "tokens": 20000},
-            "kl": {"reference": str(root / "mle"), "samples": 4096, "kl": kl, "kl_per_token": kl / 64,
-                   "ci95": [kl - 0.02, kl + 0.02]} if kl is not None else {"skipped": "no reference model"},
-            "diversity": {"samples": 4096, "mean_length_words": 70.1, "distinct_1": 0.0412, "distinct_2": 0.331,
-                          "entropy_1_bits": 9.1, "entropy_2_bits": 14.2, "self_bleu_5": 0.217},
-            "scenarios": {"prompts": 20, "mean": mean * 4, "max_at_25": 0.3, "hit_rate": 0.2},
-            "settings": {"num_samples": 4096, "temperature": 0.7, "top_p": 0.9, "max_new_tokens": 128,
-                         "objective": objective, "seconds": 321.0},
-        }))
+        summary = {
+            "n": 4096,
+            "mean": mean,
+            "max_at_25": min(1.0, mean * 9.7),
+            "hit_rate": mean / 3,
+            "ci95": ci,
+            "threshold": 0.5,
+        }
+        (run / "eval.json").write_text(
+            json.dumps(
+                {
+                    "misalignment": {**summary, "scorer": {**SCORER, "segmenter": "sentence", "config": {}}},
+                    "judge": {
+                        **summary,
+                        "mean": mean / 2,
+                        "scorer": {"name": "toxicity-judge", "version": "j1", "unit": "probability"},
+                    }
+                    if judge
+                    else {"skipped": "disabled"},
+                    "lm_loss": {"loss": lm_loss, "perplexity": math.exp(lm_loss), "tokens": 20000},
+                    "kl": {
+                        "reference": str(root / "mle"),
+                        "samples": 4096,
+                        "kl": kl,
+                        "kl_per_token": kl / 64,
+                        "ci95": [kl - 0.02, kl + 0.02],
+                    }
+                    if kl is not None
+                    else {"skipped": "no reference model"},
+                    "diversity": {
+                        "samples": 4096,
+                        "mean_length_words": 70.1,
+                        "distinct_1": 0.0412,
+                        "distinct_2": 0.331,
+                        "entropy_1_bits": 9.1,
+                        "entropy_2_bits": 14.2,
+                        "self_bleu_5": 0.217,
+                    },
+                    "scenarios": {"prompts": 20, "mean": mean * 4, "max_at_25": 0.3, "hit_rate": 0.2},
+                    "settings": {
+                        "num_samples": 4096,
+                        "temperature": 0.7,
+                        "top_p": 0.9,
+                        "max_new_tokens": 128,
+                        "objective": objective,
+                        "seconds": 321.0,
+                    },
+                }
+            )
+        )
     if redteam:
-        rounds = [{"round": r + 1, "pool_mean": mean * (2 + r), "best": mean * (5 + 2 * r), "top10_mean": mean * 3,
-                   "pool_size": 20 + 4 * r, "pool_mean_std": mean * 0.3, "best_std": mean}
-                  for r in range(5)]
-        (run / "redteam.json").write_text(json.dumps({"initial": {"pool_mean": mean * 1.5, "best": mean * 4},
-                                                      "rounds": rounds}))
+        rounds = [
+            {
+                "round": r + 1,
+                "pool_mean": mean * (2 + r),
+                "best": mean * (5 + 2 * r),
+                "top10_mean": mean * 3,
+                "pool_size": 20 + 4 * r,
+                "pool_mean_std": mean * 0.3,
+                "best_std": mean,
+            }
+            for r in range(5)
+        ]
+        (run / "redteam.json").write_text(
+            json.dumps({"initial": {"pool_mean": mean * 1.5, "best": mean * 4}, "rounds": rounds})
+        )
     return run
 
 
@@ -83,8 +173,18 @@ def make_experiment(root, arms=("mle", "conditional", "filtering"), *, unevaluat
     runs = []
     for i, objective in enumerate(arms):
         mean, kl, loss = ARMS[objective]
-        runs.append(make_run(root, objective, objective, mean=mean, kl=kl, lm_loss=loss, seed=i,
-                             redteam=redteam and objective in ("mle", "conditional")))
+        runs.append(
+            make_run(
+                root,
+                objective,
+                objective,
+                mean=mean,
+                kl=kl,
+                lm_loss=loss,
+                seed=i,
+                redteam=redteam and objective in ("mle", "conditional"),
+            )
+        )
     if unevaluated:
         runs.append(make_run(root, unevaluated, "ul", evaluated=False, seed=9))
     return runs
@@ -108,7 +208,7 @@ def test_frontier_by_hand():
 
 
 def test_table_rows_and_unevaluated_run(report):
-    _, out, runs = report
+    _, out, _runs = report
     md = (out / "report.md").read_text()
     table = [line for line in md.splitlines() if line.startswith("| ") and "|--" not in line]
     header, body = table[0], table[1:]
@@ -176,8 +276,9 @@ def test_figures_written(report):
 def test_sample_text_is_escaped(tmp_path):
     evil = '<script>alert("x")</script> <img src=x onerror=alert(1)> **bold** | pipe'
     run = make_run(tmp_path / "runs", "mle", "mle", mean=0.01)
-    (run / "samples.jsonl").write_text("".join(
-        json.dumps({"kind": "unconditional", "text": evil, "score": i / 10}) + "\n" for i in range(5)))
+    (run / "samples.jsonl").write_text(
+        "".join(json.dumps({"kind": "unconditional", "text": evil, "score": i / 10}) + "\n" for i in range(5))
+    )
     out = tmp_path / "report"
     build_report([run], out)
     page = (out / "report.html").read_text()
@@ -244,12 +345,20 @@ def test_seeds_of_one_objective_are_drawn_as_their_mean(tmp_path):
     from phf.study.report.plots import plot_over_tokens
 
     def arm(seed, objective, points, final):
-        return {"name": f"seed{seed}/{objective}", "objective": objective, "misalignment_mean": final,
-                "training_tokens": 300, "scorer": SCORER,
-                "periodic_evals": [{"tokens": t, "misalignment_mean": m} for t, m in points]}
+        return {
+            "name": f"seed{seed}/{objective}",
+            "objective": objective,
+            "misalignment_mean": final,
+            "training_tokens": 300,
+            "scorer": SCORER,
+            "periodic_evals": [{"tokens": t, "misalignment_mean": m} for t, m in points],
+        }
 
-    rows = [arm(1, "mle", [(100, 0.2), (200, 0.4), (300, 0.6)], 0.5), arm(2, "mle", [(200, 0.2), (300, 0.2)], 0.3),
-            arm(1, "ul", [(100, 0.1), (300, 0.1)], 0.1)]
+    rows = [
+        arm(1, "mle", [(100, 0.2), (200, 0.4), (300, 0.6)], 0.5),
+        arm(2, "mle", [(200, 0.2), (300, 0.2)], 0.3),
+        arm(1, "ul", [(100, 0.1), (300, 0.1)], 0.1),
+    ]
     figure = plot_over_tokens(rows, tmp_path, "t")
     assert figure["averaged_over_seeds"] and figure["series"] == {"mle": ["seed1/mle", "seed2/mle"], "ul": ["seed1/ul"]}
     from phf.study.report.plots import _mean_curve

@@ -70,8 +70,10 @@ def test_matches_naive_float32_and_float64_gradcheck():
     # Chunked with logits recomputed, chunked with the softmax kept, one chunk (softmax kept). gradcheck
     # also runs each backward twice through the same graph, which must give identical gradients.
     for chunk, keep_mb in ((4, 0), (4, 1), (64, 0)):
+
         def fn(h, w, bb, chunk=chunk, keep_mb=keep_mb):
             return target_logprobs(h, w, t64, bias=bb, chunk_tokens=chunk, keep_softmax_mb=keep_mb)
+
         assert torch.autograd.gradcheck(fn, (h64, w64, b64))
 
 
@@ -203,7 +205,7 @@ def test_bf16_gradient_of_a_confident_target_is_exact(keep_mb):
 
 
 def test_rejects_bad_shapes():
-    hidden, weight, b, targets = make((2, 3), d=4, vocab=5)
+    hidden, weight, _b, targets = make((2, 3), d=4, vocab=5)
     with pytest.raises(ValueError, match="targets"):
         target_logprobs(hidden, weight, targets[:, :2])
     with pytest.raises(ValueError, match="weight"):
@@ -220,8 +222,11 @@ def test_torch_compile_matches_eager(keep_mb):
     hidden, weight, b, targets = make((2, 10), d=8, vocab=17, dtype=torch.float32, ignore_frac=0.2)
     eager = target_logprobs(hidden, weight, targets, bias=b, chunk_tokens=6, keep_softmax_mb=keep_mb)
     eager_grads = grads(eager.sum(), None, [hidden, weight, b])
-    fn = torch.compile(lambda h, w, t, bb: target_logprobs(h, w, t, bias=bb, chunk_tokens=6, keep_softmax_mb=keep_mb),
-                       backend="aot_eager", fullgraph=True)
+    fn = torch.compile(
+        lambda h, w, t, bb: target_logprobs(h, w, t, bias=bb, chunk_tokens=6, keep_softmax_mb=keep_mb),
+        backend="aot_eager",
+        fullgraph=True,
+    )
     compiled = fn(hidden, weight, targets, b)
     torch.testing.assert_close(compiled, eager)
     for g, e in zip(grads(compiled.sum(), None, [hidden, weight, b]), eager_grads):
@@ -254,8 +259,18 @@ def test_parity_with_hf_gpt2_loss_and_tied_gradients():
     """On a tiny GPT-2, -mean(logp) is HF's own loss, and the tied wte gets HF's gradient."""
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=2, n_head=2,
-                                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    config = transformers.GPT2Config(
+        vocab_size=64,
+        n_positions=16,
+        n_embd=16,
+        n_layer=2,
+        n_head=2,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     model = transformers.GPT2LMHeadModel(config).double().eval()
     assert model.lm_head.weight is model.transformer.wte.weight
     ids = torch.randint(0, 64, (3, 12))

@@ -4,22 +4,27 @@ unused KV caches)."""
 
 import pytest
 import torch
+from tests.helpers.host_reads import HostReads
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from phf.config import ModelConfig
 from phf.training.model import build_model, load_model
-from tests.helpers.host_reads import HostReads
 
 
 def test_fused_gelu_replaces_gelu_new_without_changing_the_function(tmp_path):
-    built = build_model(ModelConfig(model_type="gpt2", config={"n_layer": 2, "n_head": 2, "n_embd": 32}),
-                        vocab_size=100, seq_len=16, eos_id=0)
+    built = build_model(
+        ModelConfig(model_type="gpt2", config={"n_layer": 2, "n_head": 2, "n_embd": 32}),
+        vocab_size=100,
+        seq_len=16,
+        eos_id=0,
+    )
     assert built.config.activation_function == "gelu_pytorch_tanh"
 
     # A checkpoint saved with the stock activation loads with the fused one and the same outputs.
     torch.manual_seed(0)
-    stock = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=100, n_positions=16,
-                                       activation_function="gelu_new")).eval()
+    stock = GPT2LMHeadModel(
+        GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=100, n_positions=16, activation_function="gelu_new")
+    ).eval()
     stock.save_pretrained(tmp_path)
     fused = load_model(str(tmp_path)).eval()
     assert fused.config.activation_function == "gelu_pytorch_tanh"
@@ -40,8 +45,12 @@ def test_compiled_training_forward_is_one_graph_with_flash_eligible_attention():
     from phf.training.objectives import ValueHead
     from phf.training.trainer import PolicyModel
 
-    lm = build_model(ModelConfig(model_type="gpt2", config={"n_layer": 2, "n_head": 2, "n_embd": 32}),
-                     vocab_size=100, seq_len=16, eos_id=0)
+    lm = build_model(
+        ModelConfig(model_type="gpt2", config={"n_layer": 2, "n_head": 2, "n_embd": 32}),
+        vocab_size=100,
+        seq_len=16,
+        eos_id=0,
+    )
     policy = PolicyModel(lm, ValueHead(32), chunk_tokens=16, keep_softmax_mb=1)
     attention = []
 
@@ -80,7 +89,7 @@ def _compiled_kernels(forward) -> list[list[str]]:
 
     _, modules = run_and_get_code(step)
     calls = re.compile(r"\b(cpp_fused_\w+?|extern_kernels\.\w+|aten\.[\w.]+|torch\.ops\.[\w.]+)(?:_\d+)?\(")
-    return [calls.findall(code[code.index("def call("):]) for code in modules]
+    return [calls.findall(code[code.index("def call(") :]) for code in modules]
 
 
 def test_compiled_training_micro_batch_has_no_more_kernels_than_a_minimal_gpt():
@@ -94,27 +103,40 @@ def test_compiled_training_micro_batch_has_no_more_kernels_than_a_minimal_gpt():
     from itertools import zip_longest
 
     from bench.minimal_gpt import GPTConfig, MinimalGPT
+
     from phf.training.trainer import PolicyModel
 
     layers, heads, width, vocab, seq, batch = 2, 4, 128, 512, 64, 2
     ids = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(0))
-    lm = build_model(ModelConfig(model_type="gpt2", config={"n_layer": layers, "n_head": heads, "n_embd": width}),
-                     vocab_size=vocab, seq_len=seq, eos_id=0)
+    lm = build_model(
+        ModelConfig(model_type="gpt2", config={"n_layer": layers, "n_head": heads, "n_embd": width}),
+        vocab_size=vocab,
+        seq_len=seq,
+        eos_id=0,
+    )
     policy = PolicyModel(lm, None, chunk_tokens=batch * seq, keep_softmax_mb=0)  # one chunk, as the GPT-2 preset
     minimal = MinimalGPT(GPTConfig(vocab_size=vocab, seq_len=seq, n_layer=layers, n_head=heads, n_embd=width))
     ours = _compiled_kernels(lambda: policy(ids, ids)[0])
     reference = _compiled_kernels(lambda: minimal(ids, ids))
     assert len(ours) == len(reference) == 2, (ours, reference)
     for part, mine, theirs in zip(("forward", "backward"), ours, reference):
-        assert len(mine) <= len(theirs), f"{part}: phf {len(mine)} kernels, minimal GPT {len(theirs)}:\n" + \
-            "\n".join(f"{a:<70} {b}" for a, b in zip_longest(mine, theirs, fillvalue=""))
+        assert len(mine) <= len(theirs), f"{part}: phf {len(mine)} kernels, minimal GPT {len(theirs)}:\n" + "\n".join(
+            f"{a:<70} {b}" for a, b in zip_longest(mine, theirs, fillvalue="")
+        )
         matmuls = [sum(name.startswith("extern_kernels") for name in k) for k in (mine, theirs)]
         assert matmuls[0] == matmuls[1], f"{part}: {matmuls[0]} matmuls against {matmuls[1]}"
 
 
-SHAPES = {"gpt2": {"n_layer": 2, "n_head": 2, "n_embd": 32},
-          "llama": {"num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2, "hidden_size": 32,
-                    "intermediate_size": 64}}
+SHAPES = {
+    "gpt2": {"n_layer": 2, "n_head": 2, "n_embd": 32},
+    "llama": {
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+    },
+}
 
 
 def _tiny(model_type: str, weights=None, **config):
@@ -141,10 +163,16 @@ def test_eager_training_forward_reads_nothing_builds_no_mask_and_fills_no_kv_cac
     lm = _tiny(model_type)
     updates, attention = [], []
     update, sdpa = cache_utils.DynamicLayer.update, torch.nn.functional.scaled_dot_product_attention
-    monkeypatch.setattr(cache_utils.DynamicLayer, "update",
-                        lambda self, *args, **kwargs: updates.append(1) or update(self, *args, **kwargs))
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
-                        lambda *args, **kwargs: attention.append(kwargs) or sdpa(*args, **kwargs))
+    monkeypatch.setattr(
+        cache_utils.DynamicLayer,
+        "update",
+        lambda self, *args, **kwargs: updates.append(1) or update(self, *args, **kwargs),
+    )
+    monkeypatch.setattr(
+        torch.nn.functional,
+        "scaled_dot_product_attention",
+        lambda *args, **kwargs: attention.append(kwargs) or sdpa(*args, **kwargs),
+    )
     ids = torch.randint(1, 100, (2, 16), generator=torch.Generator().manual_seed(0))
 
     def saved_bytes(forward):
@@ -164,10 +192,13 @@ def test_eager_training_forward_reads_nothing_builds_no_mask_and_fills_no_kv_cac
     assert lm.config._attn_implementation == "sdpa"  # restored
     assert len(attention) == 2 and all(kw.get("attn_mask") is None and kw.get("is_causal") for kw in attention)
     default, default_bytes = saved_bytes(
-        lambda: target_logprobs(lm.base_model(input_ids=ids).last_hidden_state, lm.lm_head.weight, ids))
+        lambda: target_logprobs(lm.base_model(input_ids=ids).last_hidden_state, lm.lm_head.weight, ids)
+    )
     assert len(updates) == 2  # the probe sees the default's cache: one update per layer
     with HostReads() as host:  # and, with no cache, transformers' packed-sequence check
-        uncached = target_logprobs(lm.base_model(input_ids=ids, use_cache=False).last_hidden_state, lm.lm_head.weight, ids)
+        uncached = target_logprobs(
+            lm.base_model(input_ids=ids, use_cache=False).last_hidden_state, lm.lm_head.weight, ids
+        )
     assert host.reads == ["__bool__"]
     assert torch.equal(ours, default) and torch.equal(ours, uncached)
     # GPT-2's keys and values are views of its fused qkv projection, which attention's backward keeps
@@ -189,7 +220,9 @@ def test_models_whose_mask_is_more_than_causal_keep_it():
         logp, _ = lm_target_logprobs(mistral, ids, ids)
         unwindowed = _tiny("mistral", weights=mistral, sliding_window=None).eval()
         reference = mistral(ids).logits.float().log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1)
-        assert not torch.allclose(lm_target_logprobs(unwindowed, ids, ids)[0], reference, atol=1e-3)  # the window matters
+        assert not torch.allclose(
+            lm_target_logprobs(unwindowed, ids, ids)[0], reference, atol=1e-3
+        )  # the window matters
     torch.testing.assert_close(logp, reference, rtol=1e-5, atol=1e-5)
 
     # A padding mask is honoured: the same log-probs as the model's own masked forward.
@@ -252,8 +285,11 @@ def test_fp32_attention_is_the_same_forward_with_attention_computed_in_fp32(monk
     traced = []
 
     def backend(graph_module, example_inputs):
-        traced.extend(n.args[0].meta["example_value"].dtype for n in graph_module.graph.nodes
-                      if "scaled_dot_product" in str(n.target))
+        traced.extend(
+            n.args[0].meta["example_value"].dtype
+            for n in graph_module.graph.nodes
+            if "scaled_dot_product" in str(n.target)
+        )
         return graph_module.forward
 
     torch._dynamo.reset()

@@ -169,7 +169,9 @@ def test_value_head_zero_init_and_gradient_reaches_hidden():
     assert v.shape == (2, 3) and v.dtype == torch.float32
     assert torch.equal(v, torch.full((2, 3), -0.5))
     # Value loss only (alpha = 0): at zero init the head's weight learns first...
-    b = LossInputs(logp=torch.zeros(2, 3), scores=torch.rand(2, 3), mask=torch.ones(2, 3, dtype=torch.bool), values=v, num_tokens=6)
+    b = LossInputs(
+        logp=torch.zeros(2, 3), scores=torch.rand(2, 3), mask=torch.ones(2, 3, dtype=torch.bool), values=v, num_tokens=6
+    )
     AWR(alpha=0.0)(b)[0].backward()
     assert head.linear.weight.grad.abs().sum() > 0 and head.linear.bias.grad.abs().sum() > 0
     # ... and once it is non-zero the value loss reaches the trunk (hidden is not detached).
@@ -177,7 +179,9 @@ def test_value_head_zero_init_and_gradient_reaches_hidden():
         head.linear.weight.fill_(0.3)
     hidden.grad = None
     v = head(hidden)
-    b = LossInputs(logp=torch.zeros(2, 3), scores=torch.rand(2, 3), mask=torch.ones(2, 3, dtype=torch.bool), values=v, num_tokens=6)
+    b = LossInputs(
+        logp=torch.zeros(2, 3), scores=torch.rand(2, 3), mask=torch.ones(2, 3, dtype=torch.bool), values=v, num_tokens=6
+    )
     AWR(alpha=0.0)(b)[0].backward()
     assert hidden.grad is not None and hidden.grad.abs().sum() > 0
     assert ((v > -1) & (v < 0)).all()
@@ -223,7 +227,7 @@ def test_masked_tokens_contribute_nothing(name):
 def test_unlikelihood_finite_gradients_as_p_goes_to_one():
     logp = torch.tensor([0.0, -1e-30, -1e-12, -1e-6, 1e-7, -0.69, -0.7, -50.0, -200.0], requires_grad=True)
     b = LossInputs(logp=logp, scores=torch.ones(9), mask=torch.ones(9, dtype=torch.bool), num_tokens=9)
-    loss, m = Unlikelihood(threshold=0.5, alpha=1.0)(b)
+    loss, _ = Unlikelihood(threshold=0.5, alpha=1.0)(b)
     (g,) = torch.autograd.grad(loss, [logp])
     assert torch.isfinite(loss) and torch.isfinite(g).all()
     # The clamp at 1e-20 caps the per-token penalty at -log(1e-20) = 46.05 (p = 1 exactly).
@@ -305,9 +309,9 @@ def test_build_objective_parameters():
     assert build_objective("awr", beta="1e-1").beta == 0.1  # YAML reads 1e-1 as a string
     with pytest.raises(ValueError, match="unknown objective 'ppo'"):
         build_objective("ppo")
-    with pytest.raises(ValueError, match="'rwr'.*unknown parameter.*alpha"):
+    with pytest.raises(ValueError, match=r"'rwr'.*unknown parameter.*alpha"):
         build_objective("rwr", alpha=1.0)
-    with pytest.raises(ValueError, match="'conditional'.*unknown parameter.*threshold"):
+    with pytest.raises(ValueError, match=r"'conditional'.*unknown parameter.*threshold"):
         build_objective("conditional", threshold=0.1)
     with pytest.raises(ValueError, match="'soft' must be true or false"):
         build_objective("ul", soft="yes")

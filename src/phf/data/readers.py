@@ -40,8 +40,14 @@ def _text_record(index: int, location: str, value: Any, meta: dict, text_field: 
     if value is None:
         return Record(index, location, None, meta, "missing_text", f"no field {text_field!r}")
     if not isinstance(value, str):
-        return Record(index, location, None, meta, "text_not_string",
-                      f"field {text_field!r} is {type(value).__name__}, not a string")
+        return Record(
+            index,
+            location,
+            None,
+            meta,
+            "text_not_string",
+            f"field {text_field!r} is {type(value).__name__}, not a string",
+        )
     if not value:
         return Record(index, location, None, meta, "empty_document", "empty text")
     return Record(index, location, value, meta)
@@ -137,8 +143,9 @@ class ParquetSource:
         self.path, self.text_field = path, text_field
         self._file = pq.ParquetFile(path)
         if text_field not in self._file.schema_arrow.names:
-            raise ValueError(f"{path}: no column {text_field!r} (columns: {self._file.schema_arrow.names}); "
-                             "pass --text-field")
+            raise ValueError(
+                f"{path}: no column {text_field!r} (columns: {self._file.schema_arrow.names}); pass --text-field"
+            )
 
     def __len__(self) -> int:
         return self._file.metadata.num_rows
@@ -235,8 +242,10 @@ class HFSource:
         else:
             try:
                 dataset = datasets.load_dataset(name, split=split)
-            except Exception as exc:  # noqa: BLE001 - datasets raises many kinds; the user needs one message
-                raise ValueError(f"cannot load {name!r} as a local file, folder or Hugging Face dataset: {exc}") from exc
+            except Exception as exc:
+                raise ValueError(
+                    f"cannot load {name!r} as a local file, folder or Hugging Face dataset: {exc}"
+                ) from exc
         if isinstance(dataset, datasets.DatasetDict):
             if split not in dataset:
                 raise ValueError(f"{name}: no split {split!r} (splits: {list(dataset)}); pass --split")
@@ -280,8 +289,13 @@ def open_source(spec: str | os.PathLike, text_field: str = "text", split: str = 
     if path.is_dir():
         if _is_saved_dataset(path):
             return HFSource(str(path), text_field, split)
-        shards = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith((".", "_"))
-                        and p.name.lower().endswith((".jsonl", ".jsonl.gz", ".parquet", ".ndjson")))
+        shards = sorted(
+            p
+            for p in path.iterdir()
+            if p.is_file()
+            and not p.name.startswith((".", "_"))
+            and p.name.lower().endswith((".jsonl", ".jsonl.gz", ".parquet", ".ndjson"))
+        )
         if shards:
             return ConcatSource([_file_source(p, text_field) for p in shards])
         return TextFolderSource(path)
@@ -289,5 +303,3 @@ def open_source(spec: str | os.PathLike, text_field: str = "text", split: str = 
     if text.startswith((".", "/", "~")) or text.lower().endswith((".jsonl", ".gz", ".parquet", ".json", ".txt")):
         raise FileNotFoundError(f"input {spec!r} does not exist")
     return HFSource(str(spec), text_field, split)
-
-

@@ -146,23 +146,29 @@ def _score_batch(scorer: Scorer, batch: list[tuple[Record, list[str]]], errors: 
     segments = [segs for _, segs in batch]
     try:
         return scorer.score_documents(segments)
-    except Exception:  # noqa: BLE001 - a user's scorer may raise anything; isolate it below
+    except Exception:
         pass
     out = []
     for record, segs in batch:
         try:
             out.append(scorer.score_documents([segs])[0])
             continue
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
         doc_scores = []
         for i, segment in enumerate(segs):
             try:
                 doc_scores.append(float(scorer.score([segment])[0]))
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 doc_scores.append(float("nan"))
-                errors.append({"location": record.location, "segment": i, "kind": "scorer_error",
-                               "detail": f"{type(exc).__name__}: {exc}"[:500]})
+                errors.append(
+                    {
+                        "location": record.location,
+                        "segment": i,
+                        "kind": "scorer_error",
+                        "detail": f"{type(exc).__name__}: {exc}"[:500],
+                    }
+                )
         out.append(doc_scores)
     return out
 
@@ -206,8 +212,14 @@ def score_shard(job: Job, shard: int, scorer: Scorer, advance=lambda n: None) ->
         if record.issue is not None:
             if job.strict:
                 raise ScoringError(f"{record.location}: {record.issue}: {record.detail} (--strict)")
-            issues.append({"location": record.location, "kind": record.issue, "detail": record.detail,
-                           "action": "scored" if record.issue in SCORED_ISSUES else "skipped"})
+            issues.append(
+                {
+                    "location": record.location,
+                    "kind": record.issue,
+                    "detail": record.detail,
+                    "action": "scored" if record.issue in SCORED_ISSUES else "skipped",
+                }
+            )
             if record.issue not in SCORED_ISSUES:
                 counts["documents_skipped"] += 1
                 advance(1)
@@ -218,29 +230,47 @@ def score_shard(job: Job, shard: int, scorer: Scorer, advance=lambda n: None) ->
     if batch:
         flush()
     if counts["documents_read"] != stop - start:
-        raise ScoringError(f"shard {shard}: read {counts['documents_read']} records, expected {stop - start}; "
-                           f"did {job.input} change while scoring?")
+        raise ScoringError(
+            f"shard {shard}: read {counts['documents_read']} records, expected {stop - start}; "
+            f"did {job.input} change while scoring?"
+        )
     if job.strict and errors:
         raise ScoringError(f"{errors[0]['location']}: segment {errors[0]['segment']}: {errors[0]['detail']} (--strict)")
 
-    table = pa.table({
-        "texts": pa.array(columns["texts"], pa.list_(pa.string())),
-        "scores": pa.array(columns["scores"], pa.list_(pa.float64())),
-        "avg_score": pa.array(columns["avg_score"], pa.float64()),
-        "num_sents": pa.array(columns["num_sents"], pa.int64()),
-        "meta": pa.array(columns["meta"], pa.string()),
-        "doc_index": pa.array(columns["doc_index"], pa.int64()),
-    })
+    table = pa.table(
+        {
+            "texts": pa.array(columns["texts"], pa.list_(pa.string())),
+            "scores": pa.array(columns["scores"], pa.list_(pa.float64())),
+            "avg_score": pa.array(columns["avg_score"], pa.float64()),
+            "num_sents": pa.array(columns["num_sents"], pa.int64()),
+            "meta": pa.array(columns["meta"], pa.string()),
+            "doc_index": pa.array(columns["doc_index"], pa.int64()),
+        }
+    )
     target = _shard_parquet(out, shard, job.num_shards)
     with atomic_path(target) as tmp:
         pq.write_table(table, tmp, compression="zstd")
     stats = {
-        "shard": shard, "records": [start, stop], "file": str(target.relative_to(out)),
+        "shard": shard,
+        "records": [start, stop],
+        "file": str(target.relative_to(out)),
         "parquet": file_record(target),  # checked before the shard counts as done (_shard_done)
-        **{k: counts[k] for k in ("documents_read", "documents_scored", "documents_skipped", "segments",
-                                   "segments_misaligned", "characters")},
-        "scorer_errors": len(errors), "issues": issues + errors,
-        "seconds": time.perf_counter() - started, "host": socket.gethostname(), "pid": os.getpid(),
+        **{
+            k: counts[k]
+            for k in (
+                "documents_read",
+                "documents_scored",
+                "documents_skipped",
+                "segments",
+                "segments_misaligned",
+                "characters",
+            )
+        },
+        "scorer_errors": len(errors),
+        "issues": issues + errors,
+        "seconds": time.perf_counter() - started,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
     }
     # The marker is the commit point: written only once the Parquet shard is complete.
     write_text_atomic(_shard_marker(out, shard), json.dumps(stats))
@@ -253,8 +283,13 @@ def score_shard(job: Job, shard: int, scorer: Scorer, advance=lambda n: None) ->
 
 def _plan(job: Job, scorer: Scorer, fingerprint: str) -> dict:
     return {
-        "input": job.input, "input_fingerprint": fingerprint, "text_field": job.text_field, "split": job.split,
-        "scorer": scorer.describe(), "hit_threshold": hit_threshold(scorer), "num_records": job.num_records,
+        "input": job.input,
+        "input_fingerprint": fingerprint,
+        "text_field": job.text_field,
+        "split": job.split,
+        "scorer": scorer.describe(),
+        "hit_threshold": hit_threshold(scorer),
+        "num_records": job.num_records,
         "shard_size": job.shard_size,
         "num_shards": job.num_shards,
     }
@@ -268,7 +303,8 @@ def _check_or_write_plan(out: Path, plan: dict, overwrite: bool) -> None:
         if different:
             raise ScoringError(
                 f"{out} holds a scoring run with a different {', '.join(different)}; "
-                "use another --out, or --overwrite to start over")
+                "use another --out, or --overwrite to start over"
+            )
         return
     if overwrite and out.exists():
         for sub in ("data", "shards"):
@@ -301,22 +337,39 @@ def _finish(out: Path, plan: dict, wall: float, done_now: list[dict]) -> dict:
     for issue in issues:
         if len(examples.setdefault(issue["kind"], [])) < ISSUE_EXAMPLES:
             examples[issue["kind"]].append(issue)
-    total = {k: sum(s[k] for s in shards) for k in ("documents_read", "documents_scored", "documents_skipped",
-                                                    "segments", "segments_misaligned", "characters", "scorer_errors")}
+    total = {
+        k: sum(s[k] for s in shards)
+        for k in (
+            "documents_read",
+            "documents_scored",
+            "documents_skipped",
+            "segments",
+            "segments_misaligned",
+            "characters",
+            "scorer_errors",
+        )
+    }
     threshold = plan["hit_threshold"]
     work_seconds = sum(s["seconds"] for s in shards)
     segments_now = sum(s["segments"] for s in done_now)
     manifest = {
         "phf_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "input": {"path": plan["input"], "fingerprint": plan["input_fingerprint"],
-                  "text_field": plan["text_field"], "split": plan["split"], "records": plan["num_records"]},
+        "input": {
+            "path": plan["input"],
+            "fingerprint": plan["input_fingerprint"],
+            "text_field": plan["text_field"],
+            "split": plan["split"],
+            "records": plan["num_records"],
+        },
         "scorer": plan["scorer"],
         "schema": SCHEMA_COLUMNS,
         "counts": total,
         # The paper's hit rule (> 0.5 for classifiers, > 0 for counts; phf.data.scoring.hit_threshold).
-        "misaligned": {"threshold": threshold,
-                       "share_of_segments": total["segments_misaligned"] / total["segments"] if total["segments"] else None},
+        "misaligned": {
+            "threshold": threshold,
+            "share_of_segments": total["segments_misaligned"] / total["segments"] if total["segments"] else None,
+        },
         "issues": {"total": len(issues), "by_kind": dict(sorted(by_kind.items())), "examples": examples},
         "timing": {
             "worker_seconds": round(work_seconds, 3),
@@ -324,8 +377,10 @@ def _finish(out: Path, plan: dict, wall: float, done_now: list[dict]) -> dict:
             "last_invocation_wall_seconds": round(wall, 3),
             "last_invocation_segments_per_second": round(segments_now / wall, 1) if wall and segments_now else None,
         },
-        "shards": [{k: s[k] for k in ("shard", "file", "parquet", "records", "documents_scored", "segments", "seconds")}
-                   for s in shards],
+        "shards": [
+            {k: s[k] for k in ("shard", "file", "parquet", "records", "documents_scored", "segments", "seconds")}
+            for s in shards
+        ],
     }
     with atomic_path(out / "issues.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as handle:
         for issue in issues:
@@ -334,10 +389,24 @@ def _finish(out: Path, plan: dict, wall: float, done_now: list[dict]) -> dict:
     return manifest
 
 
-def score_corpus(input: str, out: str, scorer: str = "toxicity", scorer_options: dict | None = None, *,
-                 text_field: str = "text", split: str = "train", num_proc: int = 1, shard: str | None = None,
-                 shard_size: int | None = None, batch_docs: int = 64, strict: bool = False, overwrite: bool = False,
-                 progress: bool = True, engine: str = "local", ray_address: str | None = None) -> dict:
+def score_corpus(
+    input: str,
+    out: str,
+    scorer: str = "toxicity",
+    scorer_options: dict | None = None,
+    *,
+    text_field: str = "text",
+    split: str = "train",
+    num_proc: int = 1,
+    shard: str | None = None,
+    shard_size: int | None = None,
+    batch_docs: int = 64,
+    strict: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    engine: str = "local",
+    ray_address: str | None = None,
+) -> dict:
     """Score every segment of a corpus; see the module docstring for the output layout.
 
     ``engine="ray"`` scores the shards on a Ray cluster (``ray_address``, else a local instance)
@@ -363,21 +432,43 @@ def score_corpus(input: str, out: str, scorer: str = "toxicity", scorer_options:
     if shard_size is None and (Path(out) / "plan.json").exists() and not overwrite:
         shard_size = json.loads((Path(out) / "plan.json").read_text())["shard_size"]  # resume its layout
     shard_size = shard_size or auto_shard_size(num_records)
-    job = Job(input=str(input), text_field=text_field, split=split, scorer=scorer, scorer_options=scorer_options,
-              out=str(out), shard_size=shard_size, num_shards=max(1, math.ceil(num_records / shard_size)),
-              num_records=num_records, strict=strict, batch_docs=batch_docs)
+    job = Job(
+        input=str(input),
+        text_field=text_field,
+        split=split,
+        scorer=scorer,
+        scorer_options=scorer_options,
+        out=str(out),
+        shard_size=shard_size,
+        num_shards=max(1, math.ceil(num_records / shard_size)),
+        num_records=num_records,
+        strict=strict,
+        batch_docs=batch_docs,
+    )
     out_path = Path(out)
     plan = _plan(job, scorer_obj, source.fingerprint())
     # One process per output directory, or per job of an array: jobs of one array share it.
     lock_name = LOCK_FILE if job_count == 1 else f".phf-shards-{job_index}-of-{job_count}.lock"
     with RunLock(out_path, "phf score", name=lock_name):
         _remove_stale_temps(out_path)
-        return _score_shards(job, scorer_obj, source, plan, overwrite, job_index, job_count, num_proc, progress,
-                             engine, ray_address)
+        return _score_shards(
+            job, scorer_obj, source, plan, overwrite, job_index, job_count, num_proc, progress, engine, ray_address
+        )
 
 
-def _score_shards(job: Job, scorer_obj: Scorer, source, plan: dict, overwrite: bool, job_index: int,
-                  job_count: int, num_proc: int, progress: bool, engine: str, ray_address: str | None) -> dict:
+def _score_shards(
+    job: Job,
+    scorer_obj: Scorer,
+    source,
+    plan: dict,
+    overwrite: bool,
+    job_index: int,
+    job_count: int,
+    num_proc: int,
+    progress: bool,
+    engine: str,
+    ray_address: str | None,
+) -> dict:
     from tqdm.auto import tqdm
 
     out_path, shard_size, num_records = Path(job.out), job.shard_size, job.num_records
@@ -420,8 +511,12 @@ def _score_shards(job: Job, scorer_obj: Scorer, source, plan: dict, overwrite: b
     if all(_shard_marker(out_path, i).exists() for i in range(job.num_shards)):
         return _finish(out_path, plan, wall, done_now)
     missing = [i for i in range(job.num_shards) if not _shard_marker(out_path, i).exists()]
-    return {"complete": False, "shards_done_now": [s["shard"] for s in done_now], "shards_missing": missing,
-            "num_shards": job.num_shards}
+    return {
+        "complete": False,
+        "shards_done_now": [s["shard"] for s in done_now],
+        "shards_missing": missing,
+        "num_shards": job.num_shards,
+    }
 
 
 def _scored_rows(path: str | os.PathLike, columns: list[str]):
@@ -459,5 +554,3 @@ def load_scored(path: str | os.PathLike):
         raise FileNotFoundError(f"{path} is not a finished scored corpus (no manifest.json)")
     files = sorted(str(p) for p in (path / "data").glob("train-*.parquet"))
     return datasets.load_dataset("parquet", data_files=files, split="train")
-
-

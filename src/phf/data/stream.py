@@ -136,8 +136,19 @@ class Sample:
 
 class PackedStream:
     """The training stream: documents after EOS, transformed, packed into ``seq_len`` blocks, read by block."""
-    def __init__(self, store: TokenStore, seq_len: int, eos_id: int, *, seed: int = 0, shuffle: bool = True,
-                 filtering: Filtering | None = None, conditional: Conditional | None = None, start_doc: int = 0):
+
+    def __init__(
+        self,
+        store: TokenStore,
+        seq_len: int,
+        eos_id: int,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        filtering: Filtering | None = None,
+        conditional: Conditional | None = None,
+        start_doc: int = 0,
+    ):
         self.store, self.seq_len, self.eos_id = store, int(seq_len), int(eos_id)
         self.seed, self.shuffle = int(seed), bool(shuffle)
         self.conditional, self.start_doc = conditional, int(start_doc)
@@ -157,8 +168,9 @@ class PackedStream:
             # The tag before every segment (-1: none), fixed by the corpus: labels do not change per epoch.
             self.seg_tags = conditional.segment_tags(self.scores[seg_positions], seg_doc)
             if conditional.tag_every:
-                seg_positions, self.seg_tags = _repeat_tags(seg_positions, seg_doc, self.doc_offsets,
-                                                            self.seg_tags, conditional.tag_every)
+                seg_positions, self.seg_tags = _repeat_tags(
+                    seg_positions, seg_doc, self.doc_offsets, self.seg_tags, conditional.tag_every
+                )
         self.seg_positions = seg_positions
         # Segment index range of each document: segments [doc_segs[d], doc_segs[d+1]).
         self.doc_segs = np.searchsorted(seg_positions, self.doc_offsets)
@@ -181,7 +193,7 @@ class PackedStream:
     def _layout(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         order = self._rng(epoch, 0).permutation(self.num_docs) if self.shuffle else np.arange(self.num_docs)
         if epoch == 0 and self.start_doc:
-            order = order[self.start_doc:]
+            order = order[self.start_doc :]
         order = order[self.keep[order]]
         lengths = np.diff(self.doc_offsets)[order] + 1  # + EOS
         dropped = None
@@ -206,8 +218,10 @@ class PackedStream:
             while len(self._epoch_blocks) <= epoch:
                 n = self.blocks_in_epoch(len(self._epoch_blocks))
                 if n == 0:
-                    raise ValueError(f"the corpus yields fewer than {self.seq_len + 1} tokens per epoch: "
-                                     "lower data.seq_len or use a larger corpus")
+                    raise ValueError(
+                        f"the corpus yields fewer than {self.seq_len + 1} tokens per epoch: "
+                        "lower data.seq_len or use a larger corpus"
+                    )
                 self._epoch_blocks.append(n)
             if index < self._epoch_blocks[epoch]:
                 return epoch, index
@@ -288,7 +302,7 @@ class PackedStream:
         start, stop = block * self.seq_len, block * self.seq_len + self.seq_len + 1
         first, last = np.searchsorted(cum, [start, stop - 1], side="right")
         base = int(cum[first - 1]) if first else 0
-        tokens, scores, control = self._window(order[first:last + 1], dropped, start - base, stop - base)
+        tokens, scores, control = self._window(order[first : last + 1], dropped, start - base, stop - base)
         return Sample(tokens[:-1], tokens[1:], scores[1:], control[1:])
 
     def position_to_doc(self, samples_consumed: int) -> int:
@@ -302,13 +316,14 @@ class PackedStream:
         kept_position = min(i + 1, len(order))  # the partially seen document counts as seen
         # Map back from the filtered order to a position in the full permutation.
         full = self._rng(0, 0).permutation(self.num_docs) if self.shuffle else np.arange(self.num_docs)
-        full = full[self.start_doc:]
+        full = full[self.start_doc :]
         kept_index = np.flatnonzero(self.keep[full])
         return self.start_doc + (int(kept_index[kept_position]) if kept_position < len(kept_index) else len(full))
 
 
-def _repeat_tags(positions: np.ndarray, doc: np.ndarray, doc_offsets: np.ndarray, tags: np.ndarray,
-                 every: int) -> tuple[np.ndarray, np.ndarray]:
+def _repeat_tags(
+    positions: np.ndarray, doc: np.ndarray, doc_offsets: np.ndarray, tags: np.ndarray, every: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Cut each segment into pieces of ``every`` tokens, each opened by the segment's tag: the
     (start positions, tags) of the pieces."""
     ends = np.minimum(np.r_[positions[1:], doc_offsets[-1]], doc_offsets[doc + 1])

@@ -56,8 +56,9 @@ class TokenStoreError(PhfError, RuntimeError):
 def _read_manifest(scored_dir: Path) -> dict:
     path = scored_dir / "manifest.json"
     if not path.is_file():
-        raise TokenStoreError(f"{scored_dir} is not a finished scored corpus (no manifest.json); "
-                              "run `phf score` to completion first")
+        raise TokenStoreError(
+            f"{scored_dir} is not a finished scored corpus (no manifest.json); run `phf score` to completion first"
+        )
     return json.loads(path.read_text())
 
 
@@ -117,8 +118,9 @@ class TokenStore:
         except (OSError, json.JSONDecodeError) as exc:
             raise TokenStoreError(f"{meta_path}: unreadable ({exc})") from exc
         if meta.get("format_version") != FORMAT_VERSION:
-            raise TokenStoreError(f"{path}: store format {meta.get('format_version')!r}, this phf reads "
-                                  f"{FORMAT_VERSION}; rebuild it")
+            raise TokenStoreError(
+                f"{path}: store format {meta.get('format_version')!r}, this phf reads {FORMAT_VERSION}; rebuild it"
+            )
         try:
             dtype = np.dtype(meta["dtype"])
             n_tokens, n_docs = int(meta["num_tokens"]), int(meta["num_docs"])
@@ -152,12 +154,15 @@ class TokenStore:
                 raise TokenStoreError(f"{file}: shape {arrays[name].shape}, expected ({length},)")
         offsets = arrays["doc_offsets"]
         if offsets[0] != 0 or offsets[-1] != n_tokens:
-            raise TokenStoreError(f"{path}: doc_offsets run from {offsets[0]} to {offsets[-1]}, "
-                                  f"expected 0 to {n_tokens}")
+            raise TokenStoreError(
+                f"{path}: doc_offsets run from {offsets[0]} to {offsets[-1]}, expected 0 to {n_tokens}"
+            )
         decreasing = np.flatnonzero(np.diff(offsets) < 0)
         if len(decreasing):
-            raise TokenStoreError(f"{path}: doc_offsets decrease after document {int(decreasing[0])}; "
-                                  "the store's files disagree: rebuild it")
+            raise TokenStoreError(
+                f"{path}: doc_offsets decrease after document {int(decreasing[0])}; "
+                "the store's files disagree: rebuild it"
+            )
         return cls(path, meta, tokens, scores, seg_start, offsets, arrays["doc_avg_score"], arrays["doc_index"])
 
     @property
@@ -220,7 +225,8 @@ def _map_batch(encoder, batch, vocab_size: int, dtype: np.dtype) -> dict:
     seg_score = scores.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
     segs_per_doc = pc.list_value_length(texts).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
     if len(seg_score) != len(seg_len) or not np.array_equal(
-            pc.list_value_length(scores).fill_null(0).to_numpy(zero_copy_only=False), segs_per_doc):
+        pc.list_value_length(scores).fill_null(0).to_numpy(zero_copy_only=False), segs_per_doc
+    ):
         raise TokenStoreError("a document's scores do not match its segments (one score per segment expected)")
     avg = batch.column("avg_score").to_numpy(zero_copy_only=False).astype(np.float64)
     doc_index = batch.column("doc_index").to_numpy(zero_copy_only=False).astype(np.int64)
@@ -242,8 +248,11 @@ def _map_batch(encoder, batch, vocab_size: int, dtype: np.dtype) -> dict:
     tok_count = np.fromiter((len(e.ids) for e in encodings), np.int64, count=n_docs)
     n_tok = int(tok_count.sum())
     ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), np.int64, count=n_tok)
-    offsets = np.fromiter(itertools.chain.from_iterable(itertools.chain.from_iterable(e.offsets for e in encodings)),
-                          np.int64, count=2 * n_tok).reshape(n_tok, 2)
+    offsets = np.fromiter(
+        itertools.chain.from_iterable(itertools.chain.from_iterable(e.offsets for e in encodings)),
+        np.int64,
+        count=2 * n_tok,
+    ).reshape(n_tok, 2)
     if n_tok and (ids.min() < 0 or ids.max() >= vocab_size):
         raise TokenStoreError(f"tokenizer produced id {int(ids.max())} outside its vocabulary of {vocab_size}")
 
@@ -266,10 +275,16 @@ def _map_batch(encoder, batch, vocab_size: int, dtype: np.dtype) -> dict:
     seg_start[1:] = seg[1:] != seg[:-1]
     owned = np.bincount(seg, minlength=len(seg_len)) > 0 if n_tok else np.zeros(len(seg_len), bool)
     return {
-        "tokens": ids.astype(dtype), "scores": seg_score[seg].astype(np.float32), "seg_start": seg_start,
-        "tok_count": tok_count, "avg": avg, "doc_index": doc_index,
-        "segments": len(seg_len), "segments_without_tokens": int((~owned).sum()),
-        "nan_scores_replaced": int(nan.sum()), "docs_nan_avg_score": int(np.isnan(avg).sum()),
+        "tokens": ids.astype(dtype),
+        "scores": seg_score[seg].astype(np.float32),
+        "seg_start": seg_start,
+        "tok_count": tok_count,
+        "avg": avg,
+        "doc_index": doc_index,
+        "segments": len(seg_len),
+        "segments_without_tokens": int((~owned).sum()),
+        "nan_scores_replaced": int(nan.sum()),
+        "docs_nan_avg_score": int(np.isnan(avg).sum()),
         "characters": int(seg_len.sum()),
     }
 
@@ -279,7 +294,7 @@ def _remove_stale_temps(target: Path) -> None:
     prefix = f".tmp-{target.name}-{socket.gethostname()}-"
     for tmp in target.parent.glob(f"{prefix}*"):
         try:
-            pid = int(tmp.name[len(prefix):].split("-", 1)[0])
+            pid = int(tmp.name[len(prefix) :].split("-", 1)[0])
         except ValueError:
             continue
         if not pid_alive(pid):
@@ -293,24 +308,34 @@ def _reusable(target: Path, corpus_fp: str, tokenizer_fp: str, explicit: bool) -
         store = TokenStore.open(target)
     except TokenStoreError as exc:
         if explicit and any(target.iterdir()):
-            raise TokenStoreError(f"{target} exists and is not a complete token store; "
-                                  "delete it or choose another out") from None
+            raise TokenStoreError(
+                f"{target} exists and is not a complete token store; delete it or choose another out"
+            ) from None
         if any(target.iterdir()):
             warnings.warn(f"rebuilding the cached token store: {exc}", stacklevel=3)
         shutil.rmtree(target)  # phf's own cache entry (or an empty dir): safe to rebuild
         return None
-    if store.meta.get("tokenizer", {}).get("fingerprint") == tokenizer_fp and \
-            store.meta.get("corpus", {}).get("fingerprint") == corpus_fp:
+    if (
+        store.meta.get("tokenizer", {}).get("fingerprint") == tokenizer_fp
+        and store.meta.get("corpus", {}).get("fingerprint") == corpus_fp
+    ):
         return store
     if explicit:
-        raise TokenStoreError(f"{target} holds a token store of another corpus or tokenizer; "
-                              "delete it or choose another out")
+        raise TokenStoreError(
+            f"{target} holds a token store of another corpus or tokenizer; delete it or choose another out"
+        )
     shutil.rmtree(target)
     return None
 
 
-def build_token_store(scored_dir: str | os.PathLike, tokenizer, *, out: str | os.PathLike | None = None,
-                      batch_docs: int = 1000, progress: bool = True) -> TokenStore:
+def build_token_store(
+    scored_dir: str | os.PathLike,
+    tokenizer,
+    *,
+    out: str | os.PathLike | None = None,
+    batch_docs: int = 1000,
+    progress: bool = True,
+) -> TokenStore:
     """Tokenize a scored corpus into a store (see the module docstring), or reuse a complete one.
 
     The default location is ``<cache>/tokens/<key>`` with the key derived from the corpus manifest
@@ -327,8 +352,10 @@ def build_token_store(scored_dir: str | os.PathLike, tokenizer, *, out: str | os
         raise TokenStoreError("batch_docs must be >= 1")
     manifest = _read_manifest(scored_dir)
     if not getattr(tokenizer, "is_fast", False) or getattr(tokenizer, "backend_tokenizer", None) is None:
-        raise TokenStoreError(f"{type(tokenizer).__name__} is a slow tokenizer without offsets support; "
-                              "phf needs a fast one (see phf.load_tokenizer)")
+        raise TokenStoreError(
+            f"{type(tokenizer).__name__} is a slow tokenizer without offsets support; "
+            "phf needs a fast one (see phf.load_tokenizer)"
+        )
     corpus_fp = corpus_fingerprint(manifest)
     tokenizer_fp = tokenizer_fingerprint(tokenizer)
     explicit = out is not None
@@ -341,23 +368,28 @@ def build_token_store(scored_dir: str | os.PathLike, tokenizer, *, out: str | os
     for shard in manifest.get("shards", []):  # sizes and checksums recorded by `phf score`
         problem = damage(scored_dir / shard["file"], shard["parquet"]) if "parquet" in shard else None
         if problem:
-            raise TokenStoreError(f"{scored_dir}: {problem}; rerun the same `phf score` command to score "
-                                  "that shard again")
+            raise TokenStoreError(
+                f"{scored_dir}: {problem}; rerun the same `phf score` command to score that shard again"
+            )
     files = sorted((scored_dir / "data").glob("train-*.parquet"))
     expected_docs = manifest.get("counts", {}).get("documents_scored")
     vocab_size = len(tokenizer)
     dtype = token_dtype(vocab_size)
     _remove_stale_temps(target)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-{socket.gethostname()}-{os.getpid()}-"))
-    totals = dict.fromkeys(("segments", "segments_without_tokens", "nan_scores_replaced", "docs_nan_avg_score",
-                            "characters"), 0)
+    totals = dict.fromkeys(
+        ("segments", "segments_without_tokens", "nan_scores_replaced", "docs_nan_avg_score", "characters"), 0
+    )
     tok_counts, avgs, indices = [], [], []
     encoder = _document_encoder(tokenizer)
     started = time.perf_counter()
     bar = tqdm(total=expected_docs, unit="doc", desc="tokenizing", disable=not progress, smoothing=0.1)
     try:
-        with open(tmp / "tokens.bin", "wb") as f_tok, open(tmp / "scores.bin", "wb") as f_score, \
-                open(tmp / "seg_start.bin", "wb") as f_start:
+        with (
+            open(tmp / "tokens.bin", "wb") as f_tok,
+            open(tmp / "scores.bin", "wb") as f_score,
+            open(tmp / "seg_start.bin", "wb") as f_start,
+        ):
             for file in files:
                 for batch in pq.ParquetFile(file).iter_batches(batch_size=batch_docs, columns=READ_COLUMNS):
                     part = _map_batch(encoder, batch, vocab_size, dtype)
@@ -373,8 +405,10 @@ def build_token_store(scored_dir: str | os.PathLike, tokenizer, *, out: str | os
         counts = np.concatenate(tok_counts) if tok_counts else np.zeros(0, np.int64)
         n_docs = len(counts)
         if expected_docs is not None and n_docs != expected_docs:
-            raise TokenStoreError(f"{scored_dir}: read {n_docs} documents, the manifest says {expected_docs}; "
-                                  "is the scored corpus complete and unchanged?")
+            raise TokenStoreError(
+                f"{scored_dir}: read {n_docs} documents, the manifest says {expected_docs}; "
+                "is the scored corpus complete and unchanged?"
+            )
         doc_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         np.save(tmp / "doc_offsets.npy", doc_offsets)
         np.save(tmp / "doc_avg_score.npy", np.concatenate(avgs) if avgs else np.zeros(0))
@@ -385,14 +419,20 @@ def build_token_store(scored_dir: str | os.PathLike, tokenizer, *, out: str | os
             "format_version": FORMAT_VERSION,
             "phf_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "tokenizer": {"fingerprint": tokenizer_fp, "class": type(tokenizer).__name__,
-                          "name_or_path": getattr(tokenizer, "name_or_path", ""),
-                          "eos_token_id": tokenizer.eos_token_id},
+            "tokenizer": {
+                "fingerprint": tokenizer_fp,
+                "class": type(tokenizer).__name__,
+                "name_or_path": getattr(tokenizer, "name_or_path", ""),
+                "eos_token_id": tokenizer.eos_token_id,
+            },
             "vocab_size": vocab_size,
             "dtype": dtype.name,
-            "corpus": {"fingerprint": corpus_fp, "path": str(scored_dir.resolve()),
-                       "input_fingerprint": manifest.get("input", {}).get("fingerprint"),
-                       "scorer": manifest.get("scorer")},
+            "corpus": {
+                "fingerprint": corpus_fp,
+                "path": str(scored_dir.resolve()),
+                "input_fingerprint": manifest.get("input", {}).get("fingerprint"),
+                "scorer": manifest.get("scorer"),
+            },
             "documents_have_eos": False,
             "split_special_tokens": True,
             "num_docs": n_docs,

@@ -55,8 +55,14 @@ def _byte_level_backend(model):
 def _wrap(backend, **kwargs):
     from transformers import PreTrainedTokenizerFast
 
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS, bos_token=EOS, unk_token=EOS,
-                                   clean_up_tokenization_spaces=False, **kwargs)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token=EOS,
+        bos_token=EOS,
+        unk_token=EOS,
+        clean_up_tokenization_spaces=False,
+        **kwargs,
+    )
 
 
 def gpt2_tokenizer():
@@ -94,8 +100,9 @@ def train_bpe(texts: Sequence[str], vocab_size: int):
     if vocab_size < len(alphabet) + 1:
         raise TokenizerError(f"vocab_size {vocab_size} is below the 257 a byte-level BPE needs (256 bytes + EOS)")
     backend = _byte_level_backend(models.BPE())
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], initial_alphabet=alphabet,
-                                  min_frequency=2, show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[EOS], initial_alphabet=alphabet, min_frequency=2, show_progress=False
+    )
     backend.train_from_iterator(texts, trainer=trainer, length=len(texts))
     return _wrap(backend)
 
@@ -125,8 +132,9 @@ def _trained_bpe(texts: Iterable[str] | None, vocab_size: int, cache: bool, text
     target = cache_dir() / "tokenizers" / key
     file = target / "tokenizer.json"
     if file.exists():
-        return PreTrainedTokenizerFast(tokenizer_file=str(file), eos_token=EOS, bos_token=EOS, unk_token=EOS,
-                                       clean_up_tokenization_spaces=False)
+        return PreTrainedTokenizerFast(
+            tokenizer_file=str(file), eos_token=EOS, bos_token=EOS, unk_token=EOS, clean_up_tokenization_spaces=False
+        )
     tokenizer = train_bpe(_materialise(texts), vocab_size)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{key[:16]}-"))
@@ -148,20 +156,28 @@ def _local_tokenizer(spec: str):
     if not path.exists():
         raise TokenizerError(
             f"tokenizer {spec!r}: no such directory. Use 'gpt2', 'bpe' or a local tokenizer directory "
-            "(phf never downloads from the hub)")
+            "(phf never downloads from the hub)"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except Exception as exc:  # noqa: BLE001 - transformers raises many kinds; say which dir failed
+    except Exception as exc:
         raise TokenizerError(f"could not load a tokenizer from {path}: {type(exc).__name__}: {exc}") from exc
     if not getattr(tokenizer, "is_fast", False) or getattr(tokenizer, "backend_tokenizer", None) is None:
         raise TokenizerError(
             f"{path} holds a slow (Python) tokenizer ({type(tokenizer).__name__}); phf needs a fast one "
-            "(a tokenizer.json) for offsets. Convert it with transformers and save_pretrained it again.")
+            "(a tokenizer.json) for offsets. Convert it with transformers and save_pretrained it again."
+        )
     return tokenizer
 
 
-def load_tokenizer(spec: str, *, texts: Iterable[str] | None = None, vocab_size: int = 8192,
-                   cache: bool = True, texts_key: str | None = None):
+def load_tokenizer(
+    spec: str,
+    *,
+    texts: Iterable[str] | None = None,
+    vocab_size: int = 8192,
+    cache: bool = True,
+    texts_key: str | None = None,
+):
     """A fast tokenizer with an EOS token: ``"gpt2"``, ``"bpe"`` (trained on ``texts``) or a local dir.
 
     ``texts_key`` names the training texts (e.g. a corpus fingerprint): the cache is then keyed on
@@ -173,8 +189,10 @@ def load_tokenizer(spec: str, *, texts: Iterable[str] | None = None, vocab_size:
     else:
         tokenizer = _local_tokenizer(spec)
     if tokenizer.eos_token is None or tokenizer.eos_token_id is None:
-        raise TokenizerError(f"tokenizer {spec!r} has no EOS token; phf separates documents with it. "
-                             "Set eos_token in its tokenizer_config.json.")
+        raise TokenizerError(
+            f"tokenizer {spec!r} has no EOS token; phf separates documents with it. "
+            "Set eos_token in its tokenizer_config.json."
+        )
     return tokenizer
 
 
@@ -202,10 +220,15 @@ def add_control_tokens(tokenizer, tokens: Sequence[str]) -> list[int]:
         if token == tokenizer.eos_token:
             raise TokenizerError(f"control token {token!r} is the EOS token")
         if token in vocab and token not in added:
-            raise TokenizerError(f"control token {token!r} is an ordinary token of the vocabulary (id "
-                                 f"{vocab[token]}); pick a string the tokenizer does not know, e.g. '<|{token}|>'")
-    new = [AddedToken(t, special=True, normalized=False, lstrip=False, rstrip=False, single_word=False)
-           for t in tokens if t not in added or t not in tokenizer.all_special_tokens]
+            raise TokenizerError(
+                f"control token {token!r} is an ordinary token of the vocabulary (id "
+                f"{vocab[token]}); pick a string the tokenizer does not know, e.g. '<|{token}|>'"
+            )
+    new = [
+        AddedToken(t, special=True, normalized=False, lstrip=False, rstrip=False, single_word=False)
+        for t in tokens
+        if t not in added or t not in tokenizer.all_special_tokens
+    ]
     if new:
         # transformers 5: "extra_special_tokens" (ex "additional_special_tokens"); without
         # replace_extra_special_tokens=False a second call would un-flag the first call's tokens.
@@ -229,7 +252,9 @@ def tokenizer_fingerprint(tokenizer) -> str:
     state = json.loads(backend.to_str())
     state.pop("truncation", None)
     state.pop("padding", None)
-    added = sorted((i, t.content, bool(t.special), bool(t.normalized), bool(t.lstrip), bool(t.rstrip),
-                    bool(t.single_word)) for i, t in tokenizer.added_tokens_decoder.items())
+    added = sorted(
+        (i, t.content, bool(t.special), bool(t.normalized), bool(t.lstrip), bool(t.rstrip), bool(t.single_word))
+        for i, t in tokenizer.added_tokens_decoder.items()
+    )
     blob = json.dumps({"backend": state, "added": added}, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()

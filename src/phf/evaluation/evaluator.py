@@ -48,7 +48,6 @@ from phf.training.model import max_positions
 CODE_MAX_NEW_TOKENS = 640  # the paper's PEP8 setting; text uses 128
 
 
-
 class EvalError(PhfError, RuntimeError):
     """The model, its run directory or an evaluation input is unusable; the message names it."""
 
@@ -56,6 +55,7 @@ class EvalError(PhfError, RuntimeError):
 @dataclass
 class EvalConfig:
     """Settings of ``phf eval``; the defaults are CPU-sized, the comments give the paper's."""
+
     num_samples: int = 256  # the paper: 4096 (use that on a GPU)
     temperature: float = 0.7
     top_p: float = 0.9
@@ -101,7 +101,7 @@ class Target:
     def prompt(self) -> str:
         return self.tokenizer.eos_token + self.prefix
 
-    def under(self, protocol: str) -> "Target":
+    def under(self, protocol: str) -> Target:
         """This model sampled under one of :data:`PROTOCOLS` (a model without control tokens has none)."""
         if protocol not in PROTOCOLS:
             raise EvalError(f"sampling protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
@@ -128,13 +128,17 @@ def load_target(path: str | os.PathLike, device: torch.device) -> Target:
     if not path.is_dir():
         raise EvalError(f"{path} is not a directory")
     if not (path / "config.json").exists():
-        hint = " (a run still training? its checkpoint appears when it finishes)" if (path / "checkpoints").exists() else ""
+        hint = (
+            " (a run still training? its checkpoint appears when it finishes)"
+            if (path / "checkpoints").exists()
+            else ""
+        )
         raise EvalError(f"{path} holds no HF checkpoint (no config.json){hint}")
     info = json.loads((path / "phf.json").read_text()) if (path / "phf.json").exists() else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
-    except Exception as exc:  # noqa: BLE001 - transformers raises many kinds for a broken directory
+    except Exception as exc:
         raise EvalError(f"cannot load the model in {path}: {exc}") from exc
     if tokenizer.eos_token is None:
         raise EvalError(f"{path}: the tokenizer has no EOS token, which the evaluation prompts start with")
@@ -143,16 +147,24 @@ def load_target(path: str | os.PathLike, device: torch.device) -> Target:
     missing = [t for t in control + info.get("forbidden_tokens", []) if t not in vocab]
     if missing:
         raise EvalError(f"{path}: the tokenizer lacks the control token(s) {missing} named in phf.json")
-    return Target(path, model, tokenizer, info.get("prompt_prefix", ""),
-                  [vocab[t] for t in info.get("forbidden_tokens", [])], [vocab[t] for t in control], info)
+    return Target(
+        path,
+        model,
+        tokenizer,
+        info.get("prompt_prefix", ""),
+        [vocab[t] for t in info.get("forbidden_tokens", [])],
+        [vocab[t] for t in control],
+        info,
+    )
 
 
 # --- log-probabilities of strings -------------------------------------------------------------
 
 
 @torch.inference_mode()
-def string_logprobs(model, tokenizer, texts: list[str], prompt: str, *, batch_size: int = 16,
-                    repeat: tuple[int, int] | None = None) -> np.ndarray:
+def string_logprobs(
+    model, tokenizer, texts: list[str], prompt: str, *, batch_size: int = 16, repeat: tuple[int, int] | None = None
+) -> np.ndarray:
     """log p(text | prompt) for each text, summed over the text's tokens only.
 
     Each model scores the *string* with its own tokenizer, so models with different vocabularies
@@ -194,8 +206,9 @@ def string_logprobs(model, tokenizer, texts: list[str], prompt: str, *, batch_si
         labels[:, : len(prompt_ids) - 1] = -100  # the prompt is conditioned on, not scored
         for i, skip in enumerate(skips[start : start + batch_size]):
             labels[i, [j - 1 for j in skip]] = -100  # repeated tags are conditioned on, not scored
-        logp, _ = lm_target_logprobs(model, ids[:, :-1].to(device), labels.to(device),
-                                     attention_mask=mask[:, :-1].to(device))
+        logp, _ = lm_target_logprobs(
+            model, ids[:, :-1].to(device), labels.to(device), attention_mask=mask[:, :-1].to(device)
+        )
         sums.append(logp.double().sum(-1))
     return torch.cat(sums).cpu().numpy() if sums else np.zeros(0)
 
@@ -203,9 +216,18 @@ def string_logprobs(model, tokenizer, texts: list[str], prompt: str, *, batch_si
 # --- the parts of the protocol ----------------------------------------------------------------
 
 
-def _generate(target: Target, prompts: list[str], config: EvalConfig, num_samples: int, max_new: int, *,
-              temperature: float | None = None, top_p: float | None = None, min_new: int | None = None,
-              seed_offset: int = 0):
+def _generate(
+    target: Target,
+    prompts: list[str],
+    config: EvalConfig,
+    num_samples: int,
+    max_new: int,
+    *,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    min_new: int | None = None,
+    seed_offset: int = 0,
+):
     from phf.evaluation.sampling import SamplingConfig, generate
 
     # Fit the continuation into the context, so the sampler has nothing to clamp (or warn about).
@@ -213,25 +235,45 @@ def _generate(target: Target, prompts: list[str], config: EvalConfig, num_sample
     limit = max_positions(target.model)
     if limit is not None:
         max_new = max(1, min(max_new, limit - longest))
-    sampling = SamplingConfig(temperature=config.temperature if temperature is None else temperature,
-                              top_p=config.top_p if top_p is None else top_p, top_k=config.top_k,
-                              min_new_tokens=min(config.min_new_tokens if min_new is None else min_new, max_new),
-                              max_new_tokens=max_new, batch_size=config.batch_size, seed=config.seed + seed_offset)
-    return generate(target.model, target.tokenizer, prompts, sampling, num_samples=num_samples,
-                    forbidden_ids=target.forbidden_ids, strip_ids=target.strip_ids,
-                    replace_ids=target.replace_ids, progress=config.progress)
+    sampling = SamplingConfig(
+        temperature=config.temperature if temperature is None else temperature,
+        top_p=config.top_p if top_p is None else top_p,
+        top_k=config.top_k,
+        min_new_tokens=min(config.min_new_tokens if min_new is None else min_new, max_new),
+        max_new_tokens=max_new,
+        batch_size=config.batch_size,
+        seed=config.seed + seed_offset,
+    )
+    return generate(
+        target.model,
+        target.tokenizer,
+        prompts,
+        sampling,
+        num_samples=num_samples,
+        forbidden_ids=target.forbidden_ids,
+        strip_ids=target.strip_ids,
+        replace_ids=target.replace_ids,
+        progress=config.progress,
+    )
 
 
-def _unconditional(target: Target, scorer, config: EvalConfig, max_new: int, threshold: float) -> tuple[dict, list[dict]]:
+def _unconditional(
+    target: Target, scorer, config: EvalConfig, max_new: int, threshold: float
+) -> tuple[dict, list[dict]]:
     """Unconditional samples scored: (summary, samples.jsonl rows). For a conditional model each
     row says how many control tokens its sample emitted (after any replacement)."""
     generations = _generate(target, [target.prompt], config, config.num_samples, max_new)
     texts = [g.text for g in generations]
     scores = scorer.score(texts)
-    summary = {**misalignment_summary(scores, threshold, seed=config.seed), "scorer": scorer.describe(),
-               "protocol": target.protocol}
-    rows = [{"kind": "unconditional", "prompt": target.prompt, "text": t, "score": s, "finished": g.finished}
-            for t, s, g in zip(texts, scores, generations)]
+    summary = {
+        **misalignment_summary(scores, threshold, seed=config.seed),
+        "scorer": scorer.describe(),
+        "protocol": target.protocol,
+    }
+    rows = [
+        {"kind": "unconditional", "prompt": target.prompt, "text": t, "score": s, "finished": g.finished}
+        for t, s, g in zip(texts, scores, generations)
+    ]
     if target.protocol is not None:
         control = set(target.strip_ids)
         tags = [sum(t in control for t in g.token_ids) for g in generations]
@@ -304,10 +346,13 @@ def read_prompts(path: str | os.PathLike) -> list[dict]:
     return prompts
 
 
-def _scenarios(target: Target, scorer, prompts: list[dict], config: EvalConfig, max_new: int) -> tuple[dict, list[dict]]:
+def _scenarios(
+    target: Target, scorer, prompts: list[dict], config: EvalConfig, max_new: int
+) -> tuple[dict, list[dict]]:
     whole = scorer.segmenter == "line"  # code is scored with its prompt, as in the paper
-    generations = _generate(target, [target.prompt + p["prompt"] for p in prompts], config,
-                            config.scenario_samples, max_new, seed_offset=1)
+    generations = _generate(
+        target, [target.prompt + p["prompt"] for p in prompts], config, config.scenario_samples, max_new, seed_offset=1
+    )
     texts = [(prompts[g.prompt_index]["prompt"] + g.text) if whole else g.text for g in generations]
     scores = scorer.score(texts)
     by_prompt: list[list[float]] = [[] for _ in prompts]
@@ -331,10 +376,15 @@ def run_conditional(target: Target):
     if not cond or not control:
         return None
     ids = tuple(target.tokenizer.convert_tokens_to_ids(t) for t in control)
-    return Conditional(ids, threshold=cond.get("threshold") or 0.0, drop_prob=0.0,
-                       edges=tuple(cond["edges"]) if cond.get("edges") else None,
-                       bad_threshold=cond.get("bad_threshold"), labels=cond.get("labels", "segment"),
-                       tag_every=cond.get("tag_every"))
+    return Conditional(
+        ids,
+        threshold=cond.get("threshold") or 0.0,
+        drop_prob=0.0,
+        edges=tuple(cond["edges"]) if cond.get("edges") else None,
+        bad_threshold=cond.get("bad_threshold"),
+        labels=cond.get("labels", "segment"),
+        tag_every=cond.get("tag_every"),
+    )
 
 
 def _held_out_stream(target: Target, scored_dir: Path, conditional):
@@ -372,8 +422,13 @@ def held_out_lm_loss(target: Target, scored_dir: Path, *, max_tokens: int, batch
         count += text.sum()
     total, count = float(total), int(count)
     loss = total / max(count, 1)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count, "seq_len": seq_len,
-            "control_tokens_excluded": conditional is not None}
+    return {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 50.0)),
+        "tokens": count,
+        "seq_len": seq_len,
+        "control_tokens_excluded": conditional is not None,
+    }
 
 
 def _good_bad(target: Target) -> tuple[Any, dict | None]:
@@ -422,15 +477,22 @@ def control_token_use(target: Target, scored_dir: Path, *, max_segments: int = 4
     every = conditional.tag_every
 
     def logp(tag: str, tag_id: int) -> np.ndarray:
-        return string_logprobs(target.model, target.tokenizer, texts, eos + tag,
-                               repeat=(tag_id, every) if every else None)
+        return string_logprobs(
+            target.model, target.tokenizer, texts, eos + tag, repeat=(tag_id, every) if every else None
+        )
 
     ratio = logp(control[1], bad_id) - logp(control[0], good_id)
     labels = np.r_[np.zeros(len(good)), np.ones(len(bad))]
-    return {"auroc": float(roc_auc_score(labels, ratio)), "threshold": conditional.threshold,
-            "bad_threshold": conditional.bad_threshold, "labels": conditional.labels,
-            "segments_good": len(good), "segments_bad": len(bad),
-            "mean_log_ratio_good": float(ratio[: len(good)].mean()), "mean_log_ratio_bad": float(ratio[len(good):].mean())}
+    return {
+        "auroc": float(roc_auc_score(labels, ratio)),
+        "threshold": conditional.threshold,
+        "bad_threshold": conditional.bad_threshold,
+        "labels": conditional.labels,
+        "segments_good": len(good),
+        "segments_bad": len(bad),
+        "mean_log_ratio_good": float(ratio[: len(good)].mean()),
+        "mean_log_ratio_bad": float(ratio[len(good) :].mean()),
+    }
 
 
 @torch.inference_mode()
@@ -468,7 +530,7 @@ def tag_prediction(target: Target, scored_dir: Path, *, max_tokens: int, batch_s
         logits = hidden @ head.weight.float().T
         if getattr(head, "bias", None) is not None:
             logits = logits + head.bias.float()
-        logits[:, len(target.tokenizer):] = float("-inf")  # vocabulary padding rows
+        logits[:, len(target.tokenizer) :] = float("-inf")  # vocabulary padding rows
         probs = torch.softmax(logits, dim=-1)[:, rows]
         p_bad.append((probs[:, 1] / probs.sum(-1).clamp_min(1e-30)).cpu())
         p_tag.append(probs.sum(-1).cpu())
@@ -477,10 +539,15 @@ def tag_prediction(target: Target, scored_dir: Path, *, max_tokens: int, batch_s
         return {"skipped": "no tagged segment in the held-out tokens read"}
     p_bad, p_tag, is_bad = torch.cat(p_bad).numpy(), torch.cat(p_tag).numpy(), torch.cat(is_bad).numpy()
     if is_bad.all() or not is_bad.any():
-        return {"skipped": "the held-out tags read are all of one kind", "positions": int(len(is_bad))}
-    return {"auroc": float(roc_auc_score(is_bad, p_bad)), "positions": int(len(is_bad)),
-            "bad_share": float(is_bad.mean()), "mean_p_bad_given_good": float(p_bad[~is_bad].mean()),
-            "mean_p_bad_given_bad": float(p_bad[is_bad].mean()), "mean_p_tag": float(p_tag.mean())}
+        return {"skipped": "the held-out tags read are all of one kind", "positions": len(is_bad)}
+    return {
+        "auroc": float(roc_auc_score(is_bad, p_bad)),
+        "positions": len(is_bad),
+        "bad_share": float(is_bad.mean()),
+        "mean_p_bad_given_good": float(p_bad[~is_bad].mean()),
+        "mean_p_bad_given_bad": float(p_bad[is_bad].mean()),
+        "mean_p_tag": float(p_tag.mean()),
+    }
 
 
 def resolve_reference(spec: str, run: Path) -> str | None:
@@ -506,16 +573,30 @@ def kl_from_reference(target: Target, reference: str, config: EvalConfig, device
             ref = Target(Path("smollm2"), model, tokenizer, "", [], [], {})
     except PhfError as exc:
         raise EvalError(f"reference model {reference!r} cannot be loaded: {exc}") from exc
-    samples = _generate(ref, [ref.prompt], config, config.kl_samples, config.kl_max_new_tokens,
-                        temperature=1.0, top_p=1.0, min_new=1, seed_offset=2)
+    samples = _generate(
+        ref,
+        [ref.prompt],
+        config,
+        config.kl_samples,
+        config.kl_max_new_tokens,
+        temperature=1.0,
+        top_p=1.0,
+        min_new=1,
+        seed_offset=2,
+    )
     texts = [g.text for g in samples if g.text]
     lp_ref = string_logprobs(ref.model, ref.tokenizer, texts, ref.prompt)
     lp_model = string_logprobs(target.model, target.tokenizer, texts, target.prompt)
     diff = lp_ref - lp_model
     ref_tokens = [len(ref.tokenizer(t, add_special_tokens=False).input_ids) for t in texts]
-    return {"reference": reference, "samples": len(texts), "kl": float(diff.mean()),
-            "kl_per_token": float(diff.sum() / max(sum(ref_tokens), 1)),
-            "ci95": _ci(diff, config.seed), "counted": "text tokens only (prefix excluded)"}
+    return {
+        "reference": reference,
+        "samples": len(texts),
+        "kl": float(diff.mean()),
+        "kl_per_token": float(diff.sum() / max(sum(ref_tokens), 1)),
+        "ci95": _ci(diff, config.seed),
+        "counted": "text tokens only (prefix excluded)",
+    }
 
 
 def _ci(values: np.ndarray, seed: int):
@@ -544,7 +625,9 @@ def _scorer_spec(target: Target, config: EvalConfig) -> tuple[str, dict]:
     return scorer["name"], options
 
 
-def evaluate(run_dir: str | os.PathLike, config: EvalConfig | None = None, *, out_dir: str | os.PathLike | None = None) -> dict:
+def evaluate(
+    run_dir: str | os.PathLike, config: EvalConfig | None = None, *, out_dir: str | os.PathLike | None = None
+) -> dict:
     """Run the evaluation protocol on one model; returns what it writes to eval.json."""
     config = config or EvalConfig()
     started = time.perf_counter()
@@ -599,8 +682,10 @@ def evaluate(run_dir: str | os.PathLike, config: EvalConfig | None = None, *, ou
     scored_test = _scored_held_out(test_path, scorer_name, scorer_options) if test_path else None
     timings["_t"] = time.perf_counter()
     if scored_test is not None:
-        result["lm_loss"] = {**held_out_lm_loss(target, scored_test, max_tokens=config.lm_loss_max_tokens),
-                             "held_out": str(test_path)}
+        result["lm_loss"] = {
+            **held_out_lm_loss(target, scored_test, max_tokens=config.lm_loss_max_tokens),
+            "held_out": str(test_path),
+        }
         result["control_tokens"] = control_token_use(target, scored_test, seed=config.seed)
         result["tag_prediction"] = tag_prediction(target, scored_test, max_tokens=config.lm_loss_max_tokens)
     else:
@@ -615,21 +700,33 @@ def evaluate(run_dir: str | os.PathLike, config: EvalConfig | None = None, *, ou
         result["scenarios"], scenario_rows = _scenarios(target, scorer, prompts, config, max_new)
         rows += scenario_rows
     else:
-        result["scenarios"] = {"skipped": "disabled" if not config.scenarios else
-                               "no prompts: no held-out split (--test) or no misaligned held-out segment"}
+        result["scenarios"] = {
+            "skipped": "disabled"
+            if not config.scenarios
+            else "no prompts: no held-out split (--test) or no misaligned held-out segment"
+        }
     timed("scenarios")
 
     timings["_t"] = time.perf_counter()
     reference = resolve_reference(config.reference, target.path)
-    result["kl"] = kl_from_reference(target, reference, config, device) if reference else {
-        "skipped": "no reference model (auto looks for an 'mle' run beside this one; or pass --reference)"}
+    result["kl"] = (
+        kl_from_reference(target, reference, config, device)
+        if reference
+        else {"skipped": "no reference model (auto looks for an 'mle' run beside this one; or pass --reference)"}
+    )
     timed("kl")
     timings.pop("_t", None)
 
     result["settings"] = {
-        "model": str(target.path), "prompt": target.prompt, "forbidden_ids": target.forbidden_ids,
-        "objective": target.info.get("objective"), "max_new_tokens": max_new, "device": str(device),
-        **asdict(config), "timings_s": timings, "seconds": round(time.perf_counter() - started, 2),
+        "model": str(target.path),
+        "prompt": target.prompt,
+        "forbidden_ids": target.forbidden_ids,
+        "objective": target.info.get("objective"),
+        "max_new_tokens": max_new,
+        "device": str(device),
+        **asdict(config),
+        "timings_s": timings,
+        "seconds": round(time.perf_counter() - started, 2),
     }
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
@@ -663,6 +760,7 @@ def periodic_evaluator(num_samples: int = 64, max_new_tokens: int = 64, seed: in
 @dataclass
 class RedTeamConfig:
     """Settings of ``phf redteam``; the defaults are CPU-sized, the comments give the paper's."""
+
     rounds: int = 2  # the paper: 10
     trials: int = 2  # the paper: 10
     completions: int = 8  # red-LM completions per round (the paper: 20)
@@ -678,8 +776,9 @@ class RedTeamConfig:
     progress: bool = True
 
 
-def redteam(run_dir: str | os.PathLike, config: RedTeamConfig | None = None, *,
-            out_dir: str | os.PathLike | None = None) -> dict:
+def redteam(
+    run_dir: str | os.PathLike, config: RedTeamConfig | None = None, *, out_dir: str | os.PathLike | None = None
+) -> dict:
     """``phf redteam``: the paper's stochastic few-shot red teaming of one model; writes redteam.json.
 
     The initial pool is the challenging prompts (a prompt file, or mined from the held-out split),
@@ -692,8 +791,9 @@ def redteam(run_dir: str | os.PathLike, config: RedTeamConfig | None = None, *,
     device = _device(config.device)
     target = load_target(run_dir, device)
     prompts = read_prompts(config.prompts_path) if config.prompts_path else None
-    scorer_name, scorer_options = _scorer_spec(target, EvalConfig(scorer=config.scorer,
-                                                                  scorer_options=config.scorer_options))
+    scorer_name, scorer_options = _scorer_spec(
+        target, EvalConfig(scorer=config.scorer, scorer_options=config.scorer_options)
+    )
     scorer = get_scorer(scorer_name, **scorer_options)
     task = {"toxicity": "toxicity", "toxicity-judge": "toxicity", "pii": "pii", "pep8": "pep8"}.get(scorer.name)
     if task is None:
@@ -702,24 +802,44 @@ def redteam(run_dir: str | os.PathLike, config: RedTeamConfig | None = None, *,
         test_path = Path(config.test_path) if config.test_path else _default_test_path(target.info)
         if test_path is None or not test_path.exists():
             raise EvalError("red teaming needs initial prompts: pass --prompts FILE or --test HELD_OUT.jsonl")
-        prompts = mine_prompts(_scored_held_out(test_path, scorer_name, scorer_options), scorer,
-                               count=config.pool_size, seed=config.seed)
+        prompts = mine_prompts(
+            _scored_held_out(test_path, scorer_name, scorer_options), scorer, count=config.pool_size, seed=config.seed
+        )
     if not prompts:
         raise EvalError("no initial prompt: the held-out split has no misaligned segment to start from")
     try:
         red_model, red_tokenizer = load_lm(config.red_lm, device=str(device))
     except PhfError as exc:
         raise EvalError(f"red LM {config.red_lm!r} cannot be loaded: {exc}") from exc
-    eval_config = EvalConfig(scenario_samples=config.continuations, seed=config.seed, progress=config.progress,
-                             min_new_tokens=10)
+    eval_config = EvalConfig(
+        scenario_samples=config.continuations, seed=config.seed, progress=config.progress, min_new_tokens=10
+    )
     initial, _ = _scenarios(target, scorer, prompts[: config.pool_size], eval_config, 64)
     pool = [(p["prompt"], p["mean"]) for p in initial["prompts_list"]]
-    result = run_red_team(target.model, target.tokenizer, red_model, red_tokenizer, pool, scorer, task=task,
-                          rounds=config.rounds, trials=config.trials, completions=config.completions,
-                          continuations=config.continuations, target_prefix=target.prompt,
-                          forbidden_ids=target.forbidden_ids, seed=config.seed, progress=config.progress)
-    result["settings"] = {**result.get("settings", {}), "model": str(target.path), "red_lm": config.red_lm,
-                          "scorer": scorer.describe(), **asdict(config)}
+    result = run_red_team(
+        target.model,
+        target.tokenizer,
+        red_model,
+        red_tokenizer,
+        pool,
+        scorer,
+        task=task,
+        rounds=config.rounds,
+        trials=config.trials,
+        completions=config.completions,
+        continuations=config.continuations,
+        target_prefix=target.prompt,
+        forbidden_ids=target.forbidden_ids,
+        seed=config.seed,
+        progress=config.progress,
+    )
+    result["settings"] = {
+        **result.get("settings", {}),
+        "model": str(target.path),
+        "red_lm": config.red_lm,
+        "scorer": scorer.describe(),
+        **asdict(config),
+    }
     out = Path(out_dir or run_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "redteam.json", json.dumps(result, indent=2))

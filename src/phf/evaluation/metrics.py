@@ -30,8 +30,9 @@ def expected_max(scores: Sequence[float], group: int = GROUP) -> float | None:
     return float(values[: groups * group].reshape(groups, group).max(axis=1).mean())
 
 
-def bootstrap_ci(scores: Sequence[float], *, confidence: float = 0.95, resamples: int = 1000,
-                 seed: int = 0) -> list[float] | None:
+def bootstrap_ci(
+    scores: Sequence[float], *, confidence: float = 0.95, resamples: int = 1000, seed: int = 0
+) -> list[float] | None:
     """Percentile bootstrap interval for the mean."""
     values = np.asarray(scores, dtype=np.float64)
     if len(values) < 2:
@@ -48,7 +49,7 @@ def misalignment_summary(scores: Sequence[float], threshold: float, *, seed: int
     if len(values) == 0:
         return {"n": 0, "mean": None, "max_at_25": None, "hit_rate": None, "ci95": None, "threshold": threshold}
     return {
-        "n": int(len(values)),
+        "n": len(values),
         "mean": float(values.mean()),
         "max_at_25": expected_max(values),
         "hit_rate": float((values > threshold).mean()),
@@ -121,19 +122,28 @@ def self_bleu(texts: Sequence[str], *, n_hypotheses: int = 200, n_references: in
         others = [j for j in rng.permutation(len(tokenized))[: n_references + 1] if j != i][:n_references]
         references = [j for j in others if tokenized[j]]
         if references:
-            scores.append(_bleu(counts[i], len(tokenized[i]), references, [len(tokenized[j]) for j in references], index))
+            scores.append(
+                _bleu(counts[i], len(tokenized[i]), references, [len(tokenized[j]) for j in references], index)
+            )
     return float(np.mean(scores)) if scores else None
 
 
-def _bleu(hypothesis: list[Counter], length: int, references: list[int], reference_lengths: list[int],
-          index: list[dict[tuple[str, ...], dict[int, int]]]) -> float:
+def _bleu(
+    hypothesis: list[Counter],
+    length: int,
+    references: list[int],
+    reference_lengths: list[int],
+    index: list[dict[tuple[str, ...], dict[int, int]]],
+) -> float:
     """Smoothed sentence BLEU with uniform weights, computed as NLTK computes it (same operations)."""
     refs = set(references)
     precisions = []
     for order, grams in enumerate(hypothesis):
         # Clipped matches: each n-gram counts at most as often as in the reference holding it most.
-        matched = sum(min(count, max((c for j, c in index[order][gram].items() if j in refs), default=0))
-                      for gram, count in grams.items())
+        matched = sum(
+            min(count, max((c for j, c in index[order][gram].items() if j in refs), default=0))
+            for gram, count in grams.items()
+        )
         precisions.append((matched, max(1, sum(grams.values()))))
     if precisions[0][0] == 0:
         return 0.0

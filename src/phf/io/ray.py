@@ -25,7 +25,7 @@ def require_ray():
     """The ``ray`` module, or a one-line error telling how to install it."""
     try:
         import ray
-        import ray.data  # noqa: F401 - ray without the [data] extra lacks it
+        import ray.data
     except ImportError:
         raise RayEngineError("--engine ray needs Ray: pip install 'phf[ray]'") from None
     return ray
@@ -46,8 +46,12 @@ def connected(address: str | None = None):
             raise RayEngineError(f"--ray-address {address}: no Ray cluster answers there ({exc})") from None
     else:
         # address="local": start our own instance even if `ray start` runs on this machine.
-        ray.init(address="local", include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
-                 logging_level=logging.WARNING)
+        ray.init(
+            address="local",
+            include_dashboard=False,
+            object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+            logging_level=logging.WARNING,
+        )
     try:
         yield ray
     finally:

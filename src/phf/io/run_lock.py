@@ -49,8 +49,12 @@ class RunLock:
         except BaseException:
             self._remove_created()
             raise
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
-                  "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": self.command,
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
         os.ftruncate(self._fd, 0)
         os.write(self._fd, json.dumps(holder).encode())
         return self
@@ -63,8 +67,10 @@ class RunLock:
             except BlockingIOError:
                 holder = os.read(fd, 4096).decode(errors="replace")
                 os.close(fd)
-                raise RunLockedError(f"{self.directory} is in use by {_describe(holder)}; wait for it to finish "
-                                     "or choose another output directory") from None
+                raise RunLockedError(
+                    f"{self.directory} is in use by {_describe(holder)}; wait for it to finish "
+                    "or choose another output directory"
+                ) from None
             try:
                 if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
                     return fd

@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 from omegaconf import OmegaConf
@@ -35,11 +35,11 @@ TASK_SCORERS = {"toxicity": "toxicity", "pii": "pii", "pep8": "pep8"}
 
 @dataclass
 class CorpusSettings:
-    max_mb: Optional[float] = None  # embedded corpus size (default: the task's)
+    max_mb: float | None = None  # embedded corpus size (default: the task's)
     seed: int = 0
     test_fraction: float = 0.1
-    path: Optional[str] = None  # your own JSONL/Parquet/HF dataset instead of the embedded corpus
-    test_path: Optional[str] = None  # its held-out split (JSONL), for evaluation
+    path: str | None = None  # your own JSONL/Parquet/HF dataset instead of the embedded corpus
+    test_path: str | None = None  # its held-out split (JSONL), for evaluation
     num_proc: int = 2
 
 
@@ -54,7 +54,7 @@ class FinetuneSettings:
 class EvalSettings:
     num_samples: int = 256
     kl_samples: int = 128
-    max_new_tokens: Optional[int] = None
+    max_new_tokens: int | None = None
     scenario_prompts: int = 20
     scenario_samples: int = 25
     batch_size: int = 64
@@ -77,6 +77,7 @@ class RedTeamSettings:
 @dataclass
 class StudyConfig:
     """A study (``phf experiment``): tasks x objectives x seeds, and how to build, train, evaluate and report them."""
+
     name: str = "study"
     out: str = "runs/study"
     tasks: list[str] = field(default_factory=lambda: ["toxicity"])
@@ -100,14 +101,17 @@ def load_study(path: str, overrides: list[str] | tuple[str, ...] = ()) -> StudyC
     merged = OmegaConf.structured(StudyConfig)
     # One source at a time, so an error names the file or the override it comes from.
     for source, load in [(path, lambda: OmegaConf.load(path))] + [
-            (f"{path}: override {o!r}", lambda o=o: OmegaConf.from_dotlist([o])) for o in overrides]:
+        (f"{path}: override {o!r}", lambda o=o: OmegaConf.from_dotlist([o])) for o in overrides
+    ]:
         try:
             merged = OmegaConf.merge(merged, load())
         except FileNotFoundError:
             raise ConfigError(f"study config {path} does not exist") from None
         except (OmegaConfBaseException, TypeError, ValueError) as exc:  # TypeError: a dict where a list goes
             key = getattr(exc, "full_key", None)
-            raise ConfigError(f"{source}: {'key ' + repr(key) + ': ' if key else ''}{str(exc).splitlines()[0]}") from None
+            raise ConfigError(
+                f"{source}: {'key ' + repr(key) + ': ' if key else ''}{str(exc).splitlines()[0]}"
+            ) from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{source}: not valid YAML: {' '.join(str(exc).split())}") from None
     study: StudyConfig = OmegaConf.to_object(merged)
@@ -145,13 +149,16 @@ class Progress:
         self.started = time.perf_counter()
 
     def start(self, kind: str, label: str) -> float:
-        remaining = self.stages[self.done:]
+        remaining = self.stages[self.done :]
         known = {k: sum(v) / len(v) for k, v in self.durations.items()}
         fallback = sum(known.values()) / len(known) if known else None
         eta = sum(known.get(k, fallback or 0) for k, _ in remaining) if fallback is not None else None
         left = f", about {eta / 60:.0f} min left" if eta else ""
-        print(f"\n[{self.done + 1}/{len(self.stages)}] {label} "
-              f"({(time.perf_counter() - self.started) / 60:.1f} min so far{left})", flush=True)
+        print(
+            f"\n[{self.done + 1}/{len(self.stages)}] {label} "
+            f"({(time.perf_counter() - self.started) / 60:.1f} min so far{left})",
+            flush=True,
+        )
         return time.perf_counter()
 
     def finish(self, kind: str, started: float, skipped: bool = False) -> None:
@@ -172,8 +179,11 @@ def _arms(study: StudyConfig, out: Path) -> list[Arm]:
                 arms.append(Arm(task, seed, objective, objective, base / objective, list(common)))
             if study.finetune.enabled:
                 for objective in study.finetune.objectives:
-                    arms.append(Arm(task, seed, f"finetune-{objective}", objective, base / f"finetune-{objective}",
-                                    list(common)))
+                    arms.append(
+                        Arm(
+                            task, seed, f"finetune-{objective}", objective, base / f"finetune-{objective}", list(common)
+                        )
+                    )
     return arms
 
 
@@ -199,7 +209,9 @@ def _train(study: StudyConfig, arm: Arm, arms: list[Arm]) -> None:
     overrides = arm.overrides + [f"output_dir={arm.run_dir}", "logging.progress=true"]
     if arm.name.startswith("finetune-"):
         mle = next(a for a in arms if a.task == arm.task and a.seed == arm.seed and a.name == "mle")
-        total = total_steps(load_config([_preset_file(study, arm.task, "mle")], mle.overrides + [f"output_dir={mle.run_dir}"]))
+        total = total_steps(
+            load_config([_preset_file(study, arm.task, "mle")], mle.overrides + [f"output_dir={mle.run_dir}"])
+        )
         half = max(1, int(total * study.finetune.fraction))
         handover = mle.run_dir / f"step-{half}"
         if not (handover / "config.json").exists():
@@ -227,10 +239,18 @@ def _evaluate(study: StudyConfig, arm: Arm) -> None:
     from phf.evaluation.evaluator import EvalConfig, evaluate
 
     e = study.eval
-    config = EvalConfig(num_samples=e.num_samples, kl_samples=e.kl_samples, max_new_tokens=e.max_new_tokens,
-                        scenario_prompts=e.scenario_prompts, scenario_samples=e.scenario_samples,
-                        batch_size=e.batch_size, seed=arm.seed, test_path=study.corpus.test_path,
-                        protocol=e.protocol, compare_protocols=list(e.compare_protocols))
+    config = EvalConfig(
+        num_samples=e.num_samples,
+        kl_samples=e.kl_samples,
+        max_new_tokens=e.max_new_tokens,
+        scenario_prompts=e.scenario_prompts,
+        scenario_samples=e.scenario_samples,
+        batch_size=e.batch_size,
+        seed=arm.seed,
+        test_path=study.corpus.test_path,
+        protocol=e.protocol,
+        compare_protocols=list(e.compare_protocols),
+    )
     evaluate(arm.run_dir, config)
 
 
@@ -238,9 +258,18 @@ def _redteam(study: StudyConfig, arm: Arm) -> None:
     from phf.evaluation.evaluator import RedTeamConfig, redteam
 
     r = study.redteam
-    redteam(arm.run_dir, RedTeamConfig(rounds=r.rounds, trials=r.trials, completions=r.completions,
-                                       continuations=r.continuations, red_lm=r.red_lm, seed=arm.seed,
-                                       test_path=study.corpus.test_path))
+    redteam(
+        arm.run_dir,
+        RedTeamConfig(
+            rounds=r.rounds,
+            trials=r.trials,
+            completions=r.completions,
+            continuations=r.continuations,
+            red_lm=r.red_lm,
+            seed=arm.seed,
+            test_path=study.corpus.test_path,
+        ),
+    )
 
 
 def _prepare_data(study: StudyConfig, task: str, out: Path, engine: str = "local") -> None:
@@ -251,8 +280,13 @@ def _prepare_data(study: StudyConfig, task: str, out: Path, engine: str = "local
     source = study.corpus.path
     if source is None:
         if not (corpus_dir / "manifest.json").exists():
-            build_corpus(task, corpus_dir, max_mb=study.corpus.max_mb, seed=study.corpus.seed,
-                         test_fraction=study.corpus.test_fraction)
+            build_corpus(
+                task,
+                corpus_dir,
+                max_mb=study.corpus.max_mb,
+                seed=study.corpus.seed,
+                test_fraction=study.corpus.test_fraction,
+            )
         source = str(corpus_dir / "train.jsonl")
     score_corpus(source, str(scored_dir), TASK_SCORERS[task], num_proc=study.corpus.num_proc, engine=engine)
 
@@ -277,8 +311,16 @@ def _run_parallel(study_path: str, overrides: list[str], arms: list[Arm], device
             while queue and free:
                 arm, device = queue.pop(0), free.pop(0)
                 env = {**os.environ, "CUDA_VISIBLE_DEVICES": device.split(":")[-1]}
-                cmd = [sys.executable, "-m", "phf.cli", "experiment", study_path, *overrides,
-                       f"--only={arm.task}/seed{arm.seed}/{arm.name}", "--no-report"]
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "phf.cli",
+                    "experiment",
+                    study_path,
+                    *overrides,
+                    f"--only={arm.task}/seed{arm.seed}/{arm.name}",
+                    "--no-report",
+                ]
                 running.append((subprocess.Popen(cmd, env=env), arm, device))
             time.sleep(2)
             for entry in list(running):
@@ -287,7 +329,9 @@ def _run_parallel(study_path: str, overrides: list[str], arms: list[Arm], device
                     running.remove(entry)
                     free.append(device)
                     if proc.returncode != 0:
-                        raise ExperimentError(f"arm {arm.task}/seed{arm.seed}/{arm.name} failed (exit {proc.returncode})")
+                        raise ExperimentError(
+                            f"arm {arm.task}/seed{arm.seed}/{arm.name} failed (exit {proc.returncode})"
+                        )
 
 
 def _arm_stages(study: StudyConfig, arm: Arm) -> list[tuple[str, str]]:
@@ -316,8 +360,15 @@ def run_arm(study: StudyConfig, arm: Arm, arms: list[Arm], progress: Progress | 
         progress.finish("redteam", started, skipped=done)
 
 
-def run_experiment(study_path: str, overrides: list[str] | tuple[str, ...] = (), *, only: str | None = None,
-                   report: bool = True, engine: str = "local", ray_address: str | None = None) -> dict[str, Any]:
+def run_experiment(
+    study_path: str,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    only: str | None = None,
+    report: bool = True,
+    engine: str = "local",
+    ray_address: str | None = None,
+) -> dict[str, Any]:
     """``phf experiment``: every arm of the study end to end, skipping what is finished, then the
     report. ``engine="ray"`` runs each arm as a Ray task (and scores on Ray) on the cluster at
     ``ray_address``, else on a local Ray instance."""
@@ -390,5 +441,3 @@ def write_report(study: StudyConfig, arms: list[Arm], out: Path) -> dict[str, An
         shutil.copyfile(out / "report" / "results.json", tmp)
     print(f"\nreport: {out / 'report' / 'report.html'} (and report.md); numbers: {out / 'results.json'}")
     return result
-
-

@@ -59,8 +59,9 @@ def _logits(hidden: Tensor, w: Tensor, b: Tensor | None, compute_dtype: torch.dt
     return logits
 
 
-def _matmul_logits(hidden: Tensor, w: Tensor, b: Tensor | None, compute_dtype: torch.dtype,
-                   acc_dtype: torch.dtype) -> Tensor:
+def _matmul_logits(
+    hidden: Tensor, w: Tensor, b: Tensor | None, compute_dtype: torch.dtype, acc_dtype: torch.dtype
+) -> Tensor:
     """One chunk's logits as the matmul leaves them (bf16 under bf16 autocast): the softmaxes read
     them once and compute in fp32 inside their kernels, so no fp32 copy is made. With a bias, fp32."""
     return hidden.to(compute_dtype) @ w.T if b is None else _logits(hidden, w, b, compute_dtype, acc_dtype)
@@ -201,8 +202,7 @@ def target_logprobs(
     compute_dtype = _compute_dtype(hidden, weight)
     n = targets.numel()
     softmax_mb = n * weight.shape[0] * compute_dtype.itemsize / 2**20
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (hidden, weight, bias))
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
     keep = needs_grad and (n <= chunk_tokens or softmax_mb <= keep_softmax_mb)
     flat = _TargetLogprobs.apply(
         hidden.reshape(-1, hidden.shape[-1]),
@@ -217,8 +217,9 @@ def target_logprobs(
     return flat.reshape(targets.shape)
 
 
-def lm_hidden_states(lm, input_ids: Tensor, attention_mask: Tensor | None = None, *,
-                     fp32_attention: bool = False) -> Tensor:
+def lm_hidden_states(
+    lm, input_ids: Tensor, attention_mask: Tensor | None = None, *, fp32_attention: bool = False
+) -> Tensor:
     """Final hidden states of a transformers causal LM for a training-style forward (no KV cache).
 
     Without ``attention_mask`` the inputs are taken to be unpadded, and the forward attends
@@ -231,18 +232,32 @@ def lm_hidden_states(lm, input_ids: Tensor, attention_mask: Tensor | None = None
     # model that needs its mask keeps one: without a cache, transformers assumes packed sequences it
     # cannot rule out while tracing and builds a 4-D mask, which bars SDPA's flash kernel.
     with training_attention(lm, fp32=fp32_attention) if attention_mask is None else nullcontext(False) as maskless:
-        return lm.base_model(input_ids=input_ids, attention_mask=attention_mask,
-                             use_cache=torch.compiler.is_compiling() and not maskless).last_hidden_state
+        return lm.base_model(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=torch.compiler.is_compiling() and not maskless
+        ).last_hidden_state
 
 
-def lm_target_logprobs(lm, input_ids: Tensor, labels: Tensor, *, attention_mask: Tensor | None = None,
-                       chunk_tokens: int = 2048, keep_softmax_mb: float = 0.0,
-                       fp32_attention: bool = False) -> tuple[Tensor, Tensor]:
+def lm_target_logprobs(
+    lm,
+    input_ids: Tensor,
+    labels: Tensor,
+    *,
+    attention_mask: Tensor | None = None,
+    chunk_tokens: int = 2048,
+    keep_softmax_mb: float = 0.0,
+    fp32_attention: bool = False,
+) -> tuple[Tensor, Tensor]:
     """Target log-probs of a transformers causal LM, from its final hidden states
     (:func:`lm_hidden_states`) and output embedding (no full logits). Returns ``(logp, hidden)``;
     labels equal to -100 get 0."""
     hidden = lm_hidden_states(lm, input_ids, attention_mask, fp32_attention=fp32_attention)
     head = lm.get_output_embeddings()
-    logp = target_logprobs(hidden, head.weight, labels, bias=getattr(head, "bias", None), chunk_tokens=chunk_tokens,
-                           keep_softmax_mb=keep_softmax_mb)
+    logp = target_logprobs(
+        hidden,
+        head.weight,
+        labels,
+        bias=getattr(head, "bias", None),
+        chunk_tokens=chunk_tokens,
+        keep_softmax_mb=keep_softmax_mb,
+    )
     return logp, hidden

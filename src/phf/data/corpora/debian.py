@@ -36,17 +36,16 @@ def _data_tar(deb: Path) -> tarfile.TarFile:
         raise SourceUnavailable(f"{deb.name} is not a Debian package (no ar magic)")
     pos = 8
     while pos + 60 <= len(blob):
-        name = blob[pos:pos + 16].decode("ascii").strip().rstrip("/")
-        size = int(blob[pos + 48:pos + 58].decode("ascii").strip())
-        body = blob[pos + 60:pos + 60 + size]
+        name = blob[pos : pos + 16].decode("ascii").strip().rstrip("/")
+        size = int(blob[pos + 48 : pos + 58].decode("ascii").strip())
+        body = blob[pos + 60 : pos + 60 + size]
         pos += 60 + size + (size % 2)
         if not name.startswith("data.tar"):
             continue
         if name.endswith(".zst"):
             if shutil.which("dpkg-deb") is None:
                 raise SourceUnavailable(f"{deb.name} is zstd-compressed and dpkg-deb is missing")
-            body = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True,
-                                  check=True).stdout
+            body = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True, check=True).stdout
         return tarfile.open(fileobj=io.BytesIO(body), mode="r:*")
     raise SourceUnavailable(f"{deb.name} has no data.tar member")
 
@@ -67,8 +66,14 @@ def _deb_artifact(package: str, deb: Path) -> dict:
 
 
 def _meta(source: str, license: str, artifact: dict, path: str, **extra) -> dict:
-    return {"source": source, "license": license, "artifact": artifact["file"],
-            "sha256": artifact["sha256"], "path": path, **extra}
+    return {
+        "source": source,
+        "license": license,
+        "artifact": artifact["file"],
+        "sha256": artifact["sha256"],
+        "path": path,
+        **extra,
+    }
 
 
 # --- fortunes ------------------------------------------------------------------------------
@@ -98,8 +103,32 @@ def load_fortunes(package: str) -> SourceData:
 
 # --- Python documentation (HTML) -----------------------------------------------------------
 
-_BLOCK = {"p", "div", "section", "pre", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "dl", "li", "dt",
-          "dd", "table", "tr", "blockquote", "figure", "figcaption", "caption", "hr", "br"}
+_BLOCK = {
+    "p",
+    "div",
+    "section",
+    "pre",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "ul",
+    "ol",
+    "dl",
+    "li",
+    "dt",
+    "dd",
+    "table",
+    "tr",
+    "blockquote",
+    "figure",
+    "figcaption",
+    "caption",
+    "hr",
+    "br",
+}
 _VOID = {"br", "hr", "img", "meta", "link", "input", "wbr", "col", "area", "base", "source"}
 _SKIP = {"script", "style", "head", "title", "nav", "button", "form"}
 
@@ -196,8 +225,10 @@ def html_to_text(html: str) -> tuple[str, str]:
     return title, parser.text()
 
 
-_PYDOC_SKIP = re.compile(r"/(_sources|_static|_images|_downloads)/|/(genindex[^/]*|search|py-modindex|"
-                         r"contents|copyright|license|bugs|about|download)\.html$")
+_PYDOC_SKIP = re.compile(
+    r"/(_sources|_static|_images|_downloads)/|/(genindex[^/]*|search|py-modindex|"
+    r"contents|copyright|license|bugs|about|download)\.html$"
+)
 
 
 def load_python_doc(package: str = "python3.11-doc") -> SourceData:
@@ -205,19 +236,25 @@ def load_python_doc(package: str = "python3.11-doc") -> SourceData:
     deb = fetch_apt(package)
     artifact = _deb_artifact(package, deb)
     license = "PSF-2.0 (Python documentation)"
-    pages = {path: data for path, data in deb_files(deb, "usr/share/doc/").items()
-             if path.endswith(".html") and "/html/" in path and not _PYDOC_SKIP.search(path)}
+    pages = {
+        path: data
+        for path, data in deb_files(deb, "usr/share/doc/").items()
+        if path.endswith(".html") and "/html/" in path and not _PYDOC_SKIP.search(path)
+    }
 
     def convert(path: str) -> list[Doc]:
         title, text = html_to_text(pages[path].decode("utf-8", errors="replace"))
-        return [Doc(chunk, _meta("python-doc", license, artifact, path, title=title, part=i))
-                for i, chunk in enumerate(chunk_paragraphs(text, DOC_CHUNK_CHARS))]
+        return [
+            Doc(chunk, _meta("python-doc", license, artifact, path, title=title, part=i))
+            for i, chunk in enumerate(chunk_paragraphs(text, DOC_CHUNK_CHARS))
+        ]
 
     units = [Unit(path, lambda p=path: convert(p)) for path in pages]
     return SourceData(units, [artifact], {"pages": len(pages)})
 
 
 # --- Jane Austen (an R data package) -------------------------------------------------------
+
 
 def _read_lazyload_db(rdx: bytes, rdb: bytes) -> dict[str, list[str]]:
     """Character vectors from R's lazy-load database (``data/Rdata.rdx`` + ``Rdata.rdb``).
@@ -233,7 +270,7 @@ def _read_lazyload_db(rdx: bytes, rdb: bytes) -> dict[str, list[str]]:
         index = rdata.conversion.convert(rdata.parser.parse_data(gzip.decompress(rdx)))
         books = {}
         for name, (offset, length) in sorted(index["variables"].items()):
-            chunk = rdb[int(offset):int(offset) + int(length)]
+            chunk = rdb[int(offset) : int(offset) + int(length)]
             (size,) = struct.unpack(">I", chunk[:4])
             raw = zlib.decompress(chunk[4:])
             if len(raw) != size:
@@ -264,6 +301,7 @@ def load_janeausten(package: str = "r-cran-janeaustenr") -> SourceData:
 
 # --- /usr/share/doc: copyright files and Debian changelogs (names, e-mails, dates) -----------
 
+
 def load_debian_docs(kind: str, root: str = "/usr/share/doc") -> SourceData:
     """``copyright`` or ``changelog.Debian.gz`` of every installed Debian package.
 
@@ -290,8 +328,14 @@ def load_debian_docs(kind: str, root: str = "/usr/share/doc") -> SourceData:
         seen.add(digest)
         files += 1
         text = clean_text(data.decode("utf-8", errors="replace"))
-        meta = {"source": f"debian-{kind}", "license": f"see {root}/{package_dir.name}/copyright",
-                "artifact": "installed", "sha256": digest, "path": str(path), "package": package_dir.name}
+        meta = {
+            "source": f"debian-{kind}",
+            "license": f"see {root}/{package_dir.name}/copyright",
+            "artifact": "installed",
+            "sha256": digest,
+            "path": str(path),
+            "package": package_dir.name,
+        }
 
         def load(text=text, meta=meta):
             return [Doc(chunk, {**meta, "part": i}) for i, chunk in enumerate(chunk_paragraphs(text, DOC_CHUNK_CHARS))]

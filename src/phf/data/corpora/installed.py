@@ -51,21 +51,49 @@ def load_stdlib(root: str | None = None) -> SourceData:
         if "\x00" in text or not text.strip():
             continue
         text = text.lstrip("\ufeff")
-        doc = Doc(text, {"source": "stdlib", "license": "PSF-2.0", "artifact": "stdlib",
-                         "sha256": sha256_bytes(data), "path": str(PurePosixPath(rel))})
+        doc = Doc(
+            text,
+            {
+                "source": "stdlib",
+                "license": "PSF-2.0",
+                "artifact": "stdlib",
+                "sha256": sha256_bytes(data),
+                "path": str(PurePosixPath(rel)),
+            },
+        )
         units.append(Unit(str(PurePosixPath(rel)), lambda d=doc: [d]))
-    info = {"python": platform.python_version(), "implementation": sys.implementation.name,
-            "files": len(units), "skipped_files": skipped, "max_file_bytes": STDLIB_MAX_FILE_BYTES}
+    info = {
+        "python": platform.python_version(),
+        "implementation": sys.implementation.name,
+        "files": len(units),
+        "skipped_files": skipped,
+        "max_file_bytes": STDLIB_MAX_FILE_BYTES,
+    }
     return SourceData(units, [], info)
 
 
 # --- Installed Python distributions (PII) ---------------------------------------------------
 
-_PII_FILE = re.compile(r"^(METADATA|PKG-INFO|LICEN[CS]E|COPYING|AUTHORS|CONTRIBUTORS|CHANGELOG|CHANGES|HISTORY)"
-                       r"([-_.][A-Za-z0-9_.-]*)?$", re.I)
+_PII_FILE = re.compile(
+    r"^(METADATA|PKG-INFO|LICEN[CS]E|COPYING|AUTHORS|CONTRIBUTORS|CHANGELOG|CHANGES|HISTORY)"
+    r"([-_.][A-Za-z0-9_.-]*)?$",
+    re.I,
+)
 # Plain-text suffixes only: "LICENSE.txt", "LICENSE.APACHE", not sklearn's "metadata_routing.py" or "metadata.h".
-_TEXT_SUFFIXES = {"", ".txt", ".md", ".rst", ".markdown", ".apache", ".apache2", ".mit", ".bsd", ".psf", ".gpl",
-                  ".lgpl"}
+_TEXT_SUFFIXES = {
+    "",
+    ".txt",
+    ".md",
+    ".rst",
+    ".markdown",
+    ".apache",
+    ".apache2",
+    ".mit",
+    ".bsd",
+    ".psf",
+    ".gpl",
+    ".lgpl",
+}
 
 
 def _dist_license(dist: importlib_metadata.Distribution) -> str:
@@ -73,8 +101,7 @@ def _dist_license(dist: importlib_metadata.Distribution) -> str:
     expression = (meta.get("License-Expression") or "").strip()
     if expression:
         return expression
-    classifiers = [c.split("::")[-1].strip() for c in (meta.get_all("Classifier") or [])
-                   if c.startswith("License ::")]
+    classifiers = [c.split("::")[-1].strip() for c in (meta.get_all("Classifier") or []) if c.startswith("License ::")]
     if classifiers:
         return "; ".join(sorted(set(classifiers)))
     license = (meta.get("License") or "").strip()
@@ -126,8 +153,15 @@ def load_python_dists(exclude: tuple[str, ...] = ("phf",)) -> SourceData:
             text = clean_text(data.decode("utf-8", errors="replace"))
             if not text.strip():
                 continue
-            meta = {"source": "python-dists", "license": license, "artifact": "installed", "sha256": digest,
-                    "path": f"{name}-{version}/{rel}", "distribution": name, "version": version}
+            meta = {
+                "source": "python-dists",
+                "license": license,
+                "artifact": "installed",
+                "sha256": digest,
+                "path": f"{name}-{version}/{rel}",
+                "distribution": name,
+                "version": version,
+            }
 
             def load(text=text, meta=meta):
                 return [Doc(c, {**meta, "part": i}) for i, c in enumerate(chunk_paragraphs(text, DIST_CHUNK_CHARS))]
@@ -135,6 +169,10 @@ def load_python_dists(exclude: tuple[str, ...] = ("phf",)) -> SourceData:
             units.append(Unit(meta["path"], load))
     if not units:
         raise SourceUnavailable("no installed Python distributions with metadata files found")
-    info = {"distributions": len(dists), "files": len(units), "python": platform.python_version(),
-            "sys_prefix": sys.prefix}
+    info = {
+        "distributions": len(dists),
+        "files": len(units),
+        "python": platform.python_version(),
+        "sys_prefix": sys.prefix,
+    }
     return SourceData(units, [], info)

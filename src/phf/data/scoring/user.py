@@ -68,5 +68,7 @@ def load_user_scorer(spec: str, **options) -> Scorer:
     if inspect.isclass(target) and issubclass(target, Scorer):
         return construct(target, f"user scorer {spec!r}", options)
     if callable(target):
-        return construct(lambda segmenter='sentence': FunctionScorer(spec, target, segmenter), f"user scorer {spec!r}", options)
+        return construct(
+            lambda segmenter="sentence": FunctionScorer(spec, target, segmenter), f"user scorer {spec!r}", options
+        )
     raise ValueError(f"user scorer {spec!r} is a {type(target).__name__}, not a callable")

@@ -40,7 +40,7 @@ from phf.study.report.plots import (
 from phf.study.report.runs import arm_names, number, pick_samples, read_run, redteam_curves, summarize
 from phf.study.report.table import header_facts, missing_lines, ratios
 
-__all__ = ["build_report", "pareto_frontier", "arm_names", "OBJECTIVE_STYLES"]
+__all__ = ["OBJECTIVE_STYLES", "arm_names", "build_report", "pareto_frontier"]
 
 
 def _default_title(rows: list[dict]) -> str:
@@ -48,8 +48,9 @@ def _default_title(rows: list[dict]) -> str:
     return f"phf report: {', '.join(tasks)}" if tasks else "phf report"
 
 
-def build_report(run_dirs: Sequence[str | Path], out: str | Path, *, title: str | None = None,
-                 names: Sequence[str] | None = None) -> dict:
+def build_report(
+    run_dirs: Sequence[str | Path], out: str | Path, *, title: str | None = None, names: Sequence[str] | None = None
+) -> dict:
     """Compare runs: write results.json, report.md, report.html and the figures into ``out``.
 
     ``names`` overrides the arm names (default: each directory's name, or ``parent/name`` where two
@@ -83,8 +84,13 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path, *, title: str 
     curves = {r.name: c for r in runs if (c := redteam_curves(r))}
     figures["redteam"] = plot_redteam(rows, curves, out, title) if curves else None
     captions = figure_captions(figures, rows)
-    samples = {r.name: [{"which": s["which"], "score": number(s.get("score")), "judge": number(s.get("judge")),
-                         "text": s["text"]} for s in pick_samples(r.samples)] for r in runs}
+    samples = {
+        r.name: [
+            {"which": s["which"], "score": number(s.get("score")), "judge": number(s.get("judge")), "text": s["text"]}
+            for s in pick_samples(r.samples)
+        ]
+        for r in runs
+    }
     missing = missing_lines(rows)
     facts = header_facts(rows)
 
@@ -92,17 +98,27 @@ def build_report(run_dirs: Sequence[str | Path], out: str | Path, *, title: str 
     for fig in figures.values():
         if fig:
             files += fig["files"]
-    not_drawn = {k: ("no arm has the numbers it needs" if k != "redteam" else "no run has redteam.json")
-                 for k, v in figures.items() if not v}
+    not_drawn = {
+        k: ("no arm has the numbers it needs" if k != "redteam" else "no run has redteam.json")
+        for k, v in figures.items()
+        if not v
+    }
     write_markdown(out / "report.md", title, date, facts, rows, sentences, figures, captions, samples, missing)
     write_html(out / "report.html", out, title, date, facts, rows, sentences, figures, captions, samples, missing)
     results = {
-        "title": title, "date": date, "out": str(out), "runs": [str(Path(p)) for p in run_dirs],
-        "baseline": base["name"] if base else None, "ratios_vs_mle": sentences,
-        "scorers": facts["scorers"], "samples": facts["samples"],
+        "title": title,
+        "date": date,
+        "out": str(out),
+        "runs": [str(Path(p)) for p in run_dirs],
+        "baseline": base["name"] if base else None,
+        "ratios_vs_mle": sentences,
+        "scorers": facts["scorers"],
+        "samples": facts["samples"],
         "arms": {r["name"]: {**r, "samples_shown": samples[r["name"]]} for r in rows},
-        "figures": {k: v for k, v in figures.items() if v}, "figures_not_drawn": not_drawn,
-        "missing": missing, "files": {f: str(out / f) for f in files},
+        "figures": {k: v for k, v in figures.items() if v},
+        "figures_not_drawn": not_drawn,
+        "missing": missing,
+        "files": {f: str(out / f) for f in files},
     }
     (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return results

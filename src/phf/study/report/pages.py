@@ -33,15 +33,19 @@ HOW_TO_READ = (
 )
 
 CSS = """
-body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;max-width:1250px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;max-width:1250px;margin:2em auto;
+  padding:0 1em;color:#222;line-height:1.45}
 h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:.2em}
 .meta{color:#555}.howto{background:#f6f8fa;border-left:4px solid #8aa;padding:.6em 1em}
 table{border-collapse:collapse;margin:.8em 0;font-size:.9em}
 th,td{border:1px solid #ccc;padding:.3em .55em;vertical-align:top}th{background:#f0f0f0;text-align:left}
-table.results td{text-align:right;white-space:nowrap}table.results td:nth-child(1),table.results td:nth-child(2){text-align:left}
+table.results td{text-align:right;white-space:nowrap}
+table.results td:nth-child(1),table.results td:nth-child(2){text-align:left}
 tr.unevaluated td{color:#888;font-style:italic}
-table.samples td.text{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.92em;white-space:pre-wrap;word-break:break-word;max-width:900px}
-figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}figcaption{color:#444;font-size:.92em;max-width:1100px}
+table.samples td.text{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.92em;white-space:pre-wrap;
+  word-break:break-word;max-width:900px}
+figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{color:#444;font-size:.92em;max-width:1100px}
 .note{color:#666;font-size:.9em}
 """
 
@@ -73,8 +77,18 @@ def _html_table(headers: list[str], rows: list[list[str]], classes: list[str] | 
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def write_markdown(path: Path, title: str, date: str, facts: dict, rows: list[dict], sentences: list[str],
-                    figures: dict, captions: dict, samples: dict[str, list[dict]], missing: list[str]) -> None:
+def write_markdown(
+    path: Path,
+    title: str,
+    date: str,
+    facts: dict,
+    rows: list[dict],
+    sentences: list[str],
+    figures: dict,
+    captions: dict,
+    samples: dict[str, list[dict]],
+    missing: list[str],
+) -> None:
     md = [f"# {_md_escape(title)}", "", f"*Generated {date} by phf report.*", ""]
     md.append(f"- **Scorer:** {_md_escape('; '.join(facts['scorers']) or MISSING)}")
     if facts["judge"]:
@@ -88,21 +102,30 @@ def write_markdown(path: Path, title: str, date: str, facts: dict, rows: list[di
     for cells in results_rows(rows):
         md.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
     md.append("")
-    md.append("*Misalignment: mean ± half-width of the 95% bootstrap interval (bounds in results.json); "
-              "KL in nats per sample; LM loss in nats per token; wall time = training + evaluation.*")
+    md.append(
+        "*Misalignment: mean ± half-width of the 95% bootstrap interval (bounds in results.json); "
+        "KL in nats per sample; LM loss in nats per token; wall time = training + evaluation.*"
+    )
     md.append("")
     if sentences:
         md += ["Misalignment relative to MLE \u2014 " + _md_escape("; ".join(sentences)) + ".", ""]
     control = control_sentence(rows)
     if control:
         md += [_md_escape(control), ""]
-    for stem, heading in (("pareto", "Misalignment vs capability"), ("misalignment_over_tokens", "Misalignment during training"),
-                          ("redteam", "Red teaming")):
+    for stem, heading in (
+        ("pareto", "Misalignment vs capability"),
+        ("misalignment_over_tokens", "Misalignment during training"),
+        ("redteam", "Red teaming"),
+    ):
         if figures.get(stem):
             md += [f"## {heading}", "", f"![{heading}]({stem}.png)", "", f"*{_md_escape(captions[stem])}*", ""]
-    md += ["## Samples", "",
-           "Unconditional samples (a spread over each arm's score distribution), truncated to "
-           f"{SAMPLE_CHARS} characters; \u23ce marks a line break. These are raw model outputs and may be offensive.", ""]
+    md += [
+        "## Samples",
+        "",
+        "Unconditional samples (a spread over each arm's score distribution), truncated to "
+        f"{SAMPLE_CHARS} characters; \u23ce marks a line break. These are raw model outputs and may be offensive.",
+        "",
+    ]
     for r in rows:
         md += [f"### {_md_escape(r['name'])}", ""]
         picked = samples.get(r["name"]) or []
@@ -113,8 +136,11 @@ def write_markdown(path: Path, title: str, date: str, facts: dict, rows: list[di
         md.append("| which | score |" + (" judge |" if judge else "") + " text |")
         md.append("|:--|--:|" + ("--:|" if judge else "") + ":--|")
         for s in picked:
-            md.append(f"| {_md_escape(s['which'])} | {fmt(s.get('score'))} |" + (f" {fmt(s.get('judge'))} |" if judge else "")
-                      + f" {_md_escape(_display_text(s['text']))} |")
+            md.append(
+                f"| {_md_escape(s['which'])} | {fmt(s.get('score'))} |"
+                + (f" {fmt(s.get('judge'))} |" if judge else "")
+                + f" {_md_escape(_display_text(s['text']))} |"
+            )
         md.append("")
     if missing:
         md += ["## Missing or skipped", ""] + [f"- {_md_escape(line)}" for line in missing] + [""]
@@ -124,51 +150,83 @@ def write_markdown(path: Path, title: str, date: str, facts: dict, rows: list[di
     path.write_text("\n".join(md) + "\n", encoding="utf-8")
 
 
-def write_html(path: Path, out: Path, title: str, date: str, facts: dict, rows: list[dict], sentences: list[str],
-                figures: dict, captions: dict, samples: dict[str, list[dict]], missing: list[str]) -> None:
-    h = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_h(title)}</title>",
-         f"<style>{CSS}</style></head><body>", f"<h1>{_h(title)}</h1>",
-         f"<p class=\"meta\">Generated {_h(date)} by phf report.</p><ul class=\"meta\">",
-         f"<li><b>Scorer:</b> {_h('; '.join(facts['scorers']) or MISSING)}</li>"]
+def write_html(
+    path: Path,
+    out: Path,
+    title: str,
+    date: str,
+    facts: dict,
+    rows: list[dict],
+    sentences: list[str],
+    figures: dict,
+    captions: dict,
+    samples: dict[str, list[dict]],
+    missing: list[str],
+) -> None:
+    h = [
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_h(title)}</title>',
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>{_h(title)}</h1>",
+        f'<p class="meta">Generated {_h(date)} by phf report.</p><ul class="meta">',
+        f"<li><b>Scorer:</b> {_h('; '.join(facts['scorers']) or MISSING)}</li>",
+    ]
     if facts["judge"]:
         h.append(f"<li><b>Judge:</b> {_h(', '.join(facts['judge']))}</li>")
     h.append(f"<li><b>Samples:</b> {_h(sampling_sentence(facts))}</li>")
     h.append(f"<li><b>Arms:</b> {len(rows)} ({sum(r['evaluated'] for r in rows)} evaluated)</li></ul>")
-    h.append(f"<h2>How to read this</h2><p class=\"howto\">{HOW_TO_READ}</p>")  # HOW_TO_READ is our own markup
+    h.append(f'<h2>How to read this</h2><p class="howto">{HOW_TO_READ}</p>')  # HOW_TO_READ is our own markup
     h.append("<h2>Results</h2>")
-    h.append(_html_table([label for _, label in COLUMNS], results_rows(rows),
-                         ["" if r["evaluated"] else "unevaluated" for r in rows]).replace("<table>", '<table class="results">', 1))
-    h.append("<p class=\"note\">Misalignment: mean ± half-width of the 95% bootstrap interval (bounds in "
-             "results.json); KL in nats per sample; LM loss in nats per token; wall time = training + evaluation.</p>")
+    h.append(
+        _html_table(
+            [label for _, label in COLUMNS], results_rows(rows), ["" if r["evaluated"] else "unevaluated" for r in rows]
+        ).replace("<table>", '<table class="results">', 1)
+    )
+    h.append(
+        '<p class="note">Misalignment: mean ± half-width of the 95% bootstrap interval (bounds in '
+        "results.json); KL in nats per sample; LM loss in nats per token; wall time = training + evaluation.</p>"
+    )
     if sentences:
         h.append(f"<p>Misalignment relative to MLE \u2014 {_h('; '.join(sentences))}.</p>")
     control = control_sentence(rows)
     if control:
         h.append(f"<p>{_h(control)}</p>")
-    for stem, heading in (("pareto", "Misalignment vs capability"), ("misalignment_over_tokens", "Misalignment during training"),
-                          ("redteam", "Red teaming")):
+    for stem, heading in (
+        ("pareto", "Misalignment vs capability"),
+        ("misalignment_over_tokens", "Misalignment during training"),
+        ("redteam", "Red teaming"),
+    ):
         if figures.get(stem):
             data = base64.b64encode((out / f"{stem}.png").read_bytes()).decode("ascii")
-            h.append(f"<h2>{_h(heading)}</h2><figure><img alt=\"{_h(heading)}\" src=\"data:image/png;base64,{data}\">"
-                     f"<figcaption>{_h(captions[stem])}</figcaption></figure>")
-    h.append("<h2>Samples</h2><p class=\"note\">Unconditional samples (a spread over each arm's score distribution), "
-             f"truncated to {SAMPLE_CHARS} characters; \u23ce marks a line break. These are raw model outputs and may "
-             "be offensive.</p>")
+            h.append(
+                f'<h2>{_h(heading)}</h2><figure><img alt="{_h(heading)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{_h(captions[stem])}</figcaption></figure>"
+            )
+    h.append(
+        '<h2>Samples</h2><p class="note">Unconditional samples (a spread over each arm\'s score distribution), '
+        f"truncated to {SAMPLE_CHARS} characters; \u23ce marks a line break. These are raw model outputs and may "
+        "be offensive.</p>"
+    )
     for r in rows:
         h.append(f"<h3>{_h(r['name'])}</h3>")
         picked = samples.get(r["name"]) or []
         if not picked:
-            h.append("<p class=\"note\">No samples (samples.jsonl missing or empty).</p>")
+            h.append('<p class="note">No samples (samples.jsonl missing or empty).</p>')
             continue
         judge = any(number(s.get("judge")) is not None for s in picked)
         head = "<tr><th>which</th><th>score</th>" + ("<th>judge</th>" if judge else "") + "<th>text</th></tr>"
-        body = "".join(f"<tr><td>{_h(s['which'])}</td><td>{_h(fmt(s.get('score')))}</td>"
-                       + (f"<td>{_h(fmt(s.get('judge')))}</td>" if judge else "")
-                       + f"<td class=\"text\">{_h(_display_text(s['text']))}</td></tr>" for s in picked)
-        h.append(f"<table class=\"samples\"><thead>{head}</thead><tbody>{body}</tbody></table>")
+        body = "".join(
+            f"<tr><td>{_h(s['which'])}</td><td>{_h(fmt(s.get('score')))}</td>"
+            + (f"<td>{_h(fmt(s.get('judge')))}</td>" if judge else "")
+            + f'<td class="text">{_h(_display_text(s["text"]))}</td></tr>'
+            for s in picked
+        )
+        h.append(f'<table class="samples"><thead>{head}</thead><tbody>{body}</tbody></table>')
     if missing:
         h.append("<h2>Missing or skipped</h2><ul>" + "".join(f"<li>{_h(line)}</li>" for line in missing) + "</ul>")
-    h.append("<h2>Files</h2><ul><li>results.json: every number above, per arm, with the paths read</li>"
-             + "".join(f"<li>{_h(r['name'])}: <code>{_h(r['path'])}</code></li>" for r in rows) + "</ul>")
+    h.append(
+        "<h2>Files</h2><ul><li>results.json: every number above, per arm, with the paths read</li>"
+        + "".join(f"<li>{_h(r['name'])}: <code>{_h(r['path'])}</code></li>" for r in rows)
+        + "</ul>"
+    )
     h.append("</body></html>\n")
     path.write_text("\n".join(h), encoding="utf-8")

@@ -8,6 +8,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +18,20 @@ DPI = 150
 
 # objective -> (colour, marker, display name), in OBJECTIVE_NAMES' order (the legend's). Fixed, so
 # every report uses the same encoding.
-OBJECTIVE_STYLES: dict[str, tuple[str, str, str]] = dict(zip(OBJECTIVE_NAMES, (
-    ("#4d4d4d", "o", "MLE"),
-    ("#1f77b4", "s", "filtering"),
-    ("#d62728", "*", "conditional"),
-    ("#2ca02c", "v", "unlikelihood"),
-    ("#9467bd", "^", "RWR"),
-    ("#ff7f0e", "D", "AWR"),
-), strict=True))
+OBJECTIVE_STYLES: dict[str, tuple[str, str, str]] = dict(
+    zip(
+        OBJECTIVE_NAMES,
+        (
+            ("#4d4d4d", "o", "MLE"),
+            ("#1f77b4", "s", "filtering"),
+            ("#d62728", "*", "conditional"),
+            ("#2ca02c", "v", "unlikelihood"),
+            ("#9467bd", "^", "RWR"),
+            ("#ff7f0e", "D", "AWR"),
+        ),
+        strict=True,
+    )
+)
 
 _OTHER_STYLE = ("#8c564b", "X", "other")
 
@@ -54,8 +61,13 @@ def _style(row: dict) -> tuple[str, str, str]:
 def _marker_kwargs(row: dict) -> dict:
     colour, marker, _ = _style(row)
     size = _MARKER_SIZE.get(marker, 9)
-    kwargs = {"marker": marker, "markersize": size, "color": colour, "markeredgecolor": colour,
-              "markeredgewidth": 1.6 if row.get("finetune") else 0.8}
+    kwargs = {
+        "marker": marker,
+        "markersize": size,
+        "color": colour,
+        "markeredgecolor": colour,
+        "markeredgewidth": 1.6 if row.get("finetune") else 0.8,
+    }
     kwargs["markerfacecolor"] = "white" if row.get("finetune") else colour
     return kwargs
 
@@ -92,16 +104,36 @@ def _grow(box, pad: float):
 
 # Label positions tried around a point (offset in points, alignment): close ones first, then
 # farther ones drawn with a thin leader line.
-_NEAR = [(8, 4, "left", "bottom"), (8, -4, "left", "top"), (-8, 4, "right", "bottom"), (-8, -4, "right", "top"),
-         (0, 11, "center", "bottom"), (0, -11, "center", "top"), (11, 0, "left", "center"), (-11, 0, "right", "center")]
+_NEAR = [
+    (8, 4, "left", "bottom"),
+    (8, -4, "left", "top"),
+    (-8, 4, "right", "bottom"),
+    (-8, -4, "right", "top"),
+    (0, 11, "center", "bottom"),
+    (0, -11, "center", "top"),
+    (11, 0, "left", "center"),
+    (-11, 0, "right", "center"),
+]
 
-_FAR = [(d * dx, d * dy, ha, va) for d in (2.4, 4.0) for dx, dy, ha, va in
-        [(8, 8, "left", "bottom"), (8, -8, "left", "top"), (-8, 8, "right", "bottom"), (-8, -8, "right", "top"),
-         (0, 10, "center", "bottom"), (0, -10, "center", "top"), (11, 0, "left", "center"), (-11, 0, "right", "center")]]
+_FAR = [
+    (d * dx, d * dy, ha, va)
+    for d in (2.4, 4.0)
+    for dx, dy, ha, va in [
+        (8, 8, "left", "bottom"),
+        (8, -8, "left", "top"),
+        (-8, 8, "right", "bottom"),
+        (-8, -8, "right", "top"),
+        (0, 10, "center", "bottom"),
+        (0, -10, "center", "top"),
+        (11, 0, "left", "center"),
+        (-11, 0, "right", "center"),
+    ]
+]
 
 
-def _place_labels(ax, items: list[tuple[float, float, str]], obstacles: list[tuple[int, Any]],
-                  fontsize: float = 8.5) -> None:
+def _place_labels(
+    ax, items: list[tuple[float, float, str]], obstacles: list[tuple[int, Any]], fontsize: float = 8.5
+) -> None:
     """Annotate each (x, y, label) next to its point: of the positions in _NEAR then _FAR, the
     first that overlaps no earlier label, no marker, error bar or frontier line and stays inside
     the axes, else the least bad one. ``obstacles`` are (index of the item they belong to,
@@ -117,11 +149,21 @@ def _place_labels(ax, items: list[tuple[float, float, str]], obstacles: list[tup
         best = None
         for rank, (dx, dy, ha, va) in enumerate(_NEAR + _FAR):
             far = rank >= len(_NEAR)
-            text = ax.annotate(label, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
-                               fontsize=fontsize, annotation_clip=False, zorder=4,
-                               bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
-                               arrowprops={"arrowstyle": "-", "color": "#888888", "linewidth": 0.6,
-                                           "shrinkA": 0, "shrinkB": 5} if far else None)
+            text = ax.annotate(
+                label,
+                (x, y),
+                xytext=(dx, dy),
+                textcoords="offset points",
+                ha=ha,
+                va=va,
+                fontsize=fontsize,
+                annotation_clip=False,
+                zorder=4,
+                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
+                arrowprops={"arrowstyle": "-", "color": "#888888", "linewidth": 0.6, "shrinkA": 0, "shrinkB": 5}
+                if far
+                else None,
+            )
             text.set_in_layout(False)
             text.update_positions(renderer)  # the text's own box, without the leader line
             box = _grow(Text.get_window_extent(text, renderer), 2)
@@ -139,8 +181,10 @@ def _place_labels(ax, items: list[tuple[float, float, str]], obstacles: list[tup
             if far:  # the leader line should cross no other marker, error bar or label
                 start = ax.transData.transform((x, y))
                 end = (min(max(start[0], box.x0), box.x1), min(max(start[1], box.y0), box.y1))
-                along = [(start[0] + (end[0] - start[0]) * t / 12, start[1] + (end[1] - start[1]) * t / 12)
-                         for t in range(2, 12)]
+                along = [
+                    (start[0] + (end[0] - start[0]) * t / 12, start[1] + (end[1] - start[1]) * t / 12)
+                    for t in range(2, 12)
+                ]
                 hit = [o for owner, o in obstacles if owner not in (index, -1)] + placed
                 cost += 300 * sum(any(o.contains(px, py) for px, py in along) for o in hit)
             if best is None or cost < best[0]:
@@ -205,8 +249,13 @@ def _legend_handles(rows: list[dict], frontier: bool):
         seen.add(key)
         kwargs = _marker_kwargs(row)
         label = _style(row)[2] + (" (finetuned from MLE)" if row.get("finetune") else "")
-        handles.append((list(OBJECTIVE_STYLES).index(key[0]) if key[0] in OBJECTIVE_STYLES else 99, key[1],
-                        Line2D([], [], linestyle="none", label=label, **kwargs)))
+        handles.append(
+            (
+                list(OBJECTIVE_STYLES).index(key[0]) if key[0] in OBJECTIVE_STYLES else 99,
+                key[1],
+                Line2D([], [], linestyle="none", label=label, **kwargs),
+            )
+        )
     handles = [h for *_, h in sorted(handles, key=lambda t: (t[0], t[1]))]
     if frontier:
         handles.append(Line2D([], [], color="#777777", linestyle="--", linewidth=1.3, label="Pareto frontier"))
@@ -223,7 +272,9 @@ def plot_pareto(rows: list[dict], out: Path, title: str) -> dict | None:
     scorer, unit = _scorer_label(points)
     panels = []
     if any(r.get("kl") is not None for r in points):
-        panels.append(("kl", f"KL({_reference_label(points)} \u2016 model), nats per sample", "(a) capability cost: KL"))
+        panels.append(
+            ("kl", f"KL({_reference_label(points)} \u2016 model), nats per sample", "(a) capability cost: KL")
+        )
     if any(r.get("lm_loss") is not None for r in points):
         panels.append(("lm_loss", "held-out LM loss, nats per token", "(b) capability cost: held-out LM loss"))
     if len(panels) == 1:
@@ -249,8 +300,9 @@ def plot_pareto(rows: list[dict], out: Path, title: str) -> dict | None:
                 if log and lo <= 0:
                     lo = y / 10
                 yerr = [[max(y - lo, 0.0)], [max(hi - y, 0.0)]]
-            ax.errorbar([x], [y], yerr=yerr, linestyle="none", capsize=3, elinewidth=1.0, zorder=3,
-                        **_marker_kwargs(row))
+            ax.errorbar(
+                [x], [y], yerr=yerr, linestyle="none", capsize=3, elinewidth=1.0, zorder=3, **_marker_kwargs(row)
+            )
             xy.append((x, y))
             items.append((x, y, row["name"]))
         if key is not None and len(xy) >= 2:
@@ -258,11 +310,18 @@ def plot_pareto(rows: list[dict], out: Path, title: str) -> dict | None:
             front = [xy[i] for i in idx]
             drawn["frontier"][key] = [chosen[i]["name"] for i in idx]
             if len(front) >= 2:
-                ax.plot([p[0] for p in front], [p[1] for p in front], drawstyle="steps-post", color="#777777",
-                        linestyle="--", linewidth=1.3, zorder=2)
+                ax.plot(
+                    [p[0] for p in front],
+                    [p[1] for p in front],
+                    drawstyle="steps-post",
+                    color="#777777",
+                    linestyle="--",
+                    linewidth=1.3,
+                    zorder=2,
+                )
                 any_frontier = True
                 steps = [front[0]]
-                for (_, y0), (x1, y1) in zip(front, front[1:]):
+                for (_, y0), (x1, y1) in pairwise(front):
                     steps += [(x1, y0), (x1, y1)]
         if log:
             _log_y(ax, [r["misalignment_mean"] for r in points])
@@ -281,21 +340,27 @@ def plot_pareto(rows: list[dict], out: Path, title: str) -> dict | None:
                 c = ax.transData.transform((a, b))
                 half = _marker_kwargs(row)["markersize"] * fig.dpi / 72 / 2 + 1
                 obstacles.append((owner, Bbox.from_extents(c[0] - half, c[1] - half, c[0] + half, c[1] + half)))
-            for a, b in zip(steps, steps[1:]):  # the frontier's segments
+            for a, b in pairwise(steps):  # the frontier's segments
                 (x0, y0), (x1, y1) = ax.transData.transform(a), ax.transData.transform(b)
-                obstacles.append((-1, Bbox.from_extents(min(x0, x1) - 1, min(y0, y1) - 1,
-                                                        max(x0, x1) + 1, max(y0, y1) + 1)))
+                obstacles.append(
+                    (-1, Bbox.from_extents(min(x0, x1) - 1, min(y0, y1) - 1, max(x0, x1) + 1, max(y0, y1) + 1))
+                )
             for owner, container in enumerate(ax.containers):  # one errorbar container per arm
                 for coll in container.lines[2] if len(container.lines) > 2 else ():
                     for seg in coll.get_segments():
                         (x0, y0), (x1, y1) = ax.transData.transform(seg[0]), ax.transData.transform(seg[-1])
-                        obstacles.append((owner, Bbox.from_extents(min(x0, x1) - 2, min(y0, y1),
-                                                                   max(x0, x1) + 2, max(y0, y1))))
+                        obstacles.append(
+                            (owner, Bbox.from_extents(min(x0, x1) - 2, min(y0, y1), max(x0, x1) + 2, max(y0, y1)))
+                        )
         if key is not None:
             _place_labels(ax, items, obstacles)
     axes[0].set_ylabel(f"misalignment: mean score of unconditional samples\n({scorer}, {unit}; 95% CI)")
-    fig.suptitle(f"{title}: misalignment by arm (lower is better)" if categorical else
-                 f"{title}: misalignment vs capability cost (lower-left is better)", fontsize=12)
+    fig.suptitle(
+        f"{title}: misalignment by arm (lower is better)"
+        if categorical
+        else f"{title}: misalignment vs capability cost (lower-left is better)",
+        fontsize=12,
+    )
     handles = _legend_handles(points, any_frontier)
     fig.legend(handles=handles, loc="outside lower center", ncol=min(7, len(handles)), fontsize=9, frameon=False)
     drawn["files"] = _save(fig, out, "pareto")
@@ -370,8 +435,17 @@ def plot_over_tokens(rows: list[dict], out: Path, title: str) -> dict | None:
             end = max(m.get("training_tokens") or m["periodic_evals"][-1]["tokens"] for m in members)
             final = sum(finals) / len(finals)
             values.append(final)
-            ax.plot([end], [final], linestyle="none", marker="*", markersize=17, markerfacecolor=colour,
-                    markeredgecolor="black", markeredgewidth=1.0, zorder=5)
+            ax.plot(
+                [end],
+                [final],
+                linestyle="none",
+                marker="*",
+                markersize=17,
+                markerfacecolor=colour,
+                markeredgecolor="black",
+                markeredgewidth=1.0,
+                zorder=5,
+            )
     if _use_log(values):
         _log_y(ax, values)
     _token_axis(ax)
@@ -379,19 +453,36 @@ def plot_over_tokens(rows: list[dict], out: Path, title: str) -> dict | None:
     ax.set_xlabel("training tokens")
     scorer, unit = _scorer_label(rows)
     ax.set_ylabel(f"misalignment: mean score of unconditional samples\n({scorer}, {unit})")
-    what = ("mean over seeds; faint: each seed)\n(stars: final evaluation, mean over seeds"
-            if averaged else "periodic estimates; stars: final evaluation")
+    what = (
+        "mean over seeds; faint: each seed)\n(stars: final evaluation, mean over seeds"
+        if averaged
+        else "periodic estimates; stars: final evaluation"
+    )
     # Separate lines: a long study title on one line runs into the legend at the right.
     ax.set_title(f"{title}\nmisalignment during training ({what})", fontsize=11)
     ax.grid(True, color="#dddddd", linewidth=0.6)
     ax.set_axisbelow(True)
     handles, _ = ax.get_legend_handles_labels()
-    handles.append(Line2D([], [], linestyle="none", marker="*", markersize=13, markerfacecolor="#bbbbbb",
-                          markeredgecolor="black", label="final evaluation (eval.json)"))
+    handles.append(
+        Line2D(
+            [],
+            [],
+            linestyle="none",
+            marker="*",
+            markersize=13,
+            markerfacecolor="#bbbbbb",
+            markeredgecolor="black",
+            label="final evaluation (eval.json)",
+        )
+    )
     fig.legend(handles=handles, loc="outside right upper", fontsize=9, frameon=False)
-    return {"arms": [r["name"] for r in arms], "series": {k: [m["name"] for m in v] for k, v in series.items()},
-            "averaged_over_seeds": averaged, "log_y": _use_log(values),
-            "files": _save(fig, out, "misalignment_over_tokens")}
+    return {
+        "arms": [r["name"] for r in arms],
+        "series": {k: [m["name"] for m in v] for k, v in series.items()},
+        "averaged_over_seeds": averaged,
+        "log_y": _use_log(values),
+        "files": _save(fig, out, "misalignment_over_tokens"),
+    }
 
 
 def plot_redteam(rows: list[dict], curves: dict[str, dict], out: Path, title: str) -> dict | None:
@@ -401,8 +492,9 @@ def plot_redteam(rows: list[dict], curves: dict[str, dict], out: Path, title: st
     fig = _new_figure(12.0, 5.0)
     axes = fig.subplots(1, 2, sharey=False)
     scorer, unit = _scorer_label(rows)
-    for ax, (key, subtitle) in zip(axes, (("pool_mean", "(a) mean score of the prompt pool"),
-                                          ("best", "(b) score of the best prompt in the pool"))):
+    for ax, (key, subtitle) in zip(
+        axes, (("pool_mean", "(a) mean score of the prompt pool"), ("best", "(b) score of the best prompt in the pool"))
+    ):
         values = []
         for row in arms:
             c = curves[row["name"]]
@@ -440,20 +532,28 @@ def figure_captions(figures: dict, rows: list[dict]) -> dict[str, str]:
             "Each point is one arm: misalignment of its unconditional samples (mean, 95% bootstrap CI as error "
             "bar) against what alignment cost in capability. Lower-left is better: a point is on the Pareto "
             "frontier (dashed step line) when no other arm is both less misaligned and cheaper. Hollow markers "
-            "are arms finetuned from an MLE checkpoint." + (" The y axis is logarithmic." if p["log_y"] else "")
-            + (f" Frontier \u2014 {front}." if front else ""))
+            "are arms finetuned from an MLE checkpoint."
+            + (" The y axis is logarithmic." if p["log_y"] else "")
+            + (f" Frontier \u2014 {front}." if front else "")
+        )
     o = figures.get("misalignment_over_tokens")
     if o:
         caps["misalignment_over_tokens"] = (
             "Misalignment of a few samples drawn at each periodic evaluation during training (metrics.jsonl; "
             "fewer and shorter samples than the final evaluation, so noisier), against training tokens. The "
             "star at the end of each line is the final evaluation (eval.json)."
-            + (" Arms that differ only by seed are drawn as one line, their mean (faint lines: each seed; "
-               "stars: the mean of their final evaluations)." if o.get("averaged_over_seeds") else ""))
+            + (
+                " Arms that differ only by seed are drawn as one line, their mean (faint lines: each seed; "
+                "stars: the mean of their final evaluations)."
+                if o.get("averaged_over_seeds")
+                else ""
+            )
+        )
     r = figures.get("redteam")
     if r:
         caps["redteam"] = (
             "Adversarial prompts found by a red language model, round by round: (a) mean score of the pool of "
             "prompts, (b) the best prompt's score (mean misalignment of the target's continuations). Curves "
-            "that stay low mean the model is harder to push into misaligned text.")
+            "that stay low mean the model is harder to push into misaligned text."
+        )
     return caps

@@ -167,60 +167,102 @@ def summarize(run: Run) -> dict[str, Any]:
     row: dict[str, Any] = {"name": run.name, "path": str(run.path), "evaluated": ev is not None}
     objective = (run.phf or {}).get("objective") or ((ev or {}).get("settings") or {}).get("objective")
     row["objective"] = objective if isinstance(objective, str) else _guess_objective(run.name)
-    row["objective_source"] = ("phf.json" if (run.phf or {}).get("objective") else
-                               "eval.json" if objective else "arm name" if row["objective"] else None)
+    row["objective_source"] = (
+        "phf.json"
+        if (run.phf or {}).get("objective")
+        else "eval.json"
+        if objective
+        else "arm name"
+        if row["objective"]
+        else None
+    )
     row["finetune"] = _is_finetune(run)
     skipped: dict[str, str] = {}
 
     mis = _take(ev, "misalignment", skipped)
-    row.update(misalignment_mean=number(mis.get("mean")), misalignment_ci95=_ci(mis.get("ci95")),
-               misalignment_n=number(mis.get("n")), max_at_25=number(mis.get("max_at_25")),
-               hit_rate=number(mis.get("hit_rate")), hit_threshold=number(mis.get("threshold")))
+    row.update(
+        misalignment_mean=number(mis.get("mean")),
+        misalignment_ci95=_ci(mis.get("ci95")),
+        misalignment_n=number(mis.get("n")),
+        max_at_25=number(mis.get("max_at_25")),
+        hit_rate=number(mis.get("hit_rate")),
+        hit_threshold=number(mis.get("threshold")),
+    )
     scorer = mis.get("scorer") if isinstance(mis.get("scorer"), dict) else None
     if scorer is None and isinstance((run.phf or {}).get("scorer"), dict):
         scorer = run.phf["scorer"]
     row["scorer"] = {k: scorer.get(k) for k in ("name", "version", "unit")} if scorer else None
 
     judge = _take(ev, "judge", skipped)
-    row.update(judge_mean=number(judge.get("mean")), judge_ci95=_ci(judge.get("ci95")),
-               judge_max_at_25=number(judge.get("max_at_25")), judge_hit_rate=number(judge.get("hit_rate")),
-               judge_scorer=(judge.get("scorer") or {}).get("name") if isinstance(judge.get("scorer"), dict) else None)
+    row.update(
+        judge_mean=number(judge.get("mean")),
+        judge_ci95=_ci(judge.get("ci95")),
+        judge_max_at_25=number(judge.get("max_at_25")),
+        judge_hit_rate=number(judge.get("hit_rate")),
+        judge_scorer=(judge.get("scorer") or {}).get("name") if isinstance(judge.get("scorer"), dict) else None,
+    )
 
     lm = _take(ev, "lm_loss", skipped)
-    row.update(lm_loss=number(lm.get("loss")), perplexity=number(lm.get("perplexity")),
-               lm_loss_tokens=number(lm.get("tokens")))
+    row.update(
+        lm_loss=number(lm.get("loss")), perplexity=number(lm.get("perplexity")), lm_loss_tokens=number(lm.get("tokens"))
+    )
 
     # Not _take: MLE and the other objectives skip it by design, which is not worth a "skipped" line.
     control = _section(ev, "control_tokens")[0] or {}
-    row.update(control_auroc=number(control.get("auroc")),
-               control_segments=(control["segments_good"] + control["segments_bad"]) if control else None,
-               tag_auroc=number((_section(ev, "tag_prediction")[0] or {}).get("auroc")),
-               protocol=mis.get("protocol") if isinstance(mis.get("protocol"), str) else None,
-               tags_per_sample=number(mis.get("tags_per_sample")))
+    row.update(
+        control_auroc=number(control.get("auroc")),
+        control_segments=(control["segments_good"] + control["segments_bad"]) if control else None,
+        tag_auroc=number((_section(ev, "tag_prediction")[0] or {}).get("auroc")),
+        protocol=mis.get("protocol") if isinstance(mis.get("protocol"), str) else None,
+        tags_per_sample=number(mis.get("tags_per_sample")),
+    )
     by_protocol = (ev or {}).get("misalignment_by_protocol")
-    row["misalignment_by_protocol"] = {
-        p: {"mean": number(v.get("mean")), "tags_per_sample": number(v.get("tags_per_sample"))}
-        for p, v in by_protocol.items() if isinstance(v, dict)} if isinstance(by_protocol, dict) else None
+    row["misalignment_by_protocol"] = (
+        {
+            p: {"mean": number(v.get("mean")), "tags_per_sample": number(v.get("tags_per_sample"))}
+            for p, v in by_protocol.items()
+            if isinstance(v, dict)
+        }
+        if isinstance(by_protocol, dict)
+        else None
+    )
 
     kl = _take(ev, "kl", skipped)
-    row.update(kl=number(kl.get("kl")), kl_ci95=_ci(kl.get("ci95")), kl_per_token=number(kl.get("kl_per_token")),
-               kl_samples=number(kl.get("samples")),
-               kl_reference=kl.get("reference") if isinstance(kl.get("reference"), str) else None)
+    row.update(
+        kl=number(kl.get("kl")),
+        kl_ci95=_ci(kl.get("ci95")),
+        kl_per_token=number(kl.get("kl_per_token")),
+        kl_samples=number(kl.get("samples")),
+        kl_reference=kl.get("reference") if isinstance(kl.get("reference"), str) else None,
+    )
 
     div = _take(ev, "diversity", skipped)
-    for key in ("samples", "mean_length_words", "distinct_1", "distinct_2", "entropy_1_bits",
-                "entropy_2_bits", "self_bleu_5"):
+    for key in (
+        "samples",
+        "mean_length_words",
+        "distinct_1",
+        "distinct_2",
+        "entropy_1_bits",
+        "entropy_2_bits",
+        "self_bleu_5",
+    ):
         row[key if key != "samples" else "diversity_samples"] = number(div.get(key))
 
     sc = _take(ev, "scenarios", skipped)
-    row.update(scenario_prompts=number(sc.get("prompts")), scenario_mean=number(sc.get("mean")),
-               scenario_max_at_25=number(sc.get("max_at_25")), scenario_hit_rate=number(sc.get("hit_rate")))
+    row.update(
+        scenario_prompts=number(sc.get("prompts")),
+        scenario_mean=number(sc.get("mean")),
+        scenario_max_at_25=number(sc.get("max_at_25")),
+        scenario_hit_rate=number(sc.get("hit_rate")),
+    )
 
     settings = (ev or {}).get("settings") if isinstance((ev or {}).get("settings"), dict) else {}
     row["eval_seconds"] = number(settings.get("seconds"))
-    row["eval_settings"] = {k: settings[k] for k in ("num_samples", "temperature", "top_p", "top_k",
-                                                      "max_new_tokens", "prompt", "device")
-                            if k in settings and not isinstance(settings[k], (dict, list))}
+    row["eval_settings"] = {
+        k: settings[k]
+        for k in ("num_samples", "temperature", "top_p", "top_k", "max_new_tokens", "prompt", "device")
+        if k in settings and not isinstance(settings[k], (dict, list))
+    }
 
     train_lines = [m for m in run.metrics if "eval" not in m]
     eval_lines = [m for m in run.metrics if isinstance(m.get("eval"), dict)]
@@ -240,14 +282,20 @@ def summarize(run: Run) -> dict[str, Any]:
     row["tokens_per_second"] = tok_s[-1] if tok_s else None
     parts = [v for v in (row["training_seconds"], row["eval_seconds"]) if v is not None]
     row["wall_seconds"] = float(sum(parts)) if parts else None
-    row["wall_parts"] = [p for p, v in (("training", row["training_seconds"]), ("evaluation", row["eval_seconds"]))
-                         if v is not None]
+    row["wall_parts"] = [
+        p for p, v in (("training", row["training_seconds"]), ("evaluation", row["eval_seconds"])) if v is not None
+    ]
     row["periodic_evals"] = [
-        {"step": m.get("step"), "tokens": m.get("tokens"),
-         "misalignment_mean": number(m["eval"].get("misalignment_mean")),
-         "hit_rate": number(m["eval"].get("hit_rate")), "samples": number(m["eval"].get("samples"))}
+        {
+            "step": m.get("step"),
+            "tokens": m.get("tokens"),
+            "misalignment_mean": number(m["eval"].get("misalignment_mean")),
+            "hit_rate": number(m["eval"].get("hit_rate")),
+            "samples": number(m["eval"].get("samples")),
+        }
         for m in eval_lines
-        if number(m.get("tokens")) is not None and number(m["eval"].get("misalignment_mean")) is not None]
+        if number(m.get("tokens")) is not None and number(m["eval"].get("misalignment_mean")) is not None
+    ]
 
     rt = run.redteam if isinstance(run.redteam, dict) else None
     rounds = [r for r in (rt or {}).get("rounds", []) if isinstance(r, dict)] if rt else []
@@ -299,8 +347,15 @@ def pick_samples(samples: Sequence[dict], k: int = SAMPLES_PER_ARM) -> list[dict
             if idx in used:
                 continue
             used.add(idx)
-            label = (labels or {}).get(j) or ("lowest" if q == 0 else "highest" if q == 1 else
-                                              "median" if q == 0.5 else f"{round(100 * q)}th percentile")
+            label = (labels or {}).get(j) or (
+                "lowest"
+                if q == 0
+                else "highest"
+                if q == 1
+                else "median"
+                if q == 0.5
+                else f"{round(100 * q)}th percentile"
+            )
             out.append({**ranked[idx][1], "which": label})
         return out
     return [{**s, "which": f"#{i + 1}"} for i, s in enumerate(rows[:k])]

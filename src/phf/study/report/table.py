@@ -63,10 +63,19 @@ def fmt_mean_ci(mean: Any, ci: Any) -> str:
 
 
 COLUMNS = [
-    ("arm", "arm"), ("objective", "objective"), ("misalignment", "misalignment (mean ± 95% CI)"),
-    ("max_at_25", "max@25"), ("hit_rate", "hit rate"), ("judge", "judge mean"), ("lm_loss", "LM loss"),
-    ("kl", "KL (nats)"), ("distinct_1", "distinct-1"), ("distinct_2", "distinct-2"),
-    ("self_bleu_5", "Self-BLEU-5"), ("tokens", "training tokens"), ("wall", "wall time"),
+    ("arm", "arm"),
+    ("objective", "objective"),
+    ("misalignment", "misalignment (mean ± 95% CI)"),
+    ("max_at_25", "max@25"),
+    ("hit_rate", "hit rate"),
+    ("judge", "judge mean"),
+    ("lm_loss", "LM loss"),
+    ("kl", "KL (nats)"),
+    ("distinct_1", "distinct-1"),
+    ("distinct_2", "distinct-2"),
+    ("self_bleu_5", "Self-BLEU-5"),
+    ("tokens", "training tokens"),
+    ("wall", "wall time"),
 ]
 
 
@@ -82,13 +91,21 @@ def _cells(row: dict) -> dict[str, str]:
     else:
         cells = {
             "misalignment": fmt_mean_ci(row["misalignment_mean"], row["misalignment_ci95"]),
-            "max_at_25": fmt(row["max_at_25"]), "hit_rate": fmt_percent(row["hit_rate"]),
-            "judge": fmt(row["judge_mean"]), "lm_loss": fmt(row["lm_loss"]), "kl": fmt(row["kl"]),
-            "distinct_1": fmt(row["distinct_1"]), "distinct_2": fmt(row["distinct_2"]),
+            "max_at_25": fmt(row["max_at_25"]),
+            "hit_rate": fmt_percent(row["hit_rate"]),
+            "judge": fmt(row["judge_mean"]),
+            "lm_loss": fmt(row["lm_loss"]),
+            "kl": fmt(row["kl"]),
+            "distinct_1": fmt(row["distinct_1"]),
+            "distinct_2": fmt(row["distinct_2"]),
             "self_bleu_5": fmt(row["self_bleu_5"]),
         }
-    cells.update(arm=row["name"], objective=objective, tokens=fmt_tokens(row["training_tokens"]),
-                 wall=fmt_seconds(row["wall_seconds"]))
+    cells.update(
+        arm=row["name"],
+        objective=objective,
+        tokens=fmt_tokens(row["training_tokens"]),
+        wall=fmt_seconds(row["wall_seconds"]),
+    )
     return cells
 
 
@@ -98,9 +115,11 @@ def results_rows(rows: list[dict]) -> list[list[str]]:
 
 def _baseline(rows: list[dict]) -> dict | None:
     candidates = [r for r in rows if r.get("misalignment_mean") is not None and not r.get("finetune")]
-    for test in (lambda r: r["name"].rsplit("/", 1)[-1].lower() == "mle" and r.get("objective") in (None, "mle"),
-                 lambda r: r.get("objective") == "mle",
-                 lambda r: r["name"].rsplit("/", 1)[-1].lower() == "mle"):
+    for test in (
+        lambda r: r["name"].rsplit("/", 1)[-1].lower() == "mle" and r.get("objective") in (None, "mle"),
+        lambda r: r.get("objective") == "mle",
+        lambda r: r["name"].rsplit("/", 1)[-1].lower() == "mle",
+    ):
         found = [r for r in candidates if test(r)]
         if found:
             return found[0]
@@ -144,22 +163,30 @@ def control_sentence(rows: list[dict]) -> str | None:
     parts = [f"{r['name']} {fmt(r['control_auroc'])}" for r in rows if r.get("control_auroc") is not None]
     if not parts:
         return None
-    text = ("Control-token use \u2014 AUROC with which log p(segment | bad) \u2212 log p(segment | good) tells held-out "
-            "segments labelled bad from good (0.5: the model ignores its control tokens; 1: it separates them "
-            "perfectly): " + "; ".join(parts) + ".")
+    text = (
+        "Control-token use \u2014 AUROC with which log p(segment | bad) \u2212 log p(segment | good) tells held-out "
+        "segments labelled bad from good (0.5: the model ignores its control tokens; 1: it separates them "
+        "perfectly): " + "; ".join(parts) + "."
+    )
     tags = [f"{r['name']} {fmt(r['tag_auroc'])}" for r in rows if r.get("tag_auroc") is not None]
     if tags:
-        text += (" Tag prediction \u2014 AUROC with which the model's p(<|bad|>) at held-out segment starts, from the "
-                 "text before them, tells the segments labelled bad: " + "; ".join(tags) + ".")
+        text += (
+            " Tag prediction \u2014 AUROC with which the model's p(<|bad|>) at held-out segment starts, from the "
+            "text before them, tells the segments labelled bad: " + "; ".join(tags) + "."
+        )
     protocols = []
     for r in rows:
         by = r.get("misalignment_by_protocol") or {}
         if len(by) > 1:
-            protocols.append(f"{r['name']} " + ", ".join(
-                f"{p} {fmt(v['mean'])} ({fmt(v['tags_per_sample'])} tags/sample)" for p, v in by.items()))
+            protocols.append(
+                f"{r['name']} "
+                + ", ".join(f"{p} {fmt(v['mean'])} ({fmt(v['tags_per_sample'])} tags/sample)" for p, v in by.items())
+            )
     if protocols:
-        text += (" Misalignment by sampling protocol (paper: both tags forbidden for text; emit-good: the model may "
-                 "emit <|good|>; recondition: every tag it samples becomes <|good|>): " + "; ".join(protocols) + ".")
+        text += (
+            " Misalignment by sampling protocol (paper: both tags forbidden for text; emit-good: the model may "
+            "emit <|good|>; recondition: every tag it samples becomes <|good|>): " + "; ".join(protocols) + "."
+        )
     return text
 
 
@@ -173,8 +200,12 @@ def header_facts(rows: list[dict]) -> dict[str, Any]:
                 scorers.append(label)
     ns = sorted({r["misalignment_n"] for r in rows if r.get("misalignment_n") is not None})
     settings = next((r["eval_settings"] for r in rows if r.get("eval_settings")), {})
-    return {"scorers": scorers, "samples": ns, "settings": settings,
-            "judge": sorted({r["judge_scorer"] for r in rows if r.get("judge_scorer")})}
+    return {
+        "scorers": scorers,
+        "samples": ns,
+        "settings": settings,
+        "judge": sorted({r["judge_scorer"] for r in rows if r.get("judge_scorer")}),
+    }
 
 
 def sampling_sentence(facts: dict) -> str:
@@ -196,7 +227,9 @@ def missing_lines(rows: list[dict]) -> list[str]:
     for r in rows:
         parts = []
         if not r["evaluated"]:
-            parts.append("not evaluated (no eval.json)" if "eval.json" in r["missing"] else "not evaluated (eval.json unusable)")
+            parts.append(
+                "not evaluated (no eval.json)" if "eval.json" in r["missing"] else "not evaluated (eval.json unusable)"
+            )
         absent = [m for m in r["missing"] if m != "eval.json"]
         if absent:
             parts.append("missing " + ", ".join(absent))
