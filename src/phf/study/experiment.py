@@ -114,7 +114,8 @@ def load_study(path: str, overrides: list[str] | tuple[str, ...] = ()) -> StudyC
             ) from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{source}: not valid YAML: {' '.join(str(exc).split())}") from None
-    study: StudyConfig = OmegaConf.to_object(merged)
+    study = OmegaConf.to_object(merged)
+    assert isinstance(study, StudyConfig)  # merged onto the StudyConfig schema
     for task in study.tasks:
         if task not in TASK_SCORERS:
             raise ConfigError(f"{path}: unknown task {task!r}; choose from {sorted(TASK_SCORERS)}")
@@ -145,7 +146,8 @@ class Progress:
     """Prints which stage runs and an estimate of what is left (mean duration per stage kind)."""
 
     def __init__(self, stages: list[tuple[str, str]]):
-        self.stages, self.done, self.durations = stages, 0, {}
+        self.stages, self.done = stages, 0
+        self.durations: dict[str, list[float]] = {}
         self.started = time.perf_counter()
 
     def start(self, kind: str, label: str) -> float:

@@ -9,6 +9,7 @@ as an argument, so Ray starts them only after it. The scoring before the arms ru
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from phf.io.ray import connected
 from phf.study.experiment import Arm, ExperimentError, StudyConfig, run_arm
@@ -31,7 +32,9 @@ def run_arms(study: StudyConfig, arms_run: list[Arm], arms: list[Arm], address: 
     """Run ``arms_run`` as Ray tasks and wait for all of them; finished stages are skipped inside."""
     with connected(address) as ray:
         task = ray.remote(_run_arm_task).options(**_arm_resources(ray))
-        cwd, labels, mle = os.getcwd(), {}, {}
+        cwd = os.getcwd()
+        labels: dict[Any, str] = {}  # Ray object ref -> arm
+        mle: dict[tuple[str, int], Any] = {}  # (task, seed) -> the ref of its MLE arm
         for arm in sorted(arms_run, key=lambda a: a.name.startswith("finetune-")):  # each mle before its finetunes
             after = mle.get((arm.task, arm.seed)) if arm.name.startswith("finetune-") else None
             ref = task.remote(cwd, study, arm, arms, after)

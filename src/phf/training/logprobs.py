@@ -88,7 +88,7 @@ class _TargetLogprobs(torch.autograd.Function):
         safe_targets = torch.where(valid, targets, 0)  # gather needs an in-range index everywhere
         acc_dtype = _accumulate_dtype(compute_dtype)
         logp = torch.empty(n, dtype=acc_dtype, device=hidden.device)
-        lse = None if keep else torch.empty(n, dtype=acc_dtype, device=hidden.device)  # recomputing needs it
+        lse = torch.empty(0 if keep else n, dtype=acc_dtype, device=hidden.device)  # recomputing needs it
         kept: list[Tensor] = []  # per chunk: its softmax in the matmul dtype, when keeping
         with torch.autocast(hidden.device.type, enabled=False):
             w = weight.to(compute_dtype)
@@ -130,9 +130,10 @@ class _TargetLogprobs(torch.autograd.Function):
         # d logp / d logit_target = 1 - p_target, from the fp32 log-prob: a bf16 softmax cannot
         # resolve 1 - p of a confident prediction (p = 0.999 rounds to 0.9961 or 1).
         g_target = (g * -torch.expm1(logp))[:, None]
-        grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device) if need_w else None
-        grad_b = torch.zeros(bias.shape, dtype=acc_dtype, device=bias.device) if need_b else None
+        # Gradients nobody asked for stay empty and are returned as None.
+        grad_h = torch.empty_like(hidden) if need_h else hidden.new_empty(0)
+        grad_w = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device) if need_w else weight.new_empty(0)
+        grad_b = torch.zeros(bias.shape, dtype=acc_dtype, device=bias.device) if need_b else weight.new_empty(0)
         with torch.autocast(hidden.device.type, enabled=False):
             w = weight.to(compute_dtype)
             b = None if bias is None else bias.to(acc_dtype)
@@ -156,11 +157,16 @@ class _TargetLogprobs(torch.autograd.Function):
                     grad_w.addmm_(grad_logits.T, h)  # no (V, d) temporary per chunk
                 elif need_w:
                     grad_w += (grad_logits.T @ h).to(acc_dtype)
-        if need_w:
-            grad_w = grad_w.to(weight.dtype)
-        if need_b:
-            grad_b = grad_b.to(bias.dtype)
-        return grad_h, grad_w, grad_b, None, None, None, None, None
+        return (
+            grad_h if need_h else None,
+            grad_w.to(weight.dtype) if need_w else None,
+            grad_b.to(bias.dtype) if need_b else None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 def target_logprobs(

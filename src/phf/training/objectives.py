@@ -102,8 +102,12 @@ class LossInputs:
 class Objective(Protocol):
     """What the trainer calls: ``loss, metrics = objective(batch)``."""
 
-    name: str
-    needs_value_head: bool
+    # Read-only: the objectives are frozen dataclasses.
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def needs_value_head(self) -> bool: ...
 
     def __call__(self, batch: LossInputs) -> tuple[Tensor, Metrics]: ...
 

@@ -269,6 +269,7 @@ def _checkpoint_dirs(run: Path) -> list[Path]:
 def _usable_checkpoint(run: Path) -> Path | None:
     """The newest checkpoint that is intact; damaged newer ones are skipped with a warning."""
     for checkpoint in reversed(_checkpoint_dirs(run)):
+        problem: str | None
         try:
             state = json.loads((checkpoint / STATE_FILE).read_text())
             int(state["step"])
@@ -485,7 +486,12 @@ class Trainer:
             )
         self.accum = t.batch_size // (t.micro_batch_size * world)
         tokens_per_step = t.batch_size * cfg.data.seq_len
-        self.total_steps = t.max_steps if t.max_steps is not None else math.ceil(t.num_tokens / tokens_per_step)
+        if t.max_steps is not None:
+            self.total_steps = t.max_steps
+        elif t.num_tokens is not None:
+            self.total_steps = math.ceil(t.num_tokens / tokens_per_step)
+        else:
+            raise TrainingError("set training.num_tokens or training.max_steps")
         optimizer = make_optimizer(model, t, acc.device)
         scheduler = make_schedule(optimizer, t, self.total_steps)
         self.model, self.optimizer, self.scheduler = acc.prepare(model, optimizer, scheduler)
@@ -506,13 +512,15 @@ class Trainer:
         from phf.data.stream import store_label_scores
 
         o = self.config.objective
-        if o.threshold is None and o.percentile is None:
+        # `is not None`, not truth: percentile 0 is a threshold too.
+        by_percentile = o.percentile is not None or o.bad_percentile is not None
+        scores = store_label_scores(self.store, o.labels) if by_percentile else np.empty(0)
+        threshold = float(np.nanpercentile(scores, o.percentile)) if o.percentile is not None else o.threshold
+        bad = float(np.nanpercentile(scores, o.bad_percentile)) if o.bad_percentile is not None else o.bad_threshold
+        if threshold is None:
             raise TrainingError(
                 "conditional training needs objective.threshold or objective.percentile (or objective.buckets)"
             )
-        scores = store_label_scores(self.store, o.labels) if o.percentile or o.bad_percentile else None
-        threshold = float(np.nanpercentile(scores, o.percentile)) if o.percentile is not None else o.threshold
-        bad = float(np.nanpercentile(scores, o.bad_percentile)) if o.bad_percentile is not None else o.bad_threshold
         if bad is not None and bad < threshold:
             raise TrainingError(
                 f"the bad threshold ({bad:.4g}) is below the good one ({threshold:.4g}): "
@@ -695,6 +703,7 @@ class Trainer:
                 self.step += 1
                 window_steps += 1
                 if due["log"]:
+                    assert metrics is not None  # read=True above: this step's metrics were read
                     elapsed = time.perf_counter() - window_start
                     tok_s = window_steps * tokens_per_step / elapsed
                     last = {
@@ -712,14 +721,13 @@ class Trainer:
                         log.flush()
                     if acc.trackers:
                         acc.log({k: v for k, v in last.items() if isinstance(v, (int, float))}, step=self.step)
-                    bar.set_postfix(
-                        loss=f"{metrics['loss']:.3f}",
-                        tok_s=f"{tok_s:,.0f}",
-                        **({"mfu": f"{100 * last['mfu']:.1f}%"} if last["mfu"] else {}),
-                    )
+                    postfix = {"loss": f"{metrics['loss']:.3f}", "tok_s": f"{tok_s:,.0f}"}
+                    if last["mfu"]:
+                        postfix["mfu"] = f"{100 * last['mfu']:.1f}%"
+                    bar.set_postfix(postfix)
                     window_start, window_steps = time.perf_counter(), 0
                 bar.update(1)
-                if due["evaluate"] and acc.is_main_process:
+                if due["evaluate"] and acc.is_main_process and self.evaluate is not None:
                     result = self.evaluate(self, self.step)
                     if log is not None and result:
                         log.write(

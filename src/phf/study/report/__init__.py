@@ -44,7 +44,7 @@ __all__ = ["OBJECTIVE_STYLES", "arm_names", "build_report", "pareto_frontier"]
 
 
 def _default_title(rows: list[dict]) -> str:
-    tasks = sorted({(r.get("scorer") or {}).get("name") for r in rows if r.get("scorer")} - {None})
+    tasks = sorted({r["scorer"]["name"] for r in rows if (r.get("scorer") or {}).get("name")})
     return f"phf report: {', '.join(tasks)}" if tasks else "phf report"
 
 

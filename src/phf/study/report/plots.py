@@ -51,7 +51,7 @@ def _frontier_indices(points: Sequence[tuple[float, float]]) -> list[int]:
 def pareto_frontier(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
     """The non-dominated points (lower x and lower y are better), sorted by x: a point is dropped
     when another has x and y no larger (and is not the same point). Duplicates are kept once."""
-    return [tuple(points[i]) for i in _frontier_indices(points)]
+    return [(points[i][0], points[i][1]) for i in _frontier_indices(points)]
 
 
 def _style(row: dict) -> tuple[str, str, str]:
@@ -195,6 +195,7 @@ def _place_labels(
                 text.remove()
             if cost == 0:
                 break
+        assert best is not None  # the loop tried at least one position
         placed.append(best[2])
 
 
@@ -222,8 +223,8 @@ def _use_log(values: Sequence[float]) -> bool:
 
 
 def _scorer_label(rows: list[dict]) -> tuple[str, str]:
-    scorers = {(r["scorer"] or {}).get("name") for r in rows if r.get("scorer")} - {None}
-    units = {(r["scorer"] or {}).get("unit") for r in rows if r.get("scorer")} - {None}
+    scorers = {r["scorer"]["name"] for r in rows if (r.get("scorer") or {}).get("name")}
+    units = {r["scorer"]["unit"] for r in rows if (r.get("scorer") or {}).get("unit")}
     name = ", ".join(sorted(scorers)) if scorers else "scorer"
     unit = ", ".join(sorted(units)) if units else "score"
     return name, unit
@@ -241,7 +242,7 @@ def _reference_label(rows: list[dict]) -> str:
 def _legend_handles(rows: list[dict], frontier: bool):
     from matplotlib.lines import Line2D
 
-    handles, seen = [], set()
+    ranked, seen = [], set()
     for row in rows:
         key = (row.get("objective") if row.get("objective") in OBJECTIVE_STYLES else "other", bool(row.get("finetune")))
         if key in seen:
@@ -249,14 +250,14 @@ def _legend_handles(rows: list[dict], frontier: bool):
         seen.add(key)
         kwargs = _marker_kwargs(row)
         label = _style(row)[2] + (" (finetuned from MLE)" if row.get("finetune") else "")
-        handles.append(
+        ranked.append(
             (
                 list(OBJECTIVE_STYLES).index(key[0]) if key[0] in OBJECTIVE_STYLES else 99,
                 key[1],
                 Line2D([], [], linestyle="none", label=label, **kwargs),
             )
         )
-    handles = [h for *_, h in sorted(handles, key=lambda t: (t[0], t[1]))]
+    handles = [h for *_, h in sorted(ranked, key=lambda t: (t[0], t[1]))]
     if frontier:
         handles.append(Line2D([], [], color="#777777", linestyle="--", linewidth=1.3, label="Pareto frontier"))
     return handles
@@ -270,7 +271,7 @@ def plot_pareto(rows: list[dict], out: Path, title: str) -> dict | None:
     if not points:
         return None
     scorer, unit = _scorer_label(points)
-    panels = []
+    panels: list[tuple[str | None, str, str]] = []  # (row key of the x axis or None: by arm, label, title)
     if any(r.get("kl") is not None for r in points):
         panels.append(
             ("kl", f"KL({_reference_label(points)} \u2016 model), nats per sample", "(a) capability cost: KL")
@@ -285,7 +286,7 @@ def plot_pareto(rows: list[dict], out: Path, title: str) -> dict | None:
     fig = _new_figure(12.0 if len(panels) == 2 else 7.0, 5.6)
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
     log = _use_log([r["misalignment_mean"] for r in points])
-    drawn = {"panels": [], "log_y": log, "frontier": {}}
+    drawn: dict[str, Any] = {"panels": [], "log_y": log, "frontier": {}}
     any_frontier = False
     for ax, (key, xlabel, subtitle) in zip(axes, panels):
         chosen = [r for r in points if key is None or r.get(key) is not None]
@@ -340,8 +341,8 @@ def plot_pareto(rows: list[dict], out: Path, title: str) -> dict | None:
                 c = ax.transData.transform((a, b))
                 half = _marker_kwargs(row)["markersize"] * fig.dpi / 72 / 2 + 1
                 obstacles.append((owner, Bbox.from_extents(c[0] - half, c[1] - half, c[0] + half, c[1] + half)))
-            for a, b in pairwise(steps):  # the frontier's segments
-                (x0, y0), (x1, y1) = ax.transData.transform(a), ax.transData.transform(b)
+            for p, q in pairwise(steps):  # the frontier's segments
+                (x0, y0), (x1, y1) = ax.transData.transform(p), ax.transData.transform(q)
                 obstacles.append(
                     (-1, Bbox.from_extents(min(x0, x1) - 1, min(y0, y1) - 1, max(x0, x1) + 1, max(y0, y1) + 1))
                 )
@@ -411,7 +412,7 @@ def plot_over_tokens(rows: list[dict], out: Path, title: str) -> dict | None:
     averaged = any(len(members) > 1 for members in series.values())
     if averaged:  # one legend entry per objective, in the usual objective order
         order = {name: i for i, name in enumerate(OBJECTIVE_STYLES)}
-        series = dict(sorted(series.items(), key=lambda kv: order.get(kv[1][0].get("objective"), len(order))))
+        series = dict(sorted(series.items(), key=lambda kv: order.get(kv[1][0].get("objective") or "", len(order))))
     for name, members in series.items():
         row = members[0]
         colour = _style(row)[0]

@@ -111,7 +111,7 @@ def arm_names(run_dirs: Sequence[str | Path]) -> list[str]:
     names = [p.name or str(p) for p in paths]
     counts = Counter(names)
     names = [f"{p.parent.name}/{n}" if counts[n] > 1 else n for p, n in zip(paths, names)]
-    counts, seen = Counter(names), Counter()
+    counts, seen = Counter(names), Counter[str]()
     out = []
     for n in names:
         seen[n] += 1
@@ -134,7 +134,7 @@ def _section(data: dict | None, key: str) -> tuple[dict | None, str | None]:
 def _take(data: dict | None, key: str, skipped: dict[str, str]) -> dict:
     """The section, or {} with the reason recorded in ``skipped`` (unless the run has no eval.json)."""
     value, why = _section(data, key)
-    if value is None and data is not None:
+    if value is None and data is not None and why is not None:
         skipped[key] = why
     return value or {}
 
@@ -189,8 +189,9 @@ def summarize(run: Run) -> dict[str, Any]:
         hit_threshold=number(mis.get("threshold")),
     )
     scorer = mis.get("scorer") if isinstance(mis.get("scorer"), dict) else None
-    if scorer is None and isinstance((run.phf or {}).get("scorer"), dict):
-        scorer = run.phf["scorer"]
+    trained_with = (run.phf or {}).get("scorer")
+    if scorer is None and isinstance(trained_with, dict):
+        scorer = trained_with
     row["scorer"] = {k: scorer.get(k) for k in ("name", "version", "unit")} if scorer else None
 
     judge = _take(ev, "judge", skipped)
@@ -256,7 +257,8 @@ def summarize(run: Run) -> dict[str, Any]:
         scenario_hit_rate=number(sc.get("hit_rate")),
     )
 
-    settings = (ev or {}).get("settings") if isinstance((ev or {}).get("settings"), dict) else {}
+    raw_settings = (ev or {}).get("settings")
+    settings: dict[str, Any] = raw_settings if isinstance(raw_settings, dict) else {}
     row["eval_seconds"] = number(settings.get("seconds"))
     row["eval_settings"] = {
         k: settings[k]
@@ -315,7 +317,7 @@ def redteam_curves(run: Run) -> dict[str, list] | None:
     if not isinstance(rt, dict) or not isinstance(rt.get("rounds"), list):
         return None
     xs, mean, best, mean_sd, best_sd = [], [], [], [], []
-    entries = []
+    entries: list[tuple[float, dict]] = []
     if isinstance(rt.get("initial"), dict):
         entries.append((0, rt["initial"]))
     for i, r in enumerate(rt["rounds"]):

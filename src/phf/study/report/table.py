@@ -199,7 +199,7 @@ def header_facts(rows: list[dict]) -> dict[str, Any]:
             if label not in scorers:
                 scorers.append(label)
     ns = sorted({r["misalignment_n"] for r in rows if r.get("misalignment_n") is not None})
-    settings = next((r["eval_settings"] for r in rows if r.get("eval_settings")), {})
+    settings: dict[str, Any] = next((r["eval_settings"] for r in rows if r.get("eval_settings")), {})
     return {
         "scorers": scorers,
         "samples": ns,
