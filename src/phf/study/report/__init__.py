@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from phf.io.atomic import write_text_atomic
 from phf.study.report.pages import write_html, write_markdown
 from phf.study.report.plots import (
     OBJECTIVE_STYLES,
@@ -120,5 +121,5 @@ def build_report(
         "missing": missing,
         "files": {f: str(out / f) for f in files},
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     return results

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from phf.io.atomic import write_text_atomic
 from phf.study.report.runs import number
 from phf.study.report.table import COLUMNS, MISSING, control_sentence, fmt, results_rows, sampling_sentence
 
@@ -147,7 +148,7 @@ def write_markdown(
     md += ["## Files", "", "- results.json: every number above, per arm, with the paths read"]
     for r in rows:
         md.append(f"- {_md_escape(r['name'])}: {_md_escape(r['path'])}")
-    path.write_text("\n".join(md) + "\n", encoding="utf-8")
+    write_text_atomic(path, "\n".join(md) + "\n")
 
 
 def write_html(
@@ -229,4 +230,4 @@ def write_html(
         + "</ul>"
     )
     h.append("</body></html>\n")
-    path.write_text("\n".join(h), encoding="utf-8")
+    write_text_atomic(path, "\n".join(h))

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from phf.config import OBJECTIVE_NAMES
+from phf.io.atomic import atomic_path
 
 DPI = 150
 
@@ -84,9 +85,12 @@ def _new_figure(width: float, height: float):
 def _save(fig, out: Path, stem: str) -> list[str]:
     import matplotlib
 
+    # Written whole or not at all, like every file of a report (the temp name hides the format).
     with matplotlib.rc_context({"svg.hashsalt": "phf-report", "svg.fonttype": "path"}):
-        fig.savefig(out / f"{stem}.png", dpi=DPI, metadata={"Software": None})
-        fig.savefig(out / f"{stem}.svg", format="svg", metadata={"Date": None, "Creator": None})
+        with atomic_path(out / f"{stem}.png") as tmp:
+            fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
+        with atomic_path(out / f"{stem}.svg") as tmp:
+            fig.savefig(tmp, format="svg", metadata={"Date": None, "Creator": None})
     return [f"{stem}.png", f"{stem}.svg"]
 
 
