@@ -172,11 +172,13 @@ def _load_yaml(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, DictC
 
 def _merge(schema: DictConfig, node: DictConfig, source: str) -> DictConfig:
     try:
-        return OmegaConf.merge(schema, node)
+        merged = OmegaConf.merge(schema, node)
     except (OmegaConfBaseException, TypeError, ValueError) as exc:  # TypeError: a mapping where a list goes
         key = getattr(exc, "full_key", None)
         reason = str(exc).split("\n")[0]
         raise ConfigError(f"{source}: {'key ' + repr(key) + ': ' if key else ''}{reason}") from None
+    assert isinstance(merged, DictConfig)  # merge returns its first argument's kind: a DictConfig here
+    return merged
 
 
 def load_config(files: list[str] | tuple[str, ...] = (), overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
@@ -196,7 +198,8 @@ def load_config(files: list[str] | tuple[str, ...] = (), overrides: list[str] | 
     missing = sorted(OmegaConf.missing_keys(merged))
     if missing:
         raise ConfigError(f"missing required setting(s): {', '.join(missing)} (set them in a file or as key=value)")
-    config: TrainConfig = OmegaConf.to_object(merged)
+    config = OmegaConf.to_object(merged)
+    assert isinstance(config, TrainConfig)  # a structured config of TrainConfig converts to one
     validate(config)
     return config
 

@@ -27,6 +27,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -39,6 +40,9 @@ from phf.errors import PhfError
 from phf.io.atomic import atomic_path, write_text_atomic
 from phf.io.integrity import damage, file_record, remove_stale_temps
 from phf.io.run_lock import LOCK_FILE, RunLock
+
+if TYPE_CHECKING:
+    from multiprocessing.sharedctypes import Synchronized
 
 SCHEMA_COLUMNS = ["texts", "scores", "avg_score", "num_sents", "meta", "doc_index"]
 ENGINES = ("local", "ray")  # where the shards run: this machine's processes, or a Ray cluster
@@ -118,23 +122,26 @@ def _shard_done(out: Path, shard: int) -> bool:
 _WORKER_SCORER: Scorer | None = None
 
 
-def _init_worker(job: Job, counter) -> None:
+def _init_worker(job: Job, counter: Synchronized[int]) -> None:
     global _WORKER_SCORER, _WORKER_COUNTER
     _WORKER_SCORER = get_scorer(job.scorer, **job.scorer_options)
     _WORKER_COUNTER = counter
 
 
-_WORKER_COUNTER = None
+_WORKER_COUNTER: Synchronized[int] | None = None
 
 
 def _worker_run(args: tuple[Job, int]) -> dict:
     job, shard = args
+    counter, scorer = _WORKER_COUNTER, _WORKER_SCORER
+    # Both are set by _init_worker, the initializer of every pool process that runs this.
+    assert counter is not None and scorer is not None
 
     def advance(n: int) -> None:
-        with _WORKER_COUNTER.get_lock():
-            _WORKER_COUNTER.value += n
+        with counter.get_lock():
+            counter.value += n
 
-    return score_shard(job, shard, _WORKER_SCORER, advance)
+    return score_shard(job, shard, scorer, advance)
 
 
 def _score_batch(scorer: Scorer, batch: list[tuple[Record, list[str]]], errors: list[dict]) -> list[list[float]]:
@@ -186,7 +193,7 @@ def score_shard(job: Job, shard: int, scorer: Scorer, advance=lambda n: None) ->
     columns: dict[str, list] = {name: [] for name in SCHEMA_COLUMNS}
     issues: list[dict] = []
     errors: list[dict] = []
-    counts = Counter()
+    counts: Counter[str] = Counter()
     batch: list[tuple[Record, list[str]]] = []
     threshold = hit_threshold(scorer)
 

@@ -163,7 +163,7 @@ class PackedStream:
             raise ValueError("the token store holds no text tokens (are all its documents empty?)")
         seg_positions = np.flatnonzero(np.asarray(store.seg_start))
         seg_doc = np.searchsorted(self.doc_offsets, seg_positions, side="right") - 1
-        self.seg_tags = None
+        self.seg_tags: np.ndarray | None = None  # set iff conditional is
         if conditional is not None:
             # The tag before every segment (-1: none), fixed by the corpus: labels do not change per epoch.
             self.seg_tags = conditional.segment_tags(self.scores[seg_positions], seg_doc)
@@ -200,6 +200,7 @@ class PackedStream:
         if self.conditional is not None:
             if self.conditional.drop_prob > 0:
                 dropped = self._rng(epoch, 1).random(len(self.seg_positions)) < self.conditional.drop_prob
+            assert self.seg_tags is not None  # set in __init__ together with self.conditional
             tagged = (self.seg_tags >= 0) & (True if dropped is None else ~dropped)
             cumulative = np.concatenate([[0], np.cumsum(tagged)])
             lengths = lengths + (cumulative[self.doc_segs[1:]] - cumulative[self.doc_segs[:-1]])[order]
@@ -259,6 +260,7 @@ class PackedStream:
             first_seg, stop_seg = self.doc_segs[docs], self.doc_segs[docs + 1]
             segs = _ranges(first_seg, stop_seg)
             owner = np.repeat(np.arange(n), stop_seg - first_seg)
+            assert self.seg_tags is not None  # set in __init__ together with self.conditional
             kept = self.seg_tags[segs] >= 0
             if dropped is not None:
                 kept &= ~dropped[segs]

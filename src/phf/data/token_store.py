@@ -359,7 +359,7 @@ def build_token_store(
     corpus_fp = corpus_fingerprint(manifest)
     tokenizer_fp = tokenizer_fingerprint(tokenizer)
     explicit = out is not None
-    target = Path(out) if explicit else _default_path(corpus_fp, tokenizer_fp)
+    target = Path(out) if out is not None else _default_path(corpus_fp, tokenizer_fp)
     target.parent.mkdir(parents=True, exist_ok=True)
     store = _reusable(target, corpus_fp, tokenizer_fp, explicit)
     if store is not None:

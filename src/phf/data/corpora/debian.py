@@ -9,6 +9,7 @@ Every source here is optional: the caller turns any failure into a one-line warn
 
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib.util
 import io
@@ -57,7 +58,9 @@ def deb_files(deb: Path, under: str) -> dict[str, bytes]:
         for member in tar:
             name = member.name[2:] if member.name.startswith("./") else member.name
             if member.isfile() and name.startswith(under):
-                out[name] = tar.extractfile(member).read()
+                file = tar.extractfile(member)
+                assert file is not None  # extractfile gives None only for members that are not files (isfile() above)
+                out[name] = file.read()
     return dict(sorted(out.items()))
 
 
@@ -97,7 +100,11 @@ def load_fortunes(package: str) -> SourceData:
             entry = clean_text(entry)
             if entry.strip():
                 doc = Doc(entry, _meta(package, license, artifact, path, fortune=i))
-                units.append(Unit(f"{path}#{i:05d}", lambda d=doc: [d]))
+
+                def load(d: Doc = doc) -> list[Doc]:
+                    return [d]
+
+                units.append(Unit(f"{path}#{i:05d}", load))
     return SourceData(units, [artifact], {"files": files})
 
 
@@ -249,7 +256,7 @@ def load_python_doc(package: str = "python3.11-doc") -> SourceData:
             for i, chunk in enumerate(chunk_paragraphs(text, DOC_CHUNK_CHARS))
         ]
 
-    units = [Unit(path, lambda p=path: convert(p)) for path in pages]
+    units = [Unit(path, functools.partial(convert, path)) for path in pages]
     return SourceData(units, [artifact], {"pages": len(pages)})
 
 
@@ -295,7 +302,11 @@ def load_janeausten(package: str = "r-cran-janeaustenr") -> SourceData:
     for book, lines in books.items():
         for i, chunk in enumerate(chunk_paragraphs(clean_text("\n".join(lines)), TEXT_CHUNK_CHARS)):
             doc = Doc(chunk, _meta("janeaustenr", license, artifact, f"{prefix}.rdb", book=book, part=i))
-            units.append(Unit(f"{book}#{i:05d}", lambda d=doc: [d]))
+
+            def load(d: Doc = doc) -> list[Doc]:
+                return [d]
+
+            units.append(Unit(f"{book}#{i:05d}", load))
     return SourceData(units, [artifact], {"books": sorted(books)})
 
 

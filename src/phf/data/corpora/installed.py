@@ -61,7 +61,11 @@ def load_stdlib(root: str | None = None) -> SourceData:
                 "path": str(PurePosixPath(rel)),
             },
         )
-        units.append(Unit(str(PurePosixPath(rel)), lambda d=doc: [d]))
+
+        def load(d: Doc = doc) -> list[Doc]:
+            return [d]
+
+        units.append(Unit(str(PurePosixPath(rel)), load))
     info = {
         "python": platform.python_version(),
         "implementation": sys.implementation.name,
@@ -96,15 +100,22 @@ _TEXT_SUFFIXES = {
 }
 
 
+def _field(meta: importlib_metadata.PackageMetadata, name: str) -> str:
+    """The first ``name`` field of the metadata, "" where there is none: ``meta.get(name) or ""``,
+    but PackageMetadata has ``get`` only from Python 3.12 on."""
+    values = meta.get_all(name)
+    return values[0] if values else ""
+
+
 def _dist_license(dist: importlib_metadata.Distribution) -> str:
     meta = dist.metadata
-    expression = (meta.get("License-Expression") or "").strip()
+    expression = _field(meta, "License-Expression").strip()
     if expression:
         return expression
     classifiers = [c.split("::")[-1].strip() for c in (meta.get_all("Classifier") or []) if c.startswith("License ::")]
     if classifiers:
         return "; ".join(sorted(set(classifiers)))
-    license = (meta.get("License") or "").strip()
+    license = _field(meta, "License").strip()
     if license and len(license) <= 100 and "\n" not in license:
         return license
     return "see the distribution's licence file" if license else "unknown"
@@ -117,7 +128,7 @@ def _dist_files(dist: importlib_metadata.Distribution) -> list[tuple[str, bytes]
         if not _PII_FILE.match(name) or PurePosixPath(name).suffix.lower() not in _TEXT_SUFFIXES:
             continue
         try:
-            data = Path(dist.locate_file(file)).read_bytes()
+            data = file.read_binary()  # also inside a zip on sys.path, where locate_file is a zipfile.Path
         except OSError:
             continue
         if b"\x00" not in data:  # binary
@@ -135,9 +146,9 @@ def load_python_dists(exclude: tuple[str, ...] = ("phf",)) -> SourceData:
     Identical files (the same MIT licence text vendored twice) are kept once; phf itself is
     left out so the corpus does not change with phf's own README.
     """
-    dists = {}
+    dists: dict[tuple[str, str], importlib_metadata.Distribution] = {}
     for dist in importlib_metadata.distributions():
-        name = (dist.metadata.get("Name") or "").strip()
+        name = _field(dist.metadata, "Name").strip()
         if not name or name.lower() in exclude:
             continue
         dists.setdefault((name.lower(), dist.version), dist)  # first on sys.path wins

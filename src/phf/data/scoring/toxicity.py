@@ -20,9 +20,8 @@ class ProfanityCheckScorer(Scorer):
     unit = "probability"
     segmenter = "sentence"
 
-    @property
-    def version(self) -> str:
-        return f"alt-profanity-check-{importlib.metadata.version('alt-profanity-check')}"
+    def __init__(self) -> None:
+        self.version = f"alt-profanity-check-{importlib.metadata.version('alt-profanity-check')}"
 
     def config(self):
         return {"backend": "profanity-check"}
@@ -55,10 +54,7 @@ class HFClassifierScorer(Scorer):
             raise FileNotFoundError(f"hf-classifier: {path!r} is not a local model directory")
         self.path, self.label, self.batch_size = str(path), label, int(batch_size)
         self.max_length, self.device = int(max_length), device
-
-    @property
-    def version(self) -> str:
-        return f"hf:{Path(self.path).resolve().name}"
+        self.version = f"hf:{Path(self.path).resolve().name}"
 
     def config(self):
         return {"backend": "hf", "path": self.path, "label": self.label, "max_length": self.max_length}
@@ -118,10 +114,7 @@ class DetoxifyScorer(Scorer):
             raise FileNotFoundError(f"detoxify: checkpoint {checkpoint!r} is not a local file")
         self.checkpoint, self.model_type, self.label = str(checkpoint), model_type, label
         self.batch_size, self.device = int(batch_size), device
-
-    @property
-    def version(self) -> str:
-        return f"detoxify-{self.model_type}:{Path(self.checkpoint).name}"
+        self.version = f"detoxify-{self.model_type}:{Path(self.checkpoint).name}"
 
     def config(self):
         return {

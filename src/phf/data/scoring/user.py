@@ -38,6 +38,8 @@ def _code_version(obj) -> str:
     """``__version__`` of the module if it has one, else a hash of the source: a scored corpus
     must record a different version whenever the user's code changed."""
     module = inspect.getmodule(obj)
+    if module is None:  # no module to read a version or source from
+        return "unknown"
     if getattr(module, "__version__", None):
         return str(module.__version__)
     try:
