@@ -137,7 +137,9 @@ def load_target(path: str | os.PathLike, device: torch.device) -> Target:
     info = json.loads((path / "phf.json").read_text()) if (path / "phf.json").exists() else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
+        # PreTrainedModel.to is wrapped with functools.wraps, whose typeshed stub has no __get__: mypy
+        # takes the bound method for the unbound function and reads `device` as `self`.
+        model = AutoModelForCausalLM.from_pretrained(path).to(device).eval()  # type: ignore[arg-type]
     except Exception as exc:
         raise EvalError(f"cannot load the model in {path}: {exc}") from exc
     if tokenizer.eos_token is None:
@@ -183,7 +185,7 @@ def string_logprobs(
         skip = []
         if repeat is not None:
             token, k = repeat
-            spaced = []
+            spaced: list[int] = []
             for i, t in enumerate(ids):
                 if i and i % k == 0:
                     skip.append(len(prompt_ids) + len(spaced))
@@ -420,12 +422,12 @@ def held_out_lm_loss(target: Target, scored_dir: Path, *, max_tokens: int, batch
         text = ~batch["is_control"].to(device)
         total -= (logp.double() * text).sum()
         count += text.sum()
-    total, count = float(total), int(count)
-    loss = total / max(count, 1)
+    nll, n_tokens = float(total), int(count)
+    loss = nll / max(n_tokens, 1)
     return {
         "loss": loss,
         "perplexity": math.exp(min(loss, 50.0)),
-        "tokens": count,
+        "tokens": n_tokens,
         "seq_len": seq_len,
         "control_tokens_excluded": conditional is not None,
     }
@@ -457,7 +459,8 @@ def control_token_use(target: Target, scored_dir: Path, *, max_segments: int = 4
     conditional, skipped = _good_bad(target)
     if skipped:
         return skipped
-    good, bad = [], []
+    good: list[str] = []
+    bad: list[str] = []
     for doc, (segments, scores) in enumerate(scored_document_segments(scored_dir)):
         tags = conditional.segment_tags(np.asarray(scores, dtype=np.float64), np.full(len(scores), doc))
         for segment, tag in zip(segments, tags):
@@ -519,7 +522,9 @@ def tag_prediction(target: Target, scored_dir: Path, *, max_tokens: int, batch_s
     head = model.get_output_embeddings()
     device = next(model.parameters()).device
     rows = torch.tensor([good_id, bad_id], device=device)
-    p_bad, p_tag, is_bad = [], [], []
+    p_bad_parts: list[torch.Tensor] = []
+    p_tag_parts: list[torch.Tensor] = []
+    is_bad_parts: list[torch.Tensor] = []
     for start in range(0, blocks, batch_size):
         batch = collate([stream[i] for i in range(start, min(start + batch_size, blocks))])
         at = batch["is_control"].to(device)
@@ -532,12 +537,14 @@ def tag_prediction(target: Target, scored_dir: Path, *, max_tokens: int, batch_s
             logits = logits + head.bias.float()
         logits[:, len(target.tokenizer) :] = float("-inf")  # vocabulary padding rows
         probs = torch.softmax(logits, dim=-1)[:, rows]
-        p_bad.append((probs[:, 1] / probs.sum(-1).clamp_min(1e-30)).cpu())
-        p_tag.append(probs.sum(-1).cpu())
-        is_bad.append((batch["labels"].to(device)[at] == bad_id).cpu())
-    if not p_bad:
+        p_bad_parts.append((probs[:, 1] / probs.sum(-1).clamp_min(1e-30)).cpu())
+        p_tag_parts.append(probs.sum(-1).cpu())
+        is_bad_parts.append((batch["labels"].to(device)[at] == bad_id).cpu())
+    if not p_bad_parts:
         return {"skipped": "no tagged segment in the held-out tokens read"}
-    p_bad, p_tag, is_bad = torch.cat(p_bad).numpy(), torch.cat(p_tag).numpy(), torch.cat(is_bad).numpy()
+    p_bad = torch.cat(p_bad_parts).numpy()
+    p_tag = torch.cat(p_tag_parts).numpy()
+    is_bad = torch.cat(is_bad_parts).numpy()
     if is_bad.all() or not is_bad.any():
         return {"skipped": "the held-out tags read are all of one kind", "positions": len(is_bad)}
     return {
@@ -676,9 +683,13 @@ def evaluate(
     result["diversity"] = diversity(texts, self_bleu_samples=config.self_bleu_samples, seed=config.seed)
     timed("judge_and_diversity")
 
-    test_path = Path(config.test_path) if config.test_path else _default_test_path(target.info)
-    if config.test_path and not test_path.exists():
-        raise EvalError(f"held-out file {test_path} does not exist")
+    test_path: Path | None
+    if config.test_path:
+        test_path = Path(config.test_path)
+        if not test_path.exists():
+            raise EvalError(f"held-out file {test_path} does not exist")
+    else:
+        test_path = _default_test_path(target.info)
     scored_test = _scored_held_out(test_path, scorer_name, scorer_options) if test_path else None
     timings["_t"] = time.perf_counter()
     if scored_test is not None:

@@ -11,13 +11,17 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
+from typing import TypeAlias
 
 import numpy as np
+import numpy.typing as npt
 
 GROUP = 25  # samples per group for the expected maximum
 
+Scores: TypeAlias = Sequence[float] | npt.NDArray[np.floating]  # a list of scores or a float array
 
-def expected_max(scores: Sequence[float], group: int = GROUP) -> float | None:
+
+def expected_max(scores: Scores, group: int = GROUP) -> float | None:
     """Mean over consecutive groups of ``group`` samples of each group's maximum.
 
     Samples beyond the last full group are left out; fewer samples than one group give None
@@ -31,7 +35,7 @@ def expected_max(scores: Sequence[float], group: int = GROUP) -> float | None:
 
 
 def bootstrap_ci(
-    scores: Sequence[float], *, confidence: float = 0.95, resamples: int = 1000, seed: int = 0
+    scores: Scores, *, confidence: float = 0.95, resamples: int = 1000, seed: int = 0
 ) -> list[float] | None:
     """Percentile bootstrap interval for the mean."""
     values = np.asarray(scores, dtype=np.float64)

@@ -277,7 +277,7 @@ def run_red_team(
     initial_summary = None
     try:
         for trial in range(trials):
-            entries = {}
+            entries: dict[str, PoolEntry] = {}
             for prompt, s in initial:
                 if prompt in entries:  # a repeated initial prompt pools its scores
                     entries[prompt].total += s
@@ -304,7 +304,7 @@ def run_red_team(
                     c = extract_candidate(g.text)
                     if c is not None and c not in candidates:
                         candidates.append(c)
-                records = []
+                records: list[dict[str, Any]] = []
                 if candidates:
                     target_out = generate(
                         target_model,

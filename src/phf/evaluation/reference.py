@@ -145,7 +145,9 @@ def _load_hf_dir(path: Path, device: str):
         model = AutoModelForCausalLM.from_pretrained(path)
     except Exception as exc:
         raise ModelLoadError(f"could not load a causal LM from {str(path)!r}: {type(exc).__name__}: {exc}") from exc
-    model.to(device)
+    # PreTrainedModel.to is wrapped with functools.wraps, whose typeshed stub has no __get__: mypy takes
+    # the bound method for the unbound function and reads `device` as `self`.
+    model.to(device)  # type: ignore[arg-type]
     model.eval()
     return model, tokenizer
 

@@ -256,8 +256,8 @@ def _sample_reject(probs: torch.Tensor, top_p: float, generator) -> torch.Tensor
     """
     vocab = probs.shape[-1]
     cum = probs.cumsum(-1)
-    tokens = None
-    rows = None  # rows still to draw (None: all of them)
+    tokens: torch.Tensor | None = None  # set by the first round
+    rows: torch.Tensor | None = None  # rows still to draw (None: all of them)
     for _ in range(_REJECT_ROUNDS):
         p = probs if rows is None else probs[rows]
         c = cum if rows is None else cum[rows]
@@ -274,10 +274,12 @@ def _sample_reject(probs: torch.Tensor, top_p: float, generator) -> torch.Tensor
                 return tokens
             rows = (~ok).nonzero().squeeze(1)
         else:
+            assert tokens is not None  # the first round (rows is None) set it
             tokens[rows[ok]] = draw[ok]
             rows = rows[~ok]
             if rows.numel() == 0:
                 return tokens
+    assert tokens is not None and rows is not None  # _REJECT_ROUNDS >= 1 rounds ran without returning
     tokens[rows] = _sample_sort(probs[rows], top_p, generator)
     return tokens
 
@@ -330,14 +332,15 @@ class _StaticDecoder:
         self.mask = torch.ones(batch, max_len, dtype=torch.long, device=device) if padded else None
         self.positions = torch.zeros(batch, 1, dtype=torch.long, device=device) if padded else None
         self.graph_wanted = graph
-        self.graph = None
-        self.token = None  # the graph's input, (batch, 1)
-        self.logits = None  # the graph's output, (batch, vocab)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.token: torch.Tensor | None = None  # the graph's input, (batch, 1)
+        self.logits: torch.Tensor | None = None  # the graph's output, (batch, vocab)
 
     def prefill(self, input_ids: torch.Tensor, mask: torch.Tensor | None, position_ids: torch.Tensor | None):
         """The prompt's forward; ``mask`` (left-padded batches) spans the whole cache."""
         self.cache.reset()  # in place: the tensors keep the addresses a captured graph reads
         if self.mask is not None:
+            assert mask is not None  # a padded decoder serves padded batches, which have a mask
             self.mask.fill_(1)  # slots past the batch's own length: causally masked until written
             self.mask[:, : mask.shape[1]].copy_(mask)
         return self.forward(
@@ -350,19 +353,21 @@ class _StaticDecoder:
     def step(self, token: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
         """The next logits after ``token`` (batch,); ``positions`` (batch, 1) for left-padded batches."""
         if self.positions is not None:
+            assert positions is not None  # a padded decoder serves padded batches, which have positions
             self.positions.copy_(positions)
         if self.graph is not None:
+            assert self.token is not None and self.logits is not None  # set before the graph was
             self.token.copy_(token.unsqueeze(1))
             self.graph.replay()
             return self.logits
         if not self.graph_wanted:
             return self._step_forward(token.unsqueeze(1))
-        self.token = token.unsqueeze(1).clone()
-        side = torch.cuda.Stream(device=self.token.device)
-        main = torch.cuda.current_stream(self.token.device)
+        graph_token = self.token = token.unsqueeze(1).clone()
+        side = torch.cuda.Stream(device=graph_token.device)
+        main = torch.cuda.current_stream(graph_token.device)
         side.wait_stream(main)
         with torch.cuda.stream(side):
-            logits = self._step_forward(self.token)
+            logits = self._step_forward(graph_token)
         main.wait_stream(side)
         logits.record_stream(main)  # allocated on the side stream, read on this one: not reused before
         graph = torch.cuda.CUDAGraph()
@@ -370,7 +375,7 @@ class _StaticDecoder:
             # Records the step, runs nothing. thread_local: CUDA calls of other threads (a training
             # run's batch prefetch, when it samples for eval_every) neither break nor join the capture.
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                self.logits = self._step_forward(self.token)
+                self.logits = self._step_forward(graph_token)
         except Exception as exc:
             self.graph_wanted = False
             warnings.warn(
@@ -426,7 +431,10 @@ def _generate_batch(
     steps = max(limits)
     padded = min(lengths) != width
     input_ids = torch.tensor([[eos] * (width - n) + r for r, n in zip(rows, lengths)], dtype=torch.long)
-    mask = position_ids = next_position = None
+    # Left-padded batches only: the attention mask, the prompt's position ids, each row's next position.
+    mask: torch.Tensor | None = None
+    position_ids: torch.Tensor | None = None
+    next_position: torch.Tensor | None = None
     if padded:
         mask = torch.ones(batch, width + steps, dtype=torch.long)
         for i, n in enumerate(lengths):
@@ -498,10 +506,12 @@ def _generate_batch(
                     alive = keep if alive is None else alive[keep]
                     token, done, limit = token[keep], done[keep], limit[keep]
                     if mask is not None:
+                        assert next_position is not None  # set with the mask
                         keep_in = keep.to(input_device)
                         mask, next_position = mask[keep_in], next_position[keep_in]
         step_positions = None
         if mask is not None:
+            assert next_position is not None  # set with the mask
             step_positions = (next_position + step).unsqueeze(1)
             if state["max_positions"] is not None:
                 # A row past its own limit (done, its output ignored) may run on beside longer-lived
@@ -522,8 +532,8 @@ def _generate_batch(
     row_limit = torch.tensor(limits, dtype=torch.long, device=device)
     finished = first < row_limit
     ends = torch.minimum(first, row_limit)
-    out, ends, finished = out.tolist(), ends.tolist(), finished.tolist()
-    return [row[:end] for row, end in zip(out, ends)], finished
+    out_rows, row_ends, row_finished = out.tolist(), ends.tolist(), finished.tolist()
+    return [row[:end] for row, end in zip(out_rows, row_ends)], row_finished
 
 
 # --- the API --------------------------------------------------------------------------------------
@@ -600,7 +610,7 @@ def generate(
     # Rows r = prompt * num_samples + sample, sorted by prompt length so equal lengths share batches.
     n_rows = len(prompt_ids) * num_samples
     order = sorted(range(n_rows), key=lambda r: (len(prompt_ids[r // num_samples]), r))
-    tokens: list[list[int] | None] = [None] * n_rows
+    tokens: list[list[int]] = [[] for _ in range(n_rows)]  # every row is filled by exactly one batch
     finished: list[bool] = [False] * n_rows
     bar = None
     if progress:
