@@ -5,6 +5,7 @@ and a study's arms run as Ray tasks."""
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -152,3 +153,22 @@ def test_a_gpu_scorer_gets_one_gpu_per_actor_and_arms_ask_for_one(tmp_path, clus
     assert manifest["counts"]["scorer_errors"] == 0, manifest["issues"]["examples"]
     assert rows(tmp_path / "gpu") == rows(tmp_path / "local")
     assert _arm_resources(ray) == {"num_gpus": 1, "num_cpus": 1}
+
+
+def test_an_address_where_nothing_listens_fails_in_seconds_naming_it(tmp_path):
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    source = write_jsonl(tmp_path / "in.jsonl", corpus_texts(10))
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "phf.cli", "score", "--input", str(source), "--out", str(tmp_path / "out"),
+         "--scorer", "pep8", "--engine", "ray", "--ray-address", f"127.0.0.1:{port}"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"phf score: error: --ray-address 127.0.0.1:{port}: nothing answers at 127.0.0.1:{port} (Connection refused)"
+    ]
+    assert time.perf_counter() - started < 60  # ray.init alone retried for minutes
+    assert not (tmp_path / "out" / "data").exists()

@@ -425,9 +425,11 @@ def score_corpus(
     if engine not in ENGINES:
         raise ScoringError(f"--engine {engine!r}: choose {' or '.join(ENGINES)}")
     if engine == "ray":
-        from phf.io.ray import require_ray
+        from phf.io.ray import check_reachable, require_ray
 
         require_ray()  # before any output is written
+        if ray_address:
+            check_reachable(ray_address)
     job_index, job_count = parse_shard(shard)
     scorer_options = dict(scorer_options or {})
     scorer_obj = get_scorer(scorer, **scorer_options)  # validates name and options before any work

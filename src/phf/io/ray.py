@@ -8,6 +8,7 @@ and have phf and any user scorer module installed.
 from __future__ import annotations
 
 import logging
+import socket
 from contextlib import contextmanager
 
 from phf.errors import PhfError
@@ -31,6 +32,20 @@ def require_ray():
     return ray
 
 
+def check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Fail in seconds where nothing listens at a ``host:port`` address: ray.init retries an
+    unreachable cluster for minutes before it gives up. Other forms ("auto") are Ray's to resolve."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise RayEngineError(f"--ray-address {address}: nothing answers at {host}:{port} ({reason})") from None
+
+
 @contextmanager
 def connected(address: str | None = None):
     """Ray, connected to ``address`` or to a new local instance; a session the caller already
@@ -40,6 +55,7 @@ def connected(address: str | None = None):
         yield ray
         return
     if address:
+        check_reachable(address)
         try:
             ray.init(address=address, logging_level=logging.WARNING)
         except ConnectionError as exc:
