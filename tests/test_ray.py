@@ -4,7 +4,6 @@ and a study's arms run as Ray tasks."""
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.data.test_score_corpus import USER, corpus_texts, rows, write_jsonl
+from tests.data.test_score_corpus import USER, corpus_texts, kill_and_rerun, rows, write_jsonl
 from tests.study.test_experiment import snapshot, write_study
 
 import phf.study.experiment
@@ -61,43 +60,7 @@ def test_ray_engine_writes_what_the_local_engine_writes(tmp_path, cluster):
 
 
 def test_a_killed_driver_is_rerun_without_redoing_finished_shards(tmp_path, cluster):
-    src = write_jsonl(tmp_path / "in.jsonl", corpus_texts(40))
-    out = tmp_path / "out"
-    cmd = [
-        sys.executable,
-        "-m",
-        "phf.cli",
-        "score",
-        "--input",
-        str(src),
-        "--out",
-        str(out),
-        "--scorer",
-        f"{USER}:slow_score",
-        "--shard-size",
-        "4",
-        "--batch-docs",
-        "2",
-        "--quiet",
-        "--engine",
-        "ray",
-        "--ray-address",
-        cluster,
-    ]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while len(list((out / "shards").glob("*.json"))) < 3 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    finished = {p.name: p.read_text() for p in (out / "shards").glob("*.json")}
-    assert 3 <= len(finished) < 10 and not (out / "manifest.json").exists(), "killed in the middle"
-
-    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    for name, text in finished.items():
-        assert (out / "shards" / name).read_text() == text, f"finished shard {name} was redone"
-    assert [r["doc_index"] for r in rows(out)] == list(range(40)), "no document lost or duplicated"
-    assert json.loads((out / "manifest.json").read_text())["counts"]["documents_scored"] == 40
+    kill_and_rerun(tmp_path, "--engine", "ray", "--ray-address", cluster, timeout=120)
 
 
 def test_a_worker_killed_mid_shard_is_retried_and_loses_nothing(tmp_path, cluster):

@@ -16,6 +16,7 @@ import pytest
 from phf.data.score_corpus import ScoringError, load_scored, score_corpus
 
 USER = "tests.helpers.user_scorers"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write_jsonl(path, texts, extra_lines=()):
@@ -69,44 +70,35 @@ def test_num_proc_and_job_array_match_a_single_process(tmp_path):
     assert rows(tmp_path / "one") == rows(tmp_path / "two") == rows(tmp_path / "arr")
 
 
-def test_resume_after_sigkill_redoes_only_unfinished_shards(tmp_path):
+def kill_and_rerun(tmp_path, *options: str, timeout: float = 60) -> None:
+    """SIGKILL ``phf score [options]`` (10 shards of a slow scorer) once 3 shards are done, then
+    rerun it: finished shards are not redone, no document is lost or doubled, no temp file is left."""
     src = write_jsonl(tmp_path / "in.jsonl", corpus_texts(40))
     out = tmp_path / "out"
-    cmd = [
-        sys.executable,
-        "-m",
-        "phf.cli",
-        "score",
-        "--input",
-        str(src),
-        "--out",
-        str(out),
-        "--scorer",
-        f"{USER}:slow_score",
-        "--shard-size",
-        "4",
-        "--batch-docs",
-        "2",
-        "--quiet",
-    ]
+    # fmt: off
+    cmd = [sys.executable, "-m", "phf.cli", "score", "--input", str(src), "--out", str(out),
+           "--scorer", f"{USER}:slow_score", "--shard-size", "4", "--batch-docs", "2", "--quiet", *options]
+    # fmt: on
     env = {**os.environ, "PHF_TEST_SLEEP": "0.1"}
-    proc = subprocess.Popen(cmd, env=env, cwd=Path(__file__).resolve().parents[2])
-    deadline = time.time() + 60
-    while len(list((out / "shards").glob("*.json"))) < 3 and time.time() < deadline:
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while len(list((out / "shards").glob("*.json"))) < 3 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     finished = {p.name: p.read_text() for p in (out / "shards").glob("*.json")}
-    assert 3 <= len(finished) < 10 and not (out / "manifest.json").exists()
+    assert 3 <= len(finished) < 10 and not (out / "manifest.json").exists(), "killed in the middle"
 
-    env["PHF_TEST_SLEEP"] = "0"
-    subprocess.run(cmd, env=env, check=True, cwd=Path(__file__).resolve().parents[2])
-    for name, text in finished.items():  # finished shards were not redone
-        assert (out / "shards" / name).read_text() == text
-    got = rows(out)
-    assert [r["doc_index"] for r in got] == list(range(40)), "no document lost or duplicated"
+    subprocess.run(cmd, env={**env, "PHF_TEST_SLEEP": "0"}, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    for name, text in finished.items():
+        assert (out / "shards" / name).read_text() == text, f"finished shard {name} was redone"
+    assert [r["doc_index"] for r in rows(out)] == list(range(40)), "no document lost or duplicated"
     assert not list(out.glob("data/.*")), "no temporary files left behind"
     assert json.loads((out / "manifest.json").read_text())["counts"]["documents_scored"] == 40
+
+
+def test_resume_after_sigkill_redoes_only_unfinished_shards(tmp_path):
+    kill_and_rerun(tmp_path)
 
 
 def test_bad_records_are_reported_with_locations(tmp_path):
