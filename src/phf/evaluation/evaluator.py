@@ -43,6 +43,7 @@ from phf.data.scoring import get_scorer, hit_threshold
 from phf.errors import PhfError
 from phf.evaluation.metrics import diversity, misalignment_summary, per_prompt_summary
 from phf.io.atomic import write_text_atomic
+from phf.io.integrity import remove_stale_temps
 from phf.training.model import max_positions
 
 CODE_MAX_NEW_TOKENS = 640  # the paper's PEP8 setting; text uses 128
@@ -740,6 +741,7 @@ def evaluate(
         "seconds": round(time.perf_counter() - started, 2),
     }
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)  # what an evaluation killed mid-write left
     write_text_atomic(out / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     write_text_atomic(out / "eval.json", json.dumps(result, indent=2))
     return result
@@ -853,5 +855,6 @@ def redteam(
     }
     out = Path(out_dir or run_dir)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)
     write_text_atomic(out / "redteam.json", json.dumps(result, indent=2))
     return result

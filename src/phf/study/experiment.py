@@ -29,6 +29,7 @@ from omegaconf.errors import OmegaConfBaseException
 from phf.config import OBJECTIVE_NAMES, PROTOCOLS, ConfigError
 from phf.errors import PhfError
 from phf.io.atomic import atomic_path
+from phf.io.integrity import remove_stale_temps
 
 TASK_SCORERS = {"toxicity": "toxicity", "pii": "pii", "pep8": "pep8"}
 
@@ -439,6 +440,7 @@ def write_report(study: StudyConfig, arms: list[Arm], out: Path) -> dict[str, An
 
     names = [_arm_name(a, study) for a in arms]
     result = build_report([a.run_dir for a in arms], out / "report", title=study.name, names=names)
+    remove_stale_temps(out)
     with atomic_path(out / "results.json") as tmp:  # a kill while copying leaves no half results.json
         shutil.copyfile(out / "report" / "results.json", tmp)
     print(f"\nreport: {out / 'report' / 'report.html'} (and report.md); numbers: {out / 'results.json'}")

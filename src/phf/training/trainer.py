@@ -32,7 +32,7 @@ from phf.config import TrainConfig, to_yaml
 from phf.data.stream import Conditional, Filtering, PackedStream, bucket_edges, collate, step_sample_indices
 from phf.errors import PhfError
 from phf.io.atomic import write_text_atomic
-from phf.io.integrity import directory_damage, directory_records
+from phf.io.integrity import directory_damage, directory_records, remove_stale_temps
 from phf.io.run_lock import RunLock
 from phf.training.logprobs import lm_target_logprobs
 from phf.training.objectives import LossInputs, ValueHead, build_objective, objective_parameters
@@ -369,6 +369,7 @@ class Trainer:
         if self._lock is not None:  # this process owns the directory: any temp checkpoint is a killed run's
             for stale in (self.run_dir / CHECKPOINTS).glob(".tmp-step-*"):
                 shutil.rmtree(stale)
+            remove_stale_temps(self.run_dir)  # e.g. a metrics.jsonl rewrite cut short
 
     def _build(self) -> None:
         from phf.data.token_store import build_token_store

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from phf.io.atomic import write_text_atomic
+from phf.io.integrity import remove_stale_temps
 from phf.study.report.pages import write_html, write_markdown
 from phf.study.report.plots import (
     OBJECTIVE_STYLES,
@@ -71,6 +72,7 @@ def build_report(
         names = arm_names(run_dirs)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)  # what a report killed mid-write left
     runs = [read_run(p, n) for p, n in zip(run_dirs, names)]
     rows = [summarize(r) for r in runs]
     for row in rows:
