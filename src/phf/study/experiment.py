@@ -118,7 +118,7 @@ def load_study(path: str, overrides: list[str] | tuple[str, ...] = ()) -> StudyC
     study = OmegaConf.to_object(merged)
     assert isinstance(study, StudyConfig)  # merged onto the StudyConfig schema
     for task in study.tasks:
-        if task not in TASK_SCORERS:
+        if not isinstance(task, str) or task not in TASK_SCORERS:  # OmegaConf lets [[]] into a list[str]
             raise ConfigError(f"{path}: unknown task {task!r}; choose from {sorted(TASK_SCORERS)}")
     for objective in study.objectives + study.finetune.objectives:
         if objective not in OBJECTIVE_NAMES:
