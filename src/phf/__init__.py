@@ -111,8 +111,9 @@ def train(*files: str, overrides: tuple[str, ...] = (), resume: bool = False) ->
 
 
 def eval(run_dir: str, **settings) -> dict:
-    """Evaluate a run or HF model directory; settings are :class:`phf.evaluation.evaluator.EvalConfig` fields."""
-    from phf.evaluation.evaluator import EvalConfig, evaluate
+    """Evaluate a run or HF model directory; settings are :class:`phf.config.EvalConfig` fields."""
+    from phf.config import EvalConfig
+    from phf.evaluation.evaluator import evaluate
 
     return evaluate(run_dir, EvalConfig(**settings))
 
@@ -132,8 +133,9 @@ def report(run_dirs: list[str], out: str, **kwargs) -> dict:
 
 
 def redteam(run_dir: str, **settings) -> dict:
-    """Red-team a run; settings are :class:`phf.evaluation.evaluator.RedTeamConfig` fields."""
-    from phf.evaluation.evaluator import RedTeamConfig, redteam
+    """Red-team a run; settings are :class:`phf.config.RedTeamConfig` fields."""
+    from phf.config import RedTeamConfig
+    from phf.evaluation.evaluator import redteam
 
     return redteam(run_dir, RedTeamConfig(**settings))
 

@@ -10,7 +10,7 @@ import sys
 import warnings
 
 from phf._version import __version__
-from phf.config import PROTOCOLS
+from phf.config import PROTOCOLS, EvalConfig, RedTeamConfig
 
 
 def _cmd_corpus(args) -> int:
@@ -94,7 +94,7 @@ def _cmd_train(args) -> int:
 
 def _cmd_eval(args) -> int:
     from phf.data.scoring import parse_options
-    from phf.evaluation.evaluator import EvalConfig, evaluate
+    from phf.evaluation.evaluator import evaluate
 
     config = EvalConfig(
         num_samples=args.num_samples,
@@ -130,7 +130,7 @@ def _cmd_eval(args) -> int:
 
 def _cmd_redteam(args) -> int:
     from phf.data.scoring import parse_options
-    from phf.evaluation.evaluator import RedTeamConfig, redteam
+    from phf.evaluation.evaluator import redteam
 
     config = RedTeamConfig(
         rounds=args.rounds,
@@ -168,8 +168,8 @@ def _add_target_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help='prompts: JSONL of {"prompt": ...} or .txt lines (default: mined from the held-out split)',
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--seed", type=int, default=EvalConfig.seed)  # RedTeamConfig's is the same
+    p.add_argument("--device", default=EvalConfig.device, help="auto | cpu | cuda | cuda:N")
     p.add_argument("--out", default=None, help="where to write the results (default: the run directory)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -309,25 +309,36 @@ def build_parser() -> argparse.ArgumentParser:
         "prompted scenarios. Writes eval.json and samples.jsonl into the run directory.",
     )
     p.add_argument("run_dir")
-    p.add_argument("--num-samples", type=int, default=256, help="unconditional samples (default 256; the paper 4096)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default 128 for text, 640 for code")
-    p.add_argument("--batch-size", type=int, default=64)
+    e = EvalConfig
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        default=e.num_samples,
+        help="unconditional samples (default %(default)s; the paper 4096)",
+    )
+    p.add_argument("--max-new-tokens", type=int, default=e.max_new_tokens, help="default 128 for text, 640 for code")
+    p.add_argument("--batch-size", type=int, default=e.batch_size)
     _add_target_options(p)
     p.add_argument(
         "--reference",
-        default="auto",
+        default=e.reference,
         help="reference LM for KL: auto (the 'mle' run beside this one), none, smollm2, or a directory",
     )
-    p.add_argument("--kl-samples", type=int, default=128, help="reference samples for KL (default 128; the paper 4096)")
+    p.add_argument(
+        "--kl-samples",
+        type=int,
+        default=e.kl_samples,
+        help="reference samples for KL (default %(default)s; the paper 4096)",
+    )
     p.add_argument("--no-judge", action="store_true", help="skip the independent toxicity judge")
     p.add_argument("--no-scenarios", action="store_true", help="skip the prompted scenarios")
     p.add_argument(
         "--protocol",
-        default="paper",
+        default=e.protocol,
         choices=PROTOCOLS,
         help="how a conditional model is sampled: paper (both tags forbidden for text, the bad one for "
         "code), emit-good (the model may emit <|good|>), recondition (each tag it samples becomes "
-        "<|good|>); default paper",
+        "<|good|>); default %(default)s",
     )
     p.add_argument(
         "--compare-protocols",
@@ -347,12 +358,17 @@ def build_parser() -> argparse.ArgumentParser:
         "redteam.json (pool mean, best and top-10 mean per round).",
     )
     p.add_argument("run_dir")
-    p.add_argument("--rounds", type=int, default=2, help="rounds per trial (default 2; the paper 10)")
-    p.add_argument("--trials", type=int, default=2, help="independent trials (default 2; the paper 10)")
-    p.add_argument("--completions", type=int, default=8, help="red-LM completions per round (the paper 20)")
-    p.add_argument("--continuations", type=int, default=16, help="continuations per candidate (the paper 512)")
-    p.add_argument("--pool-size", type=int, default=20, help="initial prompts (default 20)")
-    p.add_argument("--red-lm", default="smollm2", help="smollm2 (from its PyPI wheel) or a local model directory")
+    r = RedTeamConfig
+    p.add_argument("--rounds", type=int, default=r.rounds, help="rounds per trial (default %(default)s; the paper 10)")
+    p.add_argument(
+        "--trials", type=int, default=r.trials, help="independent trials (default %(default)s; the paper 10)"
+    )
+    p.add_argument("--completions", type=int, default=r.completions, help="red-LM completions per round (the paper 20)")
+    p.add_argument(
+        "--continuations", type=int, default=r.continuations, help="continuations per candidate (the paper 512)"
+    )
+    p.add_argument("--pool-size", type=int, default=r.pool_size, help="initial prompts (default %(default)s)")
+    p.add_argument("--red-lm", default=r.red_lm, help="smollm2 (from its PyPI wheel) or a local model directory")
     _add_target_options(p)
     p.set_defaults(func=_cmd_redteam)
 

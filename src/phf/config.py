@@ -258,3 +258,55 @@ def validate(config: TrainConfig) -> None:
 
 def to_yaml(config: TrainConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+# Settings of `phf eval` and `phf redteam`: here, beside the other configs, so that the CLI and
+# studies take their defaults from them without importing torch.
+@dataclass
+class EvalConfig:
+    """Settings of ``phf eval``; the defaults are CPU-sized, the comments give the paper's."""
+
+    num_samples: int = 256  # the paper: 4096 (use that on a GPU)
+    temperature: float = 0.7
+    top_p: float = 0.9
+    top_k: int = 0
+    min_new_tokens: int = 10
+    max_new_tokens: int | None = None  # None: 128 for text, 640 for code (clamped to the context)
+    batch_size: int = 64
+    seed: int = 0
+    protocol: str = "paper"  # conditional models: how control tokens are sampled (PROTOCOLS)
+    compare_protocols: list[str] = field(default_factory=list)  # conditional models: also sample under these
+    scorer: str | None = None  # default: the scorer the run's corpus was scored with
+    scorer_options: dict = field(default_factory=dict)
+    judge: bool = True
+    reference: str = "auto"  # auto (the MLE run beside this one) | none | smollm2 | a model directory
+    kl_samples: int = 128  # the paper: 4096
+    kl_max_new_tokens: int = 64
+    test_path: str | None = None  # held-out JSONL; default: test.jsonl beside the run's corpus
+    lm_loss_max_tokens: int = 200_000
+    scenarios: bool = True
+    scenario_prompts: int = 20
+    prompts_path: str | None = None  # JSONL of {"prompt": ...} or a .txt file, one prompt a line; default: mined
+    scenario_samples: int = 25
+    self_bleu_samples: int = 200
+    device: str = "auto"
+    progress: bool = True
+
+
+@dataclass
+class RedTeamConfig:
+    """Settings of ``phf redteam``; the defaults are CPU-sized, the comments give the paper's."""
+
+    rounds: int = 2  # the paper: 10
+    trials: int = 2  # the paper: 10
+    completions: int = 8  # red-LM completions per round (the paper: 20)
+    continuations: int = 16  # target continuations per candidate (the paper: 512)
+    pool_size: int = 20  # initial prompts (the paper: 20 challenging prompts)
+    red_lm: str = "smollm2"  # SmolLM2-135M-Instruct from its PyPI wheel, or a local instruct model directory
+    scorer: str | None = None
+    scorer_options: dict = field(default_factory=dict)
+    test_path: str | None = None
+    prompts_path: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True

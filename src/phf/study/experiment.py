@@ -26,7 +26,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from phf.config import OBJECTIVE_NAMES, PROTOCOLS, ConfigError
+from phf.config import OBJECTIVE_NAMES, PROTOCOLS, ConfigError, EvalConfig, RedTeamConfig
 from phf.errors import PhfError
 from phf.io.atomic import atomic_path
 from phf.io.integrity import remove_stale_temps
@@ -53,13 +53,15 @@ class FinetuneSettings:
 
 @dataclass
 class EvalSettings:
-    num_samples: int = 256
-    kl_samples: int = 128
-    max_new_tokens: int | None = None
-    scenario_prompts: int = 20
-    scenario_samples: int = 25
-    batch_size: int = 64
-    protocol: str = "paper"  # how conditional models are sampled (phf.config.PROTOCOLS)
+    """The study's eval section: ``phf eval``'s defaults (EvalConfig), and when to estimate during training."""
+
+    num_samples: int = EvalConfig.num_samples
+    kl_samples: int = EvalConfig.kl_samples
+    max_new_tokens: int | None = EvalConfig.max_new_tokens
+    scenario_prompts: int = EvalConfig.scenario_prompts
+    scenario_samples: int = EvalConfig.scenario_samples
+    batch_size: int = EvalConfig.batch_size
+    protocol: str = EvalConfig.protocol  # how conditional models are sampled (phf.config.PROTOCOLS)
     compare_protocols: list[str] = field(default_factory=list)  # conditional arms: also sampled under these
     every: int = 0  # periodic misalignment estimate during training, every N steps (0: off)
     every_samples: int = 64
@@ -67,12 +69,14 @@ class EvalSettings:
 
 @dataclass
 class RedTeamSettings:
+    """The study's redteam section: ``phf redteam``'s defaults (RedTeamConfig), off unless enabled."""
+
     enabled: bool = False
-    rounds: int = 2
-    trials: int = 2
-    completions: int = 8
-    continuations: int = 16
-    red_lm: str = "smollm2"
+    rounds: int = RedTeamConfig.rounds
+    trials: int = RedTeamConfig.trials
+    completions: int = RedTeamConfig.completions
+    continuations: int = RedTeamConfig.continuations
+    red_lm: str = RedTeamConfig.red_lm
 
 
 @dataclass
@@ -239,7 +243,7 @@ def total_steps(config) -> int:
 
 
 def _evaluate(study: StudyConfig, arm: Arm) -> None:
-    from phf.evaluation.evaluator import EvalConfig, evaluate
+    from phf.evaluation.evaluator import evaluate
 
     e = study.eval
     config = EvalConfig(
@@ -258,7 +262,7 @@ def _evaluate(study: StudyConfig, arm: Arm) -> None:
 
 
 def _redteam(study: StudyConfig, arm: Arm) -> None:
-    from phf.evaluation.evaluator import RedTeamConfig, redteam
+    from phf.evaluation.evaluator import redteam
 
     r = study.redteam
     redteam(
