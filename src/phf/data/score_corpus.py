@@ -47,6 +47,15 @@ if TYPE_CHECKING:
 SCHEMA_COLUMNS = ["texts", "scores", "avg_score", "num_sents", "meta", "doc_index"]
 ENGINES = ("local", "ray")  # where the shards run: this machine's processes, or a Ray cluster
 ISSUE_EXAMPLES = 20  # per kind, in the manifest; the full list is in issues.jsonl
+# What each shard marker counts, summed into the manifest.
+SHARD_COUNTS = (
+    "documents_read",
+    "documents_scored",
+    "documents_skipped",
+    "segments",
+    "segments_misaligned",
+    "characters",
+)
 
 
 class ScoringError(PhfError, RuntimeError):
@@ -262,17 +271,7 @@ def score_shard(job: Job, shard: int, scorer: Scorer, advance=lambda n: None) ->
         "records": [start, stop],
         "file": str(target.relative_to(out)),
         "parquet": file_record(target),  # checked before the shard counts as done (_shard_done)
-        **{
-            k: counts[k]
-            for k in (
-                "documents_read",
-                "documents_scored",
-                "documents_skipped",
-                "segments",
-                "segments_misaligned",
-                "characters",
-            )
-        },
+        **{k: counts[k] for k in SHARD_COUNTS},
         "scorer_errors": len(errors),
         "issues": issues + errors,
         "seconds": time.perf_counter() - started,
@@ -344,18 +343,7 @@ def _finish(out: Path, plan: dict, wall: float, done_now: list[dict]) -> dict:
     for issue in issues:
         if len(examples.setdefault(issue["kind"], [])) < ISSUE_EXAMPLES:
             examples[issue["kind"]].append(issue)
-    total = {
-        k: sum(s[k] for s in shards)
-        for k in (
-            "documents_read",
-            "documents_scored",
-            "documents_skipped",
-            "segments",
-            "segments_misaligned",
-            "characters",
-            "scorer_errors",
-        )
-    }
+    total = {k: sum(s[k] for s in shards) for k in (*SHARD_COUNTS, "scorer_errors")}
     threshold = plan["hit_threshold"]
     work_seconds = sum(s["seconds"] for s in shards)
     segments_now = sum(s["segments"] for s in done_now)

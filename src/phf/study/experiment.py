@@ -210,7 +210,7 @@ def _finished(run_dir: Path) -> bool:
 def _train(study: StudyConfig, arm: Arm, arms: list[Arm]) -> None:
     from phf.config import load_config
     from phf.evaluation.evaluator import periodic_evaluator
-    from phf.training.trainer import Trainer
+    from phf.training.trainer import Trainer, total_steps
 
     files = [_preset_file(study, arm.task, arm.objective)]
     overrides = arm.overrides + [f"output_dir={arm.run_dir}", "logging.progress=true"]
@@ -232,14 +232,6 @@ def _train(study: StudyConfig, arm: Arm, arms: list[Arm]) -> None:
     # The study owns its run directories: whatever a killed run left is resumed (or, with no intact
     # checkpoint, started again).
     Trainer(config, resume=True, evaluate=evaluate).train()
-
-
-def total_steps(config) -> int:
-    """Optimizer steps a training config runs for."""
-    import math
-
-    t = config.training
-    return t.max_steps if t.max_steps is not None else math.ceil(t.num_tokens / (t.batch_size * config.data.seq_len))
 
 
 def _evaluate(study: StudyConfig, arm: Arm) -> None:

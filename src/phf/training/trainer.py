@@ -168,6 +168,16 @@ class _Prefetch:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+def total_steps(config: TrainConfig) -> int:
+    """Optimizer steps a training config runs for: training.max_steps, else its token budget."""
+    t = config.training
+    if t.max_steps is not None:
+        return t.max_steps
+    if t.num_tokens is None:
+        raise TrainingError("set training.num_tokens or training.max_steps")
+    return math.ceil(t.num_tokens / (t.batch_size * config.data.seq_len))
+
+
 def make_schedule(optimizer, cfg, total_steps: int):
     warmup = max(1, round(cfg.warmup_ratio * total_steps)) if cfg.warmup_ratio > 0 else 0
 
@@ -486,13 +496,7 @@ class Trainer:
                 f"{t.micro_batch_size} x {world} processes"
             )
         self.accum = t.batch_size // (t.micro_batch_size * world)
-        tokens_per_step = t.batch_size * cfg.data.seq_len
-        if t.max_steps is not None:
-            self.total_steps = t.max_steps
-        elif t.num_tokens is not None:
-            self.total_steps = math.ceil(t.num_tokens / tokens_per_step)
-        else:
-            raise TrainingError("set training.num_tokens or training.max_steps")
+        self.total_steps = total_steps(cfg)
         optimizer = make_optimizer(model, t, acc.device)
         scheduler = make_schedule(optimizer, t, self.total_steps)
         self.model, self.optimizer, self.scheduler = acc.prepare(model, optimizer, scheduler)

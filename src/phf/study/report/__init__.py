@@ -30,7 +30,7 @@ from typing import Any
 
 from phf.io.atomic import write_text_atomic
 from phf.io.integrity import remove_stale_temps
-from phf.study.report.pages import write_html, write_markdown
+from phf.study.report.pages import Page, write_html, write_markdown
 from phf.study.report.plots import (
     OBJECTIVE_STYLES,
     figure_captions,
@@ -39,14 +39,14 @@ from phf.study.report.plots import (
     plot_pareto,
     plot_redteam,
 )
-from phf.study.report.runs import arm_names, number, pick_samples, read_run, redteam_curves, summarize
+from phf.study.report.runs import arm_names, number, pick_samples, read_run, redteam_curves, scorer_facts, summarize
 from phf.study.report.table import header_facts, missing_lines, ratios
 
 __all__ = ["OBJECTIVE_STYLES", "arm_names", "build_report", "pareto_frontier"]
 
 
 def _default_title(rows: list[dict]) -> str:
-    tasks = sorted({r["scorer"]["name"] for r in rows if (r.get("scorer") or {}).get("name")})
+    tasks = scorer_facts(rows, "name")
     return f"phf report: {', '.join(tasks)}" if tasks else "phf report"
 
 
@@ -106,8 +106,9 @@ def build_report(
         for k, v in figures.items()
         if not v
     }
-    write_markdown(out / "report.md", title, date, facts, rows, sentences, figures, captions, samples, missing)
-    write_html(out / "report.html", out, title, date, facts, rows, sentences, figures, captions, samples, missing)
+    page = Page(title, date, facts, rows, sentences, figures, captions, samples, missing)
+    write_markdown(out / "report.md", page)
+    write_html(out / "report.html", out, page)
     results = {
         "title": title,
         "date": date,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import re
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -78,18 +79,26 @@ def _html_table(headers: list[str], rows: list[list[str]], classes: list[str] | 
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def write_markdown(
-    path: Path,
-    title: str,
-    date: str,
-    facts: dict,
-    rows: list[dict],
-    sentences: list[str],
-    figures: dict,
-    captions: dict,
-    samples: dict[str, list[dict]],
-    missing: list[str],
-) -> None:
+@dataclass
+class Page:
+    """What a report says; report.md and report.html say it in their two formats."""
+
+    title: str
+    date: str
+    facts: dict
+    rows: list[dict]
+    sentences: list[str]
+    figures: dict
+    captions: dict
+    samples: dict[str, list[dict]]
+    missing: list[str]
+
+    def parts(self) -> tuple:
+        return tuple(getattr(self, f.name) for f in fields(self))
+
+
+def write_markdown(path: Path, page: Page) -> None:
+    title, date, facts, rows, sentences, figures, captions, samples, missing = page.parts()
     md = [f"# {_md_escape(title)}", "", f"*Generated {date} by phf report.*", ""]
     md.append(f"- **Scorer:** {_md_escape('; '.join(facts['scorers']) or MISSING)}")
     if facts["judge"]:
@@ -151,19 +160,8 @@ def write_markdown(
     write_text_atomic(path, "\n".join(md) + "\n")
 
 
-def write_html(
-    path: Path,
-    out: Path,
-    title: str,
-    date: str,
-    facts: dict,
-    rows: list[dict],
-    sentences: list[str],
-    figures: dict,
-    captions: dict,
-    samples: dict[str, list[dict]],
-    missing: list[str],
-) -> None:
+def write_html(path: Path, out: Path, page: Page) -> None:
+    title, date, facts, rows, sentences, figures, captions, samples, missing = page.parts()
     h = [
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_h(title)}</title>',
         f"<style>{CSS}</style></head><body>",

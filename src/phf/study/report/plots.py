@@ -14,6 +14,7 @@ from typing import Any
 
 from phf.config import OBJECTIVE_NAMES
 from phf.io.atomic import atomic_path
+from phf.study.report.runs import scorer_facts
 
 DPI = 150
 
@@ -227,11 +228,7 @@ def _use_log(values: Sequence[float]) -> bool:
 
 
 def _scorer_label(rows: list[dict]) -> tuple[str, str]:
-    scorers = {r["scorer"]["name"] for r in rows if (r.get("scorer") or {}).get("name")}
-    units = {r["scorer"]["unit"] for r in rows if (r.get("scorer") or {}).get("unit")}
-    name = ", ".join(sorted(scorers)) if scorers else "scorer"
-    unit = ", ".join(sorted(units)) if units else "score"
-    return name, unit
+    return ", ".join(scorer_facts(rows, "name")) or "scorer", ", ".join(scorer_facts(rows, "unit")) or "score"
 
 
 def _reference_label(rows: list[dict]) -> str:

@@ -361,3 +361,8 @@ def pick_samples(samples: Sequence[dict], k: int = SAMPLES_PER_ARM) -> list[dict
             out.append({**ranked[idx][1], "which": label})
         return out
     return [{**s, "which": f"#{i + 1}"} for i, s in enumerate(rows[:k])]
+
+
+def scorer_facts(rows: Sequence[dict], key: str) -> list[str]:
+    """The distinct ``key`` ("name", "unit") of the rows' scorers, sorted."""
+    return sorted({r["scorer"][key] for r in rows if (r.get("scorer") or {}).get(key)})
