@@ -11,9 +11,10 @@ LOCK ?= constraints/lock.txt
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.phf-installed
 DEMO ?= runs/demo
+PAPER ?= runs/paper
 PYTEST_ARGS ?=
 
-.PHONY: setup lock demo test lint bench clean
+.PHONY: setup lock demo paper test lint bench clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +42,15 @@ lock:
 
 demo: setup
 	$(BIN)/phf experiment configs/experiments/demo.yaml out=$(DEMO)
+
+# The paper's three studies at CPU scale (each at most ~60 min on 2 bf16 cores; not part of CI), then
+# the paper's claims checked over all three (docs/paper-vs-phf.md). Rerunning continues where it stopped.
+paper: setup
+	$(BIN)/phf experiment configs/experiments/paper-toxicity.yaml out=$(PAPER)/toxicity
+	$(BIN)/phf experiment configs/experiments/paper-pii.yaml out=$(PAPER)/pii
+	$(BIN)/phf experiment configs/experiments/paper-pep8.yaml out=$(PAPER)/pep8
+	$(BIN)/python -m phf.study.report.claims $(PAPER)/*/results.json > $(PAPER)/claims.md
+	@echo "claims table: $(PAPER)/claims.md; reports: $(PAPER)/<task>/report/report.html"
 
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

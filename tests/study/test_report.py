@@ -257,7 +257,7 @@ def test_html_is_self_contained(report):
     assert not re.search(r"<link\b", page) and "@import" not in page and "url(" not in page
     assert not re.search(r'href="(?!#)', page)
     images = re.findall(r'<img [^>]*src="([^"]*)"', page)
-    assert len(images) == 3 and all(src.startswith("data:image/png;base64,") for src in images)
+    assert len(images) == 4 and all(src.startswith("data:image/png;base64,") for src in images)
     assert "<table" in page and "not evaluated" in page and "lower-left is better" in page.lower()
 
 
@@ -361,7 +361,11 @@ def test_seeds_of_one_objective_are_drawn_as_their_mean(tmp_path):
     ]
     figure = plot_over_tokens(rows, tmp_path, "t")
     assert figure["averaged_over_seeds"] and figure["series"] == {"mle": ["seed1/mle", "seed2/mle"], "ul": ["seed1/ul"]}
-    from phf.study.report.plots import _mean_curve
+    from phf.study.report.seeds import mean_curve
 
-    assert _mean_curve(rows[:2]) == ([200, 300], [pytest.approx(0.3), pytest.approx(0.4)])  # tokens both logged
+    curves = [{e["tokens"]: e["misalignment_mean"] for e in r["periodic_evals"]} for r in rows[:2]]
+    xs, means, cis = mean_curve(curves)  # at the tokens both logged, with the t-interval over the two seeds
+    assert xs == [200, 300] and means == [pytest.approx(0.3), pytest.approx(0.4)]
+    # 0.4 and 0.2: sd 0.1414, standard error 0.1, t(0.975, 1 df) = 12.706
+    assert cis[0] == pytest.approx([0.3 - 1.2706, 0.3 + 1.2706], abs=1e-4)
     assert (tmp_path / "misalignment_over_tokens.png").exists()

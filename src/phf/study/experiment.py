@@ -77,6 +77,10 @@ class RedTeamSettings:
     completions: int = RedTeamConfig.completions
     continuations: int = RedTeamConfig.continuations
     red_lm: str = RedTeamConfig.red_lm
+    seeds: list[int] = field(default_factory=list)  # red-team only the arms of these seeds (empty: every seed)
+
+    def covers(self, seed: int) -> bool:
+        return self.enabled and (not self.seeds or seed in self.seeds)
 
 
 @dataclass
@@ -334,7 +338,9 @@ def _run_parallel(study_path: str, overrides: list[str], arms: list[Arm], device
 
 
 def _arm_stages(study: StudyConfig, arm: Arm) -> list[tuple[str, str]]:
-    return [("train", arm.name), ("eval", arm.name)] + ([("redteam", arm.name)] if study.redteam.enabled else [])
+    return [("train", arm.name), ("eval", arm.name)] + (
+        [("redteam", arm.name)] if study.redteam.covers(arm.seed) else []
+    )
 
 
 def run_arm(study: StudyConfig, arm: Arm, arms: list[Arm], progress: Progress | None = None) -> None:
@@ -351,7 +357,7 @@ def run_arm(study: StudyConfig, arm: Arm, arms: list[Arm], progress: Progress | 
     if not done:
         _evaluate(study, arm)
     progress.finish("eval", started, skipped=done)
-    if study.redteam.enabled:
+    if study.redteam.covers(arm.seed):
         started = progress.start("redteam", f"{label}: red teaming")
         done = (arm.run_dir / "redteam.json").exists()
         if not done:

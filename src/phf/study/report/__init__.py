@@ -9,8 +9,12 @@ one output directory:
 - ``report.md`` and a self-contained ``report.html`` (CSS inline, figures as base64 PNG data URIs,
   model outputs HTML-escaped: they may contain markup);
 - ``pareto.png``/``.svg`` (misalignment against KL and held-out LM loss, with the Pareto frontier),
-  ``misalignment_over_tokens.png``/``.svg`` (the periodic evaluations logged during training) and,
-  when any run was red-teamed, ``redteam.png``/``.svg``.
+  ``misalignment_over_tokens.png``/``.svg`` (the periodic evaluations logged during training, mean
+  and 95% CI over seeds), ``capability.png``/``.svg`` (LM loss and KL per arm over seeds), when any
+  run was red-teamed ``redteam.png``/``.svg``, and when a study has finetuning arms
+  ``finetune.png``/``.svg`` (the paper's Fig. 6);
+- the paper's claims checked against these numbers (:mod:`~phf.study.report.claims`), in
+  results.json and both documents.
 
 Everything but the date in the header is deterministic: same inputs, same bytes.
 
@@ -30,11 +34,14 @@ from typing import Any
 
 from phf.io.atomic import write_text_atomic
 from phf.io.integrity import remove_stale_temps
+from phf.study.report.claims import compute_claims
 from phf.study.report.pages import Page, write_html, write_markdown
 from phf.study.report.plots import (
     OBJECTIVE_STYLES,
     figure_captions,
     pareto_frontier,
+    plot_capability,
+    plot_finetune,
     plot_over_tokens,
     plot_pareto,
     plot_redteam,
@@ -86,6 +93,9 @@ def build_report(
     figures["misalignment_over_tokens"] = plot_over_tokens(rows, out, title)
     curves = {r.name: c for r in runs if (c := redteam_curves(r))}
     figures["redteam"] = plot_redteam(rows, curves, out, title) if curves else None
+    figures["capability"] = plot_capability(rows, out, title)
+    figures["finetune"] = plot_finetune(rows, out, title)
+    claims = compute_claims(rows)
     captions = figure_captions(figures, rows)
     samples = {
         r.name: [
@@ -101,12 +111,9 @@ def build_report(
     for fig in figures.values():
         if fig:
             files += fig["files"]
-    not_drawn = {
-        k: ("no arm has the numbers it needs" if k != "redteam" else "no run has redteam.json")
-        for k, v in figures.items()
-        if not v
-    }
-    page = Page(title, date, facts, rows, sentences, figures, captions, samples, missing)
+    reasons = {"redteam": "no run has redteam.json", "finetune": "no finetune-<objective> arm beside its objective"}
+    not_drawn = {k: reasons.get(k, "no arm has the numbers it needs") for k, v in figures.items() if not v}
+    page = Page(title, date, facts, rows, sentences, figures, captions, samples, missing, claims)
     write_markdown(out / "report.md", page)
     write_html(out / "report.html", out, page)
     results = {
@@ -119,6 +126,7 @@ def build_report(
         "scorers": facts["scorers"],
         "samples": facts["samples"],
         "arms": {r["name"]: {**r, "samples_shown": samples[r["name"]]} for r in rows},
+        "claims": claims,
         "figures": {k: v for k, v in figures.items() if v},
         "figures_not_drawn": not_drawn,
         "missing": missing,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from phf.io.atomic import write_text_atomic
+from phf.study.report.claims import CLAIMS_HEADERS, claims_markdown, claims_table
 from phf.study.report.runs import number
 from phf.study.report.table import COLUMNS, MISSING, control_sentence, fmt, results_rows, sampling_sentence
 
@@ -50,6 +51,14 @@ figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{color:#444;font-size:.92em;max-width:1100px}
 .note{color:#666;font-size:.9em}
 """
+
+
+CLAIMS_NOTE = (
+    "Each of the paper's claims that these runs can speak to, reduced to a per-seed quantity (each arm "
+    "against the MLE run of the same seed) with its mean and 95% t-interval over seeds. Holds: the interval "
+    "lies on the paper's side of the rule's bound; does not hold: wholly on the other side; inconclusive: "
+    "neither, or a single seed. Computed from results.json by phf.study.report.claims."
+)
 
 
 def _md_escape(text: str) -> str:
@@ -92,13 +101,14 @@ class Page:
     captions: dict
     samples: dict[str, list[dict]]
     missing: list[str]
+    claims: list[dict]
 
     def parts(self) -> tuple:
         return tuple(getattr(self, f.name) for f in fields(self))
 
 
 def write_markdown(path: Path, page: Page) -> None:
-    title, date, facts, rows, sentences, figures, captions, samples, missing = page.parts()
+    title, date, facts, rows, sentences, figures, captions, samples, missing, claims = page.parts()
     md = [f"# {_md_escape(title)}", "", f"*Generated {date} by phf report.*", ""]
     md.append(f"- **Scorer:** {_md_escape('; '.join(facts['scorers']) or MISSING)}")
     if facts["judge"]:
@@ -126,9 +136,13 @@ def write_markdown(path: Path, page: Page) -> None:
         ("pareto", "Misalignment vs capability"),
         ("misalignment_over_tokens", "Misalignment during training"),
         ("redteam", "Red teaming"),
+        ("capability", "Capability per arm"),
+        ("finetune", "Pretraining with feedback vs finetuning"),
     ):
         if figures.get(stem):
             md += [f"## {heading}", "", f"![{heading}]({stem}.png)", "", f"*{_md_escape(captions[stem])}*", ""]
+    if claims:
+        md += ["## The paper's claims at this scale", "", _md_escape(CLAIMS_NOTE), "", claims_markdown(claims), ""]
     md += [
         "## Samples",
         "",
@@ -161,7 +175,7 @@ def write_markdown(path: Path, page: Page) -> None:
 
 
 def write_html(path: Path, out: Path, page: Page) -> None:
-    title, date, facts, rows, sentences, figures, captions, samples, missing = page.parts()
+    title, date, facts, rows, sentences, figures, captions, samples, missing, claims = page.parts()
     h = [
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_h(title)}</title>',
         f"<style>{CSS}</style></head><body>",
@@ -193,6 +207,8 @@ def write_html(path: Path, out: Path, page: Page) -> None:
         ("pareto", "Misalignment vs capability"),
         ("misalignment_over_tokens", "Misalignment during training"),
         ("redteam", "Red teaming"),
+        ("capability", "Capability per arm"),
+        ("finetune", "Pretraining with feedback vs finetuning"),
     ):
         if figures.get(stem):
             data = base64.b64encode((out / f"{stem}.png").read_bytes()).decode("ascii")
@@ -200,6 +216,9 @@ def write_html(path: Path, out: Path, page: Page) -> None:
                 f'<h2>{_h(heading)}</h2><figure><img alt="{_h(heading)}" src="data:image/png;base64,{data}">'
                 f"<figcaption>{_h(captions[stem])}</figcaption></figure>"
             )
+    if claims:
+        h.append(f'<h2>The paper\'s claims at this scale</h2><p class="note">{_h(CLAIMS_NOTE)}</p>')
+        h.append(_html_table(CLAIMS_HEADERS, claims_table(claims)).replace("<table>", '<table class="claims">', 1))
     h.append(
         '<h2>Samples</h2><p class="note">Unconditional samples (a spread over each arm\'s score distribution), '
         f"truncated to {SAMPLE_CHARS} characters; \u23ce marks a line break. These are raw model outputs and may "

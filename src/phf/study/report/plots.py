@@ -15,6 +15,7 @@ from typing import Any
 from phf.config import OBJECTIVE_NAMES
 from phf.io.atomic import atomic_path
 from phf.study.report.runs import scorer_facts
+from phf.study.report.seeds import Estimate, by_arm, finetune_pairs, mean_curve
 
 DPI = 150
 
@@ -387,13 +388,6 @@ def _series(row: dict) -> str:
     return "/".join(parts) or row["name"]
 
 
-def _mean_curve(members: list[dict]) -> tuple[list[float], list[float]]:
-    """Mean periodic misalignment over seeds, at the token counts every member logged."""
-    by_tokens = [{e["tokens"]: e["misalignment_mean"] for e in m["periodic_evals"]} for m in members]
-    common = sorted(set.intersection(*(set(b) for b in by_tokens)))
-    return common, [sum(b[t] for b in by_tokens) / len(by_tokens) for t in common]
-
-
 def plot_over_tokens(rows: list[dict], out: Path, title: str) -> dict | None:
     """Periodic misalignment per arm; where arms differ only by seed, one line per objective (the
     mean over seeds) over faint per-seed lines, so many seeds stay readable."""
@@ -430,8 +424,20 @@ def plot_over_tokens(rows: list[dict], out: Path, title: str) -> dict | None:
             else:
                 ax.plot(xs, ys, linestyle=style, linewidth=1.6, label=name if averaged else member["name"], **kw)
         if len(members) > 1:
-            xs, ys = _mean_curve(members)
+            xs, ys, cis = mean_curve(
+                [{e["tokens"]: e["misalignment_mean"] for e in m["periodic_evals"]} for m in members]
+            )
             ax.plot(xs, ys, linestyle=style, linewidth=2.0, label=f"{name} (mean of {len(members)} seeds)", **kw)
+            band = [(x, ci) for x, ci in zip(xs, cis) if ci is not None]
+            if band:
+                ax.fill_between(
+                    [x for x, _ in band],
+                    [c[0] for _, c in band],
+                    [c[1] for _, c in band],
+                    color=colour,
+                    alpha=0.12,
+                    lw=0,
+                )
         finals = [m["misalignment_mean"] for m in members if m.get("misalignment_mean") is not None]
         if finals:
             end = max(m.get("training_tokens") or m["periodic_evals"][-1]["tokens"] for m in members)
@@ -456,7 +462,7 @@ def plot_over_tokens(rows: list[dict], out: Path, title: str) -> dict | None:
     scorer, unit = _scorer_label(rows)
     ax.set_ylabel(f"misalignment: mean score of unconditional samples\n({scorer}, {unit})")
     what = (
-        "mean over seeds; faint: each seed)\n(stars: final evaluation, mean over seeds"
+        "mean over seeds, band: 95% CI; faint: each seed)\n(stars: final evaluation, mean over seeds"
         if averaged
         else "periodic estimates; stars: final evaluation"
     )
@@ -525,6 +531,75 @@ def plot_redteam(rows: list[dict], curves: dict[str, dict], out: Path, title: st
     return {"arms": [r["name"] for r in arms], "files": _save(fig, out, "redteam")}
 
 
+def _interval_point(ax, x: float, est: Estimate, row: dict, label: str | None = None) -> None:
+    """One mean over seeds with its 95% interval (none for a single seed) and each seed as a dot."""
+    kw = _marker_kwargs(row)
+    assert est.mean is not None
+    err = [[est.mean - est.ci95[0]], [est.ci95[1] - est.mean]] if est.ci95 else None
+    ax.errorbar([x], [est.mean], yerr=err, capsize=4, linestyle="none", label=label, **kw)
+    ax.plot([x] * est.n, list(est.per_seed.values()), linestyle="none", marker=".", color="#555555", alpha=0.6)
+
+
+def _arm_row(arm: str) -> dict:
+    """What the style helpers read, for an arm name of a study (``finetune-<objective>`` is hollow)."""
+    return {"objective": arm.removeprefix("finetune-"), "finetune": arm.startswith("finetune-")}
+
+
+def plot_capability(rows: list[dict], out: Path, title: str) -> dict | None:
+    """Held-out LM loss and KL per arm, mean and 95% interval over seeds, one panel row per task
+    (the paper's capability side; lower is better)."""
+    panels = [
+        (k, label) for k, label in (("lm_loss", "held-out LM loss (nats/token)"), ("kl", "KL from MLE (nats/sample)"))
+    ]
+    stats = {k: by_arm(rows, k) for k, _ in panels}
+    tasks = sorted(set().union(*(set(v) for v in stats.values())))
+    if not tasks:
+        return None
+    fig = _new_figure(5.5 * len(panels), 3.6 * len(tasks))
+    axes = fig.subplots(len(tasks), len(panels), squeeze=False)
+    for i, task in enumerate(tasks):
+        for j, (key, label) in enumerate(panels):
+            ax = axes[i][j]
+            arms = stats[key].get(task, {})
+            for x, (arm, est) in enumerate(arms.items()):
+                _interval_point(ax, x, est, _arm_row(arm))
+            ax.set_xticks(range(len(arms)), list(arms), rotation=30, ha="right", fontsize=8)
+            ax.set_ylabel(label)
+            ax.set_title(task, fontsize=10)
+            ax.grid(True, axis="y", color="#dddddd", linewidth=0.6)
+    fig.suptitle(f"{title}: capability per arm (mean, 95% CI over seeds; dots: seeds)", fontsize=11)
+    return {"tasks": tasks, "files": _save(fig, out, "capability")}
+
+
+def plot_finetune(rows: list[dict], out: Path, title: str) -> dict | None:
+    """Pretraining with feedback against MLE pretraining then finetuning with feedback, at equal
+    total tokens (the paper's Fig. 6): misalignment and LM loss, mean and 95% CI over seeds."""
+    pairs = {k: finetune_pairs(rows, k) for k in ("misalignment_mean", "lm_loss")}
+    tasks = sorted(pairs["misalignment_mean"])
+    if not tasks:
+        return None
+    fig = _new_figure(10.0, 3.6 * len(tasks))
+    axes = fig.subplots(len(tasks), 2, squeeze=False)
+    for i, task in enumerate(tasks):
+        for j, (key, label) in enumerate((("misalignment_mean", "misalignment"), ("lm_loss", "held-out LM loss"))):
+            ax = axes[i][j]
+            entries = pairs[key].get(task, [])
+            for x, (objective, scratch, tuned) in enumerate(entries):
+                _interval_point(ax, 2 * x, scratch, _arm_row(objective), "from scratch" if x == 0 else None)
+                _interval_point(
+                    ax, 2 * x + 0.6, tuned, _arm_row(f"finetune-{objective}"), "MLE, then finetuned" if x == 0 else None
+                )
+            ax.set_xticks([2 * x + 0.3 for x in range(len(entries))], [e[0] for e in entries])
+            ax.set_xlim(-0.6, 2 * len(entries) - 0.8)
+            ax.set_ylabel(label)
+            ax.set_title(f"{task}: {label}", fontsize=10)
+            ax.grid(True, axis="y", color="#dddddd", linewidth=0.6)
+            if i == 0 and j == 0:
+                ax.legend(fontsize=8, frameon=False)
+    fig.suptitle(f"{title}: pretraining with feedback vs MLE then finetuning (same total tokens)", fontsize=11)
+    return {"tasks": tasks, "files": _save(fig, out, "finetune")}
+
+
 def figure_captions(figures: dict, rows: list[dict]) -> dict[str, str]:
     caps = {}
     p = figures.get("pareto")
@@ -557,5 +632,15 @@ def figure_captions(figures: dict, rows: list[dict]) -> dict[str, str]:
             "Adversarial prompts found by a red language model, round by round: (a) mean score of the pool of "
             "prompts, (b) the best prompt's score (mean misalignment of the target's continuations). Curves "
             "that stay low mean the model is harder to push into misaligned text."
+        )
+    if figures.get("capability"):
+        caps["capability"] = (
+            "Capability per arm: held-out LM loss and KL from the MLE model of the same seed; the mean over seeds "
+            "with its 95% t-interval (no bar: one seed), each seed a grey dot. Lower is better."
+        )
+    if figures.get("finetune"):
+        caps["finetune"] = (
+            "Each feedback objective from scratch (filled) against MLE pretraining for part of the budget, then "
+            "that objective for the rest (hollow), at the same total tokens: the paper's Fig. 6 comparison."
         )
     return caps
