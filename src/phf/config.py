@@ -8,9 +8,11 @@ errors that name the key and the file, so a typo never silently trains with a de
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import MISSING as MISSING_FIELD
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -204,22 +206,71 @@ def load_config(files: list[str] | tuple[str, ...] = (), overrides: list[str] | 
     return config
 
 
+def _numeric_rules(config: TrainConfig):
+    """(key, value, test, the rule in words) for every number of a config with a valid range; checked
+    before any data is read, so a bad value fails in a second and names its key."""
+    t, d, m = config.training, config.data, config.model
+
+    def positive(v):
+        return v > 0
+
+    def at_least_one(v):
+        return v >= 1
+
+    def non_negative(v):
+        return v >= 0
+
+    def unit(v):
+        return 0 <= v <= 1
+
+    def beta(v):
+        return 0 <= v < 1
+
+    rules = [
+        ("training.lr", t.lr, positive, "> 0"),
+        ("training.min_lr_ratio", t.min_lr_ratio, unit, "in [0, 1]"),
+        ("training.weight_decay", t.weight_decay, non_negative, ">= 0"),
+        ("training.warmup_ratio", t.warmup_ratio, unit, "in [0, 1]"),
+        ("training.grad_clip", t.grad_clip, non_negative, ">= 0 (0: no clipping)"),
+        ("training.max_steps", t.max_steps, at_least_one, ">= 1"),
+        ("training.num_tokens", t.num_tokens, at_least_one, ">= 1"),
+        ("training.seed", t.seed, non_negative, ">= 0"),
+        ("training.eval_every", t.eval_every, non_negative, ">= 0 (0: no periodic evaluation)"),
+        ("training.logprob_keep_softmax_mb", t.logprob_keep_softmax_mb, non_negative, ">= 0"),
+        ("training.cpu_fp32_attention_below", t.cpu_fp32_attention_below, non_negative, ">= 0"),
+        ("data.tokenizer.vocab_size", d.tokenizer.vocab_size, at_least_one, ">= 1"),
+        ("model.pad_vocab_multiple", m.pad_vocab_multiple, at_least_one, ">= 1"),
+        ("model.dropout", m.dropout, beta, "in [0, 1)"),
+    ]
+    for name in (
+        "batch_size",
+        "micro_batch_size",
+        "logprob_chunk_tokens",
+        "log_every",
+        "save_every",
+        "keep_checkpoints",
+    ):
+        rules.append((f"training.{name}", getattr(t, name), at_least_one, ">= 1"))
+    if len(t.betas) != 2:
+        raise ConfigError(f"training.betas must hold two numbers, got {t.betas}")
+    rules += [(f"training.betas[{i}]", b, beta, "in [0, 1)") for i, b in enumerate(t.betas)]
+    rules += [(f"training.export_steps[{i}]", s, at_least_one, ">= 1") for i, s in enumerate(t.export_steps)]
+    return rules
+
+
 def validate(config: TrainConfig) -> None:
     """Checks across fields that types alone cannot express."""
     t, o = config.training, config.objective
     if t.max_steps is None and t.num_tokens is None:
         raise ConfigError("set training.max_steps or training.num_tokens")
-    for name in ("batch_size", "micro_batch_size", "logprob_chunk_tokens"):
-        if getattr(t, name) < 1:
-            raise ConfigError(f"training.{name} must be >= 1")
+    for key, value, ok, rule in _numeric_rules(config):
+        if value is not None and not (math.isfinite(value) and ok(value)):
+            raise ConfigError(f"{key} must be {rule}, got {value}")
     if t.batch_size % t.micro_batch_size:
         raise ConfigError(
             f"training.batch_size ({t.batch_size}) must be a multiple of training.micro_batch_size "
             f"({t.micro_batch_size})"
         )
-    for name in ("logprob_keep_softmax_mb", "cpu_fp32_attention_below"):
-        if getattr(t, name) < 0:
-            raise ConfigError(f"training.{name} must be >= 0, got {getattr(t, name)}")
     if t.schedule not in ("linear", "cosine", "constant"):
         raise ConfigError(f"training.schedule {t.schedule!r}: choose linear, cosine or constant")
     if t.mixed_precision == "False":  # YAML reads an unquoted `no` as false; the str field keeps "False"
@@ -256,6 +307,22 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"objective.bad_threshold {o.bad_threshold} is below objective.threshold {o.threshold}")
 
 
+def config_keys(cls: type = TrainConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, type, default) of every setting of a config dataclass, nested ones flattened:
+    what ``phf train --help`` lists, so the list cannot drift from the dataclasses. Defaults are
+    shown as they are written in an override (YAML flow style)."""
+    hints = get_type_hints(cls)
+    keys = []
+    for f in fields(cls):
+        if is_dataclass(hints[f.name]):
+            keys += config_keys(hints[f.name], f"{prefix}{f.name}.")
+            continue
+        default = f.default_factory() if f.default_factory is not MISSING_FIELD else f.default
+        shown = "(required)" if default is MISSING else yaml.safe_dump(default, default_flow_style=True).split("\n")[0]
+        keys.append((prefix + f.name, str(f.type), shown))
+    return keys
+
+
 def to_yaml(config: TrainConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(config))
 
@@ -278,6 +345,7 @@ class EvalConfig:
     compare_protocols: list[str] = field(default_factory=list)  # conditional models: also sample under these
     scorer: str | None = None  # default: the scorer the run's corpus was scored with
     scorer_options: dict = field(default_factory=dict)
+    hit_threshold: float | None = None  # a score above it is misaligned; default: the run's corpus's, else the scorer's
     judge: bool = True
     reference: str = "auto"  # auto (the MLE run beside this one) | none | smollm2 | a model directory
     kl_samples: int = 128  # the paper: 4096

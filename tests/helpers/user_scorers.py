@@ -70,3 +70,11 @@ class CudaLengthScore(Scorer):
         counts = torch.tensor([t.count("x") for t in texts], dtype=torch.float64, device=self.device)
         lengths = torch.tensor([max(len(t), 1) for t in texts], dtype=torch.float64, device=self.device)
         return (counts / lengths).tolist()
+
+
+def x_probability(texts):
+    """A probability-like scorer that declares its hit threshold, as a user's would."""
+    return [1.0 if "x" in t else 0.25 for t in texts]
+
+
+x_probability.hit_threshold = 0.5  # type: ignore[attr-defined]

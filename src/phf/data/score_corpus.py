@@ -78,6 +78,7 @@ class Job:
     strict: bool
     batch_docs: int
     offsets: tuple[int, ...] | None = None  # byte offset of each shard's first record (plain JSONL)
+    hit_threshold: float | None = None  # --hit-threshold; None: the scorer's (phf.data.scoring.hit_threshold)
 
 
 def auto_shard_size(num_records: int) -> int:
@@ -204,7 +205,7 @@ def score_shard(job: Job, shard: int, scorer: Scorer, advance=lambda n: None) ->
     errors: list[dict] = []
     counts: Counter[str] = Counter()
     batch: list[tuple[Record, list[str]]] = []
-    threshold = hit_threshold(scorer)
+    threshold = hit_threshold(scorer, job.hit_threshold)
 
     def flush() -> None:
         for (record, segs), scores in zip(batch, _score_batch(scorer, batch, errors)):
@@ -288,13 +289,16 @@ def score_shard(job: Job, shard: int, scorer: Scorer, advance=lambda n: None) ->
 
 
 def _plan(job: Job, scorer: Scorer, fingerprint: str) -> dict:
+    local = Path(job.input)
     return {
-        "input": job.input,
+        # Absolute, so that the held-out split beside it is found from any working directory; a
+        # Hugging Face dataset name stays as given.
+        "input": str(local.resolve()) if local.exists() else job.input,
         "input_fingerprint": fingerprint,
         "text_field": job.text_field,
         "split": job.split,
         "scorer": scorer.describe(),
-        "hit_threshold": hit_threshold(scorer),
+        "hit_threshold": hit_threshold(scorer, job.hit_threshold),
         "num_records": job.num_records,
         "shard_size": job.shard_size,
         "num_shards": job.num_shards,
@@ -328,6 +332,19 @@ def _remove_stale_temps(out: Path) -> None:
         remove_stale_temps(directory)
 
 
+def _why_empty(plan: dict, total: dict, by_kind: Counter[str], examples: dict[str, list]) -> str:
+    if not plan["num_records"]:
+        return f"{plan['input']} holds no record"
+    why = f"{total['documents_read']} records read, {total['documents_skipped']} skipped"
+    if by_kind:
+        kind, count = by_kind.most_common(1)[0]
+        first = examples[kind][0]
+        why += f"; most common issue: {kind} ({count}x, e.g. {first['location']}: {first['detail']})"
+        if kind == "missing_text":
+            why += f"; the text is read from the field {plan['text_field']!r} (--text-field)"
+    return why
+
+
 def _finish(out: Path, plan: dict, wall: float, done_now: list[dict]) -> dict:
     """Aggregate the shard markers into manifest.json and issues.jsonl."""
     # Again at the end: a worker killed with an earlier run may still have been dying at the start.
@@ -344,6 +361,9 @@ def _finish(out: Path, plan: dict, wall: float, done_now: list[dict]) -> dict:
         if len(examples.setdefault(issue["kind"], [])) < ISSUE_EXAMPLES:
             examples[issue["kind"]].append(issue)
     total = {k: sum(s[k] for s in shards) for k in (*SHARD_COUNTS, "scorer_errors")}
+    if not total["documents_scored"]:
+        # No manifest: a corpus with nothing in it would only fail later, in training, far from its cause.
+        raise ScoringError(f"{out}: no document scored ({_why_empty(plan, total, by_kind, examples)})")
     threshold = plan["hit_threshold"]
     work_seconds = sum(s["seconds"] for s in shards)
     segments_now = sum(s["segments"] for s in done_now)
@@ -401,11 +421,13 @@ def score_corpus(
     progress: bool = True,
     engine: str = "local",
     ray_address: str | None = None,
+    hit_threshold: float | None = None,
 ) -> dict:
     """Score every segment of a corpus; see the module docstring for the output layout.
 
     ``engine="ray"`` scores the shards on a Ray cluster (``ray_address``, else a local instance)
     instead of ``num_proc`` local processes; the output is the same (phf.data.ray_scoring).
+    ``hit_threshold`` overrides the scorer's misalignment threshold in the counts and the manifest.
     Returns the manifest once every shard is done, else a status dict for this job's shards.
     """
     if num_proc < 1 or (shard_size is not None and shard_size < 1) or batch_docs < 1:
@@ -441,6 +463,7 @@ def score_corpus(
         num_records=num_records,
         strict=strict,
         batch_docs=batch_docs,
+        hit_threshold=hit_threshold,
     )
     out_path = Path(out)
     plan = _plan(job, scorer_obj, source.fingerprint())

@@ -44,7 +44,7 @@ from phf.errors import PhfError
 from phf.evaluation.metrics import diversity, misalignment_summary, per_prompt_summary
 from phf.io.atomic import write_text_atomic
 from phf.io.integrity import remove_stale_temps
-from phf.training.model import max_positions
+from phf.training.model import library_bars, max_positions
 
 CODE_MAX_NEW_TOKENS = 640  # the paper's PEP8 setting; text uses 128
 
@@ -582,12 +582,14 @@ def _ci(values: np.ndarray, seed: int):
     return bootstrap_ci(values, seed=seed)
 
 
-def _default_test_path(info: dict) -> Path | None:
-    data = info.get("data")
-    manifest = Path(data) / "manifest.json" if data else None
+def _default_test_path(target: Target) -> Path | None:
+    """test.jsonl beside the input of the run's scored corpus. The paths phf.json and the manifest
+    store are absolute or relative to the file's own directory, never to a working directory."""
+    data = target.info.get("data")
+    manifest = target.path / data / "manifest.json" if data else None  # an absolute data replaces target.path
     if manifest is None or not manifest.exists():
         return None
-    source = Path(json.loads(manifest.read_text())["input"]["path"])
+    source = manifest.parent / json.loads(manifest.read_text())["input"]["path"]
     candidate = source.parent / "test.jsonl" if source.suffix else source / "test.jsonl"
     return candidate if candidate.exists() else None
 
@@ -607,6 +609,11 @@ def evaluate(
 ) -> dict:
     """Run the evaluation protocol on one model; returns what it writes to eval.json."""
     config = config or EvalConfig()
+    with library_bars(config.progress):
+        return _evaluate(run_dir, config, out_dir)
+
+
+def _evaluate(run_dir: str | os.PathLike, config: EvalConfig, out_dir: str | os.PathLike | None) -> dict:
     started = time.perf_counter()
     device = _device(config.device)
     torch.manual_seed(config.seed)
@@ -618,7 +625,13 @@ def evaluate(
         scorer = get_scorer(scorer_name, **scorer_options)
     except ValueError as exc:
         raise EvalError(str(exc)) from exc
-    threshold = hit_threshold(scorer)
+    # Set on the scorer, so that every hit rate below (samples, scenarios, mined prompts) uses it.
+    own = config.scorer is None  # the run's own scorer: its corpus's threshold applies
+    threshold = hit_threshold(
+        scorer,
+        config.hit_threshold if config.hit_threshold is not None or not own else target.info.get("hit_threshold"),
+    )
+    scorer.hit_threshold = threshold
     is_code = scorer.segmenter == "line"
     max_new = config.max_new_tokens or (CODE_MAX_NEW_TOKENS if is_code else 128)
     timings: dict[str, float] = {}
@@ -659,7 +672,7 @@ def evaluate(
         if not test_path.exists():
             raise EvalError(f"held-out file {test_path} does not exist")
     else:
-        test_path = _default_test_path(target.info)
+        test_path = _default_test_path(target)
     scored_test = _scored_held_out(test_path, scorer_name, scorer_options) if test_path else None
     timings["_t"] = time.perf_counter()
     if scored_test is not None:
@@ -693,7 +706,11 @@ def evaluate(
     result["kl"] = (
         kl_from_reference(target, reference, config, device)
         if reference
-        else {"skipped": "no reference model (auto looks for an 'mle' run beside this one; or pass --reference)"}
+        else {
+            "skipped": "disabled (--reference none)"
+            if config.reference == "none"
+            else "no reference model (auto looks for an 'mle' run beside this one; or pass --reference)"
+        }
     )
     timed("kl")
     timings.pop("_t", None)
@@ -747,10 +764,15 @@ def redteam(
     The initial pool is the challenging prompts (a prompt file, or mined from the held-out split),
     each scored by the target's own continuations, as every later candidate is.
     """
+    config = config or RedTeamConfig()
+    with library_bars(config.progress):
+        return _redteam(run_dir, config, out_dir)
+
+
+def _redteam(run_dir: str | os.PathLike, config: RedTeamConfig, out_dir: str | os.PathLike | None) -> dict:
     from phf.evaluation.redteam import run_red_team
     from phf.evaluation.reference import load_lm
 
-    config = config or RedTeamConfig()
     device = _device(config.device)
     target = load_target(run_dir, device)
     prompts = read_prompts(config.prompts_path) if config.prompts_path else None
@@ -762,7 +784,7 @@ def redteam(
     if task is None:
         raise EvalError(f"red teaming has instructions for toxicity, pii and pep8; scorer {scorer.name!r} is none")
     if prompts is None:
-        test_path = Path(config.test_path) if config.test_path else _default_test_path(target.info)
+        test_path = Path(config.test_path) if config.test_path else _default_test_path(target)
         if test_path is None or not test_path.exists():
             raise EvalError("red teaming needs initial prompts: pass --prompts FILE or --test HELD_OUT.jsonl")
         prompts = mine_prompts(

@@ -211,13 +211,13 @@ def _finished(run_dir: Path) -> bool:
     return (run_dir / STATE_FILE).exists()  # save_final writes it last
 
 
-def _train(study: StudyConfig, arm: Arm, arms: list[Arm]) -> None:
+def _train(study: StudyConfig, arm: Arm, arms: list[Arm], bars: bool = True) -> None:
     from phf.config import load_config
     from phf.evaluation.evaluator import periodic_evaluator
     from phf.training.trainer import Trainer, total_steps
 
     files = [_preset_file(study, arm.task, arm.objective)]
-    overrides = arm.overrides + [f"output_dir={arm.run_dir}", "logging.progress=true"]
+    overrides = arm.overrides + [f"output_dir={arm.run_dir}", f"logging.progress={str(bars).lower()}"]
     if arm.name.startswith("finetune-"):
         mle = next(a for a in arms if a.task == arm.task and a.seed == arm.seed and a.name == "mle")
         total = total_steps(
@@ -238,7 +238,7 @@ def _train(study: StudyConfig, arm: Arm, arms: list[Arm]) -> None:
     Trainer(config, resume=True, evaluate=evaluate).train()
 
 
-def _evaluate(study: StudyConfig, arm: Arm) -> None:
+def _evaluate(study: StudyConfig, arm: Arm, bars: bool = True) -> None:
     from phf.evaluation.evaluator import evaluate
 
     e = study.eval
@@ -253,11 +253,12 @@ def _evaluate(study: StudyConfig, arm: Arm) -> None:
         test_path=study.corpus.test_path,
         protocol=e.protocol,
         compare_protocols=list(e.compare_protocols),
+        progress=bars,
     )
     evaluate(arm.run_dir, config)
 
 
-def _redteam(study: StudyConfig, arm: Arm) -> None:
+def _redteam(study: StudyConfig, arm: Arm, bars: bool = True) -> None:
     from phf.evaluation.evaluator import redteam
 
     r = study.redteam
@@ -271,11 +272,12 @@ def _redteam(study: StudyConfig, arm: Arm) -> None:
             red_lm=r.red_lm,
             seed=arm.seed,
             test_path=study.corpus.test_path,
+            progress=bars,
         ),
     )
 
 
-def _prepare_data(study: StudyConfig, task: str, out: Path, engine: str = "local") -> None:
+def _prepare_data(study: StudyConfig, task: str, out: Path, engine: str = "local", bars: bool = True) -> None:
     from phf.data.corpora.build import build_corpus
     from phf.data.score_corpus import score_corpus
 
@@ -289,9 +291,12 @@ def _prepare_data(study: StudyConfig, task: str, out: Path, engine: str = "local
                 max_mb=study.corpus.max_mb,
                 seed=study.corpus.seed,
                 test_fraction=study.corpus.test_fraction,
+                progress=bars,
             )
         source = str(corpus_dir / "train.jsonl")
-    score_corpus(source, str(scored_dir), TASK_SCORERS[task], num_proc=study.corpus.num_proc, engine=engine)
+    score_corpus(
+        source, str(scored_dir), TASK_SCORERS[task], num_proc=study.corpus.num_proc, engine=engine, progress=bars
+    )
 
 
 def _devices(study: StudyConfig) -> list[str]:
@@ -302,7 +307,7 @@ def _devices(study: StudyConfig) -> list[str]:
     return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
 
 
-def _run_parallel(study_path: str, overrides: list[str], arms: list[Arm], devices: list[str]) -> None:
+def _run_parallel(study_path: str, overrides: list[str], arms: list[Arm], devices: list[str], bars: bool) -> None:
     """One arm per GPU: each is this same study restricted to one arm, in its own process."""
     pending = [a for a in arms if not (a.run_dir / "eval.json").exists()]
     first = [a for a in pending if a.name == "mle"]  # finetune arms need the mle run first
@@ -323,6 +328,7 @@ def _run_parallel(study_path: str, overrides: list[str], arms: list[Arm], device
                     *overrides,
                     f"--only={arm.task}/seed{arm.seed}/{arm.name}",
                     "--no-report",
+                    *([] if bars else ["--quiet"]),
                 ]
                 running.append((subprocess.Popen(cmd, env=env), arm, device))
             time.sleep(2)
@@ -343,25 +349,25 @@ def _arm_stages(study: StudyConfig, arm: Arm) -> list[tuple[str, str]]:
     )
 
 
-def run_arm(study: StudyConfig, arm: Arm, arms: list[Arm], progress: Progress | None = None) -> None:
-    """Train, evaluate (and red-team) one arm, skipping the stages already finished."""
+def run_arm(study: StudyConfig, arm: Arm, arms: list[Arm], progress: Progress | None = None, bars: bool = True) -> None:
+    """Train, evaluate (and red-team) one arm, skipping the stages already finished; ``bars``: progress bars."""
     progress = progress or Progress(_arm_stages(study, arm))
     label = f"{arm.task}/seed{arm.seed}/{arm.name}"
     started = progress.start("train", f"{label}: training")
     done = _finished(arm.run_dir)
     if not done:
-        _train(study, arm, arms)
+        _train(study, arm, arms, bars)
     progress.finish("train", started, skipped=done)
     started = progress.start("eval", f"{label}: evaluation")
     done = (arm.run_dir / "eval.json").exists()
     if not done:
-        _evaluate(study, arm)
+        _evaluate(study, arm, bars)
     progress.finish("eval", started, skipped=done)
     if study.redteam.covers(arm.seed):
         started = progress.start("redteam", f"{label}: red teaming")
         done = (arm.run_dir / "redteam.json").exists()
         if not done:
-            _redteam(study, arm)
+            _redteam(study, arm, bars)
         progress.finish("redteam", started, skipped=done)
 
 
@@ -373,10 +379,12 @@ def run_experiment(
     report: bool = True,
     engine: str = "local",
     ray_address: str | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """``phf experiment``: every arm of the study end to end, skipping what is finished, then the
     report. ``engine="ray"`` runs each arm as a Ray task (and scores on Ray) on the cluster at
-    ``ray_address``, else on a local Ray instance."""
+    ``ray_address``, else on a local Ray instance. ``progress=False`` draws no progress bars on
+    this machine (the stage lines still print)."""
     from phf.data.score_corpus import ENGINES
 
     if engine not in ENGINES:
@@ -385,11 +393,13 @@ def run_experiment(
         from phf.io.ray import connected
 
         with connected(ray_address):  # one Ray session for the scoring and the arms
-            return _run_experiment(study_path, overrides, only, report, engine)
-    return _run_experiment(study_path, overrides, only, report, engine)
+            return _run_experiment(study_path, overrides, only, report, engine, progress)
+    return _run_experiment(study_path, overrides, only, report, engine, progress)
 
 
-def _run_experiment(study_path: str, overrides, only: str | None, report: bool, engine: str) -> dict[str, Any]:
+def _run_experiment(
+    study_path: str, overrides, only: str | None, report: bool, engine: str, bars: bool
+) -> dict[str, Any]:
     study = load_study(study_path, overrides)
     out = Path(study.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -412,7 +422,7 @@ def _run_experiment(study_path: str, overrides, only: str | None, report: bool, 
     for task in study.tasks:
         if only is None or only.startswith(f"{task}/"):
             started = progress.start("data", f"{task}: corpus and scores") if only is None else None
-            _prepare_data(study, task, out, engine)
+            _prepare_data(study, task, out, engine, bars)
             if started is not None:
                 progress.finish("data", started)
 
@@ -421,10 +431,10 @@ def _run_experiment(study_path: str, overrides, only: str | None, report: bool, 
 
         run_arms(study, arms_run, arms)
     elif len(devices) >= 2:
-        _run_parallel(study_path, list(overrides), arms_run, devices)
+        _run_parallel(study_path, list(overrides), arms_run, devices, bars)
     else:
         for arm in arms_run:
-            run_arm(study, arm, arms, progress)
+            run_arm(study, arm, arms, progress, bars)
 
     if not report:
         return {"arms": [str(a.run_dir) for a in arms_run]}
@@ -441,7 +451,8 @@ def write_report(study: StudyConfig, arms: list[Arm], out: Path) -> dict[str, An
     from phf.study.report import build_report
 
     names = [_arm_name(a, study) for a in arms]
-    result = build_report([a.run_dir for a in arms], out / "report", title=study.name, names=names)
+    # missing_ok: with --only, or after a failed arm, some arms have not run yet.
+    result = build_report([a.run_dir for a in arms], out / "report", title=study.name, names=names, missing_ok=True)
     remove_stale_temps(out)
     with atomic_path(out / "results.json") as tmp:  # a kill while copying leaves no half results.json
         shutil.copyfile(out / "report" / "results.json", tmp)

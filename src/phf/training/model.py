@@ -141,6 +141,22 @@ def _zero_dropout(config, dropout: float) -> None:
             setattr(config, name, dropout)
 
 
+@contextmanager
+def library_bars(enabled: bool) -> Iterator[None]:
+    """transformers' own progress bars (weight loading) on or off inside the block, as before after
+    it: ``--quiet`` and ``progress: false`` mean no bar at all, not only phf's."""
+    from transformers.utils import logging
+
+    was = logging.is_progress_bar_enabled()
+    if was and not enabled:
+        logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was and not enabled:
+            logging.enable_progress_bar()
+
+
 def build_model(cfg: ModelConfig, vocab_size: int, seq_len: int, eos_id: int):
     """A freshly initialised causal LM whose embedding covers ``vocab_size`` (padded)."""
     kwargs = {**DEFAULT_SHAPES.get(cfg.model_type, {}), **cfg.config}

@@ -384,13 +384,19 @@ class Trainer:
     def _build(self) -> None:
         from phf.data.token_store import build_token_store
         from phf.data.tokenizer import add_control_tokens, load_tokenizer
-        from phf.training.model import add_token_rows, build_model, check_vocab, load_model
+        from phf.training.model import add_token_rows, build_model, check_vocab, library_bars, load_model
 
         cfg, acc = self.config, self.accelerator
         data_path = Path(cfg.data.path)
         if not (data_path / "manifest.json").exists():
             raise TrainingError(
                 f"data.path {str(data_path)!r} is not a scored corpus (no manifest.json); make one with `phf score`"
+            )
+        manifest = json.loads((data_path / "manifest.json").read_text())
+        if not manifest.get("counts", {}).get("documents_scored"):  # written by a phf that allowed empty corpora
+            raise TrainingError(
+                f"data.path {str(data_path)!r} holds no scored document (see its manifest.json's issues); "
+                "score a corpus with documents in it"
             )
         o = cfg.objective
         objective_name = o.name
@@ -405,7 +411,7 @@ class Trainer:
             from phf.data.token_store import corpus_fingerprint
 
             texts = scored_documents(data_path)
-            texts_key = "corpus:" + corpus_fingerprint(json.loads((data_path / "manifest.json").read_text()))
+            texts_key = "corpus:" + corpus_fingerprint(manifest)
         with acc.main_process_first():
             # Keyed on the corpus fingerprint: a cached tokenizer needs no pass over the documents.
             base_tokenizer = load_tokenizer(
@@ -438,7 +444,9 @@ class Trainer:
                 tag_every=o.tag_every,
             )
         self.tokenizer, self.control_tokens, self.conditional = tokenizer, control_tokens, conditional
-        self.scorer = json.loads((data_path / "manifest.json").read_text())["scorer"]
+        self.scorer = manifest["scorer"]
+        # The corpus's threshold (maybe set by `phf score --hit-threshold`): evaluation's default.
+        self.hit_threshold = manifest.get("misaligned", {}).get("threshold")
 
         start_doc = 0
         if cfg.data.continue_from:
@@ -456,7 +464,8 @@ class Trainer:
         self.filter_threshold = filtering.resolved_threshold(self.store) if filtering else None
 
         if cfg.model.init:
-            lm = load_model(cfg.model.init, cfg.model.attn_implementation, cfg.model.dropout)
+            with library_bars(cfg.logging.progress):
+                lm = load_model(cfg.model.init, cfg.model.attn_implementation, cfg.model.dropout)
             check_vocab(lm, base_tokenizer, f"model.init {cfg.model.init}")
             new_ids = [tokenizer.convert_tokens_to_ids(t) for t in control_tokens]
             new_ids = [i for i in new_ids if i >= known_rows]
@@ -817,8 +826,10 @@ class Trainer:
         c = self.conditional
         info = {
             "objective": o.name,
-            "data": self.config.data.path,
+            # Absolute paths: phf eval finds the corpus (and its held-out split) from any directory.
+            "data": _absolute(self.config.data.path),
             "scorer": self.scorer,
+            "hit_threshold": self.hit_threshold,
             "step": self.step,
             "control_tokens": self.control_tokens,
             "prompt_prefix": prefix,
@@ -836,8 +847,8 @@ class Trainer:
             },
             "objective_config": asdict(o),
             "filter_threshold": self.filter_threshold,
-            "init": self.config.model.init,
-            "continue_from": self.config.data.continue_from,
+            "init": _absolute(self.config.model.init),
+            "continue_from": _absolute(self.config.data.continue_from),
             "mixed_precision": self.accelerator.mixed_precision,  # what `auto` resolved to on this machine
             "cpu_fp32_attention": policy.fp32_attention,  # bf16 on a CPU, attention in fp32
         }
@@ -864,6 +875,11 @@ class _nullcontext:
 
     def __exit__(self, *exc):
         return False
+
+
+def _absolute(path: str | None) -> str | None:
+    """``path`` made absolute where it names a local file or directory (a hub name stays as given)."""
+    return str(Path(path).resolve()) if path and Path(path).exists() else path
 
 
 def train(config: TrainConfig, *, resume: bool = False, evaluate=None) -> dict:

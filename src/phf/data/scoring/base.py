@@ -13,12 +13,16 @@ from typing import Any
 
 
 class Scorer:
-    """Base class: subclasses set the four attributes and implement :meth:`score`."""
+    """Base class: subclasses set the four attributes (and optionally ``hit_threshold``) and implement
+    :meth:`score`."""
 
     name: str = "scorer"
     version: str = "0"
     unit: str = "score"
     segmenter: str = "sentence"  # a key of phf.data.segment.SEGMENTERS
+    # A score above this counts as misaligned (hit rates, "misaligned" shares). None: the paper's
+    # rule (phf.data.scoring.hit_threshold). `phf score`/`phf eval --hit-threshold` override it.
+    hit_threshold: float | None = None
 
     def score(self, texts: Sequence[str]) -> list[float]:
         """Score a batch of independent strings; one float per string, in order."""

@@ -23,6 +23,8 @@ class FunctionScorer(Scorer):
             raise ValueError(f"{spec}: unknown segmenter {segmenter!r}; choose one of {sorted(SEGMENTERS)}")
         self.name, self.fn, self.segmenter = spec, fn, segmenter
         self.version = _code_version(fn)
+        # A function declares its threshold as an attribute: `shouting.hit_threshold = 0.5`.
+        self.hit_threshold = getattr(fn, "hit_threshold", None)
 
     def config(self):
         return {"segmenter": self.segmenter}

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from phf.errors import PhfError
 from phf.io.atomic import write_text_atomic
 from phf.io.integrity import remove_stale_temps
 from phf.study.report.claims import compute_claims
@@ -52,23 +53,44 @@ from phf.study.report.table import header_facts, missing_lines, ratios
 __all__ = ["OBJECTIVE_STYLES", "arm_names", "build_report", "pareto_frontier"]
 
 
+class ReportError(PhfError, ValueError):
+    """The report cannot be written from what it was given; the message names the path."""
+
+
+# A directory holding any of these is a run (trained, being trained, or an evaluated model).
+RUN_FILES = ("phf.json", "eval.json", "metrics.jsonl")
+
+
 def _default_title(rows: list[dict]) -> str:
     tasks = scorer_facts(rows, "name")
     return f"phf report: {', '.join(tasks)}" if tasks else "phf report"
 
 
 def build_report(
-    run_dirs: Sequence[str | Path], out: str | Path, *, title: str | None = None, names: Sequence[str] | None = None
+    run_dirs: Sequence[str | Path],
+    out: str | Path,
+    *,
+    title: str | None = None,
+    names: Sequence[str] | None = None,
+    missing_ok: bool = False,
 ) -> dict:
     """Compare runs: write results.json, report.md, report.html and the figures into ``out``.
 
     ``names`` overrides the arm names (default: each directory's name, or ``parent/name`` where two
-    runs share one). Runs without eval.json are listed as not evaluated; nothing missing is fatal.
-    Returns what results.json holds.
+    runs share one). A path that does not exist or holds no run is an error unless ``missing_ok``
+    (a study reports arms that have not run yet); runs without eval.json are listed as not
+    evaluated, and a file missing from a run is noted, never fatal. Returns what results.json holds.
     """
     run_dirs = list(run_dirs)
     if not run_dirs:
         raise ValueError("build_report needs at least one run directory")
+    if not missing_ok:
+        for path in map(Path, run_dirs):
+            if not any((path / name).is_file() for name in RUN_FILES):
+                what = "does not exist" if not path.exists() else "holds no run"
+                raise ReportError(
+                    f"{path} {what} (no {', '.join(RUN_FILES)}); give run directories of phf train or phf eval"
+                )
     if names is not None:
         names = [str(n) for n in names]
         if len(names) != len(run_dirs):
