@@ -66,8 +66,15 @@ def _skype_detector_class():
 
 
 def _spacy_name_detector(model: str):
-    # scrubadub_spacy imports spacy_transformers, which pulls torch-heavy extras we do not need.
-    sys.modules.setdefault("spacy_transformers", types.ModuleType("spacy_transformers"))
+    # scrubadub_spacy imports spacy_transformers, which pulls torch-heavy extras we do not need;
+    # its detector also imports spacy_transformers.pipeline_component on every call (only to look
+    # for a transformer stage, which en_core_web_sm has not), so the stub needs that module too.
+    if "spacy_transformers" not in sys.modules:
+        component = types.ModuleType("spacy_transformers.pipeline_component")
+        stub = types.ModuleType("spacy_transformers")
+        stub.pipeline_component = component  # type: ignore[attr-defined]
+        sys.modules["spacy_transformers"] = stub
+        sys.modules["spacy_transformers.pipeline_component"] = component
     try:
         import scrubadub_spacy
     except ImportError as exc:
