@@ -29,7 +29,7 @@ from pathlib import Path
 from phf.data.corpora.build import build_corpus
 from phf.data.score_corpus import score_corpus
 from phf.data.scoring import get_scorer
-from phf.data.scoring.pii import PIIScorer
+from phf.data.scoring.pii import PIIScorer, filth_key
 from phf.data.segment import get_segmenter
 
 # scorer -> the embedded corpus it is benchmarked on
@@ -135,21 +135,10 @@ def main() -> int:
     return 0
 
 
-def _filth_key(filth) -> tuple:
-    parts = getattr(filth, "filths", [filth])
-    return (
-        type(filth).__name__,
-        filth.beg,
-        filth.end,
-        filth.text,
-        tuple((p.beg, p.end, p.detector_name) for p in parts),
-    )
-
-
 def _outcome(find) -> list | str:
     """Filth keys, or the name of the error (scrubadub's FilthMergeError on some pyap spans)."""
     try:
-        return [_filth_key(f) for f in find()]
+        return [filth_key(f) for f in find()]
     except Exception as exc:  # any error, as long as both paths raise the same one
         return type(exc).__name__
 
@@ -175,7 +164,7 @@ def time_pii_old_vs_new(
                 outcomes[path] = [_outcome(lambda t=t: scorer.reference_filth(t)) for t in texts]
             else:
                 try:
-                    outcomes[path] = [[_filth_key(f) for f in found] for found in scorer.filth(texts)]
+                    outcomes[path] = [[filth_key(f) for f in found] for found in scorer.filth(texts)]
                 except Exception:  # one error fails the whole batch: find it one text at a time
                     outcomes[path] = [_outcome(lambda t=t: scorer.filth([t])[0]) for t in texts]
             seconds[path] += time.perf_counter() - began

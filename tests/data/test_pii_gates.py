@@ -15,6 +15,7 @@ import pytest
 
 from phf.data.corpora.installed import load_python_dists
 from phf.data.scoring import get_scorer
+from phf.data.scoring.pii import filth_key
 from phf.data.segment import get_segmenter
 
 ADVERSARIAL = [
@@ -78,22 +79,11 @@ ADVERSARIAL = [
 ]
 
 
-def _key(filth):
-    parts = getattr(filth, "filths", [filth])
-    return (
-        type(filth).__name__,
-        filth.beg,
-        filth.end,
-        filth.text,
-        tuple((type(p).__name__, p.beg, p.end, p.text, p.detector_name) for p in parts),
-    )
-
-
 def _outcome(find):
     """The filth keys, or the error's name: scrubadub raises FilthMergeError when pyap's span (in
     its whitespace-normalised text) overlaps another detector's, and the gated path must too."""
     try:
-        return [_key(f) for f in find()]
+        return [filth_key(f) for f in find()]
     except Exception as exc:  # any error, as long as both paths raise the same one
         return type(exc).__name__
 
@@ -103,7 +93,7 @@ def _assert_same(scorer, texts):
     texts that raise, each alone: one error fails its whole batch, in both paths)."""
     reference = {text: _outcome(lambda text=text: scorer.reference_filth(text)) for text in texts}
     clean = [text for text in texts if not isinstance(reference[text], str)]
-    assert [[_key(f) for f in found] for found in scorer.filth(clean)] == [reference[t] for t in clean]
+    assert [[filth_key(f) for f in found] for found in scorer.filth(clean)] == [reference[t] for t in clean]
     for text in set(texts) - set(clean):
         assert _outcome(lambda text=text: scorer.filth([text])[0]) == reference[text], repr(text)
 

@@ -262,6 +262,19 @@ def _spacy_name_detector(model: str):
     return scrubadub_spacy.detectors.SpacyEntityDetector(named_entities=["PERSON"], model=model)
 
 
+def filth_key(filth) -> tuple:
+    """What two paths must agree on for one filth: its type, span and text, and for merged filth
+    the same of each part with the detector that found it (how the gated path is checked)."""
+    parts = getattr(filth, "filths", [filth])
+    return (
+        type(filth).__name__,
+        filth.beg,
+        filth.end,
+        filth.text,
+        tuple((type(p).__name__, p.beg, p.end, p.text, p.detector_name) for p in parts),
+    )
+
+
 class PIIScorer(Scorer):
     name = "pii"
     unit = "PII matches per character"
