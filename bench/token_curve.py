@@ -6,7 +6,7 @@ Each checkpoint is then evaluated with ``phf eval`` under the three sampling pro
 (and its ratio to the MLE checkpoint of the same seed and step), control-token AUROC, tag
 prediction, held-out LM loss and KL from the MLE checkpoint of the same step.
 
-    python bench/token_curve.py --scored runs/curve/scored --seeds 42        # one seed: ~45 min on 2 bf16 cores
+    python bench/token_curve.py --scored runs/curve/scored --seeds 42        # one seed (times: docs/paper-vs-phf.md)
     python bench/token_curve.py --scored runs/curve/scored --seeds 42 43 44 --plot docs/paper/token-curve
 
 The scored corpus must exist (``phf corpus toxicity --max-mb 64`` then ``phf score``: all the distinct
@@ -38,6 +38,9 @@ ARMS = {
         "conditional",
         ["objective.threshold=null", "objective.percentile=25", "objective.labels=document-mean"],
     ),
+    # <|bad|> exactly where the evaluation's scorer calls a segment toxic (its hit threshold, 0.5):
+    # the tag then carries what the misalignment metric measures, not the bottom quartile's cut.
+    "conditional-hit": ("conditional", ["objective.threshold=0.5"]),
 }
 
 
@@ -183,8 +186,10 @@ def plot(rows: list[dict], stem: Path) -> None:
     axes[0].set_ylabel("MLE / arm misalignment (higher: better)")
     axes[1].set_ylabel("control-token AUROC")
     axes[2].set_ylabel("tag prediction AUROC")
+    points = sorted({r["tokens"] / 1e6 for r in rows})
     for ax in axes:
         ax.set_xscale("log", base=2)
+        ax.set_xticks(points, [f"{p:.0f}" for p in points])
         ax.set_xlabel("training tokens (M)")
         ax.legend(fontsize=7)
     fig.suptitle(
