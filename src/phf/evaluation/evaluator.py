@@ -16,6 +16,8 @@ For a run directory (or any HF causal-LM directory) it writes ``eval.json`` and 
   its tag (the model's p(bad) among the tags at each segment start, against the real tag);
 - ``kl``: KL(reference || model) from reference samples, counting text tokens only (the paper
   also counted the ``<|good|>`` prefix; we do not);
+- ``humaneval`` (``EvalConfig.humaneval`` > 0): pass@1 (and pass@k) of the model's completions of
+  HumanEval problems, executed apart (:mod:`phf.evaluation.humaneval`);
 - ``diversity`` and ``settings``.
 
 Everything a run needs (prefix, forbidden tokens, scorer, held-out split) is read from the run
@@ -612,6 +614,11 @@ def evaluate(
     torch.manual_seed(config.seed)
     target = load_target(run_dir, device)
     prompts = read_prompts(config.prompts_path) if config.prompts_path else None  # fail before any sampling
+    problems = None
+    if config.humaneval:  # fetched (once) and checked before any sampling too
+        from phf.evaluation.humaneval import problems_for
+
+        problems = problems_for(config)
     out = Path(out_dir or run_dir)
     scorer_name, scorer_options = _scorer_spec(target, config)
     try:
@@ -696,6 +703,16 @@ def evaluate(
         else {"skipped": "no reference model (auto looks for an 'mle' run beside this one; or pass --reference)"}
     )
     timed("kl")
+
+    timings["_t"] = time.perf_counter()
+    if problems:
+        from phf.evaluation.humaneval import humaneval
+
+        result["humaneval"], humaneval_rows = humaneval(target, problems, config)
+        rows += humaneval_rows
+    else:
+        result["humaneval"] = {"skipped": "disabled (--humaneval N runs N of its 164 problems)"}
+    timed("humaneval")
     timings.pop("_t", None)
 
     result["settings"] = {
