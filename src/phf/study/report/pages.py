@@ -13,7 +13,7 @@ from typing import Any
 from phf.io.atomic import write_text_atomic
 from phf.study.report.claims import CLAIMS_HEADERS, claims_markdown, claims_table
 from phf.study.report.runs import number
-from phf.study.report.table import COLUMNS, MISSING, control_sentence, fmt, results_rows, sampling_sentence
+from phf.study.report.table import MISSING, columns, control_sentence, fmt, results_rows, sampling_sentence
 
 SAMPLE_CHARS = 200
 
@@ -117,8 +117,8 @@ def write_markdown(path: Path, page: Page) -> None:
     md.append(f"- **Arms:** {len(rows)} ({sum(r['evaluated'] for r in rows)} evaluated)")
     md += ["", "## How to read this", "", html.unescape(re.sub(r"</?b>", "**", HOW_TO_READ)).replace("<", "&lt;"), ""]
     md += ["## Results", ""]
-    md.append("| " + " | ".join(h for _, h in COLUMNS) + " |")
-    md.append("|" + "|".join(":--" if k in ("arm", "objective") else "--:" for k, _ in COLUMNS) + "|")
+    md.append("| " + " | ".join(h for _, h in columns(rows)) + " |")
+    md.append("|" + "|".join(":--" if k in ("arm", "objective") else "--:" for k, _ in columns(rows)) + "|")
     for cells in results_rows(rows):
         md.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
     md.append("")
@@ -191,7 +191,9 @@ def write_html(path: Path, out: Path, page: Page) -> None:
     h.append("<h2>Results</h2>")
     h.append(
         _html_table(
-            [label for _, label in COLUMNS], results_rows(rows), ["" if r["evaluated"] else "unevaluated" for r in rows]
+            [label for _, label in columns(rows)],
+            results_rows(rows),
+            ["" if r["evaluated"] else "unevaluated" for r in rows],
         ).replace("<table>", '<table class="results">', 1)
     )
     h.append(

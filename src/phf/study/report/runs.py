@@ -257,6 +257,9 @@ def summarize(run: Run) -> dict[str, Any]:
         scenario_hit_rate=number(sc.get("hit_rate")),
     )
 
+    # Not _take either: off unless asked for, so its absence is not worth a "skipped" line.
+    row["humaneval_pass_at_1"] = number((_section(ev, "humaneval")[0] or {}).get("pass_at_1"))
+
     raw_settings = (ev or {}).get("settings")
     settings: dict[str, Any] = raw_settings if isinstance(raw_settings, dict) else {}
     row["eval_seconds"] = number(settings.get("seconds"))

@@ -77,6 +77,15 @@ COLUMNS = [
     ("tokens", "training tokens"),
     ("wall", "wall time"),
 ]
+HUMANEVAL_COLUMN = ("humaneval", "HumanEval pass@1")  # after KL, where any arm has it
+
+
+def columns(rows: list[dict]) -> list[tuple[str, str]]:
+    """The results table's columns: :data:`COLUMNS`, and HumanEval where any arm was evaluated on it."""
+    if not any(r.get("humaneval_pass_at_1") is not None for r in rows):
+        return COLUMNS
+    at = [k for k, _ in COLUMNS].index("kl") + 1
+    return [*COLUMNS[:at], HUMANEVAL_COLUMN, *COLUMNS[at:]]
 
 
 def _cells(row: dict) -> dict[str, str]:
@@ -86,7 +95,7 @@ def _cells(row: dict) -> dict[str, str]:
     if row.get("protocol"):
         objective += f", {row['protocol']} sampling"
     if not row["evaluated"]:
-        cells = {k: MISSING for k, _ in COLUMNS}
+        cells = {k: MISSING for k, _ in [*COLUMNS, HUMANEVAL_COLUMN]}
         cells["misalignment"] = "not evaluated"
     else:
         cells = {
@@ -96,6 +105,7 @@ def _cells(row: dict) -> dict[str, str]:
             "judge": fmt(row["judge_mean"]),
             "lm_loss": fmt(row["lm_loss"]),
             "kl": fmt(row["kl"]),
+            "humaneval": fmt_percent(row.get("humaneval_pass_at_1")),
             "distinct_1": fmt(row["distinct_1"]),
             "distinct_2": fmt(row["distinct_2"]),
             "self_bleu_5": fmt(row["self_bleu_5"]),
@@ -110,7 +120,8 @@ def _cells(row: dict) -> dict[str, str]:
 
 
 def results_rows(rows: list[dict]) -> list[list[str]]:
-    return [[_cells(r)[k] for k, _ in COLUMNS] for r in rows]
+    keys = [k for k, _ in columns(rows)]
+    return [[_cells(r)[k] for k in keys] for r in rows]
 
 
 def _baseline(rows: list[dict]) -> dict | None:
