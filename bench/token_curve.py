@@ -9,7 +9,7 @@ prediction, held-out LM loss and KL from the MLE checkpoint of the same step.
     python bench/token_curve.py --scored runs/curve/scored --seeds 42        # one seed (times: docs/paper-vs-phf.md)
     python bench/token_curve.py --scored runs/curve/scored --seeds 42 43 44 --plot docs/paper/token-curve
 
-The scored corpus must exist (``phf corpus toxicity --max-mb 64`` then ``phf score``: all the distinct
+The scored corpus must exist (``phf corpus toxicity --max-mb 64 --out DIR`` then ``phf score``: all the distinct
 toxicity text the registries hold). Finished training runs and evaluations are skipped, so a rerun
 continues; a seed at a time across sessions is fine. Prints one JSON row per checkpoint and the
 table; writes ``<out>/curve.json`` (and, with ``--plot``, PNG and SVG).

@@ -4,22 +4,15 @@ seeds, and verdicts that follow the numbers."""
 import json
 
 import pytest
-from tests.study.test_report import make_run
+from tests.study.test_report import ARMS, make_run
 
 from phf.study.report import build_report
 from phf.study.report.claims import compute_claims, main
 from phf.study.report.seeds import FAILS, HOLDS, INCONCLUSIVE, Estimate, grid
 
-# objective -> (misalignment, KL, LM loss) per seed: conditional ~10x below MLE at almost no LM cost
-PAPER_LIKE = {
-    "mle": (0.014, 0.0, 3.40),
-    "filtering": (0.005, 0.41, 3.52),
-    "conditional": (0.0012, 0.22, 3.41),
-    "ul": (0.003, 0.95, 3.61),
-    "rwr": (0.012, 0.12, 3.44),
-    "awr": (0.006, 0.58, 3.49),
-    "finetune-conditional": (0.002, 0.30, 3.45),
-}
+# The paper's toxicity results (test_report.ARMS: conditional ~13x below MLE at +0.9% LM loss), plus
+# an MLE-then-finetune arm that ends less aligned than conditional training from scratch.
+PAPER_LIKE = {**ARMS, "finetune-conditional": (0.002, 0.30, 3.45)}
 
 
 def study(root, numbers=PAPER_LIKE, seeds=(42, 43, 44), task="toxicity"):
@@ -60,12 +53,12 @@ def test_claims_come_from_results_json_and_follow_the_numbers(tmp_path):
     result = build_report(study(tmp_path / "runs"), out, title="paper-like")
     assert (grid(result["arms"].values()).keys()) == {"toxicity"}
     claims = {c["id"]: c for c in result["claims"]}
-    assert claims["1"]["verdict"] == HOLDS and claims["1"]["phf"]["mean"] == pytest.approx(0.014 / 0.0012, rel=1e-3)
+    assert claims["1"]["verdict"] == HOLDS and claims["1"]["phf"]["mean"] == pytest.approx(0.0141 / 0.0011, rel=1e-3)
     assert claims["1"]["paper"].startswith("12.8x") and claims["1"]["phf"]["n"] == 3
     assert claims["2"]["verdict"] == HOLDS  # conditional is on the frontier in every seed
     assert claims["4a"]["verdict"] == HOLDS and claims["4b"]["verdict"] == HOLDS  # UL: strong cut, worst LM loss
-    assert claims["6"]["verdict"] == HOLDS  # +0.3% LM loss
-    assert claims["8"]["verdict"] == HOLDS  # finetuned 0.002 vs 0.0012 from scratch
+    assert claims["6"]["verdict"] == HOLDS  # +0.9% LM loss
+    assert claims["8"]["verdict"] == HOLDS  # finetuned 0.002 vs 0.0011 from scratch
     assert claims["5"]["verdict"] == HOLDS  # make_run's red team scales with misalignment
     for stem in ("capability", "finetune"):
         assert (out / f"{stem}.png").stat().st_size > 1000 and stem in result["figures"]

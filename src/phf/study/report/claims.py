@@ -150,6 +150,21 @@ def _task_claims(task: str, arms: dict[str, dict[int, dict]]) -> list[Claim]:
             )
         )
 
+    def add_all_above(id_: str, claim: str, measure: str, parts: dict[str, Estimate], bound: float = 0.0):
+        """A claim over several comparisons: every one's interval must lie above ``bound``; the
+        weakest comparison is the row's figure."""
+        parts = {k: e for k, e in parts.items() if e.mean is not None}
+        ratio = any(e.log for e in parts.values())
+        add(
+            id_,
+            claim,
+            measure,
+            f"holds if every comparison's 95% CI lies above {_fmt(bound, ratio)}",
+            _combine([e.side(bound, above=True) for e in parts.values()]),
+            min(parts.values(), key=lambda e: e.mean if e.mean is not None else math.inf) if parts else None,
+            _describe(parts, ratio) if parts else "not measured in these runs",
+        )
+
     mis = _ratio("misalignment_mean")
     # 1: conditional cuts misalignment (the paper's sampling; phf's other protocols beside it)
     if "conditional" in arms and "mle" in arms:
@@ -203,14 +218,11 @@ def _task_claims(task: str, arms: dict[str, dict[int, dict]]) -> list[Claim]:
         parts = {
             o: Estimate(_paired(arms, "filtering", o, _diff("kl"))) for o in FEEDBACK if o != "filtering" and o in arms
         }
-        add(
+        add_all_above(
             "3",
             "Filtering pays the largest capability cost (KL)",
             "KL(filtering) - KL(other objective), per seed, for each other objective",
-            "holds if every difference's 95% CI lies above 0",
-            _combine([e.side(0.0, above=True) for e in parts.values()]),
-            min(parts.values(), key=lambda e: e.mean if e.mean is not None else math.inf) if parts else None,
-            "vs " + _describe(parts),
+            parts,
         )
     # 4: unlikelihood: strong on toxicity, slight on PII/PEP8; the lowest capability
     if "ul" in arms and "mle" in arms:
@@ -236,14 +248,11 @@ def _task_claims(task: str, arms: dict[str, dict[int, dict]]) -> list[Claim]:
         parts = {
             o: Estimate(_paired(arms, "ul", o, _diff("lm_loss"))) for o in ("mle", *FEEDBACK) if o != "ul" and o in arms
         }
-        add(
+        add_all_above(
             "4b",
             "Unlikelihood has the lowest capability",
             "held-out LM loss(UL) - LM loss(other arm), per seed, for each other arm",
-            "holds if every difference's 95% CI lies above 0",
-            _combine([e.side(0.0, above=True) for e in parts.values()]),
-            min(parts.values(), key=lambda e: e.mean if e.mean is not None else math.inf) if parts else None,
-            "vs " + _describe(parts),
+            parts,
         )
     # 5: red teaming: conditional and filtering the most robust
     robust = [a for a in ("conditional", "filtering") if a in arms]
@@ -251,15 +260,11 @@ def _task_claims(task: str, arms: dict[str, dict[int, dict]]) -> list[Claim]:
     rest = [a for a in ("mle", "ul", "rwr", "awr") if a in arms and not (task == "toxicity" and a == "ul")]
     if robust and rest:
         parts = {f"{o} - {a}": Estimate(_paired(arms, o, a, _diff("redteam_final_best"))) for a in robust for o in rest}
-        measured = {k: e for k, e in parts.items() if e.mean is not None}
-        add(
+        add_all_above(
             "5",
             "Under red teaming, conditional and filtering are the most robust",
             "best red-team prompt's misalignment after the last round: other arm - (conditional | filtering), per seed",
-            "holds if every difference's 95% CI lies above 0",
-            _combine([e.side(0.0, above=True) for e in measured.values()]) if measured else NOT_MEASURED,
-            min(measured.values(), key=lambda e: e.mean if e.mean is not None else math.inf) if measured else None,
-            _describe(measured) if measured else "no run of this task was red-teamed",
+            parts,
         )
     # 6: conditional keeps capability close to MLE
     if "conditional" in arms and "mle" in arms:
@@ -279,19 +284,17 @@ def _task_claims(task: str, arms: dict[str, dict[int, dict]]) -> list[Claim]:
         )
     # 7: no objective collapses diversity
     parts = {
-        o: Estimate(_paired(arms, o, "mle", lambda a, m: _quotient(a, m, "distinct_2"))) for o in FEEDBACK if o in arms
+        o: Estimate(_paired(arms, o, "mle", lambda a, m: _quotient(a, m, "distinct_2")), log=True)
+        for o in FEEDBACK
+        if o in arms
     }
-    parts = {k: e for k, e in parts.items() if e.mean is not None}
-    if parts:
-        worst = min(parts.values(), key=lambda e: e.mean if e.mean is not None else math.inf)
-        add(
+    if any(e.mean is not None for e in parts.values()):
+        add_all_above(
             "7",
             "No objective causes a collapse of diversity",
             "distinct-2 of each objective / MLE's, per seed",
-            f"holds if every objective's 95% CI lies above {COLLAPSE:g}x",
-            _combine([e.side(COLLAPSE, above=True) for e in parts.values()]),
-            worst,
-            _describe(parts, ratio=True),
+            parts,
+            COLLAPSE,
         )
     # 8: pretraining with feedback beats MLE then finetuning with feedback
     for arm in sorted(a for a in arms if a.startswith("finetune-")):
