@@ -1,0 +1,58 @@
+"""One rank of the FSDP tests (run under torchrun): trains each objective named on the command line
+with training.parallelism=fsdp, and records which share of every parameter this rank holds.
+
+Usage: fsdp_worker.py OUT_ROOT DATA MODE OBJECTIVE... with MODE `run` (train each objective to the
+end), `die` (exit the process right after the step-2 checkpoint, as a kill would) or `resume`."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from tests.helpers.training import OBJECTIVE_SETTINGS, tiny_overrides
+
+from phf.config import load_config
+from phf.training.trainer import Trainer
+
+STEPS, SAVE_EVERY, DIE_AFTER = 4, 2, 2
+
+
+def overrides(out: Path, data: str, objective: str) -> list[str]:
+    settings = {"objective.name": objective, **OBJECTIVE_SETTINGS[objective]}
+    return tiny_overrides(
+        out,
+        data,
+        STEPS,
+        **settings,
+        **{"training.parallelism": "fsdp", "training.micro_batch_size": 2, "training.save_every": SAVE_EVERY},
+    )
+
+
+def main() -> None:
+    root, data, mode, *objectives = sys.argv[1:]
+    rank = int(os.environ["RANK"])
+    for objective in objectives:
+        out = Path(root) / objective
+        trainer = Trainer(load_config([], overrides(out, data, objective)), resume=mode == "resume")
+        if mode == "run":
+            from torch.distributed.tensor import DTensor
+
+            shards = {
+                name: [p.to_local().numel() if isinstance(p, DTensor) else -1, p.numel()]
+                for name, p in trainer.model.named_parameters()
+            }
+            (Path(root) / f"shards-{objective}-{rank}.json").write_text(json.dumps(shards))
+        if mode == "die":
+            save = trainer.save_state
+
+            def save_then_die():
+                save()
+                if trainer.step == DIE_AFTER:
+                    os._exit(9)
+
+            trainer.save_state = save_then_die  # type: ignore[method-assign]
+        trainer.train()
+
+
+if __name__ == "__main__":
+    main()
