@@ -283,7 +283,9 @@ def validate(config: TrainConfig) -> None:
     if t.parallelism not in ("ddp", "fsdp"):
         raise ConfigError(f"training.parallelism {t.parallelism!r}: choose ddp or fsdp")
     if t.parallelism == "fsdp" and t.mixed_precision == "fp16":
-        raise ConfigError("training.parallelism=fsdp trains in bf16 or fp32: set training.mixed_precision to bf16 or no")
+        raise ConfigError(
+            "training.parallelism=fsdp trains in bf16 or fp32: set training.mixed_precision to bf16 or no"
+        )
     if t.parallelism == "fsdp" and t.eval_every:
         raise ConfigError(
             "training.parallelism=fsdp: periodic evaluation (training.eval_every) runs on one rank and cannot "

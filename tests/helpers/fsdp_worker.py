@@ -28,6 +28,18 @@ def overrides(out: Path, data: str, objective: str) -> list[str]:
     )
 
 
+def die_after_checkpoint(trainer: Trainer):
+    """``trainer.save_state`` that ends the process (no clean-up, as SIGKILL) once step DIE_AFTER is saved."""
+    save = trainer.save_state
+
+    def save_then_die() -> None:
+        save()
+        if trainer.step == DIE_AFTER:
+            os._exit(9)
+
+    return save_then_die
+
+
 def main() -> None:
     root, data, mode, *objectives = sys.argv[1:]
     rank = int(os.environ["RANK"])
@@ -43,14 +55,7 @@ def main() -> None:
             }
             (Path(root) / f"shards-{objective}-{rank}.json").write_text(json.dumps(shards))
         if mode == "die":
-            save = trainer.save_state
-
-            def save_then_die():
-                save()
-                if trainer.step == DIE_AFTER:
-                    os._exit(9)
-
-            trainer.save_state = save_then_die  # type: ignore[method-assign]
+            trainer.save_state = die_after_checkpoint(trainer)  # type: ignore[method-assign]
         trainer.train()
 
 

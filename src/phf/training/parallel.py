@@ -27,6 +27,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -60,7 +61,7 @@ def shard(policy: nn.Module, lm: nn.Module) -> nn.Module:
     return policy
 
 
-def tied_copies(lm: nn.Module) -> list[str]:
+def tied_copies(lm: Any) -> list[str]:
     """State-dict keys of ``lm`` that repeat a tied parameter (GPT-2's ``lm_head.weight``)."""
     out = lm.get_output_embeddings()
     if out is None or out.weight is not lm.get_input_embeddings().weight:
@@ -71,11 +72,15 @@ def tied_copies(lm: nn.Module) -> list[str]:
 @contextmanager
 def gradient_sync(model: nn.Module, sync: bool) -> Iterator[None]:
     """Reduce-scatter gradients in this backward only if ``sync`` (gradient accumulation)."""
-    model.set_requires_gradient_sync(sync)  # type: ignore[operator]
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule):
+        raise TypeError("gradient_sync needs a model that parallel.shard sharded")
+    model.set_requires_gradient_sync(sync)
     try:
         yield
     finally:
-        model.set_requires_gradient_sync(True)  # type: ignore[operator]
+        model.set_requires_gradient_sync(True)
 
 
 def clip_grad_norm(parameters, max_norm: float) -> torch.Tensor:
@@ -103,10 +108,10 @@ def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path)
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optim": optim_state}
     dcp.load(state, checkpoint_id=str(path / SHARDED_DIR))
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state)
 
 
-def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+def full_state_dict(model: nn.Module) -> dict[str, Any]:
     """The unsharded state dict on rank 0's CPU (empty elsewhere; a collective)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 

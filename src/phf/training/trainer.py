@@ -20,6 +20,7 @@ import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -34,9 +35,9 @@ from phf.errors import PhfError
 from phf.io.atomic import write_text_atomic
 from phf.io.integrity import directory_damage, directory_records, remove_stale_temps
 from phf.io.run_lock import RunLock
+from phf.training import parallel
 from phf.training.logprobs import lm_target_logprobs
 from phf.training.objectives import LossInputs, ValueHead, build_objective, objective_parameters
-from phf.training import parallel
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -508,16 +509,16 @@ class Trainer:
         self.accum = t.batch_size // (t.micro_batch_size * world)
         self.total_steps = total_steps(cfg)
         self.fsdp = t.parallelism == "fsdp" and world > 1  # one process: nothing to shard
-        if self.fsdp:
-            # Sharded before the optimizer is built, so its state is sharded too; accelerate then
-            # keeps only the scheduler and RNG (its DDP wrapping and optimizer state saving would not fit).
-            parallel.shard(model.to(acc.device), lm)
-            self.optimizer = make_optimizer(model, t, acc.device)
-            self.model, self.scheduler = model, acc.prepare(make_schedule(self.optimizer, t, self.total_steps))
-        else:
+        if not self.fsdp:
             optimizer = make_optimizer(model, t, acc.device)
             scheduler = make_schedule(optimizer, t, self.total_steps)
             self.model, self.optimizer, self.scheduler = acc.prepare(model, optimizer, scheduler)
+        else:
+            # Sharded before the optimizer is built, so its state is sharded too; accelerate then
+            # keeps only the scheduler and RNG (its DDP wrapping and optimizer state saving would not fit).
+            parallel.shard(model.to(acc.device), lm)
+            self.model, self.optimizer = model, make_optimizer(model, t, acc.device)
+            self.scheduler = acc.prepare(make_schedule(self.optimizer, t, self.total_steps))
         if t.compile:
             self.model = torch.compile(self.model)
         self.step = 0
@@ -616,6 +617,7 @@ class Trainer:
         for k, batch in enumerate(batches):
             batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
             sync = k == len(batches) - 1
+            context: AbstractContextManager
             if self.fsdp:
                 context = parallel.gradient_sync(self.model, sync)
             else:
