@@ -17,7 +17,8 @@ control-token rows (rows of the embedding). The root unit stays gathered from fo
 so :func:`phf.training.logprobs.lm_target_logprobs` may read the output embedding's weight directly.
 
 Resumable checkpoints are sharded (``torch.distributed.checkpoint``): each rank writes its own
-slice, nothing is gathered, and a run may resume on another number of ranks. The final checkpoint
+slice and nothing is gathered (a 1B model's weights and Adam moments, gathered, would take 12 GB
+on one rank). The final checkpoint
 is a full state dict gathered to rank 0's CPU memory and saved with ``save_pretrained``.
 """
 
@@ -101,7 +102,7 @@ def save_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path)
 
 
 def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> None:
-    """Inverse of :func:`save_sharded` (any number of ranks; a collective)."""
+    """Inverse of :func:`save_sharded` (a collective)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
