@@ -1,7 +1,7 @@
 """One rank of the FSDP tests (run under torchrun): trains each objective named on the command line
 with training.parallelism=fsdp, and records which share of every parameter this rank holds.
 
-Usage: fsdp_worker.py OUT_ROOT DATA MODE OBJECTIVE... with MODE `run` (train each objective to the
+Usage: fsdp_worker.py OUT_ROOT DATA MODE OBJECTIVE... [KEY=VALUE...] with MODE `run` (train each objective to the
 end), `die` (exit the process right after the step-2 checkpoint, as a kill would) or `resume`."""
 
 import json
@@ -17,15 +17,18 @@ from phf.training.trainer import Trainer
 STEPS, SAVE_EVERY, DIE_AFTER = 4, 2, 2
 
 
-def overrides(out: Path, data: str, objective: str) -> list[str]:
+def overrides(out: Path, data: str, objective: str, extra: list[str]) -> list[str]:
     settings = {"objective.name": objective, **OBJECTIVE_SETTINGS[objective]}
-    return tiny_overrides(
-        out,
-        data,
-        STEPS,
-        **settings,
-        **{"training.parallelism": "fsdp", "training.micro_batch_size": 2, "training.save_every": SAVE_EVERY},
-    )
+    return [
+        *tiny_overrides(
+            out,
+            data,
+            STEPS,
+            **settings,
+            **{"training.parallelism": "fsdp", "training.micro_batch_size": 2, "training.save_every": SAVE_EVERY},
+        ),
+        *extra,
+    ]
 
 
 def die_after_checkpoint(trainer: Trainer):
@@ -41,11 +44,13 @@ def die_after_checkpoint(trainer: Trainer):
 
 
 def main() -> None:
-    root, data, mode, *objectives = sys.argv[1:]
+    root, data, mode, *rest = sys.argv[1:]
+    objectives = [a for a in rest if "=" not in a]
+    extra = [a for a in rest if "=" in a]
     rank = int(os.environ["RANK"])
     for objective in objectives:
         out = Path(root) / objective
-        trainer = Trainer(load_config([], overrides(out, data, objective)), resume=mode == "resume")
+        trainer = Trainer(load_config([], overrides(out, data, objective, extra)), resume=mode == "resume")
         if mode == "run":
             from torch.distributed.tensor import DTensor
 

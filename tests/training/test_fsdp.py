@@ -4,7 +4,7 @@ torch 2.13's ``fully_shard`` runs on CPU tensors over gloo, so sharding, the los
 resumable checkpoints and the gathered final checkpoint are all tested here; only the GPU memory
 saving itself needs a GPU (docs/scaling.md). Each torchrun launch costs ~20-40 s on 2 cores, so
 the default run launches once (AWR: value head; conditional: control-token rows); the other
-objectives and resume-after-kill are marked slow."""
+objectives, torch.compile and resume-after-kill are marked slow."""
 
 import json
 import os
@@ -65,9 +65,9 @@ def check_run(tmp_path: Path, scored: Path, root: Path, objective: str) -> None:
         assert a.shape == b.shape and (a - b).abs().max() < 1e-4, name
 
 
-def launch(tmp_path: Path, scored: Path, objectives: list[str], port: int) -> Path:
+def launch(tmp_path: Path, scored: Path, objectives: list[str], port: int, *extra: str) -> Path:
     root = tmp_path / "fsdp"
-    done = torchrun(root, scored, "run", objectives, port)
+    done = torchrun(root, scored, "run", [*objectives, *extra], port)
     assert done.returncode == 0, done.stderr[-3000:]
     return root
 
@@ -86,6 +86,13 @@ def test_fsdp_other_objectives_match_one_process(tmp_path, scored):
     root = launch(tmp_path, scored, objectives, 29592)
     for objective in objectives:
         check_run(tmp_path, scored, root, objective)
+
+
+@pytest.mark.slow
+def test_fsdp_compiled_matches_one_process(tmp_path, scored):
+    root = launch(tmp_path, scored, ["mle"], 29595, "training.compile=true")
+    expected = single(tmp_path, scored, "mle")
+    assert losses(root / "mle") == pytest.approx(expected, rel=1e-4, abs=1e-5)  # inductor may order sums differently
 
 
 @pytest.mark.slow

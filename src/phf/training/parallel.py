@@ -62,6 +62,11 @@ def shard(policy: nn.Module, lm: nn.Module) -> nn.Module:
     return policy
 
 
+def _uncompiled(model: nn.Module) -> nn.Module:
+    """The module ``torch.compile`` wrapped (state-dict keys without ``_orig_mod.``), else ``model``."""
+    return getattr(model, "_orig_mod", model)
+
+
 def tied_copies(lm: Any) -> list[str]:
     """State-dict keys of ``lm`` that repeat a tied parameter (GPT-2's ``lm_head.weight``)."""
     out = lm.get_output_embeddings()
@@ -75,6 +80,7 @@ def gradient_sync(model: nn.Module, sync: bool) -> Iterator[None]:
     """Reduce-scatter gradients in this backward only if ``sync`` (gradient accumulation)."""
     from torch.distributed.fsdp import FSDPModule
 
+    model = _uncompiled(model)
     if not isinstance(model, FSDPModule):
         raise TypeError("gradient_sync needs a model that parallel.shard sharded")
     model.set_requires_gradient_sync(sync)
@@ -97,7 +103,7 @@ def save_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path)
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    model_state, optim_state = get_state_dict(model, optimizer)
+    model_state, optim_state = get_state_dict(_uncompiled(model), optimizer)
     dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(path / SHARDED_DIR))
 
 
@@ -106,10 +112,10 @@ def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, path: Path)
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    model_state, optim_state = get_state_dict(model, optimizer)
+    model_state, optim_state = get_state_dict(_uncompiled(model), optimizer)
     state = {"model": model_state, "optim": optim_state}
     dcp.load(state, checkpoint_id=str(path / SHARDED_DIR))
-    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state)
+    set_state_dict(_uncompiled(model), optimizer, model_state_dict=model_state, optim_state_dict=optim_state)
 
 
 def full_state_dict(model: nn.Module) -> dict[str, Any]:
