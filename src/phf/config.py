@@ -115,6 +115,9 @@ class TrainingConfig:
     grad_clip: float = 1.0
     mixed_precision: str = "auto"  # auto (bf16 where the GPU or CPU computes it natively, else fp32) | no | bf16 | fp16
     compile: bool = False
+    # ddp: every rank holds the whole model (replicated); fsdp: parameters, gradients and optimizer
+    # state sharded over ranks with torch's FSDP2 (phf.training.parallel; docs/scaling.md says when).
+    parallelism: str = "ddp"
     seed: int = 42
     log_every: int = 10
     save_every: int = 1000
@@ -277,6 +280,17 @@ def validate(config: TrainConfig) -> None:
         t.mixed_precision = "no"
     if t.mixed_precision not in ("auto", "no", "bf16", "fp16"):
         raise ConfigError(f"training.mixed_precision {t.mixed_precision!r}: choose auto, no, bf16 or fp16")
+    if t.parallelism not in ("ddp", "fsdp"):
+        raise ConfigError(f"training.parallelism {t.parallelism!r}: choose ddp or fsdp")
+    if t.parallelism == "fsdp" and t.mixed_precision == "fp16":
+        raise ConfigError(
+            "training.parallelism=fsdp trains in bf16 or fp32: set training.mixed_precision to bf16 or no"
+        )
+    if t.parallelism == "fsdp" and t.eval_every:
+        raise ConfigError(
+            "training.parallelism=fsdp: periodic evaluation (training.eval_every) runs on one rank and cannot "
+            "gather a sharded model; set eval_every=0 and run phf eval on the saved checkpoints (export_steps)"
+        )
     if config.data.seq_len < 2:
         raise ConfigError("data.seq_len must be >= 2")
     if o.name not in OBJECTIVE_NAMES:

@@ -238,11 +238,14 @@ def max_positions(model) -> int | None:
     return None
 
 
-def save_checkpoint(model, tokenizer, out: str | Path, *, phf_info: dict[str, Any]) -> None:
-    """An HF directory that samples correctly with plain transformers."""
+def save_checkpoint(
+    model, tokenizer, out: str | Path, *, phf_info: dict[str, Any], state_dict: dict[str, Any] | None = None
+) -> None:
+    """An HF directory that samples correctly with plain transformers. ``state_dict``: the weights to
+    save where the model's own are sharded (FSDP: gathered by ``phf.training.parallel.full_state_dict``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
+    model.save_pretrained(out, state_dict=state_dict)
     tokenizer.save_pretrained(out)
     forbidden = phf_info.get("forbidden_tokens", [])
     padding_rows = list(range(len(tokenizer), model.get_input_embeddings().weight.shape[0]))

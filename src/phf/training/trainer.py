@@ -20,6 +20,7 @@ import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from phf.errors import PhfError
 from phf.io.atomic import write_text_atomic
 from phf.io.integrity import directory_damage, directory_records, remove_stale_temps
 from phf.io.run_lock import RunLock
+from phf.training import parallel
 from phf.training.logprobs import lm_target_logprobs
 from phf.training.objectives import LossInputs, ValueHead, build_objective, objective_parameters
 
@@ -506,14 +508,24 @@ class Trainer:
             )
         self.accum = t.batch_size // (t.micro_batch_size * world)
         self.total_steps = total_steps(cfg)
-        optimizer = make_optimizer(model, t, acc.device)
-        scheduler = make_schedule(optimizer, t, self.total_steps)
-        self.model, self.optimizer, self.scheduler = acc.prepare(model, optimizer, scheduler)
+        self.fsdp = t.parallelism == "fsdp" and world > 1  # one process: nothing to shard
+        if not self.fsdp:
+            optimizer = make_optimizer(model, t, acc.device)
+            scheduler = make_schedule(optimizer, t, self.total_steps)
+            self.model, self.optimizer, self.scheduler = acc.prepare(model, optimizer, scheduler)
+        else:
+            # Sharded before the optimizer is built, so its state is sharded too; accelerate then
+            # keeps only the scheduler and RNG (its DDP wrapping and optimizer state saving would not fit).
+            parallel.shard(model.to(acc.device), lm)
+            self.model, self.optimizer = model, make_optimizer(model, t, acc.device)
+            self.scheduler = acc.prepare(make_schedule(self.optimizer, t, self.total_steps))
         if t.compile:
             self.model = torch.compile(self.model)
         self.step = 0
         if self.resume_from is not None:
             acc.load_state(str(self.resume_from))
+            if self.fsdp:
+                parallel.load_sharded(model, self.optimizer, self.resume_from)
             self.step = json.loads((self.resume_from / STATE_FILE).read_text())["step"]
         prefetch = cfg.data.prefetch if cfg.data.prefetch is not None else acc.device.type != "cpu"
         self._prefetch = _Prefetch(self._micro_batches, pin=acc.device.type == "cuda") if prefetch else None
@@ -605,7 +617,11 @@ class Trainer:
         for k, batch in enumerate(batches):
             batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
             sync = k == len(batches) - 1
-            context = acc.no_sync(self.model) if not sync else _nullcontext()
+            context: AbstractContextManager
+            if self.fsdp:
+                context = parallel.gradient_sync(self.model, sync)
+            else:
+                context = acc.no_sync(self.model) if not sync else _nullcontext()
             with context:
                 with acc.autocast():
                     logp, values = self.model(batch["input_ids"], batch["labels"])
@@ -623,8 +639,9 @@ class Trainer:
             text = ~batch["is_control"]
             totals["nll_text_sum"] = totals.get("nll_text_sum", 0) + (-logp.detach().float() * text).sum()
             totals["text_tokens"] = totals.get("text_tokens", 0) + text.sum().float()
+        clip = parallel.clip_grad_norm if self.fsdp else acc.clip_grad_norm_
         grad_norm = (
-            acc.clip_grad_norm_(self.model.parameters(), self.config.training.grad_clip)
+            clip(self.model.parameters(), self.config.training.grad_clip)
             if self.config.training.grad_clip > 0
             else torch.full((), float("nan"), device=device)
         )
@@ -775,6 +792,8 @@ class Trainer:
             # (the resume test checks the losses), so the warning is noise.
             logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
             acc.save_state(str(tmp))
+            if self.fsdp:
+                parallel.save_sharded(self.model, self.optimizer, tmp)
             acc.wait_for_everyone()
             if acc.is_main_process:
                 # The state file is the commit point and records every file, so a damaged checkpoint
@@ -814,11 +833,13 @@ class Trainer:
 
         acc = self.accelerator
         acc.wait_for_everyone()
+        policy = acc.unwrap_model(self.model)
+        policy = getattr(policy, "_orig_mod", policy)
+        # Under FSDP every rank takes part in gathering the full state dict onto rank 0.
+        full = parallel.full_state_dict(policy) if self.fsdp else None
         if not acc.is_main_process:
             return
         o = self.config.objective
-        policy = acc.unwrap_model(self.model)
-        policy = getattr(policy, "_orig_mod", policy)
         prefix = self.control_tokens[0] if self.control_tokens else ""
         # Where control tokens precede every line (code), the aligned token may follow any newline
         # in a sample, so only the misaligned ones are forbidden (the paper's PEP8 setting).
@@ -853,9 +874,15 @@ class Trainer:
             "cpu_fp32_attention": policy.fp32_attention,  # bf16 on a CPU, attention in fp32
         }
         out = Path(out or self.run_dir)
-        save_checkpoint(policy.lm, self.tokenizer, out, phf_info=info)
+        lm_state = head_state = None
+        if full is not None:
+            lm_state = {k.removeprefix("lm."): v for k, v in full.items() if k.startswith("lm.")}
+            for name in parallel.tied_copies(policy.lm):  # as save_pretrained drops them from its own
+                lm_state.pop(name, None)
+            head_state = {k.removeprefix("value_head."): v for k, v in full.items() if k.startswith("value_head.")}
+        save_checkpoint(policy.lm, self.tokenizer, out, phf_info=info, state_dict=lm_state)
         if policy.value_head is not None:
-            torch.save(policy.value_head.state_dict(), out / "value_head.pt")
+            torch.save(head_state or policy.value_head.state_dict(), out / "value_head.pt")
         if out != self.run_dir:
             (out / "config.yaml").write_text(to_yaml(self.config))
         (out / STATE_FILE).write_text(
