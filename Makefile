@@ -52,7 +52,7 @@ paper: setup
 	$(BIN)/phf experiment configs/experiments/paper-toxicity.yaml out=$(PAPER)/toxicity
 	$(BIN)/phf experiment configs/experiments/paper-pii.yaml out=$(PAPER)/pii
 	$(BIN)/phf experiment configs/experiments/paper-pep8.yaml out=$(PAPER)/pep8
-	$(BIN)/python -m phf.study.report.claims $(PAPER)/*/results.json > $(PAPER)/claims.md
+	$(BIN)/phf claims $(PAPER)/*/results.json --out $(PAPER)/claims.md
 	@echo "claims table: $(PAPER)/claims.md; reports: $(PAPER)/<task>/report/report.html"
 
 test: setup

@@ -283,6 +283,19 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_claims(args) -> int:
+    from phf.io.atomic import write_text_atomic
+    from phf.study.report.claims import claims_markdown, compute_claims, read_results
+
+    table = claims_markdown(compute_claims(read_results(args.results)))
+    if args.out:
+        write_text_atomic(args.out, table + "\n")
+        print(f"claims table of {len(args.results)} studies written to {args.out}")
+    else:
+        print(table)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``phf`` argument parser: one subcommand per pipeline stage."""
     parser = argparse.ArgumentParser(
@@ -501,6 +514,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_quiet(p)
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser(
+        "claims",
+        help="the paper's claims checked against studies' results.json",
+        description="Each claim of the paper that the studies can speak to, with phf's figure, its 95%% "
+        "interval over seeds and a verdict (holds / does not hold / inconclusive), as a markdown table. "
+        "The same table is in each study's report; this one spans several studies (e.g. the three tasks).",
+    )
+    p.add_argument("results", nargs="+", help="results.json of phf experiment or phf report")
+    p.add_argument("--out", default=None, help="write the table to this file (default: print it)")
+    p.set_defaults(func=_cmd_claims)
     return parser
 
 

@@ -6,8 +6,9 @@ import json
 import pytest
 from tests.study.test_report import ARMS, make_run
 
+from phf.cli import main
 from phf.study.report import build_report
-from phf.study.report.claims import compute_claims, main
+from phf.study.report.claims import compute_claims
 from phf.study.report.seeds import FAILS, HOLDS, INCONCLUSIVE, Estimate, grid
 
 # The paper's toxicity results (test_report.ARMS: conditional ~13x below MLE at +0.9% LM loss), plus
@@ -78,11 +79,13 @@ def test_claims_come_from_results_json_and_follow_the_numbers(tmp_path):
     assert edited["2"]["verdict"] == FAILS and edited["8"]["verdict"] == FAILS
 
 
-def test_one_seed_is_inconclusive_and_the_cli_prints_markdown(tmp_path, capsys):
+def test_one_seed_is_inconclusive_and_phf_claims_prints_markdown(tmp_path, capsys):
     result = build_report(study(tmp_path / "runs", seeds=(42,), task="pii"), tmp_path / "report")
     claims = {c["id"]: c for c in result["claims"]}
     assert claims["1"]["verdict"] == INCONCLUSIVE and claims["1"]["phf"]["ci95"] is None
     assert claims["3"]["task"] == "pii"  # filtering's KL: the paper's claim on PII and PEP8 only
-    main([str(tmp_path / "report" / "results.json")])
+    assert main(["claims", str(tmp_path / "report" / "results.json")]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("| # | task |") and "| 1 | pii |" in printed and INCONCLUSIVE in printed
+    assert main(["claims", str(tmp_path / "report" / "report.md")]) == 2  # not JSON: one line, exit 2
+    assert "report.md is not JSON" in capsys.readouterr().err

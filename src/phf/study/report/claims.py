@@ -9,19 +9,19 @@ the claim's bound, *does not hold* when it lies wholly on the other side, and is
 otherwise, which includes a single seed (no interval). The bounds (2% LM loss, 2x "slight", 0.8x
 distinct-2) are this module's reading of the paper's words and are printed with each row.
 
-    python -m phf.study.report.claims runs/paper-*/results.json > docs/paper-vs-phf.md
+    phf claims runs/paper/*/results.json
 """
 
 from __future__ import annotations
 
 import json
 import math
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from phf.errors import PhfError
 from phf.study.report.seeds import FAILS, HOLDS, INCONCLUSIVE, NOT_MEASURED, Estimate, grid
 
 FEEDBACK = ("filtering", "conditional", "ul", "rwr", "awr")
@@ -390,16 +390,17 @@ def claims_markdown(claims: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Print the claims table of one or more results.json files as markdown."""
-    paths = list(sys.argv[1:] if argv is None else argv)
-    if not paths:
-        raise SystemExit("usage: python -m phf.study.report.claims RESULTS.json [...]")
-    rows = []
+def read_results(paths: Sequence[str | Path]) -> list[dict]:
+    """The arms (report rows) of one or more results.json files, checked on read."""
+    rows: list[dict] = []
     for path in paths:
-        rows += list(json.loads(Path(path).read_text())["arms"].values())
-    print(claims_markdown(compute_claims(rows)))
-
-
-if __name__ == "__main__":
-    main()
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise PhfError(f"{path} does not exist: give results.json of phf experiment or phf report") from None
+        except json.JSONDecodeError as exc:
+            raise PhfError(f"{path} is not JSON ({exc.msg} at line {exc.lineno})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("arms"), dict):
+            raise PhfError(f"{path} has no 'arms': not a results.json of phf experiment or phf report")
+        rows += list(data["arms"].values())
+    return rows
