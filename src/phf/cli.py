@@ -518,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "claims",
         help="the paper's claims checked against studies' results.json",
-        description="Each claim of the paper that the studies can speak to, with phf's figure, its 95%% "
+        description="Each claim of the paper that the studies can speak to, with phf's figure, its 95% "
         "interval over seeds and a verdict (holds / does not hold / inconclusive), as a markdown table. "
         "The same table is in each study's report; this one spans several studies (e.g. the three tasks).",
     )
