@@ -115,6 +115,9 @@ def test_finetune_arm_starts_from_the_mle_half_way_checkpoint(tmp_path, scored):
     assert results["figures_not_drawn"] == {"redteam": "no run has redteam.json"}
     claims = {c["id"]: c for c in results["claims"]}
     assert {"1", "2", "6", "8", "9"} <= set(claims) and claims["8"]["phf"]["n"] == 2
+    # The finetuning arm's own tokens start where the MLE run handed over (2 steps of 8 x 32 tokens).
+    assert results["arms"]["seed0/finetune-conditional"]["tokens_before"] == 512
+    assert results["arms"]["seed0/conditional"]["tokens_before"] == 0
     written = json.loads((tmp_path / "study" / "results.json").read_text())["claims"]
     assert written == json.loads(json.dumps(results["claims"]))  # the same table, through JSON
     base = tmp_path / "study" / "toxicity" / "seed0"

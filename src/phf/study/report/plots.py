@@ -388,6 +388,11 @@ def _series(row: dict) -> str:
     return "/".join(parts) or row["name"]
 
 
+def _offset(row: dict) -> int:
+    """Where a run's own token count starts on the study's axis (a finetuning arm: after its base run)."""
+    return int(row.get("tokens_before") or 0)
+
+
 def plot_over_tokens(rows: list[dict], out: Path, title: str) -> dict | None:
     """Periodic misalignment per arm; where arms differ only by seed, one line per objective (the
     mean over seeds) over faint per-seed lines, so many seeds stay readable."""
@@ -417,7 +422,7 @@ def plot_over_tokens(rows: list[dict], out: Path, title: str) -> dict | None:
         kw["markersize"] = kw["markersize"] * 0.6
         for member in members:
             evals = sorted(member["periodic_evals"], key=lambda e: e["tokens"])
-            xs, ys = [e["tokens"] for e in evals], [e["misalignment_mean"] for e in evals]
+            xs, ys = [e["tokens"] + _offset(member) for e in evals], [e["misalignment_mean"] for e in evals]
             values += ys
             if len(members) > 1:
                 ax.plot(xs, ys, linestyle=style, linewidth=0.8, color=colour, alpha=0.3)
@@ -425,14 +430,14 @@ def plot_over_tokens(rows: list[dict], out: Path, title: str) -> dict | None:
                 ax.plot(xs, ys, linestyle=style, linewidth=1.6, label=name if averaged else member["name"], **kw)
         if len(members) > 1:
             xs, ys, cis = mean_curve(
-                [{e["tokens"]: e["misalignment_mean"] for e in m["periodic_evals"]} for m in members]
+                [{e["tokens"] + _offset(m): e["misalignment_mean"] for e in m["periodic_evals"]} for m in members]
             )
             ax.plot(xs, ys, linestyle=style, linewidth=2.0, label=f"{name} (mean of {len(members)} seeds)", **kw)
             band = [(x, ci) for x, ci in zip(xs, cis) if ci is not None]
             if band:
                 ax.fill_between(
                     [x for x, _ in band],
-                    [c[0] for _, c in band],
+                    [max(0.0, c[0]) for _, c in band],  # a score is never negative, however wide the interval
                     [c[1] for _, c in band],
                     color=colour,
                     alpha=0.12,
@@ -440,7 +445,7 @@ def plot_over_tokens(rows: list[dict], out: Path, title: str) -> dict | None:
                 )
         finals = [m["misalignment_mean"] for m in members if m.get("misalignment_mean") is not None]
         if finals:
-            end = max(m.get("training_tokens") or m["periodic_evals"][-1]["tokens"] for m in members)
+            end = max((m.get("training_tokens") or m["periodic_evals"][-1]["tokens"]) + _offset(m) for m in members)
             final = sum(finals) / len(finals)
             values.append(final)
             ax.plot(
@@ -462,7 +467,7 @@ def plot_over_tokens(rows: list[dict], out: Path, title: str) -> dict | None:
     scorer, unit = _scorer_label(rows)
     ax.set_ylabel(f"misalignment: mean score of unconditional samples\n({scorer}, {unit})")
     what = (
-        "mean over seeds, band: 95% CI; faint: each seed)\n(stars: final evaluation, mean over seeds"
+        "mean over seeds, band: 95% CI;\nfaint: each seed; stars: final evaluation, mean over seeds"
         if averaged
         else "periodic estimates; stars: final evaluation"
     )
@@ -618,10 +623,11 @@ def figure_captions(figures: dict, rows: list[dict]) -> dict[str, str]:
         caps["misalignment_over_tokens"] = (
             "Misalignment of a few samples drawn at each periodic evaluation during training (metrics.jsonl; "
             "fewer and shorter samples than the final evaluation, so noisier), against training tokens. The "
-            "star at the end of each line is the final evaluation (eval.json)."
+            "star at the end of each line is the final evaluation (eval.json). A finetuning arm starts where its "
+            "MLE base run handed over."
             + (
-                " Arms that differ only by seed are drawn as one line, their mean (faint lines: each seed; "
-                "stars: the mean of their final evaluations)."
+                " Arms that differ only by seed are drawn as one line, their mean, with its 95% t-interval over "
+                "seeds as a band (faint lines: each seed; stars: the mean of their final evaluations)."
                 if o.get("averaged_over_seeds")
                 else ""
             )

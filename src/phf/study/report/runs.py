@@ -160,6 +160,20 @@ def _is_finetune(run: Run) -> bool:
     return last.startswith(("finetune", "ft-", "ft_")) or "finetun" in last
 
 
+def _tokens_before(run: Run) -> int:
+    """Tokens the run's starting checkpoint was trained on (a finetuning arm continues its base run's
+    stream from there): the offset that puts its own token counts on the study's axis."""
+    start = (run.phf or {}).get("continue_from")
+    if not isinstance(start, str):
+        return 0
+    try:
+        state = json.loads((run.path / start / "trainer_state.json").read_text())  # absolute, or relative to the run
+    except (OSError, ValueError):
+        return 0
+    tokens = number(state.get("tokens")) if isinstance(state, dict) else None
+    return int(tokens or 0)
+
+
 def summarize(run: Run) -> dict[str, Any]:
     """The flat numbers of one arm (every number of the table, and a few more), the paths, and
     what was missing or skipped."""
@@ -290,6 +304,7 @@ def summarize(run: Run) -> dict[str, Any]:
     row["wall_parts"] = [
         p for p, v in (("training", row["training_seconds"]), ("evaluation", row["eval_seconds"])) if v is not None
     ]
+    row["tokens_before"] = _tokens_before(run)
     row["periodic_evals"] = [
         {
             "step": m.get("step"),
