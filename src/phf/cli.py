@@ -524,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("results", nargs="+", help="results.json of phf experiment or phf report")
     p.add_argument("--out", default=None, help="write the table to this file (default: print it)")
+    _add_quiet(p)
     p.set_defaults(func=_cmd_claims)
     return parser
 

@@ -198,7 +198,11 @@ def load_config(files: list[str] | tuple[str, ...] = (), overrides: list[str] | 
         try:
             node = OmegaConf.from_dotlist([override])
         except yaml.YAMLError as exc:  # e.g. a control character in the value
-            raise ConfigError(f"override {override!r}: not valid YAML: {' '.join(str(exc).split())}") from None
+            # The key as typed (a repr would escape a quote in it): the message must name what to fix.
+            key, _, value = override.partition("=")
+            raise ConfigError(
+                f"override of {key.strip()}: the value {value!r} is not valid YAML: {' '.join(str(exc).split())}"
+            ) from None
         merged = _merge(merged, node, f"override {override!r}")
     missing = sorted(OmegaConf.missing_keys(merged))
     if missing:
