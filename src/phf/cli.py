@@ -551,6 +551,9 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", module="scrubadub")
     try:
         return args.func(args)
+    except BrokenPipeError:  # `phf claims ... | head`: the reader has gone, which is no error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush stays quiet
+        return 0
     except (PhfError, ValueError, OSError) as exc:  # OSError: a full disk, a read-only or missing path
         # One line even when the message quotes a library's multi-line one.
         message = " | ".join(line.strip() for line in str(exc).splitlines() if line.strip())
