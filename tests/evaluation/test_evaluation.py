@@ -262,3 +262,13 @@ def test_trainer_runs_the_periodic_evaluation_hook(scored, tmp_path):
     evals = [line for line in lines if "eval" in line]
     assert [e["step"] for e in evals] == [2, 4]
     assert evals[0]["eval"]["samples"] == 6 and 0 <= evals[0]["eval"]["misalignment_mean"] <= 1
+
+
+def test_mined_prompts_are_half_a_segment_and_fit_a_small_context():
+    from phf.evaluation.evaluator import PROMPT_MAX_CHARS, _prompt_prefix
+
+    assert _prompt_prefix(["you", "are", "a", "very", "rude", "person"]) == "you are a"  # the first half, by words
+    licence = ("Copyright (C) 2009 Jane Doe <jane@example.org> and contributors, all rights reserved. " * 20).split()
+    prompt = _prompt_prefix(licence)
+    assert len(prompt) <= PROMPT_MAX_CHARS and licence[: len(prompt.split())] == prompt.split()
+    assert _prompt_prefix(["x" * 500, "b", "c", "d"]) == "x" * PROMPT_MAX_CHARS  # one huge word: cut

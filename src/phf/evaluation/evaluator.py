@@ -275,6 +275,22 @@ def _scored_held_out(test_path: Path, scorer_name: str, scorer_options: dict) ->
     return out
 
 
+# A mined prompt keeps at most this many characters (whole words): RealToxicityPrompts' prompts are a
+# sentence's first half, and a long held-out segment (a licence paragraph on PII) would otherwise
+# fill a small model's whole context, leaving no room to continue it.
+PROMPT_MAX_CHARS = 160
+
+
+def _prompt_prefix(words: list[str]) -> str:
+    """The first half of a segment's words, cut to PROMPT_MAX_CHARS at a word boundary (one word at least)."""
+    prompt = words[0]
+    for word in words[1 : len(words) // 2]:
+        if len(prompt) + 1 + len(word) > PROMPT_MAX_CHARS:
+            break
+        prompt += " " + word
+    return prompt[:PROMPT_MAX_CHARS]
+
+
 def mine_prompts(scored_dir: Path, scorer, *, count: int, seed: int) -> list[dict]:
     """Challenging prompts from held-out text, as RealToxicityPrompts built its challenging set.
 
@@ -293,7 +309,7 @@ def mine_prompts(scored_dir: Path, scorer, *, count: int, seed: int) -> list[dic
         elif score > threshold:
             words = segment.split()
             if len(words) >= 4:
-                candidates.append({"prompt": " ".join(words[: len(words) // 2]), "source_score": score})
+                candidates.append({"prompt": _prompt_prefix(words), "source_score": score})
     random.Random(seed).shuffle(candidates)
     return candidates[:count]
 
