@@ -81,6 +81,7 @@ def base(tmp_path, monkeypatch):
 # Once unnamed: a key with a quote, and a value that is not valid YAML (a bad unicode escape), made a
 # message that quoted the override whole, and its repr escaped the quote in the key.
 @example(key="W'>", value=json.dumps(["\U0002f116"]))  # JSON writes it as a surrogate pair YAML rejects
+@example(key="training.export_steps", value="[[]]")  # once a TypeError: OmegaConf lets [[]] into list[int]
 def test_train_overrides(base, capsys, key, value):
     assert run_cli(["train", *base, f"{key}={value}"]) == 2
     line = one_error_line(capsys, "train")

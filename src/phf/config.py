@@ -271,7 +271,12 @@ def validate(config: TrainConfig) -> None:
     if t.max_steps is None and t.num_tokens is None:
         raise ConfigError("set training.max_steps or training.num_tokens")
     for key, value, ok, rule in _numeric_rules(config):
-        if value is not None and not (math.isfinite(value) and ok(value)):
+        if value is None:
+            continue
+        # OmegaConf lets a nested list into list[int] (export_steps=[[]]): a number is checked first.
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key} must be a number {rule}, got {value!r}")
+        if not (math.isfinite(value) and ok(value)):
             raise ConfigError(f"{key} must be {rule}, got {value}")
     if t.batch_size % t.micro_batch_size:
         raise ConfigError(
