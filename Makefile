@@ -46,7 +46,7 @@ lock:
 demo: setup
 	$(BIN)/phf experiment configs/experiments/demo.yaml out=$(DEMO)
 
-# The paper's three studies at CPU scale (each at most ~60 min on 2 bf16 cores; not part of CI), then
+# The paper's three studies at CPU scale (toxicity: 62 min on 2 bf16 cores, docs/paper-vs-phf.md; not CI), then
 # the paper's claims checked over all three (docs/paper-vs-phf.md). Rerunning continues where it stopped.
 paper: setup
 	$(BIN)/phf experiment configs/experiments/paper-toxicity.yaml out=$(PAPER)/toxicity

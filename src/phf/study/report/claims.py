@@ -58,14 +58,8 @@ def _paired(
 
 
 def _ratio(key: str) -> Callable[[dict, dict], float | None]:
-    """b's ``key`` over a's: how many times lower ``a`` is than ``b`` (inverted argument order so a
-    claim reads "MLE / arm")."""
-
-    def f(arm: dict, base: dict) -> float | None:
-        x, y = arm.get(key), base.get(key)
-        return None if x is None or y is None or x <= 0 else y / x
-
-    return f
+    """How many times lower the arm's ``key`` is than the baseline's (so a claim reads "MLE / arm")."""
+    return lambda arm, base: _quotient(base, arm, key)
 
 
 def _diff(key: str) -> Callable[[dict, dict], float | None]:
@@ -270,8 +264,8 @@ def _task_claims(task: str, arms: dict[str, dict[int, dict]]) -> list[Claim]:
     if "conditional" in arms and "mle" in arms:
 
         def rel(c: dict, m: dict) -> float | None:
-            x, y = c.get("lm_loss"), m.get("lm_loss")
-            return None if x is None or y is None else x / y - 1
+            q = _quotient(c, m, "lm_loss")
+            return None if q is None else q - 1
 
         est = Estimate(_paired(arms, "conditional", "mle", rel))
         add(

@@ -553,9 +553,7 @@ def _arm_row(arm: str) -> dict:
 def plot_capability(rows: list[dict], out: Path, title: str) -> dict | None:
     """Held-out LM loss and KL per arm, mean and 95% interval over seeds, one panel row per task
     (the paper's capability side; lower is better)."""
-    panels = [
-        (k, label) for k, label in (("lm_loss", "held-out LM loss (nats/token)"), ("kl", "KL from MLE (nats/sample)"))
-    ]
+    panels = [("lm_loss", "held-out LM loss (nats/token)"), ("kl", "KL from MLE (nats/sample)")]
     stats = {k: by_arm(rows, k) for k, _ in panels}
     tasks = sorted(set().union(*(set(v) for v in stats.values())))
     if not tasks:

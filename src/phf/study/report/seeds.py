@@ -23,11 +23,11 @@ class Estimate:
     ci95: list[float] | None = None
 
     def __post_init__(self) -> None:
-        values = [math.log(v) if self.log else v for v in self.per_seed.values() if v is not None and v > -math.inf]
-        if self.log and any(v <= 0 for v in self.per_seed.values()):
-            values = []  # a ratio of zero has no log: report nothing rather than a wrong mean
-        if not values:
-            return
+        values = list(self.per_seed.values())
+        if not values or (self.log and min(values) <= 0):
+            return  # nothing measured, or a ratio of zero, which has no log: no mean rather than a wrong one
+        if self.log:
+            values = [math.log(v) for v in values]
         from scipy import stats
 
         back: Callable[[float], float] = math.exp if self.log else float
