@@ -47,7 +47,16 @@ from phf.study.report.plots import (
     plot_pareto,
     plot_redteam,
 )
-from phf.study.report.runs import arm_names, number, pick_samples, read_run, redteam_curves, scorer_facts, summarize
+from phf.study.report.runs import (
+    Run,
+    arm_names,
+    number,
+    pick_samples,
+    read_run,
+    redteam_curves,
+    scorer_facts,
+    summarize,
+)
 from phf.study.report.table import header_facts, missing_lines, ratios
 
 __all__ = ["OBJECTIVE_STYLES", "arm_names", "build_report", "pareto_frontier"]
@@ -64,6 +73,57 @@ RUN_FILES = ("phf.json", "eval.json", "metrics.jsonl")
 def _default_title(rows: list[dict]) -> str:
     tasks = scorer_facts(rows, "name")
     return f"phf report: {', '.join(tasks)}" if tasks else "phf report"
+
+
+def _check_runs(run_dirs: Sequence[str | Path]) -> None:
+    """Every path must hold a run; a typo should fail here, not show up as an empty arm."""
+    for path in map(Path, run_dirs):
+        if not any((path / name).is_file() for name in RUN_FILES):
+            what = "does not exist" if not path.exists() else "holds no run"
+            raise ReportError(
+                f"{path} {what} (no {', '.join(RUN_FILES)}); give run directories of phf train or phf eval"
+            )
+
+
+def _names(run_dirs: Sequence[str | Path], names: Sequence[str] | None) -> list[str]:
+    """The arm names given (one per run, unique), else the directories' (arm_names)."""
+    if names is None:
+        return arm_names(run_dirs)
+    names = [str(n) for n in names]
+    if len(names) != len(run_dirs):
+        raise ValueError(f"{len(names)} names for {len(run_dirs)} run directories")
+    if len(set(names)) != len(names):
+        raise ValueError(f"arm names must be unique: {names}")
+    return names
+
+
+def _draw_figures(runs: list[Run], rows: list[dict], out: Path, title: str) -> dict[str, Any]:
+    """Every figure by name, in the documents' order; None where no arm has its numbers."""
+    figures: dict[str, Any] = {}
+    figures["pareto"] = plot_pareto(rows, out, title)
+    figures["misalignment_over_tokens"] = plot_over_tokens(rows, out, title)
+    curves = {r.name: c for r in runs if (c := redteam_curves(r))}
+    figures["redteam"] = plot_redteam(rows, curves, out, title) if curves else None
+    figures["capability"] = plot_capability(rows, out, title)
+    figures["finetune"] = plot_finetune(rows, out, title)
+    return figures
+
+
+def _samples_shown(runs: list[Run]) -> dict[str, list[dict]]:
+    """The samples each arm shows in the documents (pick_samples), their scores as plain numbers."""
+    return {
+        r.name: [
+            {"which": s["which"], "score": number(s.get("score")), "judge": number(s.get("judge")), "text": s["text"]}
+            for s in pick_samples(r.samples)
+        ]
+        for r in runs
+    }
+
+
+def _not_drawn(figures: dict[str, Any]) -> dict[str, str]:
+    """Why each figure that was not drawn is missing."""
+    reasons = {"redteam": "no run has redteam.json", "finetune": "no finetune-<objective> arm beside its objective"}
+    return {k: reasons.get(k, "no arm has the numbers it needs") for k, v in figures.items() if not v}
 
 
 def build_report(
@@ -85,20 +145,8 @@ def build_report(
     if not run_dirs:
         raise ValueError("build_report needs at least one run directory")
     if not missing_ok:
-        for path in map(Path, run_dirs):
-            if not any((path / name).is_file() for name in RUN_FILES):
-                what = "does not exist" if not path.exists() else "holds no run"
-                raise ReportError(
-                    f"{path} {what} (no {', '.join(RUN_FILES)}); give run directories of phf train or phf eval"
-                )
-    if names is not None:
-        names = [str(n) for n in names]
-        if len(names) != len(run_dirs):
-            raise ValueError(f"{len(names)} names for {len(run_dirs)} run directories")
-        if len(set(names)) != len(names):
-            raise ValueError(f"arm names must be unique: {names}")
-    else:
-        names = arm_names(run_dirs)
+        _check_runs(run_dirs)
+    names = _names(run_dirs, names)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out)  # what a report killed mid-write left
@@ -110,34 +158,17 @@ def build_report(
     title = title or _default_title(rows)
     date = datetime.date.today().isoformat()
 
-    figures: dict[str, Any] = {}
-    figures["pareto"] = plot_pareto(rows, out, title)
-    figures["misalignment_over_tokens"] = plot_over_tokens(rows, out, title)
-    curves = {r.name: c for r in runs if (c := redteam_curves(r))}
-    figures["redteam"] = plot_redteam(rows, curves, out, title) if curves else None
-    figures["capability"] = plot_capability(rows, out, title)
-    figures["finetune"] = plot_finetune(rows, out, title)
+    figures = _draw_figures(runs, rows, out, title)
     claims = compute_claims(rows)
     captions = figure_captions(figures, rows)
-    samples = {
-        r.name: [
-            {"which": s["which"], "score": number(s.get("score")), "judge": number(s.get("judge")), "text": s["text"]}
-            for s in pick_samples(r.samples)
-        ]
-        for r in runs
-    }
+    samples = _samples_shown(runs)
     missing = missing_lines(rows)
     facts = header_facts(rows)
-
-    files = ["results.json", "report.md", "report.html"]
-    for fig in figures.values():
-        if fig:
-            files += fig["files"]
-    reasons = {"redteam": "no run has redteam.json", "finetune": "no finetune-<objective> arm beside its objective"}
-    not_drawn = {k: reasons.get(k, "no arm has the numbers it needs") for k, v in figures.items() if not v}
     page = Page(title, date, facts, rows, sentences, figures, captions, samples, missing, claims)
     write_markdown(out / "report.md", page)
     write_html(out / "report.html", out, page)
+
+    files = ["results.json", "report.md", "report.html"] + [f for fig in figures.values() if fig for f in fig["files"]]
     results = {
         "title": title,
         "date": date,
@@ -150,7 +181,7 @@ def build_report(
         "arms": {r["name"]: {**r, "samples_shown": samples[r["name"]]} for r in rows},
         "claims": claims,
         "figures": {k: v for k, v in figures.items() if v},
-        "figures_not_drawn": not_drawn,
+        "figures_not_drawn": _not_drawn(figures),
         "missing": missing,
         "files": {f: str(out / f) for f in files},
     }
