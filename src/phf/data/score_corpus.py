@@ -25,7 +25,8 @@ import socket
 import time
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -190,91 +191,118 @@ def _score_batch(scorer: Scorer, batch: list[tuple[Record, list[str]]], errors: 
     return out
 
 
-def score_shard(job: Job, shard: int, scorer: Scorer, advance=lambda n: None) -> dict:
-    """Score one shard of the input and commit it (Parquet, then its marker); returns its stats."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+@dataclass
+class _ShardRows:
+    """One shard's scored documents in the output schema, and what its records and scorer reported."""
 
-    started = time.perf_counter()
-    out = Path(job.out)
-    source = open_source(job.input, job.text_field, job.split)
+    threshold: float  # a segment scoring above it counts as misaligned
+    columns: dict[str, list] = field(default_factory=lambda: {name: [] for name in SCHEMA_COLUMNS})
+    issues: list[dict] = field(default_factory=list)  # bad input records
+    errors: list[dict] = field(default_factory=list)  # segments the scorer failed on (scored NaN)
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def add(self, record: Record, segs: list[str], scores: list[float]) -> None:
+        """One scored document: its row, and its share of the counts."""
+        finite = [s for s in scores if not math.isnan(s)]
+        self.columns["texts"].append(segs)
+        self.columns["scores"].append(scores)
+        self.columns["avg_score"].append(float(np.mean(finite)) if finite else float("nan"))
+        self.columns["num_sents"].append(len(segs))
+        self.columns["meta"].append(json.dumps(record.meta, ensure_ascii=False, sort_keys=True))
+        self.columns["doc_index"].append(record.index)
+        self.counts["documents_scored"] += 1
+        self.counts["segments"] += len(segs)
+        self.counts["characters"] += sum(map(len, segs))
+        self.counts["segments_misaligned"] += sum(s > self.threshold for s in scores)
+
+    def table(self):
+        """The rows as an Arrow table, typed as the schema says (an empty shard keeps its types)."""
+        import pyarrow as pa
+
+        return pa.table(
+            {
+                "texts": pa.array(self.columns["texts"], pa.list_(pa.string())),
+                "scores": pa.array(self.columns["scores"], pa.list_(pa.float64())),
+                "avg_score": pa.array(self.columns["avg_score"], pa.float64()),
+                "num_sents": pa.array(self.columns["num_sents"], pa.int64()),
+                "meta": pa.array(self.columns["meta"], pa.string()),
+                "doc_index": pa.array(self.columns["doc_index"], pa.int64()),
+            }
+        )
+
+
+def _record_issue(record: Record, strict: bool) -> dict:
+    """The issues.jsonl entry of a bad input record; under --strict, the error that stops the run."""
+    if strict:
+        raise ScoringError(f"{record.location}: {record.issue}: {record.detail} (--strict)")
+    return {
+        "location": record.location,
+        "kind": record.issue,
+        "detail": record.detail,
+        "action": "scored" if record.issue in SCORED_ISSUES else "skipped",
+    }
+
+
+def _score_records(records: Iterable[Record], scorer: Scorer, job: Job, advance: Callable[[int], None]) -> _ShardRows:
+    """Segment the records and score them, ``job.batch_docs`` documents per scorer call (batching
+    is where scorers get their speed); a record with an issue that leaves no usable text is skipped."""
     segment = get_segmenter(scorer.segmenter)
-    start, stop = shard * job.shard_size, min((shard + 1) * job.shard_size, job.num_records)
-    columns: dict[str, list] = {name: [] for name in SCHEMA_COLUMNS}
-    issues: list[dict] = []
-    errors: list[dict] = []
-    counts: Counter[str] = Counter()
+    rows = _ShardRows(hit_threshold(scorer, job.hit_threshold))
     batch: list[tuple[Record, list[str]]] = []
-    threshold = hit_threshold(scorer, job.hit_threshold)
 
     def flush() -> None:
-        for (record, segs), scores in zip(batch, _score_batch(scorer, batch, errors)):
-            finite = [s for s in scores if not math.isnan(s)]
-            columns["texts"].append(segs)
-            columns["scores"].append(scores)
-            columns["avg_score"].append(float(np.mean(finite)) if finite else float("nan"))
-            columns["num_sents"].append(len(segs))
-            columns["meta"].append(json.dumps(record.meta, ensure_ascii=False, sort_keys=True))
-            columns["doc_index"].append(record.index)
-            counts["documents_scored"] += 1
-            counts["segments"] += len(segs)
-            counts["characters"] += sum(map(len, segs))
-            counts["segments_misaligned"] += sum(s > threshold for s in scores)
+        for (record, segs), scores in zip(batch, _score_batch(scorer, batch, rows.errors)):
+            rows.add(record, segs, scores)
         advance(len(batch))
         batch.clear()
 
-    records = source.records(start, stop, job.offsets[shard]) if job.offsets else source.records(start, stop)
     for record in records:
-        counts["documents_read"] += 1
+        rows.counts["documents_read"] += 1
         if record.issue is not None:
-            if job.strict:
-                raise ScoringError(f"{record.location}: {record.issue}: {record.detail} (--strict)")
-            issues.append(
-                {
-                    "location": record.location,
-                    "kind": record.issue,
-                    "detail": record.detail,
-                    "action": "scored" if record.issue in SCORED_ISSUES else "skipped",
-                }
-            )
+            rows.issues.append(_record_issue(record, job.strict))
             if record.issue not in SCORED_ISSUES:
-                counts["documents_skipped"] += 1
+                rows.counts["documents_skipped"] += 1
                 advance(1)
                 continue
+        assert record.text is not None  # readers leave the text out only of records they mark skipped
         batch.append((record, segment(record.text)))
         if len(batch) >= job.batch_docs:
             flush()
     if batch:
         flush()
-    if counts["documents_read"] != stop - start:
+    return rows
+
+
+def score_shard(job: Job, shard: int, scorer: Scorer, advance=lambda n: None) -> dict:
+    """Score one shard of the input and commit it (Parquet, then its marker); returns its stats."""
+    import pyarrow.parquet as pq
+
+    started = time.perf_counter()
+    out = Path(job.out)
+    source = open_source(job.input, job.text_field, job.split)
+    start, stop = shard * job.shard_size, min((shard + 1) * job.shard_size, job.num_records)
+    records = source.records(start, stop, job.offsets[shard]) if job.offsets else source.records(start, stop)
+    rows = _score_records(records, scorer, job, advance)
+    if rows.counts["documents_read"] != stop - start:
         raise ScoringError(
-            f"shard {shard}: read {counts['documents_read']} records, expected {stop - start}; "
+            f"shard {shard}: read {rows.counts['documents_read']} records, expected {stop - start}; "
             f"did {job.input} change while scoring?"
         )
-    if job.strict and errors:
-        raise ScoringError(f"{errors[0]['location']}: segment {errors[0]['segment']}: {errors[0]['detail']} (--strict)")
+    if job.strict and rows.errors:
+        first = rows.errors[0]
+        raise ScoringError(f"{first['location']}: segment {first['segment']}: {first['detail']} (--strict)")
 
-    table = pa.table(
-        {
-            "texts": pa.array(columns["texts"], pa.list_(pa.string())),
-            "scores": pa.array(columns["scores"], pa.list_(pa.float64())),
-            "avg_score": pa.array(columns["avg_score"], pa.float64()),
-            "num_sents": pa.array(columns["num_sents"], pa.int64()),
-            "meta": pa.array(columns["meta"], pa.string()),
-            "doc_index": pa.array(columns["doc_index"], pa.int64()),
-        }
-    )
     target = _shard_parquet(out, shard, job.num_shards)
     with atomic_path(target) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(rows.table(), tmp, compression="zstd")
     stats = {
         "shard": shard,
         "records": [start, stop],
         "file": str(target.relative_to(out)),
         "parquet": file_record(target),  # checked before the shard counts as done (_shard_done)
-        **{k: counts[k] for k in SHARD_COUNTS},
-        "scorer_errors": len(errors),
-        "issues": issues + errors,
+        **{k: rows.counts[k] for k in SHARD_COUNTS},
+        "scorer_errors": len(rows.errors),
+        "issues": rows.issues + rows.errors,
         "seconds": time.perf_counter() - started,
         "host": socket.gethostname(),
         "pid": os.getpid(),
@@ -404,6 +432,22 @@ def _finish(out: Path, plan: dict, wall: float, done_now: list[dict]) -> dict:
     return manifest
 
 
+def _check_arguments(
+    num_proc: int, shard_size: int | None, batch_docs: int, engine: str, ray_address: str | None
+) -> None:
+    """Fail on a bad argument, or on Ray missing or unreachable, before any output is written."""
+    if num_proc < 1 or (shard_size is not None and shard_size < 1) or batch_docs < 1:
+        raise ScoringError("--num-proc, --shard-size and --batch-docs must be >= 1")
+    if engine not in ENGINES:
+        raise ScoringError(f"--engine {engine!r}: choose {' or '.join(ENGINES)}")
+    if engine == "ray":
+        from phf.io.ray import check_reachable, require_ray
+
+        require_ray()
+        if ray_address:
+            check_reachable(ray_address)
+
+
 def score_corpus(
     input: str,
     out: str,
@@ -430,16 +474,7 @@ def score_corpus(
     ``hit_threshold`` overrides the scorer's misalignment threshold in the counts and the manifest.
     Returns the manifest once every shard is done, else a status dict for this job's shards.
     """
-    if num_proc < 1 or (shard_size is not None and shard_size < 1) or batch_docs < 1:
-        raise ScoringError("--num-proc, --shard-size and --batch-docs must be >= 1")
-    if engine not in ENGINES:
-        raise ScoringError(f"--engine {engine!r}: choose {' or '.join(ENGINES)}")
-    if engine == "ray":
-        from phf.io.ray import check_reachable, require_ray
-
-        require_ray()  # before any output is written
-        if ray_address:
-            check_reachable(ray_address)
+    _check_arguments(num_proc, shard_size, batch_docs, engine, ray_address)
     job_index, job_count = parse_shard(shard)
     scorer_options = dict(scorer_options or {})
     scorer_obj = get_scorer(scorer, **scorer_options)  # validates name and options before any work
@@ -511,19 +546,9 @@ def _score_shards(
 
             done_now = score_shards(job, todo, scorer_obj, bar.update, address=ray_address)
         elif num_proc == 1 or len(todo) <= 1:
-            for i in todo:
-                done_now.append(score_shard(job, i, scorer_obj, bar.update))
+            done_now = [score_shard(job, i, scorer_obj, bar.update) for i in todo]
         else:
-            ctx = mp.get_context("spawn")  # fork would copy torch/sklearn thread pools in a bad state
-            counter = ctx.Value("q", 0)
-            with ctx.Pool(min(num_proc, len(todo)), initializer=_init_worker, initargs=(job, counter)) as pool:
-                pending = pool.map_async(_worker_run, [(job, i) for i in todo], chunksize=1)
-                while not pending.ready():
-                    pending.wait(0.25)
-                    if counter.value > bar.n:
-                        bar.update(counter.value - bar.n)
-                done_now = pending.get()
-                bar.update(counter.value - bar.n)
+            done_now = _score_in_processes(job, todo, num_proc, bar)
     finally:
         bar.close()
     wall = time.perf_counter() - started
@@ -537,6 +562,22 @@ def _score_shards(
         "shards_missing": missing,
         "num_shards": job.num_shards,
     }
+
+
+def _score_in_processes(job: Job, todo: list[int], num_proc: int, bar) -> list[dict]:
+    """Score the ``todo`` shards in a pool of spawned processes, each with its own scorer; the
+    progress bar follows a shared count of documents done."""
+    ctx = mp.get_context("spawn")  # fork would copy torch/sklearn thread pools in a bad state
+    counter = ctx.Value("q", 0)
+    with ctx.Pool(min(num_proc, len(todo)), initializer=_init_worker, initargs=(job, counter)) as pool:
+        pending = pool.map_async(_worker_run, [(job, i) for i in todo], chunksize=1)
+        while not pending.ready():
+            pending.wait(0.25)
+            if counter.value > bar.n:
+                bar.update(counter.value - bar.n)
+        done_now = pending.get()
+        bar.update(counter.value - bar.n)
+    return done_now
 
 
 def _scored_rows(path: str | os.PathLike, columns: list[str]):

@@ -210,17 +210,12 @@ def _document_encoder(tokenizer):
     return backend
 
 
-def _map_batch(encoder, batch, vocab_size: int, dtype: np.dtype) -> dict:
-    """Tokenize one record batch of a scored shard and map segment scores onto its tokens.
-
-    All positions are global in the batch: document d's characters start at ``doc_char[d]`` of the
-    concatenation of the batch's documents, and segment ends are the cumsum of segment lengths, so
-    one ``searchsorted`` maps every token of the batch to its segment.
-    """
+def _segments(batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(characters per segment, score per segment, segments per document) of a record batch, the
+    segments of all its documents back to back; checks there is one score per segment."""
     import pyarrow.compute as pc
 
     texts, scores = batch.column("texts"), batch.column("scores")
-    n_docs = batch.num_rows
     seg_len = pc.utf8_length(texts.flatten()).to_numpy(zero_copy_only=False).astype(np.int64)
     seg_score = scores.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
     segs_per_doc = pc.list_value_length(texts).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -228,24 +223,14 @@ def _map_batch(encoder, batch, vocab_size: int, dtype: np.dtype) -> dict:
         pc.list_value_length(scores).fill_null(0).to_numpy(zero_copy_only=False), segs_per_doc
     ):
         raise TokenStoreError("a document's scores do not match its segments (one score per segment expected)")
-    avg = batch.column("avg_score").to_numpy(zero_copy_only=False).astype(np.float64)
-    doc_index = batch.column("doc_index").to_numpy(zero_copy_only=False).astype(np.int64)
+    return seg_len, seg_score, segs_per_doc
 
-    seg_first = np.concatenate([[0], np.cumsum(segs_per_doc)])  # segment range of each document
-    char_end = np.cumsum(seg_len)  # global end (exclusive) of each segment
-    char_at = np.concatenate([[0], char_end])
-    doc_char = char_at[seg_first[:-1]]
-    doc_len = char_at[seg_first[1:]] - doc_char
-    seg_doc = np.repeat(np.arange(n_docs), segs_per_doc)
 
-    # NaN segment scores (scorer failures) take the document's average, or 0.0 where that is NaN too.
-    nan = np.isnan(seg_score)
-    fallback = np.nan_to_num(avg, nan=0.0)
-    seg_score = np.where(nan, fallback[seg_doc], seg_score)
-
-    docs = pc.binary_join(texts, "").fill_null("").to_pylist()
+def _encode(encoder, docs: list[str], vocab_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(tokens per document, token ids, [start, end) character offsets per token) of ``docs``,
+    the tokens of all documents back to back; checks every id is in the vocabulary."""
     encodings = encoder.encode_batch(docs, add_special_tokens=False)
-    tok_count = np.fromiter((len(e.ids) for e in encodings), np.int64, count=n_docs)
+    tok_count = np.fromiter((len(e.ids) for e in encodings), np.int64, count=len(docs))
     n_tok = int(tok_count.sum())
     ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), np.int64, count=n_tok)
     offsets = np.fromiter(
@@ -255,6 +240,22 @@ def _map_batch(encoder, batch, vocab_size: int, dtype: np.dtype) -> dict:
     ).reshape(n_tok, 2)
     if n_tok and (ids.min() < 0 or ids.max() >= vocab_size):
         raise TokenStoreError(f"tokenizer produced id {int(ids.max())} outside its vocabulary of {vocab_size}")
+    return tok_count, ids, offsets
+
+
+def _token_segments(seg_len: np.ndarray, segs_per_doc: np.ndarray, tok_count: np.ndarray, offsets: np.ndarray):
+    """The segment (index into the batch's segments) that each token belongs to.
+
+    All positions are global in the batch: document d's characters start at ``doc_char[d]`` of the
+    concatenation of the batch's documents, and segment ends are the cumsum of segment lengths, so
+    one ``searchsorted`` maps every token of the batch to its segment.
+    """
+    n_docs, n_tok = len(segs_per_doc), len(offsets)
+    seg_first = np.concatenate([[0], np.cumsum(segs_per_doc)])  # segment range of each document
+    char_end = np.cumsum(seg_len)  # global end (exclusive) of each segment
+    char_at = np.concatenate([[0], char_end])
+    doc_char = char_at[seg_first[:-1]]
+    doc_len = char_at[seg_first[1:]] - doc_char
 
     tok_doc = np.repeat(np.arange(n_docs), tok_count)
     start, end = offsets[:, 0], offsets[:, 1]
@@ -271,9 +272,28 @@ def _map_batch(encoder, batch, vocab_size: int, dtype: np.dtype) -> dict:
     if not anchor.all():
         last_anchor = np.maximum.accumulate(np.where(anchor, np.arange(n_tok), 0))
         seg = seg[last_anchor]
-    seg_start = np.ones(n_tok, np.uint8)
+    return seg
+
+
+def _map_batch(encoder, batch, vocab_size: int, dtype: np.dtype) -> dict:
+    """Tokenize one record batch of a scored shard and map segment scores onto its tokens."""
+    import pyarrow.compute as pc
+
+    seg_len, seg_score, segs_per_doc = _segments(batch)
+    avg = batch.column("avg_score").to_numpy(zero_copy_only=False).astype(np.float64)
+    doc_index = batch.column("doc_index").to_numpy(zero_copy_only=False).astype(np.int64)
+
+    # NaN segment scores (scorer failures) take the document's average, or 0.0 where that is NaN too.
+    nan = np.isnan(seg_score)
+    fallback = np.nan_to_num(avg, nan=0.0)
+    seg_score = np.where(nan, fallback[np.repeat(np.arange(batch.num_rows), segs_per_doc)], seg_score)
+
+    docs = pc.binary_join(batch.column("texts"), "").fill_null("").to_pylist()
+    tok_count, ids, offsets = _encode(encoder, docs, vocab_size)
+    seg = _token_segments(seg_len, segs_per_doc, tok_count, offsets)
+    seg_start = np.ones(len(seg), np.uint8)
     seg_start[1:] = seg[1:] != seg[:-1]
-    owned = np.bincount(seg, minlength=len(seg_len)) > 0 if n_tok else np.zeros(len(seg_len), bool)
+    owned = np.bincount(seg, minlength=len(seg_len)) > 0 if len(seg) else np.zeros(len(seg_len), bool)
     return {
         "tokens": ids.astype(dtype),
         "scores": seg_score[seg].astype(np.float32),
@@ -328,6 +348,138 @@ def _reusable(target: Path, corpus_fp: str, tokenizer_fp: str, explicit: bool) -
     return None
 
 
+def _check_tokenizer(tokenizer) -> None:
+    """Scores reach tokens through character offsets, which only fast tokenizers return."""
+    if not getattr(tokenizer, "is_fast", False) or getattr(tokenizer, "backend_tokenizer", None) is None:
+        raise TokenStoreError(
+            f"{type(tokenizer).__name__} is a slow tokenizer without offsets support; "
+            "phf needs a fast one (see phf.load_tokenizer)"
+        )
+
+
+def _check_shards(scored_dir: Path, manifest: dict) -> None:
+    """Every shard is the file `phf score` wrote (size and checksum in the manifest): a damaged
+    shard would otherwise be read into the store, or fail far into the build."""
+    for shard in manifest.get("shards", []):
+        problem = damage(scored_dir / shard["file"], shard["parquet"]) if "parquet" in shard else None
+        if problem:
+            raise TokenStoreError(
+                f"{scored_dir}: {problem}; rerun the same `phf score` command to score that shard again"
+            )
+
+
+# What _map_batch counts per batch, summed into store.json.
+BATCH_COUNTS = ("segments", "segments_without_tokens", "nan_scores_replaced", "docs_nan_avg_score", "characters")
+# What _map_batch returns per document, with the dtype of an empty corpus's array.
+DOC_COLUMNS = {"tok_count": np.int64, "avg": np.float64, "doc_index": np.int64}
+
+
+def _tokenize_shards(
+    tmp: Path, files: list[Path], encoder, vocab_size: int, batch_docs: int, bar
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Stream the scored shards through _map_batch, record batch by record batch: per-token
+    columns go straight to their .bin files in ``tmp`` (memory stays flat); the per-document
+    columns (DOC_COLUMNS) and the summed BATCH_COUNTS are returned."""
+    import pyarrow.parquet as pq
+
+    dtype = token_dtype(vocab_size)
+    totals = dict.fromkeys(BATCH_COUNTS, 0)
+    per_doc: dict[str, list[np.ndarray]] = {key: [] for key in DOC_COLUMNS}
+    with (
+        open(tmp / "tokens.bin", "wb") as f_tok,
+        open(tmp / "scores.bin", "wb") as f_score,
+        open(tmp / "seg_start.bin", "wb") as f_start,
+    ):
+        for file in files:
+            for batch in pq.ParquetFile(file).iter_batches(batch_size=batch_docs, columns=READ_COLUMNS):
+                part = _map_batch(encoder, batch, vocab_size, dtype)
+                part["tokens"].tofile(f_tok)
+                part["scores"].tofile(f_score)
+                part["seg_start"].tofile(f_start)
+                for key in per_doc:
+                    per_doc[key].append(part[key])
+                for key in totals:
+                    totals[key] += part[key]
+                bar.update(batch.num_rows)
+    columns = {key: np.concatenate(parts) if parts else np.zeros(0, DOC_COLUMNS[key]) for key, parts in per_doc.items()}
+    return columns, totals
+
+
+def _write_arrays(tmp: Path, scored_dir: Path, manifest: dict, tokenizer, batch_docs: int, progress: bool) -> dict:
+    """Write every file of the store but store.json into ``tmp``; returns the counts for store.json."""
+    from tqdm.auto import tqdm
+
+    files = sorted((scored_dir / "data").glob("train-*.parquet"))
+    expected_docs = manifest.get("counts", {}).get("documents_scored")
+    encoder = _document_encoder(tokenizer)
+    started = time.perf_counter()
+    with tqdm(total=expected_docs, unit="doc", desc="tokenizing", disable=not progress, smoothing=0.1) as bar:
+        per_doc, totals = _tokenize_shards(tmp, files, encoder, len(tokenizer), batch_docs, bar)
+    n_docs = len(per_doc["tok_count"])
+    if expected_docs is not None and n_docs != expected_docs:
+        raise TokenStoreError(
+            f"{scored_dir}: read {n_docs} documents, the manifest says {expected_docs}; "
+            "is the scored corpus complete and unchanged?"
+        )
+    doc_offsets = np.concatenate([[0], np.cumsum(per_doc["tok_count"])]).astype(np.int64)
+    np.save(tmp / "doc_offsets.npy", doc_offsets)
+    np.save(tmp / "doc_avg_score.npy", per_doc["avg"])
+    np.save(tmp / "doc_index.npy", per_doc["doc_index"])
+    seconds = time.perf_counter() - started
+    n_tokens = int(doc_offsets[-1])
+    return {
+        "num_docs": n_docs,
+        "num_tokens": n_tokens,
+        "num_segments": totals["segments"],
+        "num_characters": totals["characters"],
+        "segments_without_tokens": totals["segments_without_tokens"],
+        "nan_scores_replaced": totals["nan_scores_replaced"],
+        "docs_nan_avg_score": totals["docs_nan_avg_score"],
+        "build_seconds": round(seconds, 3),
+        "tokens_per_second": round(n_tokens / seconds, 1) if seconds > 0 else None,
+    }
+
+
+def _store_meta(scored_dir: Path, manifest: dict, corpus_fp: str, tokenizer, tokenizer_fp: str, counts: dict) -> dict:
+    """store.json: the format, what the store was built from (fingerprints decide reuse), and ``counts``."""
+    vocab_size = len(tokenizer)
+    return {
+        "format_version": FORMAT_VERSION,
+        "phf_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "tokenizer": {
+            "fingerprint": tokenizer_fp,
+            "class": type(tokenizer).__name__,
+            "name_or_path": getattr(tokenizer, "name_or_path", ""),
+            "eos_token_id": tokenizer.eos_token_id,
+        },
+        "vocab_size": vocab_size,
+        "dtype": token_dtype(vocab_size).name,
+        "corpus": {
+            "fingerprint": corpus_fp,
+            "path": str(scored_dir.resolve()),
+            "input_fingerprint": manifest.get("input", {}).get("fingerprint"),
+            "scorer": manifest.get("scorer"),
+        },
+        "documents_have_eos": False,
+        "split_special_tokens": True,
+        **counts,
+    }
+
+
+def _commit(tmp: Path, target: Path, corpus_fp: str, tokenizer_fp: str) -> TokenStore:
+    """Rename the finished ``tmp`` to ``target`` and open it."""
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        # A concurrent build of the same store won the rename: use it if it is complete.
+        store = _reusable(target, corpus_fp, tokenizer_fp, explicit=True)
+        if store is None:
+            raise
+        return store
+    return TokenStore.open(target)
+
+
 def build_token_store(
     scored_dir: str | os.PathLike,
     tokenizer,
@@ -342,20 +494,13 @@ def build_token_store(
     and the tokenizer fingerprint. Built in a temp dir next to the target and renamed at the end,
     so a killed build never leaves a directory that looks complete.
     """
-    import pyarrow.parquet as pq
-    from tqdm.auto import tqdm
-
     from phf.data.tokenizer import tokenizer_fingerprint
 
     scored_dir = Path(scored_dir)
     if batch_docs < 1:
         raise TokenStoreError("batch_docs must be >= 1")
     manifest = _read_manifest(scored_dir)
-    if not getattr(tokenizer, "is_fast", False) or getattr(tokenizer, "backend_tokenizer", None) is None:
-        raise TokenStoreError(
-            f"{type(tokenizer).__name__} is a slow tokenizer without offsets support; "
-            "phf needs a fast one (see phf.load_tokenizer)"
-        )
+    _check_tokenizer(tokenizer)
     corpus_fp = corpus_fingerprint(manifest)
     tokenizer_fp = tokenizer_fingerprint(tokenizer)
     explicit = out is not None
@@ -365,96 +510,13 @@ def build_token_store(
     if store is not None:
         return store
 
-    for shard in manifest.get("shards", []):  # sizes and checksums recorded by `phf score`
-        problem = damage(scored_dir / shard["file"], shard["parquet"]) if "parquet" in shard else None
-        if problem:
-            raise TokenStoreError(
-                f"{scored_dir}: {problem}; rerun the same `phf score` command to score that shard again"
-            )
-    files = sorted((scored_dir / "data").glob("train-*.parquet"))
-    expected_docs = manifest.get("counts", {}).get("documents_scored")
-    vocab_size = len(tokenizer)
-    dtype = token_dtype(vocab_size)
+    _check_shards(scored_dir, manifest)
     _remove_stale_temps(target)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-{socket.gethostname()}-{os.getpid()}-"))
-    totals = dict.fromkeys(
-        ("segments", "segments_without_tokens", "nan_scores_replaced", "docs_nan_avg_score", "characters"), 0
-    )
-    tok_counts, avgs, indices = [], [], []
-    encoder = _document_encoder(tokenizer)
-    started = time.perf_counter()
-    bar = tqdm(total=expected_docs, unit="doc", desc="tokenizing", disable=not progress, smoothing=0.1)
     try:
-        with (
-            open(tmp / "tokens.bin", "wb") as f_tok,
-            open(tmp / "scores.bin", "wb") as f_score,
-            open(tmp / "seg_start.bin", "wb") as f_start,
-        ):
-            for file in files:
-                for batch in pq.ParquetFile(file).iter_batches(batch_size=batch_docs, columns=READ_COLUMNS):
-                    part = _map_batch(encoder, batch, vocab_size, dtype)
-                    part["tokens"].tofile(f_tok)
-                    part["scores"].tofile(f_score)
-                    part["seg_start"].tofile(f_start)
-                    tok_counts.append(part["tok_count"])
-                    avgs.append(part["avg"])
-                    indices.append(part["doc_index"])
-                    for key in totals:
-                        totals[key] += part[key]
-                    bar.update(batch.num_rows)
-        counts = np.concatenate(tok_counts) if tok_counts else np.zeros(0, np.int64)
-        n_docs = len(counts)
-        if expected_docs is not None and n_docs != expected_docs:
-            raise TokenStoreError(
-                f"{scored_dir}: read {n_docs} documents, the manifest says {expected_docs}; "
-                "is the scored corpus complete and unchanged?"
-            )
-        doc_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        np.save(tmp / "doc_offsets.npy", doc_offsets)
-        np.save(tmp / "doc_avg_score.npy", np.concatenate(avgs) if avgs else np.zeros(0))
-        np.save(tmp / "doc_index.npy", np.concatenate(indices) if indices else np.zeros(0, np.int64))
-        seconds = time.perf_counter() - started
-        n_tokens = int(doc_offsets[-1])
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "phf_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "tokenizer": {
-                "fingerprint": tokenizer_fp,
-                "class": type(tokenizer).__name__,
-                "name_or_path": getattr(tokenizer, "name_or_path", ""),
-                "eos_token_id": tokenizer.eos_token_id,
-            },
-            "vocab_size": vocab_size,
-            "dtype": dtype.name,
-            "corpus": {
-                "fingerprint": corpus_fp,
-                "path": str(scored_dir.resolve()),
-                "input_fingerprint": manifest.get("input", {}).get("fingerprint"),
-                "scorer": manifest.get("scorer"),
-            },
-            "documents_have_eos": False,
-            "split_special_tokens": True,
-            "num_docs": n_docs,
-            "num_tokens": n_tokens,
-            "num_segments": totals["segments"],
-            "num_characters": totals["characters"],
-            "segments_without_tokens": totals["segments_without_tokens"],
-            "nan_scores_replaced": totals["nan_scores_replaced"],
-            "docs_nan_avg_score": totals["docs_nan_avg_score"],
-            "build_seconds": round(seconds, 3),
-            "tokens_per_second": round(n_tokens / seconds, 1) if seconds > 0 else None,
-        }
+        counts = _write_arrays(tmp, scored_dir, manifest, tokenizer, batch_docs, progress)
+        meta = _store_meta(scored_dir, manifest, corpus_fp, tokenizer, tokenizer_fp, counts)
         (tmp / STORE_FILE).write_text(json.dumps(meta, indent=2))  # the commit point inside tmp
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            # A concurrent build of the same store won the rename: use it if it is complete.
-            store = _reusable(target, corpus_fp, tokenizer_fp, explicit=True)
-            if store is None:
-                raise
-            return store
+        return _commit(tmp, target, corpus_fp, tokenizer_fp)
     finally:
-        bar.close()
         shutil.rmtree(tmp, ignore_errors=True)
-    return TokenStore.open(target)
