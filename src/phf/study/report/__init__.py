@@ -98,7 +98,7 @@ def _names(run_dirs: Sequence[str | Path], names: Sequence[str] | None) -> list[
 
 
 def _draw_figures(runs: list[Run], rows: list[dict], out: Path, title: str) -> dict[str, Any]:
-    """Every figure by name, in the documents' order; None where no arm has its numbers."""
+    """Every figure by name, in the order results.json lists them; None where no arm has its numbers."""
     figures: dict[str, Any] = {}
     figures["pareto"] = plot_pareto(rows, out, title)
     figures["misalignment_over_tokens"] = plot_over_tokens(rows, out, title)
