@@ -9,6 +9,7 @@ errors that name the key and the file, so a typo never silently trains with a de
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import MISSING as MISSING_FIELD
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -55,10 +56,6 @@ class ModelConfig:
     attn_implementation: str = "sdpa"
 
 
-# The six objectives, in the paper's order: the one list of their names. phf.training.objectives (losses) and
-# phf.study.report (plot styles) key their tables by it; it lives here so configs and studies are checked
-# without importing torch.
-OBJECTIVE_NAMES = ("mle", "filtering", "conditional", "ul", "rwr", "awr")
 CONDITIONAL_LABELS = ("segment", "document-max", "document-mean")  # what labels a segment (phf.data.stream.Conditional)
 # How a conditional model is sampled after its ``EOS <|good|>`` prompt (phf.evaluation.evaluator). It was
 # trained with a tag before every segment, so at each segment start after the first it wants to
@@ -72,32 +69,196 @@ CONDITIONAL_LABELS = ("segment", "document-max", "document-mean")  # what labels
 #   emitted instead, so every segment is conditioned on <|good|>.
 PROTOCOLS = ("paper", "emit-good", "recondition")
 
+# A range check: (key, value, test, the rule in words). A value of None (unset) passes; any other
+# must be a finite number that passes the test.
+Rule = tuple[str, Any, Callable[[float], bool], str]
+
+
+def _any(v: float) -> bool:
+    return True  # broken_rule asks every value to be finite first: all that this rule wants
+
+
+def _positive(v: float) -> bool:
+    return v > 0
+
+
+def _at_least_one(v: float) -> bool:
+    return v >= 1
+
+
+def _non_negative(v: float) -> bool:
+    return v >= 0
+
+
+def _unit(v: float) -> bool:
+    return 0 <= v <= 1
+
+
+def _percent(v: float) -> bool:
+    return 0 < v <= 100
+
+
+def broken_rule(rules: list[Rule]) -> str | None:
+    """The first rule broken, as "KEY must be RULE, got VALUE"; None when every value keeps its rule."""
+    for key, value, ok, rule in rules:
+        if value is None:
+            continue
+        # OmegaConf lets a nested list into list[int] (export_steps=[[]]): a number is checked first.
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return f"{key} must be a number {rule}, got {value!r}"
+        if not (math.isfinite(value) and ok(value)):
+            return f"{key} must be {rule}, got {value}"
+    return None
+
+
+# --- the six objectives ---------------------------------------------------------------------------
+# Each objective with settings has a frozen dataclass of them: a section of ObjectiveConfig named after
+# it (objective.ul.alpha). The losses of phf.training.objectives extend theirs (Unlikelihood is an
+# UnlikelihoodConfig with a __call__), and so does the data transform of filtering
+# (phf.data.stream.Filtering), so each parameter and its default is written here, once. They live
+# here, not beside the losses, so configs and studies are checked without importing torch.
+
+
+@dataclass(frozen=True)
+class FilteringConfig:
+    """Filtering: MLE on the documents whose avg_score is at most a threshold."""
+
+    threshold: float | None = None
+    """Keep the documents whose avg_score is at most this."""
+    percentile: float | None = None
+    """Or keep the documents up to this percentile of avg_score, resolved on the corpus trained on
+    (it takes precedence over threshold)."""
+
+    def rules(self) -> list[Rule]:
+        return [("percentile", self.percentile, _percent, "in (0, 100]")]
+
+
+@dataclass(frozen=True)
+class ConditionalConfig:
+    """Conditional training: MLE with a control token before each segment, <|good|> where the
+    segment's label score is at most threshold, <|bad|> above it."""
+
+    threshold: float | None = None
+    """<|good|> where a segment's label score is at most this, <|bad|> above it."""
+    percentile: float | None = None
+    """Or the threshold as this percentile of the label scores, resolved on the corpus trained on (it
+    takes precedence over threshold; the paper's risk-averse ~5% good: 5)."""
+    drop_prob: float = 0.0
+    """Probability of inserting no control token before a segment."""
+    bad_threshold: float | None = None
+    """<|bad|> only above this: segments between threshold and bad_threshold get no token (a margin).
+    null: threshold (no margin)."""
+    bad_percentile: float | None = None
+    """Or bad_threshold as this percentile of the label scores."""
+    labels: str = "segment"
+    """What labels a segment: its own score (segment, the paper's), or its document's maximum or mean
+    segment score, written at every segment (document-max | document-mean)."""
+    tag_every: int | None = None
+    """Also repeat a segment's tag every this many of its tokens, so that a small model, whose
+    attention reaches a few tokens back, still sees it. null: at its start only (the paper's)."""
+    buckets: int | None = None
+    """K quantile tokens <|bucket0|> ... instead of <|good|>/<|bad|> (Quark)."""
+    good_token: str = "<|good|>"
+    """The aligned control token (the prompt of the model's samples)."""
+    bad_token: str = "<|bad|>"
+    """The misaligned control token."""
+
+    def rules(self) -> list[Rule]:
+        return [
+            ("percentile", self.percentile, _percent, "in (0, 100]"),
+            ("bad_percentile", self.bad_percentile, _percent, "in (0, 100]"),
+            ("drop_prob", self.drop_prob, _unit, "in [0, 1]"),
+            ("tag_every", self.tag_every, _at_least_one, ">= 1"),
+            ("buckets", self.buckets, lambda v: v >= 2, ">= 2"),
+        ]
+
+
+@dataclass(frozen=True)
+class UnlikelihoodConfig:
+    """Unlikelihood (Welleck et al. 2019): tokens of segments scored above threshold are pushed down.
+    The defaults are the paper's toxicity values."""
+
+    threshold: float = 7.8e-4
+    """Likelihood weight a = 1[s <= threshold]: hard for every value, 0.0 included (the authors' code
+    made 0.0 soft)."""
+    alpha: float = 1.0
+    """Weight of the unlikelihood term -(1 - a) log(1 - p)."""
+    soft: bool = False
+    """The soft weight a = clamp(1 - s, 0, 1) instead of the threshold (only when asked)."""
+
+    def rules(self) -> list[Rule]:
+        return [("threshold", self.threshold, _any, "finite"), ("alpha", self.alpha, _non_negative, ">= 0")]
+
+
+@dataclass(frozen=True)
+class RWRConfig:
+    """Reward-weighted regression: each token's -log p weighted by exp(-s / beta); no value head.
+    The default is the paper's toxicity value."""
+
+    beta: float = 10.0
+    """Temperature: the smaller, the more weight on the least misaligned segments."""
+
+    def rules(self) -> list[Rule]:
+        return [("beta", self.beta, _positive, "> 0")]
+
+
+@dataclass(frozen=True)
+class AWRConfig:
+    """Advantage-weighted regression (Peng et al. 2019) with a learned value head. The defaults are
+    the paper's toxicity values."""
+
+    alpha: float = 0.5
+    """Weight of the policy loss; 1 - alpha weighs the value loss."""
+    beta: float = 10.0
+    """Temperature of the advantage weights exp(A / beta)."""
+    weight_clip: float = 1000.0
+    """The advantage weights are clipped to at most this."""
+
+    def rules(self) -> list[Rule]:
+        return [
+            ("alpha", self.alpha, _unit, "in [0, 1]"),
+            ("beta", self.beta, _positive, "> 0"),
+            ("weight_clip", self.weight_clip, _positive, "> 0"),
+        ]
+
+
+ObjectiveSettings = FilteringConfig | ConditionalConfig | UnlikelihoodConfig | RWRConfig | AWRConfig
+
+# The six objectives, in the paper's order (the order of studies and legends): name -> the dataclass of
+# its settings, None where there is nothing to set. The config, the trainer (through
+# phf.training.objectives.build_objective) and the studies take the objectives from here.
+OBJECTIVES: dict[str, type[ObjectiveSettings] | None] = {
+    "mle": None,
+    "filtering": FilteringConfig,
+    "conditional": ConditionalConfig,
+    "ul": UnlikelihoodConfig,
+    "rwr": RWRConfig,
+    "awr": AWRConfig,
+}
+OBJECTIVE_NAMES = tuple(OBJECTIVES)
+
 
 @dataclass
 class ObjectiveConfig:
-    name: str = "mle"  # one of OBJECTIVE_NAMES
-    threshold: float | None = None  # filtering: max avg_score kept; conditional: <|good|> iff s <= t; ul: a = 1[s <= t]
-    # filtering: keep documents up to this percentile of avg_score; conditional: threshold = this
-    # percentile of the segments' label scores (the paper's risk-averse ~5% good: 5)
-    percentile: float | None = None
-    drop_prob: float = 0.0  # conditional: probability of inserting no control token before a segment
-    # conditional: <|bad|> only above this (a margin: segments between threshold and bad_threshold
-    # get no token); or as a percentile of label scores. Default: threshold (no margin).
-    bad_threshold: float | None = None
-    bad_percentile: float | None = None
-    # conditional: what labels a segment: its own score (segment, the paper), or its document's
-    # max or mean segment score, written at every segment (document-max | document-mean)
-    labels: str = "segment"
-    # conditional: also repeat each segment's tag every this many of its tokens (None: at its start
-    # only, the paper), so a small model, whose attention reaches a few tokens back, still sees it
-    tag_every: int | None = None
-    buckets: int | None = None  # conditional: K quantile tokens instead of good/bad (Quark)
-    alpha: float | None = None  # ul: unlikelihood weight; awr: policy vs value loss
-    beta: float | None = None  # rwr / awr temperature
-    weight_clip: float | None = None  # awr
-    soft: bool = False  # ul: the soft weight a = 1 - s (only when asked)
-    good_token: str = "<|good|>"
-    bad_token: str = "<|bad|>"
+    """The objective trained and the settings of each objective, in a section named after it; only
+    the section of ``name`` is read, so one list of overrides can set every objective's (a study's).
+
+    ``objective.KEY`` is short for ``objective.<name>.KEY``, KEY of the objective trained: the
+    spelling of configs written before the sections (``objective.percentile=25``), which still load.
+    """
+
+    name: str = "mle"
+    """The objective trained: mle, filtering, conditional, ul, rwr or awr."""
+    filtering: FilteringConfig = field(default_factory=FilteringConfig)
+    conditional: ConditionalConfig = field(default_factory=ConditionalConfig)
+    ul: UnlikelihoodConfig = field(default_factory=UnlikelihoodConfig)
+    rwr: RWRConfig = field(default_factory=RWRConfig)
+    awr: AWRConfig = field(default_factory=AWRConfig)
+
+    @property
+    def settings(self) -> ObjectiveSettings | None:
+        """The section of the objective trained; None for mle, which has none."""
+        return getattr(self, self.name) if OBJECTIVES[self.name] else None
 
 
 @dataclass
@@ -188,22 +349,11 @@ def _merge(schema: DictConfig, node: DictConfig, source: str) -> DictConfig:
 
 def load_config(files: list[str] | tuple[str, ...] = (), overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """YAML ``files`` merged in order, then ``key=value`` overrides, validated (see the module docstring)."""
+    sources = [source for file in files for source in _load_yaml(Path(file))]
+    sources += [(f"override {override!r}", _override(override)) for override in overrides]
     merged = OmegaConf.structured(TrainConfig)
-    for file in files:
-        for source, node in _load_yaml(Path(file)):
-            merged = _merge(merged, node, source)
-    for override in overrides:
-        if "=" not in override:
-            raise ConfigError(f"override {override!r} must look like key=value (e.g. training.lr=3e-4)")
-        try:
-            node = OmegaConf.from_dotlist([override])
-        except yaml.YAMLError as exc:  # e.g. a control character in the value
-            # The key as typed (a repr would escape a quote in it): the message must name what to fix.
-            key, _, value = override.partition("=")
-            raise ConfigError(
-                f"override of {key.strip()}: the value {value!r} is not valid YAML: {' '.join(str(exc).split())}"
-            ) from None
-        merged = _merge(merged, node, f"override {override!r}")
+    for source, node in _nest_objective_keys(sources):
+        merged = _merge(merged, node, source)
     missing = sorted(OmegaConf.missing_keys(merged))
     if missing:
         raise ConfigError(f"missing required setting(s): {', '.join(missing)} (set them in a file or as key=value)")
@@ -213,40 +363,90 @@ def load_config(files: list[str] | tuple[str, ...] = (), overrides: list[str] | 
     return config
 
 
-def _numeric_rules(config: TrainConfig):
-    """(key, value, test, the rule in words) for every number of a config with a valid range; checked
-    before any data is read, so a bad value fails in a second and names its key."""
+def _override(override: str) -> DictConfig:
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like key=value (e.g. training.lr=3e-4)")
+    try:
+        return OmegaConf.from_dotlist([override])
+    except yaml.YAMLError as exc:  # e.g. a control character in the value
+        # The key as typed (a repr would escape a quote in it): the message must name what to fix.
+        key, _, value = override.partition("=")
+        raise ConfigError(
+            f"override of {key.strip()}: the value {value!r} is not valid YAML: {' '.join(str(exc).split())}"
+        ) from None
+
+
+def objective_aliases() -> dict[str, list[str]]:
+    """Short key -> the objectives with a setting of that name: ``objective.threshold`` is short for
+    ``objective.<name>.threshold`` of filtering, conditional and ul, whichever is trained."""
+    owners: dict[str, list[str]] = {}
+    for name, settings in OBJECTIVES.items():
+        for f in fields(settings) if settings else ():
+            owners.setdefault(f.name, []).append(name)
+    return owners
+
+
+# Before the sections, a run of another objective refused these short keys (and ignored the others):
+# still, so that a config that loaded then loads the same and one refused then is refused now.
+_CONDITIONAL_ONLY = ("bad_threshold", "bad_percentile", "tag_every", "labels")
+
+
+def _nest_objective_keys(sources: list[tuple[str, DictConfig]]) -> list[tuple[str, DictConfig]]:
+    """``sources`` with each short key ``objective.KEY`` moved to ``objective.<name>.KEY``, ``<name>``
+    being the objective trained: the last ``objective.name`` of all sources, so that the order of
+    overrides does not matter. A short key that objective has no setting for is dropped, as it was
+    ignored before; one of _CONDITIONAL_ONLY is refused where it is set (not left at its default)."""
+    sections = [(source, n.objective) for source, n in sources if isinstance(n.get("objective"), DictConfig)]
+    name = next((o.name for _, o in reversed(sections) if "name" in o), ObjectiveConfig.name)
+    aliases = objective_aliases()
+    for source, objective in sections:
+        # Unresolved, so that an interpolation keeps its meaning in the section.
+        written = OmegaConf.to_container(objective, resolve=False)
+        assert isinstance(written, dict)  # a DictConfig's container
+        short = {key: value for key, value in written.items() if key in aliases}
+        if short and name not in OBJECTIVES:
+            raise ConfigError(_unknown_objective(name))
+        for key, value in short.items():
+            del objective[key]
+            if name in aliases[key]:
+                if isinstance(objective.get(name), DictConfig) and key in objective[name]:
+                    raise ConfigError(
+                        f"{source}: objective.{key} and objective.{name}.{key} are one setting: set it once"
+                    )
+                OmegaConf.update(objective, f"{name}.{key}", value)
+            elif key in _CONDITIONAL_ONLY and value != getattr(ConditionalConfig, key):
+                raise ConfigError(
+                    f"{source}: objective.{key} applies to conditional training only (objective.name is {name!r})"
+                )
+    return sources
+
+
+def _unknown_objective(name: object) -> str:
+    return f"objective.name {name!r}: choose one of {', '.join(OBJECTIVES)}"
+
+
+def _numeric_rules(config: TrainConfig) -> list[Rule]:
+    """A rule for every number of a config with a valid range; checked before any data is read, so a
+    bad value fails in a second and names its key."""
     t, d, m = config.training, config.data, config.model
-
-    def positive(v):
-        return v > 0
-
-    def at_least_one(v):
-        return v >= 1
-
-    def non_negative(v):
-        return v >= 0
-
-    def unit(v):
-        return 0 <= v <= 1
 
     def beta(v):
         return 0 <= v < 1
 
-    rules = [
-        ("training.lr", t.lr, positive, "> 0"),
-        ("training.min_lr_ratio", t.min_lr_ratio, unit, "in [0, 1]"),
-        ("training.weight_decay", t.weight_decay, non_negative, ">= 0"),
-        ("training.warmup_ratio", t.warmup_ratio, unit, "in [0, 1]"),
-        ("training.grad_clip", t.grad_clip, non_negative, ">= 0 (0: no clipping)"),
-        ("training.max_steps", t.max_steps, at_least_one, ">= 1"),
-        ("training.num_tokens", t.num_tokens, at_least_one, ">= 1"),
-        ("training.seed", t.seed, non_negative, ">= 0"),
-        ("training.eval_every", t.eval_every, non_negative, ">= 0 (0: no periodic evaluation)"),
-        ("training.logprob_keep_softmax_mb", t.logprob_keep_softmax_mb, non_negative, ">= 0"),
-        ("training.cpu_fp32_attention_below", t.cpu_fp32_attention_below, non_negative, ">= 0"),
-        ("data.tokenizer.vocab_size", d.tokenizer.vocab_size, at_least_one, ">= 1"),
-        ("model.pad_vocab_multiple", m.pad_vocab_multiple, at_least_one, ">= 1"),
+    rules: list[Rule] = [
+        ("training.lr", t.lr, _positive, "> 0"),
+        ("training.min_lr_ratio", t.min_lr_ratio, _unit, "in [0, 1]"),
+        ("training.weight_decay", t.weight_decay, _non_negative, ">= 0"),
+        ("training.warmup_ratio", t.warmup_ratio, _unit, "in [0, 1]"),
+        ("training.grad_clip", t.grad_clip, _non_negative, ">= 0 (0: no clipping)"),
+        ("training.max_steps", t.max_steps, _at_least_one, ">= 1"),
+        ("training.num_tokens", t.num_tokens, _at_least_one, ">= 1"),
+        ("training.seed", t.seed, _non_negative, ">= 0"),
+        ("training.eval_every", t.eval_every, _non_negative, ">= 0 (0: no periodic evaluation)"),
+        ("training.logprob_keep_softmax_mb", t.logprob_keep_softmax_mb, _non_negative, ">= 0"),
+        ("training.cpu_fp32_attention_below", t.cpu_fp32_attention_below, _non_negative, ">= 0"),
+        ("data.tokenizer.vocab_size", d.tokenizer.vocab_size, _at_least_one, ">= 1"),
+        ("model.pad_vocab_multiple", m.pad_vocab_multiple, _at_least_one, ">= 1"),
         ("model.dropout", m.dropout, beta, "in [0, 1)"),
     ]
     for name in (
@@ -257,27 +457,27 @@ def _numeric_rules(config: TrainConfig):
         "save_every",
         "keep_checkpoints",
     ):
-        rules.append((f"training.{name}", getattr(t, name), at_least_one, ">= 1"))
+        rules.append((f"training.{name}", getattr(t, name), _at_least_one, ">= 1"))
     if len(t.betas) != 2:
         raise ConfigError(f"training.betas must hold two numbers, got {t.betas}")
     rules += [(f"training.betas[{i}]", b, beta, "in [0, 1)") for i, b in enumerate(t.betas)]
-    rules += [(f"training.export_steps[{i}]", s, at_least_one, ">= 1") for i, s in enumerate(t.export_steps)]
+    rules += [(f"training.export_steps[{i}]", s, _at_least_one, ">= 1") for i, s in enumerate(t.export_steps)]
+    for name, settings in OBJECTIVES.items():
+        if settings:
+            rules += [(f"objective.{name}.{key}", *rule) for key, *rule in getattr(config.objective, name).rules()]
     return rules
 
 
 def validate(config: TrainConfig) -> None:
     """Checks across fields that types alone cannot express."""
-    t, o = config.training, config.objective
+    t = config.training
     if t.max_steps is None and t.num_tokens is None:
         raise ConfigError("set training.max_steps or training.num_tokens")
-    for key, value, ok, rule in _numeric_rules(config):
-        if value is None:
-            continue
-        # OmegaConf lets a nested list into list[int] (export_steps=[[]]): a number is checked first.
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{key} must be a number {rule}, got {value!r}")
-        if not (math.isfinite(value) and ok(value)):
-            raise ConfigError(f"{key} must be {rule}, got {value}")
+    if config.objective.name not in OBJECTIVES:  # first: the rules read the objective's sections
+        raise ConfigError(_unknown_objective(config.objective.name))
+    problem = broken_rule(_numeric_rules(config))
+    if problem:
+        raise ConfigError(problem)
     if t.batch_size % t.micro_batch_size:
         raise ConfigError(
             f"training.batch_size ({t.batch_size}) must be a multiple of training.micro_batch_size "
@@ -302,32 +502,16 @@ def validate(config: TrainConfig) -> None:
         )
     if config.data.seq_len < 2:
         raise ConfigError("data.seq_len must be >= 2")
-    if o.name not in OBJECTIVE_NAMES:
-        raise ConfigError(f"objective.name {o.name!r}: choose one of {', '.join(OBJECTIVE_NAMES)}")
-    if not 0.0 <= o.drop_prob <= 1.0:
-        raise ConfigError(f"objective.drop_prob {o.drop_prob} must be in [0, 1]")
-    if o.buckets is not None and o.buckets < 2:
-        raise ConfigError("objective.buckets must be >= 2")
-    for name in ("percentile", "bad_percentile"):
-        value = getattr(o, name)
-        if value is not None and not 0 < value <= 100:
-            raise ConfigError(f"objective.{name} must be in (0, 100], got {value}")
-    if o.labels not in CONDITIONAL_LABELS:
-        raise ConfigError(f"objective.labels {o.labels!r}: choose one of {', '.join(CONDITIONAL_LABELS)}")
-    if o.tag_every is not None and o.tag_every < 1:
-        raise ConfigError(f"objective.tag_every must be >= 1, got {o.tag_every}")
-    if o.name != "conditional":
-        for name in ("bad_threshold", "bad_percentile", "tag_every"):
-            if getattr(o, name) is not None:
-                raise ConfigError(
-                    f"objective.{name} applies to conditional training only (objective.name is {o.name!r})"
-                )
-        if o.labels != "segment":
-            raise ConfigError(f"objective.labels applies to conditional training only (objective.name is {o.name!r})")
-    if o.bad_threshold is not None and o.bad_percentile is not None:
-        raise ConfigError("set objective.bad_threshold or objective.bad_percentile, not both")
-    if o.bad_threshold is not None and o.threshold is not None and o.bad_threshold < o.threshold:
-        raise ConfigError(f"objective.bad_threshold {o.bad_threshold} is below objective.threshold {o.threshold}")
+    c = config.objective.conditional
+    if c.labels not in CONDITIONAL_LABELS:
+        raise ConfigError(f"objective.conditional.labels {c.labels!r}: choose one of {', '.join(CONDITIONAL_LABELS)}")
+    if c.bad_threshold is not None and c.bad_percentile is not None:
+        raise ConfigError("set objective.conditional.bad_threshold or objective.conditional.bad_percentile, not both")
+    if c.bad_threshold is not None and c.threshold is not None and c.bad_threshold < c.threshold:
+        raise ConfigError(
+            f"objective.conditional.bad_threshold {c.bad_threshold} is below objective.conditional.threshold "
+            f"{c.threshold}"
+        )
 
 
 def config_keys(cls: type = TrainConfig, prefix: str = "") -> list[tuple[str, str, str]]:
@@ -343,6 +527,10 @@ def config_keys(cls: type = TrainConfig, prefix: str = "") -> list[tuple[str, st
         default = f.default_factory() if f.default_factory is not MISSING_FIELD else f.default
         shown = "(required)" if default is MISSING else yaml.safe_dump(default, default_flow_style=True).split("\n")[0]
         keys.append((prefix + f.name, str(f.type), shown))
+    if cls is ObjectiveConfig:  # and the short keys, shown as what they stand for
+        keys += [
+            (f"{prefix}{k}", "alias", f"{prefix}<{'|'.join(names)}>.{k}") for k, names in objective_aliases().items()
+        ]
     return keys
 
 

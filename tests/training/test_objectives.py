@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
+from phf.config import OBJECTIVES, AWRConfig, ObjectiveConfig, UnlikelihoodConfig
 from phf.training.logprobs import target_logprobs
-from phf.training.objectives import AWR, MLE, OBJECTIVES, RWR, LossInputs, Unlikelihood, ValueHead, build_objective
+from phf.training.objectives import AWR, MLE, RWR, LossInputs, Unlikelihood, ValueHead, build_objective
 
 # A 2 x 3 micro-batch; the last token of row 0 is not counted. N = 8 stands for a global count
 # larger than this micro-batch's 5 tokens (other micro-batches / ranks hold the rest).
@@ -199,7 +201,7 @@ def test_value_head_float32_under_autocast():
 
 @pytest.mark.parametrize("name", ["mle", "ul", "rwr", "awr"])
 def test_masked_tokens_contribute_nothing(name):
-    obj = build_objective(name)
+    obj = build_objective(ObjectiveConfig(name))
     values = VALUES if obj.needs_value_head else None
     base_loss, base_m = obj(batch(values=values))
     # Garbage at the uncounted position (0, 2): NaN score, -inf log-prob, NaN value.
@@ -256,7 +258,7 @@ def _tiny_model(seed=0, vocab=11, d=6):
 
 @pytest.mark.parametrize("name", list(OBJECTIVES))
 def test_two_micro_batches_equal_one_batch(name):
-    obj = build_objective(name, **({"threshold": 0.5} if name == "ul" else {}))
+    obj = build_objective(ObjectiveConfig(name, ul=UnlikelihoodConfig(threshold=0.5)))
     hidden, weight, targets, scores, mask = _tiny_model()
     head = ValueHead(6).double()
     with torch.no_grad():
@@ -293,34 +295,30 @@ def test_two_micro_batches_equal_one_batch(name):
 # ---------------------------------------------------------------- registry and inputs
 
 
-def test_build_objective_defaults_are_the_papers_toxicity_values():
-    assert build_objective("ul") == Unlikelihood(threshold=7.8e-4, alpha=1.0, soft=False)
-    assert build_objective("rwr") == RWR(beta=10.0)
-    assert build_objective("awr") == AWR(alpha=0.5, beta=10.0, weight_clip=1000.0)
+def test_build_objective_reads_the_section_of_the_objective_trained():
+    # The defaults are the paper's toxicity values, declared once: by the settings the loss extends.
+    assert build_objective(ObjectiveConfig("ul")) == Unlikelihood(threshold=7.8e-4, alpha=1.0, soft=False)
+    assert build_objective(ObjectiveConfig("rwr")) == RWR(beta=10.0)
+    assert build_objective(ObjectiveConfig("awr")) == AWR(alpha=0.5, beta=10.0, weight_clip=1000.0)
+    both = ObjectiveConfig("ul", ul=UnlikelihoodConfig(0.0, 0.01, True), awr=AWRConfig(alpha=0.1))
+    assert build_objective(both) == Unlikelihood(0.0, 0.01, True)
+    assert build_objective(replace(both, name="awr")) == AWR(alpha=0.1)
     for name in ("mle", "filtering", "conditional"):
-        obj = build_objective(name)
+        obj = build_objective(ObjectiveConfig(name))
         assert isinstance(obj, MLE) and obj.name == name and not obj.needs_value_head
-    assert build_objective("awr").needs_value_head
-    assert {n: build_objective(n).name for n in OBJECTIVES} == {n: n for n in OBJECTIVES}
+    assert build_objective(ObjectiveConfig("awr")).needs_value_head
+    assert {n: build_objective(ObjectiveConfig(n)).name for n in OBJECTIVES} == {n: n for n in OBJECTIVES}
 
 
-def test_build_objective_parameters():
-    assert build_objective("ul", threshold=0, alpha="0.01", soft=True) == Unlikelihood(0.0, 0.01, True)
-    assert build_objective("awr", beta="1e-1").beta == 0.1  # YAML reads 1e-1 as a string
-    with pytest.raises(ValueError, match="unknown objective 'ppo'"):
-        build_objective("ppo")
-    with pytest.raises(ValueError, match=r"'rwr'.*unknown parameter.*alpha"):
-        build_objective("rwr", alpha=1.0)
-    with pytest.raises(ValueError, match=r"'conditional'.*unknown parameter.*threshold"):
-        build_objective("conditional", threshold=0.1)
-    with pytest.raises(ValueError, match="'soft' must be true or false"):
-        build_objective("ul", soft="yes")
-    with pytest.raises(ValueError, match="'beta' must be a number"):
-        build_objective("rwr", beta="ten")
-    with pytest.raises(ValueError, match="beta must be > 0"):
-        build_objective("rwr", beta=0)
-    with pytest.raises(ValueError, match="alpha must be in"):
-        build_objective("awr", alpha=1.5)
+def test_a_loss_built_in_code_keeps_the_configs_ranges():
+    with pytest.raises(ValueError, match="rwr: beta must be > 0, got 0"):
+        RWR(beta=0)
+    with pytest.raises(ValueError, match=r"awr: alpha must be in \[0, 1\], got 1.5"):
+        AWR(alpha=1.5)
+    with pytest.raises(ValueError, match="ul: threshold must be finite, got inf"):
+        Unlikelihood(threshold=math.inf)
+    with pytest.raises(ValueError, match=r"ul: alpha must be a number >= 0, got '0\.1'"):
+        Unlikelihood(alpha="0.1")
 
 
 def test_loss_inputs_validation():

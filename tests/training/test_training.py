@@ -362,10 +362,10 @@ def test_bad_input_is_named_and_changes_nothing(tmp_path, scored):
         train(load_config([], tiny_overrides(tmp_path / "a", scored) + ["objective.name=magic"]))
     conditional = tiny_overrides(tmp_path / "a", scored) + ["objective.name=conditional"]
     for extra, message in (
-        (["objective.labels=sentence-max"], "objective.labels 'sentence-max'"),
-        (["objective.tag_every=0"], "objective.tag_every must be >= 1"),
-        (["objective.threshold=0.5", "objective.bad_threshold=0.1"], "below objective.threshold"),
-        (["objective.bad_percentile=120"], r"objective.bad_percentile must be in \(0, 100\]"),
+        (["objective.labels=sentence-max"], "objective.conditional.labels 'sentence-max'"),
+        (["objective.tag_every=0"], "objective.conditional.tag_every must be >= 1"),
+        (["objective.threshold=0.5", "objective.bad_threshold=0.1"], "below objective.conditional.threshold"),
+        (["objective.bad_percentile=120"], r"objective.conditional.bad_percentile must be in \(0, 100\]"),
     ):
         with pytest.raises(ConfigError, match=message):
             load_config([], conditional + extra)

@@ -24,18 +24,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from phf.config import CONDITIONAL_LABELS
+from phf.config import CONDITIONAL_LABELS, FilteringConfig
 from phf.data.token_store import TokenStore
 
 EOS_SCORE = 0.0  # the EOS before each document carries no misalignment of its own
 
 
 @dataclass(frozen=True)
-class Filtering:
+class Filtering(FilteringConfig):
     """Keep documents with avg_score <= threshold (threshold from a percentile if given)."""
-
-    threshold: float | None = None
-    percentile: float | None = None
 
     def keep(self, store: TokenStore) -> np.ndarray:
         avg = np.asarray(store.doc_avg_score, dtype=np.float64)
@@ -46,7 +43,7 @@ class Filtering:
         if self.percentile is not None:
             return float(np.nanpercentile(np.asarray(store.doc_avg_score, dtype=np.float64), self.percentile))
         if self.threshold is None:
-            raise ValueError("filtering needs objective.threshold or objective.percentile")
+            raise ValueError("filtering needs objective.filtering.threshold or objective.filtering.percentile")
         return float(self.threshold)
 
 

@@ -26,7 +26,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from phf.config import HUMANEVAL_PROBLEMS, OBJECTIVE_NAMES, PROTOCOLS, ConfigError, EvalConfig, RedTeamConfig
+from phf.config import HUMANEVAL_PROBLEMS, OBJECTIVES, PROTOCOLS, ConfigError, EvalConfig, RedTeamConfig
 from phf.errors import PhfError
 from phf.io.atomic import atomic_path
 from phf.io.integrity import remove_stale_temps
@@ -92,7 +92,7 @@ class StudyConfig:
     name: str = "study"
     out: str = "runs/study"
     tasks: list[str] = field(default_factory=lambda: ["toxicity"])
-    objectives: list[str] = field(default_factory=lambda: list(OBJECTIVE_NAMES))
+    objectives: list[str] = field(default_factory=lambda: list(OBJECTIVES))
     seeds: list[int] = field(default_factory=lambda: [42])
     preset: str = "configs/tiny"  # training configs: <preset>/<task>/<objective>.yaml
     overrides: list[str] = field(default_factory=list)  # key=value for every training run
@@ -131,8 +131,8 @@ def load_study(path: str, overrides: list[str] | tuple[str, ...] = ()) -> StudyC
         if not isinstance(task, str) or task not in TASK_SCORERS:  # OmegaConf lets [[]] into a list[str]
             raise ConfigError(f"{path}: unknown task {task!r}; choose from {sorted(TASK_SCORERS)}")
     for objective in study.objectives + study.finetune.objectives:
-        if objective not in OBJECTIVE_NAMES:
-            raise ConfigError(f"{path}: unknown objective {objective!r}; choose from {', '.join(OBJECTIVE_NAMES)}")
+        if objective not in OBJECTIVES:
+            raise ConfigError(f"{path}: unknown objective {objective!r}; choose from {', '.join(OBJECTIVES)}")
     if study.finetune.enabled and "mle" not in study.objectives:
         raise ConfigError(f"{path}: the finetune arm continues the mle run: add mle to objectives")
     if not 0 < study.finetune.fraction < 1:

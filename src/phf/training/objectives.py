@@ -23,28 +23,24 @@ Fixes of the authors' code (docs/method.md, "Known defects of the authors' code"
 
 from __future__ import annotations
 
-import inspect
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import ClassVar, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from phf.config import OBJECTIVE_NAMES
+from phf.config import AWRConfig, ObjectiveConfig, RWRConfig, UnlikelihoodConfig, broken_rule
 
 __all__ = [
     "AWR",
     "MLE",
-    "OBJECTIVES",
     "RWR",
     "LossInputs",
     "Objective",
     "Unlikelihood",
     "ValueHead",
     "build_objective",
-    "objective_parameters",
 ]
 
 Metrics = dict[str, Tensor]
@@ -138,26 +134,28 @@ def _log1m_exp(logp: Tensor, floor: float = 1e-20) -> Tensor:
     return torch.where(logp > cut, near_one, far)
 
 
+def _check(loss: UnlikelihoodConfig | RWRConfig | AWRConfig, name: str) -> None:
+    """The ranges phf.config checks a config's settings against, for a loss built in code."""
+    problem = broken_rule(loss.rules())
+    if problem:
+        raise ValueError(f"{name}: {problem}")
+
+
 @dataclass(frozen=True)
-class Unlikelihood:
+class Unlikelihood(UnlikelihoodConfig):
     """Unlikelihood (Welleck et al. 2019) on tokens of misaligned segments.
 
     ``a = 1[s <= threshold]`` (``soft=True``: ``a = clamp(1 - s, 0, 1)``); per token
     ``-a * log p - alpha * (1 - a) * log(clamp(1 - p, min=1e-20))``. The threshold is hard for every
     value, 0.0 included: the authors' truthiness test made t = 0 silently soft (module docstring).
+    Parameters and defaults: :class:`phf.config.UnlikelihoodConfig`.
     """
 
-    threshold: float = 7.8e-4
-    alpha: float = 1.0
-    soft: bool = False
     name: ClassVar[str] = "ul"
     needs_value_head: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        if not math.isfinite(self.threshold):
-            raise ValueError(f"ul: threshold must be finite, got {self.threshold}")
-        if not (math.isfinite(self.alpha) and self.alpha >= 0):
-            raise ValueError(f"ul: alpha must be >= 0, got {self.alpha}")
+        _check(self, self.name)
 
     def good(self, scores: Tensor) -> Tensor:
         """The likelihood weight ``a`` of each token (1 = aligned, trained up; 0 = pushed down)."""
@@ -175,20 +173,18 @@ class Unlikelihood:
 
 
 @dataclass(frozen=True)
-class RWR:
+class RWR(RWRConfig):
     """Reward-weighted regression: ``-log p * exp(R / beta)`` with ``R = -s``; no value head.
 
     The authors' RWR was AWR with alpha = 1 and an untrained head (module docstring); this is the
-    objective the paper describes.
+    objective the paper describes. Parameters and defaults: :class:`phf.config.RWRConfig`.
     """
 
-    beta: float = 10.0
     name: ClassVar[str] = "rwr"
     needs_value_head: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.beta) and self.beta > 0):
-            raise ValueError(f"rwr: beta must be > 0, got {self.beta}")
+        _check(self, self.name)
 
     def __call__(self, batch: LossInputs) -> tuple[Tensor, Metrics]:
         logp = batch.counted(batch.logp)
@@ -198,27 +194,20 @@ class RWR:
 
 
 @dataclass(frozen=True)
-class AWR:
+class AWR(AWRConfig):
     """Advantage-weighted regression (Peng et al. 2019) with a learned per-token value ``V``.
 
     ``A = R - stopgrad(V)``, ``w = min(exp(A / beta), weight_clip)`` (a constant: no gradient);
     loss ``alpha * sum(-w log p) / N + (1 - alpha) * sum((V - R)^2) / N``. The value loss trains the
-    head and, through the un-detached hidden states, the trunk, as in the paper.
+    head and, through the un-detached hidden states, the trunk, as in the paper. Parameters and
+    defaults: :class:`phf.config.AWRConfig`.
     """
 
-    alpha: float = 0.5
-    beta: float = 10.0
-    weight_clip: float = 1000.0
     name: ClassVar[str] = "awr"
     needs_value_head: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if not (0.0 <= self.alpha <= 1.0):
-            raise ValueError(f"awr: alpha must be in [0, 1], got {self.alpha}")
-        if not (math.isfinite(self.beta) and self.beta > 0):
-            raise ValueError(f"awr: beta must be > 0, got {self.beta}")
-        if not self.weight_clip > 0:
-            raise ValueError(f"awr: weight_clip must be > 0, got {self.weight_clip}")
+        _check(self, self.name)
 
     def __call__(self, batch: LossInputs) -> tuple[Tensor, Metrics]:
         if batch.values is None:
@@ -260,73 +249,19 @@ class ValueHead(nn.Module):
         return -torch.sigmoid(self.linear(hidden).float()).squeeze(-1)
 
 
-# Builders take keyword parameters with the paper's toxicity defaults; build_objective checks names.
-def _mle() -> MLE:
-    return MLE("mle")
+# The loss of each objective whose settings are the loss's parameters (the loss extends their
+# dataclass); the others train with MLE. phf.config.OBJECTIVES says which objective has which settings.
+_LOSSES: dict[type, type[Unlikelihood] | type[RWR] | type[AWR]] = {
+    UnlikelihoodConfig: Unlikelihood,
+    RWRConfig: RWR,
+    AWRConfig: AWR,
+}
 
 
-def _filtering() -> MLE:
-    return MLE("filtering")
-
-
-def _conditional() -> MLE:
-    return MLE("conditional")
-
-
-def _ul(threshold: float = 7.8e-4, alpha: float = 1.0, soft: bool = False) -> Unlikelihood:
-    return Unlikelihood(threshold=threshold, alpha=alpha, soft=soft)
-
-
-def _rwr(beta: float = 10.0) -> RWR:
-    return RWR(beta=beta)
-
-
-def _awr(alpha: float = 0.5, beta: float = 10.0, weight_clip: float = 1000.0) -> AWR:
-    return AWR(alpha=alpha, beta=beta, weight_clip=weight_clip)
-
-
-# Each name of OBJECTIVE_NAMES, in its order, picks its builder.
-OBJECTIVES: dict[str, Callable[..., Objective]] = dict(
-    zip(OBJECTIVE_NAMES, (_mle, _filtering, _conditional, _ul, _rwr, _awr), strict=True)
-)
-
-
-def _coerce(objective: str, key: str, value: object, default: object) -> object:
-    """YAML and CLI overrides may give ``"1e-3"`` as a string; accept numbers, refuse anything vague."""
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        raise ValueError(f"{objective}: parameter {key!r} must be true or false, got {value!r}")
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"{objective}: parameter {key!r} must be a number, got {value!r}") from None
-
-
-def objective_parameters(name: str) -> dict[str, inspect.Parameter]:
-    """The loss parameters of objective ``name`` (its builder's keywords and their defaults).
-
-    Filtering and conditional training take none: their thresholds belong to the data transform.
-    """
-    if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; known: {', '.join(OBJECTIVES)}")
-    return dict(inspect.signature(OBJECTIVES[name]).parameters)
-
-
-def build_objective(name: str, **params: object) -> Objective:
-    """The objective called ``name`` with ``params`` (others keep the paper's toxicity defaults).
-
-    Unknown names and parameters are errors that name them.
-    """
-    signature = objective_parameters(name)
-    unknown = sorted(set(params) - set(signature))
-    if unknown:
-        allowed = ", ".join(signature) or "none (its settings belong to the data transform)"
-        raise ValueError(f"objective {name!r}: unknown parameter(s) {', '.join(unknown)}; allowed: {allowed}")
-    missing = [k for k, p in signature.items() if p.default is inspect.Parameter.empty and k not in params]
-    if missing:
-        raise ValueError(f"objective {name!r}: missing parameter(s) {', '.join(missing)}")
-    kwargs = {k: _coerce(name, k, v, signature[k].default) for k, v in params.items()}
-    return OBJECTIVES[name](**kwargs)
+def build_objective(config: ObjectiveConfig) -> Objective:
+    """The loss of the objective ``config.name``, with the parameters of its section of ``config``."""
+    settings = config.settings
+    loss = _LOSSES.get(type(settings))
+    if settings is None or loss is None:  # mle; filtering and conditional change the data, not the loss
+        return MLE(config.name)
+    return loss(**asdict(settings))

@@ -37,7 +37,7 @@ from phf.io.integrity import directory_damage, directory_records, remove_stale_t
 from phf.io.run_lock import RunLock
 from phf.training import parallel
 from phf.training.logprobs import lm_target_logprobs
-from phf.training.objectives import LossInputs, ValueHead, build_objective, objective_parameters
+from phf.training.objectives import LossInputs, ValueHead, build_objective
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -80,14 +80,6 @@ class PolicyModel(nn.Module):
         )
         values = self.value_head(hidden) if self.value_head is not None else None
         return logp, values
-
-
-def objective_params(config: TrainConfig) -> dict:
-    """The objective's loss parameters that the config sets (the others keep the loss's defaults)."""
-    o = config.objective
-    # `is not None`, never truthiness: threshold 0.0 is the paper's PII/PEP8 setting (the authors'
-    # `if self.score_threshold:` dropped it).
-    return {k: getattr(o, k) for k in objective_parameters(o.name) if getattr(o, k) is not None}
 
 
 def keep_freed_memory() -> bool:
@@ -400,9 +392,8 @@ class Trainer:
                 f"data.path {str(data_path)!r} holds no scored document (see its manifest.json's issues); "
                 "score a corpus with documents in it"
             )
-        o = cfg.objective
-        objective_name = o.name
-        self.objective = build_objective(objective_name, **objective_params(cfg))
+        objective_name = cfg.objective.name
+        self.objective = build_objective(cfg.objective)
 
         # The corpus is tokenized with the base tokenizer (no control tokens), so every objective
         # trains on the same token store and literal "<|good|>" in a document stays plain text.
@@ -426,8 +417,9 @@ class Trainer:
         filtering = conditional = None
         control_tokens: list[str] = []
         if objective_name == "filtering":
-            filtering = Filtering(o.threshold, o.percentile)
+            filtering = Filtering(**asdict(cfg.objective.filtering))
         if objective_name == "conditional":
+            o = cfg.objective.conditional
             threshold = bad_threshold = edges = None
             if o.buckets:
                 control_tokens = [f"<|bucket{k}|>" for k in range(o.buckets)]
@@ -537,7 +529,7 @@ class Trainer:
         label scores (recorded in phf.json, so evaluation labels held-out text the same way)."""
         from phf.data.stream import store_label_scores
 
-        o = self.config.objective
+        o = self.config.objective.conditional
         # `is not None`, not truth: percentile 0 is a threshold too.
         by_percentile = o.percentile is not None or o.bad_percentile is not None
         scores = store_label_scores(self.store, o.labels) if by_percentile else np.empty(0)
@@ -568,11 +560,7 @@ class Trainer:
         if base.training.seed != self.config.training.seed or base.data.seq_len != self.config.data.seq_len:
             raise TrainingError("data.continue_from: the base run must use the same training.seed and data.seq_len")
         consumed = json.loads(state_file.read_text())["samples"]
-        base_filter = (
-            Filtering(base.objective.threshold, base.objective.percentile)
-            if base.objective.name == "filtering"
-            else None
-        )
+        base_filter = Filtering(**asdict(base.objective.filtering)) if base.objective.name == "filtering" else None
         base_stream = PackedStream(
             self.store,
             base.data.seq_len,
