@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from phf.evaluation.results import KL, Diversity, HumanEval, Judge, LMLoss, Misalignment, Section
+from phf.evaluation.results import KL, Diversity, HumanEval, Judge, LMLoss, Misalignment, Section, sections
 from phf.study.report.runs import number
 
 MISSING = "—"
@@ -252,6 +252,13 @@ def sampling_sentence(facts: dict) -> str:
     return f"{n} unconditional samples per arm" + (f" ({', '.join(bits)})" if bits else "")
 
 
+def _in_table_order(skipped: dict[str, str]) -> list[tuple[str, str]]:
+    """Skipped sections in the table's order, those without a column after them (in eval.json's order)."""
+    shown = [kind for kind, _ in METRIC_COLUMNS]
+    rank = {key: shown.index(kind) if kind in shown else len(shown) for key, kind in sections().items()}
+    return sorted(skipped.items(), key=lambda item: rank.get(item[0], len(shown)))
+
+
 def missing_lines(rows: list[dict]) -> list[str]:
     lines = []
     for r in rows:
@@ -263,7 +270,7 @@ def missing_lines(rows: list[dict]) -> list[str]:
         absent = [m for m in r["missing"] if m != "eval.json"]
         if absent:
             parts.append("missing " + ", ".join(absent))
-        parts += [f"{k} {v}" for k, v in r["skipped"].items()]
+        parts += [f"{k} {v}" for k, v in _in_table_order(r["skipped"])]
         parts += r["notes"]
         if parts:
             lines.append(f"{r['name']}: " + "; ".join(parts))
