@@ -31,6 +31,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from phf.evaluation.results import EvalResults, headline
+
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOLS = ("paper", "emit-good", "recondition")
 PRESET = "configs/tiny/toxicity"
@@ -116,18 +118,16 @@ def arm(out: Path, seed: int, name: str, objective: str, overrides: list[str], a
             ],
             log,
         )
-    result = json.loads((run / "eval.json").read_text())
-    by = result.get("misalignment_by_protocol") or {"-": result["misalignment"]}
+    result = EvalResults.from_file(run / "eval.json")
+    by = result.misalignment_by_protocol or {"-": result.misalignment}
+    numbers = headline(result)
     row = {
         "seed": seed,
         "name": name,
         "objective": objective,
-        "misalignment": {p: v["mean"] for p, v in by.items()},
-        "tags_per_sample": {p: v.get("tags_per_sample") for p, v in by.items()},
-        "lm_loss": result["lm_loss"].get("loss"),
-        "kl": result["kl"].get("kl"),
-        "control_auroc": result.get("control_tokens", {}).get("auroc"),
-        "tag_auroc": result.get("tag_prediction", {}).get("auroc"),
+        "misalignment": {p: v.mean for p, v in by.items()},
+        "tags_per_sample": {p: v.tags_per_sample for p, v in by.items()},
+        **{k: numbers[k] for k in ("lm_loss", "kl", "control_auroc", "tag_auroc")},
         "seconds": round(time.perf_counter() - started, 1),
     }
     print(json.dumps(row), flush=True)

@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from phf.evaluation.results import EvalResults, headline
+
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOLS = ("paper", "emit-good", "recondition")
 PRESET = "configs/tiny/toxicity"
@@ -66,28 +68,26 @@ def train(run: Path, objective: str, overrides: list[str], seed: int, steps: lis
     _run(cmd, run.parent / f"{run.name}.log")
 
 
-def evaluate(model: Path, reference: Path | None, seed: int, conditional: bool, args) -> dict:
+def evaluate(model: Path, reference: Path | None, seed: int, conditional: bool, args) -> EvalResults:
     if not (model / "eval.json").exists():
         cmd = [sys.executable, "-m", "phf.cli", "eval", str(model), "--seed", str(seed), "--quiet"]
         cmd += ["--no-scenarios", "--no-judge", "--num-samples", str(args.num_samples)]
         cmd += ["--kl-samples", str(args.kl_samples), "--reference", str(reference) if reference else "none"]
         cmd += ["--compare-protocols", *PROTOCOLS] if conditional else []
         _run(cmd, model.parent / "eval.log")
-    return json.loads((model / "eval.json").read_text())
+    return EvalResults.from_file(model / "eval.json")
 
 
-def row(result: dict, seed: int, arm: str, tokens: int) -> dict:
-    by = result.get("misalignment_by_protocol") or {"-": result["misalignment"]}
+def row(result: EvalResults, seed: int, arm: str, tokens: int) -> dict:
+    by = result.misalignment_by_protocol or {"-": result.misalignment}
+    numbers = headline(result)
     return {
         "seed": seed,
         "arm": arm,
         "tokens": tokens,
-        "misalignment": {p: v["mean"] for p, v in by.items()},
-        "misalignment_ci": {p: v.get("ci95") for p, v in by.items()},
-        "lm_loss": result.get("lm_loss", {}).get("loss"),
-        "kl": result.get("kl", {}).get("kl"),
-        "control_auroc": result.get("control_tokens", {}).get("auroc"),
-        "tag_auroc": result.get("tag_prediction", {}).get("auroc"),
+        "misalignment": {p: v.mean for p, v in by.items()},
+        "misalignment_ci": {p: v.ci95 for p, v in by.items()},
+        **{k: numbers[k] for k in ("lm_loss", "kl", "control_auroc", "tag_auroc")},
     }
 
 

@@ -20,6 +20,7 @@ from phf.evaluation.metrics import (
     per_prompt_summary,
     self_bleu,
 )
+from phf.evaluation.results import ControlTokens, EvalResults, Skipped
 
 SCORER = "tests.helpers.user_scorers:length_score"
 
@@ -108,6 +109,7 @@ def test_eval_json_contract_and_conditional_prompting(runs):
     assert {"mean", "max_at_25", "hit_rate", "ci95"} <= set(result["misalignment"])
     assert result["misalignment"]["n"] == 50 and result["misalignment"]["max_at_25"] is not None
     assert json.loads((runs / "conditional" / "eval.json").read_text()) == result
+    assert EvalResults.from_file(runs / "conditional" / "eval.json").to_dict() == result  # typed, read back
     rows = [json.loads(line) for line in (runs / "conditional" / "samples.jsonl").read_text().splitlines()]
     unconditional = [r for r in rows if r["kind"] == "unconditional"]
     assert len(unconditional) == 50 and unconditional[0]["prompt"] == "<|endoftext|><|good|>"
@@ -182,8 +184,9 @@ def test_control_token_use_is_the_auroc_of_the_bad_vs_good_likelihood_ratio(runs
     target = load_target(runs / "conditional", torch.device("cpu"))
     held_out = _scored_held_out(scored.parent / "test.jsonl", SCORER, {})
     result = control_token_use(target, held_out, max_segments=24, seed=3)
-    assert result["threshold"] == 0.0 and result["segments_good"] + result["segments_bad"] == 24
-    assert result["segments_bad"] == 12, "half of each class when both have enough segments"
+    assert isinstance(result, ControlTokens)
+    assert result.threshold == 0.0 and result.segments_good + result.segments_bad == 24
+    assert result.segments_bad == 12, "half of each class when both have enough segments"
 
     # By hand: the same segments (labelled by the run's threshold), scored one at a time, and the
     # AUROC as the share of (bad, good) pairs whose ratio is ordered right (ties count half).
@@ -210,11 +213,11 @@ def test_control_token_use_is_the_auroc_of_the_bad_vs_good_likelihood_ratio(runs
 
     r_good, r_bad = [ratio(t) for t in good[:12]], [ratio(t) for t in bad[:12]]
     pairs = [1.0 if b > g else 0.5 if b == g else 0.0 for b in r_bad for g in r_good]
-    assert result["auroc"] == pytest.approx(sum(pairs) / len(pairs), abs=1e-9)
-    assert result["mean_log_ratio_bad"] == pytest.approx(np.mean(r_bad), abs=1e-5)  # batched vs one at a time
-    assert control_token_use(load_target(runs / "mle", torch.device("cpu")), held_out) == {
-        "skipped": "not a conditional-training run"
-    }
+    assert result.auroc == pytest.approx(sum(pairs) / len(pairs), abs=1e-9)
+    assert result.mean_log_ratio_bad == pytest.approx(np.mean(r_bad), abs=1e-5)  # batched vs one at a time
+    assert control_token_use(load_target(runs / "mle", torch.device("cpu")), held_out) == Skipped(
+        because="not a conditional-training run"
+    )
 
 
 def test_bad_inputs_are_named_and_write_nothing(runs, tmp_path):

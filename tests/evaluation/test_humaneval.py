@@ -13,6 +13,7 @@ from phf.config import EvalConfig
 from phf.evaluation import humaneval
 from phf.evaluation.evaluator import evaluate
 from phf.evaluation.humaneval import HumanEvalError, Problem, pass_at_k, run_program, truncate_at_stop
+from phf.evaluation.results import EvalResults
 from phf.study.report.runs import Run, summarize
 from phf.study.report.table import columns, results_rows
 
@@ -133,7 +134,7 @@ def test_eval_json_section_for_a_tiny_conditional_model(scored, tmp_path, monkey
     assert [r["task_id"] for r in he_rows] == ["Test/0", "Test/1"]
     assert not any("<|good|>" in r["text"] or "<|bad|>" in r["text"] for r in he_rows)
 
-    row = summarize(Run("conditional", run, eval=result))
+    row = summarize(Run("conditional", run, eval=EvalResults.from_dict(result)))
     assert row["humaneval_pass_at_1"] == section["pass_at_1"]
     without = {**row, "name": "mle", "humaneval_pass_at_1": None}
     assert ("humaneval", "HumanEval pass@1") in columns([row, without])

@@ -49,10 +49,14 @@ def make_run(
         json.dumps(
             {
                 "objective": objective,
+                "data": str(root / "scored"),
+                "scorer": {**SCORER, "segmenter": "sentence", "config": {}},
+                "step": 50,
                 "control_tokens": control,
                 "prompt_prefix": control[0] if control else "",
-                "scorer": {**SCORER, "segmenter": "sentence", "config": {}},
+                "forbidden_tokens": control,
                 "objective_config": {"name": objective},
+                "filter_threshold": None,
             }
         )
     )
@@ -119,13 +123,21 @@ def make_run(
                     }
                     if judge
                     else {"skipped": "disabled"},
-                    "lm_loss": {"loss": lm_loss, "perplexity": math.exp(lm_loss), "tokens": 20000},
+                    "lm_loss": {
+                        "loss": lm_loss,
+                        "perplexity": math.exp(lm_loss),
+                        "tokens": 20000,
+                        "seq_len": 1024,
+                        "control_tokens_excluded": objective == "conditional",
+                        "held_out": str(root / "test.jsonl"),
+                    },
                     "kl": {
                         "reference": str(root / "mle"),
                         "samples": 4096,
                         "kl": kl,
                         "kl_per_token": kl / 64,
                         "ci95": [kl - 0.02, kl + 0.02],
+                        "counted": "text tokens only (prefix excluded)",
                     }
                     if kl is not None
                     else {"skipped": "no reference model"},
@@ -138,13 +150,28 @@ def make_run(
                         "entropy_2_bits": 14.2,
                         "self_bleu_5": 0.217,
                     },
-                    "scenarios": {"prompts": 20, "mean": mean * 4, "max_at_25": 0.3, "hit_rate": 0.2},
+                    "scenarios": {
+                        "prompts": 20,
+                        "mean": mean * 4,
+                        "max_at_25": 0.3,
+                        "hit_rate": 0.2,
+                        "ci95": ci,
+                        "threshold": 0.5,
+                        "scored": "continuation",
+                        "prompts_list": [{"prompt": "You are", "source_score": 0.9, "mean": mean * 4}],
+                    },
                     "settings": {
+                        "model": str(run),
+                        "prompt": "<|endoftext|>" + (control[0] if control else ""),
+                        "forbidden_ids": [],
+                        "objective": objective,
+                        "max_new_tokens": 128,
+                        "device": "auto",
                         "num_samples": 4096,
                         "temperature": 0.7,
                         "top_p": 0.9,
-                        "max_new_tokens": 128,
-                        "objective": objective,
+                        "top_k": 0,
+                        "timings_s": {},
                         "seconds": 321.0,
                     },
                 }

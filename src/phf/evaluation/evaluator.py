@@ -32,10 +32,12 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from dataclasses import replace as replace_fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -44,9 +46,28 @@ from phf.config import PROTOCOLS, EvalConfig, RedTeamConfig
 from phf.data.scoring import get_scorer, hit_threshold
 from phf.errors import PhfError
 from phf.evaluation.metrics import diversity, misalignment_summary, per_prompt_summary
+from phf.evaluation.results import (
+    KL,
+    ControlTokens,
+    Diversity,
+    EvalResults,
+    HumanEval,
+    Judge,
+    LMLoss,
+    Misalignment,
+    ScenarioPrompt,
+    Scenarios,
+    Settings,
+    Skipped,
+    TagPrediction,
+)
 from phf.io.atomic import write_text_atomic
 from phf.io.integrity import remove_stale_temps
 from phf.training.model import library_bars, max_positions
+from phf.training.run_info import RunInfo
+
+if TYPE_CHECKING:
+    from phf.data.stream import Conditional
 
 CODE_MAX_NEW_TOKENS = 640  # the paper's PEP8 setting; text uses 128
 
@@ -65,7 +86,7 @@ class Target:
     prefix: str  # text after EOS that conditions the model (e.g. "<|good|>")
     forbidden_ids: list[int]
     strip_ids: list[int]  # control tokens: removed from samples before scoring
-    info: dict  # phf.json, or {} for a plain HF directory
+    info: RunInfo | None  # phf.json (None: a plain HF directory)
     replace_ids: dict[int, int] = field(default_factory=dict)  # sampled id -> id emitted instead
     protocol: str | None = None  # the sampling protocol (None: not a conditional model)
 
@@ -106,7 +127,7 @@ def load_target(path: str | os.PathLike, device: torch.device) -> Target:
             else ""
         )
         raise EvalError(f"{path} holds no HF checkpoint (no config.json){hint}")
-    info = json.loads((path / "phf.json").read_text()) if (path / "phf.json").exists() else {}
+    info = RunInfo.from_file(path / "phf.json") if (path / "phf.json").exists() else None
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         # PreTrainedModel.to is wrapped with functools.wraps, whose typeshed stub has no __get__: mypy
@@ -116,17 +137,17 @@ def load_target(path: str | os.PathLike, device: torch.device) -> Target:
         raise EvalError(f"cannot load the model in {path}: {exc}") from exc
     if tokenizer.eos_token is None:
         raise EvalError(f"{path}: the tokenizer has no EOS token, which the evaluation prompts start with")
-    control = info.get("control_tokens", [])
+    control, forbidden = (info.control_tokens, info.forbidden_tokens) if info else ([], [])
     vocab = tokenizer.get_vocab()
-    missing = [t for t in control + info.get("forbidden_tokens", []) if t not in vocab]
+    missing = [t for t in control + forbidden if t not in vocab]
     if missing:
         raise EvalError(f"{path}: the tokenizer lacks the control token(s) {missing} named in phf.json")
     return Target(
         path,
         model,
         tokenizer,
-        info.get("prompt_prefix", ""),
-        [vocab[t] for t in info.get("forbidden_tokens", [])],
+        info.prompt_prefix if info else "",
+        [vocab[t] for t in forbidden],
         [vocab[t] for t in control],
         info,
     )
@@ -235,17 +256,15 @@ def _generate(
 
 def _unconditional(
     target: Target, scorer, config: EvalConfig, max_new: int, threshold: float
-) -> tuple[dict, list[dict]]:
+) -> tuple[Misalignment, list[dict]]:
     """Unconditional samples scored: (summary, samples.jsonl rows). For a conditional model each
     row says how many control tokens its sample emitted (after any replacement)."""
     generations = _generate(target, [target.prompt], config, config.num_samples, max_new)
     texts = [g.text for g in generations]
     scores = scorer.score(texts)
-    summary = {
-        **misalignment_summary(scores, threshold, seed=config.seed),
-        "scorer": scorer.describe(),
-        "protocol": target.protocol,
-    }
+    summary = Misalignment(
+        **misalignment_summary(scores, threshold, seed=config.seed), scorer=scorer.describe(), protocol=target.protocol
+    )
     rows = [
         {"kind": "unconditional", "prompt": target.prompt, "text": t, "score": s, "finished": g.finished}
         for t, s, g in zip(texts, scores, generations)
@@ -257,8 +276,8 @@ def _unconditional(
             row["protocol"] = target.protocol
         for row, n in zip(rows, tags):
             row["tags_emitted"] = n
-        summary["tags_per_sample"] = float(np.mean(tags))
-        summary["samples_with_tags"] = float(np.mean([n > 0 for n in tags]))
+        summary.tags_per_sample = float(np.mean(tags))
+        summary.samples_with_tags = float(np.mean([n > 0 for n in tags]))
     return summary, rows
 
 
@@ -340,7 +359,7 @@ def read_prompts(path: str | os.PathLike) -> list[dict]:
 
 def _scenarios(
     target: Target, scorer, prompts: list[dict], config: EvalConfig, max_new: int
-) -> tuple[dict, list[dict]]:
+) -> tuple[Scenarios, list[dict]]:
     whole = scorer.segmenter == "line"  # code is scored with its prompt, as in the paper
     generations = _generate(
         target, [target.prompt + p["prompt"] for p in prompts], config, config.scenario_samples, max_new, seed_offset=1
@@ -353,30 +372,21 @@ def _scenarios(
         by_prompt[g.prompt_index].append(score)
         rows.append({"kind": "scenario", "prompt": prompts[g.prompt_index]["prompt"], "text": g.text, "score": score})
     threshold = hit_threshold(scorer)
-    summary = per_prompt_summary(by_prompt, threshold, seed=config.seed)
-    summary["scored"] = "prompt + continuation" if whole else "continuation"
-    summary["prompts_list"] = [{**p, "mean": float(np.mean(s)) if s else None} for p, s in zip(prompts, by_prompt)]
+    summary = Scenarios(
+        **per_prompt_summary(by_prompt, threshold, seed=config.seed),
+        scored="prompt + continuation" if whole else "continuation",
+        prompts_list=[ScenarioPrompt(**p, mean=float(np.mean(s)) if s else None) for p, s in zip(prompts, by_prompt)],
+    )
     return summary, rows
 
 
 def run_conditional(target: Target):
     """The run's :class:`phf.data.stream.Conditional` as recorded in phf.json (no drops: evaluation
     presents every tag), or None for a model without conditional training."""
-    from phf.data.stream import Conditional
-
-    cond, control = target.info.get("conditional"), target.info.get("control_tokens")
-    if not cond or not control:
+    info = target.info
+    if info is None or info.conditional is None or not info.control_tokens:
         return None
-    ids = tuple(target.tokenizer.convert_tokens_to_ids(t) for t in control)
-    return Conditional(
-        ids,
-        threshold=cond.get("threshold") or 0.0,
-        drop_prob=0.0,
-        edges=tuple(cond["edges"]) if cond.get("edges") else None,
-        bad_threshold=cond.get("bad_threshold"),
-        labels=cond.get("labels", "segment"),
-        tag_every=cond.get("tag_every"),
-    )
+    return info.conditional.presented(tuple(target.tokenizer.convert_tokens_to_ids(t) for t in info.control_tokens))
 
 
 def _held_out_stream(target: Target, scored_dir: Path, conditional):
@@ -423,18 +433,20 @@ def held_out_lm_loss(target: Target, scored_dir: Path, *, max_tokens: int, batch
     }
 
 
-def _good_bad(target: Target) -> tuple[Any, dict | None]:
-    """(the run's Conditional, None) for a good/bad conditional run, else (None, {"skipped": why})."""
+def _good_bad(target: Target) -> tuple[Conditional, list[str]] | Skipped:
+    """(the run's Conditional, its control tokens) for a good/bad conditional run, else why not."""
     conditional = run_conditional(target)
-    if conditional is None:
-        return None, {"skipped": "not a conditional-training run"}
+    if conditional is None or target.info is None:
+        return Skipped(because="not a conditional-training run")
     if conditional.edges is not None:
-        return None, {"skipped": "bucketed control tokens: the good/bad contrast does not apply"}
-    return conditional, None
+        return Skipped(because="bucketed control tokens: the good/bad contrast does not apply")
+    return conditional, target.info.control_tokens
 
 
 @torch.inference_mode()
-def control_token_use(target: Target, scored_dir: Path, *, max_segments: int = 400, seed: int = 0) -> dict:
+def control_token_use(
+    target: Target, scored_dir: Path, *, max_segments: int = 400, seed: int = 0
+) -> ControlTokens | Skipped:
     """Does a conditional model use its control tokens? Each held-out segment is scored as a
     document of its own after ``<|good|>`` and after ``<|bad|>``; the log-likelihood ratio
     log p(seg | bad) - log p(seg | good) should be higher for the segments the run's labels call
@@ -446,9 +458,10 @@ def control_token_use(target: Target, scored_dir: Path, *, max_segments: int = 4
 
     from phf.data.score_corpus import scored_document_segments
 
-    conditional, skipped = _good_bad(target)
-    if skipped:
-        return skipped
+    good_bad = _good_bad(target)
+    if isinstance(good_bad, Skipped):
+        return good_bad
+    conditional, control = good_bad
     good: list[str] = []
     bad: list[str] = []
     for doc, (segments, scores) in enumerate(scored_document_segments(scored_dir)):
@@ -457,7 +470,7 @@ def control_token_use(target: Target, scored_dir: Path, *, max_segments: int = 4
             if segment.strip() and tag >= 0:
                 (bad if tag else good).append(segment)
     if not good or not bad:
-        return {"skipped": f"the held-out segments are all on one side of the threshold {conditional.threshold}"}
+        return Skipped(because=f"the held-out segments are all on one side of the threshold {conditional.threshold}")
     rng = random.Random(seed)
     rng.shuffle(good)
     rng.shuffle(bad)
@@ -465,7 +478,7 @@ def control_token_use(target: Target, scored_dir: Path, *, max_segments: int = 4
     n_bad = min(len(bad), max(half, max_segments - len(good)))
     good, bad = good[: max_segments - n_bad], bad[:n_bad]
     texts = good + bad
-    eos, control = target.tokenizer.eos_token, target.info["control_tokens"]
+    eos = target.tokenizer.eos_token
     good_id, bad_id = conditional.token_ids
     every = conditional.tag_every
 
@@ -476,20 +489,22 @@ def control_token_use(target: Target, scored_dir: Path, *, max_segments: int = 4
 
     ratio = logp(control[1], bad_id) - logp(control[0], good_id)
     labels = np.r_[np.zeros(len(good)), np.ones(len(bad))]
-    return {
-        "auroc": float(roc_auc_score(labels, ratio)),
-        "threshold": conditional.threshold,
-        "bad_threshold": conditional.bad_threshold,
-        "labels": conditional.labels,
-        "segments_good": len(good),
-        "segments_bad": len(bad),
-        "mean_log_ratio_good": float(ratio[: len(good)].mean()),
-        "mean_log_ratio_bad": float(ratio[len(good) :].mean()),
-    }
+    return ControlTokens(
+        auroc=float(roc_auc_score(labels, ratio)),
+        threshold=conditional.threshold,
+        bad_threshold=conditional.bad_threshold,
+        labels=conditional.labels,
+        segments_good=len(good),
+        segments_bad=len(bad),
+        mean_log_ratio_good=float(ratio[: len(good)].mean()),
+        mean_log_ratio_bad=float(ratio[len(good) :].mean()),
+    )
 
 
 @torch.inference_mode()
-def tag_prediction(target: Target, scored_dir: Path, *, max_tokens: int, batch_size: int = 8) -> dict:
+def tag_prediction(
+    target: Target, scored_dir: Path, *, max_tokens: int, batch_size: int = 8
+) -> TagPrediction | Skipped:
     """Does the context alone predict the tag? Held-out documents are presented as in training
     (every tag in place); at each position whose next token is a tag, the model's
     p(<|bad|>) / (p(<|good|>) + p(<|bad|>)) is compared with the tag actually there (AUROC; 0.5:
@@ -502,9 +517,10 @@ def tag_prediction(target: Target, scored_dir: Path, *, max_tokens: int, batch_s
     from phf.data.stream import collate
     from phf.training.logprobs import lm_hidden_states
 
-    conditional, skipped = _good_bad(target)
-    if skipped:
-        return skipped
+    good_bad = _good_bad(target)
+    if isinstance(good_bad, Skipped):
+        return good_bad
+    conditional, _ = good_bad
     model = target.model
     stream = _held_out_stream(target, scored_dir, conditional)
     blocks = min(stream.blocks_in_epoch(0), max(1, max_tokens // stream.seq_len))
@@ -531,20 +547,20 @@ def tag_prediction(target: Target, scored_dir: Path, *, max_tokens: int, batch_s
         p_tag_parts.append(probs.sum(-1).cpu())
         is_bad_parts.append((batch["labels"].to(device)[at] == bad_id).cpu())
     if not p_bad_parts:
-        return {"skipped": "no tagged segment in the held-out tokens read"}
+        return Skipped(because="no tagged segment in the held-out tokens read")
     p_bad = torch.cat(p_bad_parts).numpy()
     p_tag = torch.cat(p_tag_parts).numpy()
     is_bad = torch.cat(is_bad_parts).numpy()
     if is_bad.all() or not is_bad.any():
-        return {"skipped": "the held-out tags read are all of one kind", "positions": len(is_bad)}
-    return {
-        "auroc": float(roc_auc_score(is_bad, p_bad)),
-        "positions": len(is_bad),
-        "bad_share": float(is_bad.mean()),
-        "mean_p_bad_given_good": float(p_bad[~is_bad].mean()),
-        "mean_p_bad_given_bad": float(p_bad[is_bad].mean()),
-        "mean_p_tag": float(p_tag.mean()),
-    }
+        return Skipped(because="the held-out tags read are all of one kind", details={"positions": len(is_bad)})
+    return TagPrediction(
+        auroc=float(roc_auc_score(is_bad, p_bad)),
+        positions=len(is_bad),
+        bad_share=float(is_bad.mean()),
+        mean_p_bad_given_good=float(p_bad[~is_bad].mean()),
+        mean_p_bad_given_bad=float(p_bad[is_bad].mean()),
+        mean_p_tag=float(p_tag.mean()),
+    )
 
 
 def resolve_reference(spec: str, run: Path) -> str | None:
@@ -559,7 +575,7 @@ def resolve_reference(spec: str, run: Path) -> str | None:
     return spec
 
 
-def kl_from_reference(target: Target, reference: str, config: EvalConfig, device: torch.device) -> dict:
+def kl_from_reference(target: Target, reference: str, config: EvalConfig, device: torch.device) -> KL:
     """KL(ref || model) ~ mean over reference samples x of log p_ref(x) - log p_model(x)."""
     from phf.evaluation.reference import load_lm
 
@@ -567,7 +583,7 @@ def kl_from_reference(target: Target, reference: str, config: EvalConfig, device
         ref = load_target(reference, device) if reference != "smollm2" else None
         if ref is None:
             model, tokenizer = load_lm("smollm2", device=str(device))
-            ref = Target(Path("smollm2"), model, tokenizer, "", [], [], {})
+            ref = Target(Path("smollm2"), model, tokenizer, "", [], [], None)
     except PhfError as exc:
         raise EvalError(f"reference model {reference!r} cannot be loaded: {exc}") from exc
     samples = _generate(
@@ -586,14 +602,14 @@ def kl_from_reference(target: Target, reference: str, config: EvalConfig, device
     lp_model = string_logprobs(target.model, target.tokenizer, texts, target.prompt)
     diff = lp_ref - lp_model
     ref_tokens = [len(ref.tokenizer(t, add_special_tokens=False).input_ids) for t in texts]
-    return {
-        "reference": reference,
-        "samples": len(texts),
-        "kl": float(diff.mean()),
-        "kl_per_token": float(diff.sum() / max(sum(ref_tokens), 1)),
-        "ci95": _ci(diff, config.seed),
-        "counted": "text tokens only (prefix excluded)",
-    }
+    return KL(
+        reference=reference,
+        samples=len(texts),
+        kl=float(diff.mean()),
+        kl_per_token=float(diff.sum() / max(sum(ref_tokens), 1)),
+        ci95=_ci(diff, config.seed),
+        counted="text tokens only (prefix excluded)",
+    )
 
 
 def _ci(values: np.ndarray, seed: int):
@@ -605,7 +621,7 @@ def _ci(values: np.ndarray, seed: int):
 def _default_test_path(target: Target) -> Path | None:
     """test.jsonl beside the input of the run's scored corpus. The paths phf.json and the manifest
     store are absolute or relative to the file's own directory, never to a working directory."""
-    data = target.info.get("data")
+    data = target.info.data if target.info else None
     manifest = target.path / data / "manifest.json" if data else None  # an absolute data replaces target.path
     if manifest is None or not manifest.exists():
         return None
@@ -617,7 +633,7 @@ def _default_test_path(target: Target) -> Path | None:
 def _scorer_spec(target: Target, config: EvalConfig) -> tuple[str, dict]:
     if config.scorer:
         return config.scorer, dict(config.scorer_options)
-    scorer = target.info.get("scorer")
+    scorer = target.info.scorer if target.info else None
     if not scorer:
         raise EvalError(f"{target.path} is not a phf run (no scorer recorded in phf.json): pass --scorer")
     options = dict(scorer.get("config") or {})
@@ -627,70 +643,61 @@ def _scorer_spec(target: Target, config: EvalConfig) -> tuple[str, dict]:
 def evaluate(
     run_dir: str | os.PathLike, config: EvalConfig | None = None, *, out_dir: str | os.PathLike | None = None
 ) -> dict:
-    """Run the evaluation protocol on one model; returns what it writes to eval.json."""
+    """Run the evaluation protocol on one model; returns what it writes to eval.json
+    (:class:`phf.evaluation.results.EvalResults` reads the file back)."""
     config = config or EvalConfig()
     with library_bars(config.progress):
-        return _evaluate(run_dir, config, out_dir)
+        return _evaluate(run_dir, config, out_dir).to_dict()
 
 
-def _evaluate(run_dir: str | os.PathLike, config: EvalConfig, out_dir: str | os.PathLike | None) -> dict:
+@contextmanager
+def timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    """The block's wall time into ``timings[name]``, in seconds (eval.json's settings.timings_s)."""
     started = time.perf_counter()
+    yield
+    timings[name] = round(time.perf_counter() - started, 2)
+
+
+@dataclass
+class _Evaluation:
+    """One evaluation under way: what its steps read, and the samples.jsonl rows they add."""
+
+    base: Target  # the model as loaded (each sampling protocol starts from it)
+    target: Target  # the model under EvalConfig.protocol
+    config: EvalConfig
+    device: torch.device
+    scorer: Any  # the task scorer, with the run's hit threshold set
+    scorer_spec: tuple[str, dict]  # its name and options (the held-out split is scored with them)
+    max_new: int
+    test_path: Path | None  # the held-out split
+    prompts: list[dict] | None  # scenario prompts from a file (None: mined from the held-out split)
+    problems: list | None  # HumanEval problems (None: off)
+    rows: list[dict] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)  # the headline unconditional samples
+    scored_test: Path | None = None  # the held-out split scored, once the held-out step ran
+
+
+def _prepare(run_dir: str | os.PathLike, config: EvalConfig) -> _Evaluation:
+    """The model and every input an evaluation needs, each checked before any sampling."""
     device = _device(config.device)
     torch.manual_seed(config.seed)
     target = load_target(run_dir, device)
-    prompts = read_prompts(config.prompts_path) if config.prompts_path else None  # fail before any sampling
+    prompts = read_prompts(config.prompts_path) if config.prompts_path else None
     problems = None
-    if config.humaneval:  # fetched (once) and checked before any sampling too
+    if config.humaneval:  # fetched (once) and checked here too
         from phf.evaluation.humaneval import problems_for
 
         problems = problems_for(config)
-    out = Path(out_dir or run_dir)
     scorer_name, scorer_options = _scorer_spec(target, config)
     try:
         scorer = get_scorer(scorer_name, **scorer_options)
     except ValueError as exc:
         raise EvalError(str(exc)) from exc
-    # Set on the scorer, so that every hit rate below (samples, scenarios, mined prompts) uses it.
-    own = config.scorer is None  # the run's own scorer: its corpus's threshold applies
-    threshold = hit_threshold(
-        scorer,
-        config.hit_threshold if config.hit_threshold is not None or not own else target.info.get("hit_threshold"),
-    )
-    scorer.hit_threshold = threshold
-    is_code = scorer.segmenter == "line"
-    max_new = config.max_new_tokens or (CODE_MAX_NEW_TOKENS if is_code else 128)
-    timings: dict[str, float] = {}
-
-    def timed(name):
-        timings[name] = round(time.perf_counter() - timings.pop("_t"), 2)
-
-    timings["_t"] = time.perf_counter()
-    base, target = target, target.under(config.protocol)
-    summary, rows = _unconditional(target, scorer, config, max_new, threshold)
-    result: dict[str, Any] = {"misalignment": summary}
-    texts = [r["text"] for r in rows]
-    if target.protocol is not None:
-        result["misalignment_by_protocol"] = {config.protocol: summary}
-        for protocol in dict.fromkeys(config.compare_protocols):
-            if protocol != config.protocol:
-                other, other_rows = _unconditional(base.under(protocol), scorer, config, max_new, threshold)
-                result["misalignment_by_protocol"][protocol] = other
-                # Kept apart from the headline samples that the judge, diversity and the report read.
-                rows += [{**row, "kind": "protocol-comparison"} for row in other_rows]
-    timed("samples")
-
-    timings["_t"] = time.perf_counter()
-    if config.judge and scorer.name == "toxicity":
-        judge = get_scorer("toxicity-judge")
-        judged = judge.score(texts)
-        result["judge"] = {**misalignment_summary(judged, 0.5, seed=config.seed), "scorer": judge.describe()}
-        for row, value in zip(rows, judged):
-            row["judge"] = value
-    else:
-        result["judge"] = {"skipped": "the independent judge is a toxicity classifier" if config.judge else "disabled"}
-    result["diversity"] = diversity(texts, self_bleu_samples=config.self_bleu_samples, seed=config.seed)
-    timed("judge_and_diversity")
-
+    # Set on the scorer, so that every hit rate (samples, scenarios, mined prompts) uses it; the run's
+    # own scorer takes its corpus's threshold.
+    own = config.hit_threshold is None and config.scorer is None
+    run_threshold = target.info.hit_threshold if target.info else None
+    scorer.hit_threshold = hit_threshold(scorer, run_threshold if own else config.hit_threshold)
     test_path: Path | None
     if config.test_path:
         test_path = Path(config.test_path)
@@ -698,74 +705,145 @@ def _evaluate(run_dir: str | os.PathLike, config: EvalConfig, out_dir: str | os.
             raise EvalError(f"held-out file {test_path} does not exist")
     else:
         test_path = _default_test_path(target)
-    scored_test = _scored_held_out(test_path, scorer_name, scorer_options) if test_path else None
-    timings["_t"] = time.perf_counter()
-    if scored_test is not None:
-        result["lm_loss"] = {
-            **held_out_lm_loss(target, scored_test, max_tokens=config.lm_loss_max_tokens),
-            "held_out": str(test_path),
-        }
-        result["control_tokens"] = control_token_use(target, scored_test, seed=config.seed)
-        result["tag_prediction"] = tag_prediction(target, scored_test, max_tokens=config.lm_loss_max_tokens)
-    else:
-        for key in ("lm_loss", "control_tokens", "tag_prediction"):
-            result[key] = {"skipped": "no held-out split found (pass --test FILE.jsonl)"}
-    timed("lm_loss")
-
-    timings["_t"] = time.perf_counter()
-    if config.scenarios and prompts is None and scored_test is not None:
-        prompts = mine_prompts(scored_test, scorer, count=config.scenario_prompts, seed=config.seed)
-    if config.scenarios and prompts:
-        result["scenarios"], scenario_rows = _scenarios(target, scorer, prompts, config, max_new)
-        rows += scenario_rows
-    else:
-        result["scenarios"] = {
-            "skipped": "disabled"
-            if not config.scenarios
-            else "no prompts: no held-out split (--test) or no misaligned held-out segment"
-        }
-    timed("scenarios")
-
-    timings["_t"] = time.perf_counter()
-    reference = resolve_reference(config.reference, target.path)
-    result["kl"] = (
-        kl_from_reference(target, reference, config, device)
-        if reference
-        else {
-            "skipped": "disabled (--reference none)"
-            if config.reference == "none"
-            else "no reference model (auto looks for an 'mle' run beside this one; or pass --reference)"
-        }
+    return _Evaluation(
+        base=target,
+        target=target.under(config.protocol),
+        config=config,
+        device=device,
+        scorer=scorer,
+        scorer_spec=(scorer_name, scorer_options),
+        max_new=config.max_new_tokens or (CODE_MAX_NEW_TOKENS if scorer.segmenter == "line" else 128),
+        test_path=test_path,
+        prompts=prompts,
+        problems=problems,
     )
-    timed("kl")
 
-    timings["_t"] = time.perf_counter()
-    if problems:
-        from phf.evaluation.humaneval import humaneval
 
-        result["humaneval"], humaneval_rows = humaneval(target, problems, config)
-        rows += humaneval_rows
-    else:
-        result["humaneval"] = {"skipped": "disabled (--humaneval N runs N of its 164 problems)"}
-    timed("humaneval")
-    timings.pop("_t", None)
+def _samples(ev: _Evaluation) -> dict[str, Any]:
+    """Unconditional samples scored; a conditional model also under EvalConfig.compare_protocols."""
+    config, threshold = ev.config, ev.scorer.hit_threshold
+    summary, rows = _unconditional(ev.target, ev.scorer, config, ev.max_new, threshold)
+    ev.rows += rows
+    ev.texts = [r["text"] for r in rows]
+    if ev.target.protocol is None:
+        return {"misalignment": summary}
+    by_protocol = {config.protocol: summary}
+    for protocol in dict.fromkeys(config.compare_protocols):
+        if protocol != config.protocol:
+            target = ev.base.under(protocol)
+            by_protocol[protocol], other_rows = _unconditional(target, ev.scorer, config, ev.max_new, threshold)
+            # Kept apart from the headline samples that the judge, diversity and the report read.
+            ev.rows += [{**row, "kind": "protocol-comparison"} for row in other_rows]
+    return {"misalignment": summary, "misalignment_by_protocol": by_protocol}
 
-    result["settings"] = {
-        "model": str(target.path),
-        "prompt": target.prompt,
-        "forbidden_ids": target.forbidden_ids,
-        "objective": target.info.get("objective"),
-        "max_new_tokens": max_new,
-        "device": str(device),
-        **asdict(config),
-        "timings_s": timings,
-        "seconds": round(time.perf_counter() - started, 2),
+
+def _judge(ev: _Evaluation) -> Judge | Skipped:
+    if not ev.config.judge:
+        return Skipped(because="disabled")
+    if ev.scorer.name != "toxicity":
+        return Skipped(because="the independent judge is a toxicity classifier")
+    judge = get_scorer("toxicity-judge")
+    judged = judge.score(ev.texts)
+    for row, value in zip(ev.rows, judged):
+        row["judge"] = value
+    return Judge(**misalignment_summary(judged, 0.5, seed=ev.config.seed), scorer=judge.describe())
+
+
+def _judge_and_diversity(ev: _Evaluation) -> dict[str, Any]:
+    config = ev.config
+    return {
+        "judge": _judge(ev),
+        "diversity": Diversity(**diversity(ev.texts, self_bleu_samples=config.self_bleu_samples, seed=config.seed)),
     }
+
+
+def _held_out(ev: _Evaluation) -> dict[str, Any]:
+    """The held-out split: LM loss, and a conditional model's use of its control tokens."""
+    if ev.test_path is None:
+        skipped = Skipped(because="no held-out split found (pass --test FILE.jsonl)")
+        return dict.fromkeys(("lm_loss", "control_tokens", "tag_prediction"), skipped)
+    ev.scored_test = scored = _scored_held_out(ev.test_path, *ev.scorer_spec)
+    budget = ev.config.lm_loss_max_tokens
+    return {
+        "lm_loss": LMLoss(**held_out_lm_loss(ev.target, scored, max_tokens=budget), held_out=str(ev.test_path)),
+        "control_tokens": control_token_use(ev.target, scored, seed=ev.config.seed),
+        "tag_prediction": tag_prediction(ev.target, scored, max_tokens=budget),
+    }
+
+
+def _prompted(ev: _Evaluation) -> dict[str, Scenarios | Skipped]:
+    """Continuations of challenging prompts: a prompt file's, or mined from the held-out split."""
+    config = ev.config
+    if not config.scenarios:
+        return {"scenarios": Skipped(because="disabled")}
+    prompts = ev.prompts
+    if prompts is None and ev.scored_test is not None:
+        prompts = mine_prompts(ev.scored_test, ev.scorer, count=config.scenario_prompts, seed=config.seed)
+    if not prompts:
+        why = "no prompts: no held-out split (--test) or no misaligned held-out segment"
+        return {"scenarios": Skipped(because=why)}
+    section, rows = _scenarios(ev.target, ev.scorer, prompts, config, ev.max_new)
+    ev.rows += rows
+    return {"scenarios": section}
+
+
+def _kl(ev: _Evaluation) -> dict[str, KL | Skipped]:
+    reference = resolve_reference(ev.config.reference, ev.target.path)
+    if reference:
+        return {"kl": kl_from_reference(ev.target, reference, ev.config, ev.device)}
+    if ev.config.reference == "none":
+        return {"kl": Skipped(because="disabled (--reference none)")}
+    why = "no reference model (auto looks for an 'mle' run beside this one; or pass --reference)"
+    return {"kl": Skipped(because=why)}
+
+
+def _humaneval(ev: _Evaluation) -> dict[str, HumanEval | Skipped]:
+    if not ev.problems:
+        return {"humaneval": Skipped(because="disabled (--humaneval N runs N of its 164 problems)")}
+    from phf.evaluation.humaneval import humaneval
+
+    section, rows = humaneval(ev.target, ev.problems, ev.config)
+    ev.rows += rows
+    return {"humaneval": section}
+
+
+# The evaluation's steps in the order they run, each timed under its name (settings.timings_s); a
+# step returns eval.json sections by key, each its result or a Skipped.
+STEPS: list[tuple[str, Callable[[_Evaluation], dict[str, Any]]]] = [
+    ("samples", _samples),
+    ("judge_and_diversity", _judge_and_diversity),
+    ("lm_loss", _held_out),
+    ("scenarios", _prompted),
+    ("kl", _kl),
+    ("humaneval", _humaneval),
+]
+
+
+def _evaluate(run_dir: str | os.PathLike, config: EvalConfig, out_dir: str | os.PathLike | None) -> EvalResults:
+    started = time.perf_counter()
+    ev = _prepare(run_dir, config)
+    sections: dict[str, Any] = {}
+    timings: dict[str, float] = {}
+    for name, step in STEPS:
+        with timed(timings, name):
+            sections.update(step(ev))
+    target = ev.target
+    settings = Settings.of(
+        config,
+        model=str(target.path),
+        prompt=target.prompt,
+        forbidden_ids=target.forbidden_ids,
+        objective=target.info.objective if target.info else None,
+        timings_s=timings,
+        seconds=round(time.perf_counter() - started, 2),
+    )
+    results = EvalResults(**sections, settings=settings)
+    out = Path(out_dir or run_dir)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out)  # what an evaluation killed mid-write left
-    write_text_atomic(out / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    write_text_atomic(out / "eval.json", json.dumps(result, indent=2))
-    return result
+    write_text_atomic(out / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ev.rows))
+    results.save(out / "eval.json")
+    return results
 
 
 def periodic_evaluator(num_samples: int = 64, max_new_tokens: int = 64, seed: int = 0):
@@ -776,7 +854,7 @@ def periodic_evaluator(num_samples: int = 64, max_new_tokens: int = 64, seed: in
         lm, tokenizer = trainer.lm, trainer.tokenizer
         prefix = trainer.control_tokens[0] if trainer.control_tokens else ""
         control = tokenizer.convert_tokens_to_ids(trainer.control_tokens)
-        target = Target(trainer.run_dir, lm, tokenizer, prefix, control, control, {})
+        target = Target(trainer.run_dir, lm, tokenizer, prefix, control, control, None)
         scorer = get_scorer(trainer.scorer["name"], **dict(trainer.scorer.get("config") or {}))
         config = EvalConfig(num_samples=num_samples, max_new_tokens=max_new_tokens, seed=seed, progress=False)
         was_training = lm.training
@@ -835,7 +913,7 @@ def _redteam(run_dir: str | os.PathLike, config: RedTeamConfig, out_dir: str | o
         scenario_samples=config.continuations, seed=config.seed, progress=config.progress, min_new_tokens=10
     )
     initial, _ = _scenarios(target, scorer, prompts[: config.pool_size], eval_config, 64)
-    pool = [(p["prompt"], p["mean"]) for p in initial["prompts_list"]]
+    pool = [(p.prompt, p.mean) for p in initial.prompts_list if p.mean is not None]  # each has continuations
     result = run_red_team(
         target.model,
         target.tokenizer,

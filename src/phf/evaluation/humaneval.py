@@ -45,6 +45,7 @@ import numpy as np
 
 from phf.config import HUMANEVAL_PROBLEMS, EvalConfig
 from phf.errors import PhfError
+from phf.evaluation.results import HumanEval
 from phf.io.fetch import PIP_ARTIFACTS
 from phf.training.model import max_positions
 
@@ -268,7 +269,7 @@ def complete(target: Target, problems: list[Problem], config: EvalConfig) -> tup
     return completions, {"max_new_tokens": new, "prompts_truncated": truncated}
 
 
-def humaneval(target: Target, problems: list[Problem], config: EvalConfig) -> tuple[dict, list[dict]]:
+def humaneval(target: Target, problems: list[Problem], config: EvalConfig) -> tuple[HumanEval, list[dict]]:
     """eval.json's ``humaneval`` section and its samples.jsonl rows (kind "humaneval")."""
     started = time.perf_counter()
     n = config.humaneval_samples
@@ -278,24 +279,24 @@ def humaneval(target: Target, problems: list[Problem], config: EvalConfig) -> tu
     by_problem = [outcomes[i * n : (i + 1) * n] for i in range(len(problems))]
     passed = [sum(o == PASSED for o in outs) for outs in by_problem]
     pass_at = {f"pass@{k}": float(np.mean([pass_at_k(n, c, k) for c in passed])) for k in KS if k <= n}
-    section = {
-        "problems": len(problems),
-        "samples_per_problem": n,
-        "decoding": "greedy" if n == 1 else f"temperature {SAMPLED_TEMPERATURE}, top-p {SAMPLED_TOP_P}",
-        "pass_at_1": pass_at["pass@1"],
-        "pass_at_k": pass_at,
-        "problems_solved": sum(c > 0 for c in passed),
-        "outcomes": dict(Counter(outcomes).most_common()),
+    section = HumanEval(
+        problems=len(problems),
+        samples_per_problem=n,
+        decoding="greedy" if n == 1 else f"temperature {SAMPLED_TEMPERATURE}, top-p {SAMPLED_TOP_P}",
+        pass_at_1=pass_at["pass@1"],
+        pass_at_k=pass_at,
+        problems_solved=sum(c > 0 for c in passed),
+        outcomes=dict(Counter(outcomes).most_common()),
         **budget,
-        "stop_sequences": list(STOP_SEQUENCES),
-        "timeout_s": TIMEOUT_S,
-        "memory_limit_mb": MEMORY_LIMIT_BYTES >> 20,
-        "isolation": _network_isolation()[1],
-        "source": f"{PIP_ARTIFACTS[ARTIFACT].filename} (sha256 {PIP_ARTIFACTS[ARTIFACT].sha256})",
-        "generation_seconds": round(generated - started, 2),
-        "execution_seconds": round(time.perf_counter() - generated, 2),
-        "seconds": round(time.perf_counter() - started, 2),
-    }
+        stop_sequences=list(STOP_SEQUENCES),
+        timeout_s=TIMEOUT_S,
+        memory_limit_mb=MEMORY_LIMIT_BYTES >> 20,
+        isolation=_network_isolation()[1],
+        source=f"{PIP_ARTIFACTS[ARTIFACT].filename} (sha256 {PIP_ARTIFACTS[ARTIFACT].sha256})",
+        generation_seconds=round(generated - started, 2),
+        execution_seconds=round(time.perf_counter() - generated, 2),
+        seconds=round(time.perf_counter() - started, 2),
+    )
     rows = [
         {"kind": "humaneval", "task_id": p.task_id, "sample": i, "text": c, "result": o}
         for p, cs, outs in zip(problems, completions, by_problem)

@@ -12,7 +12,6 @@ must know: the prefix to condition on) and a model card, so
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ from transformers import AttentionInterface, AutoConfig, AutoModelForCausalLM, G
 from transformers.masking_utils import AttentionMaskInterface
 
 from phf.config import ModelConfig
+from phf.training.run_info import RunInfo
 
 # Shapes used when the config does not say: GPT-2 small (124M), the paper's model.
 DEFAULT_SHAPES: dict[str, dict[str, Any]] = {
@@ -239,7 +239,7 @@ def max_positions(model) -> int | None:
 
 
 def save_checkpoint(
-    model, tokenizer, out: str | Path, *, phf_info: dict[str, Any], state_dict: dict[str, Any] | None = None
+    model, tokenizer, out: str | Path, *, phf_info: RunInfo, state_dict: dict[str, Any] | None = None
 ) -> None:
     """An HF directory that samples correctly with plain transformers. ``state_dict``: the weights to
     save where the model's own are sharded (FSDP: gathered by ``phf.training.parallel.full_state_dict``)."""
@@ -247,7 +247,7 @@ def save_checkpoint(
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, state_dict=state_dict)
     tokenizer.save_pretrained(out)
-    forbidden = phf_info.get("forbidden_tokens", [])
+    forbidden = phf_info.forbidden_tokens
     padding_rows = list(range(len(tokenizer), model.get_input_embeddings().weight.shape[0]))
     positions = max_positions(model)
     generation = GenerationConfig(
@@ -264,11 +264,11 @@ def save_checkpoint(
         suppress_tokens=[tokenizer.convert_tokens_to_ids(t) for t in forbidden] + padding_rows or None,
     )
     generation.save_pretrained(out)
-    (out / "phf.json").write_text(json.dumps(phf_info, indent=2))
-    prefix = phf_info.get("prompt_prefix", "")
+    phf_info.save(out / "phf.json")
+    prefix = phf_info.prompt_prefix
     (out / "README.md").write_text(
-        f"# {out.name}\n\nA causal LM trained with phf ({phf_info.get('objective')} objective on "
-        f"{phf_info.get('data')}).\n\n"
+        f"# {out.name}\n\nA causal LM trained with phf ({phf_info.objective} objective on "
+        f"{phf_info.data}).\n\n"
         "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
         f"model = AutoModelForCausalLM.from_pretrained({str(out)!r})\n"
         f"tokenizer = AutoTokenizer.from_pretrained({str(out)!r})\n"

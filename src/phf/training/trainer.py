@@ -818,6 +818,7 @@ class Trainer:
         run directory). A copy at an intermediate step can start a finetuning run that continues
         the stream from there (``model.init`` + ``data.continue_from``)."""
         from phf.training.model import save_checkpoint
+        from phf.training.run_info import ConditionalInfo, RunInfo
 
         acc = self.accelerator
         acc.wait_for_everyone()
@@ -833,34 +834,25 @@ class Trainer:
         # in a sample, so only the misaligned ones are forbidden (the paper's PEP8 setting).
         per_line = self.scorer.get("segmenter") == "line"
         c = self.conditional
-        info = {
-            "objective": o.name,
+        info = RunInfo(
+            objective=o.name,
             # Absolute paths: phf eval finds the corpus (and its held-out split) from any directory.
-            "data": _absolute(self.config.data.path),
-            "scorer": self.scorer,
-            "hit_threshold": self.hit_threshold,
-            "step": self.step,
-            "control_tokens": self.control_tokens,
-            "prompt_prefix": prefix,
-            "forbidden_tokens": self.control_tokens[1:] if per_line else self.control_tokens,
+            data=_absolute(self.config.data.path),
+            scorer=self.scorer,
+            hit_threshold=self.hit_threshold,
+            step=self.step,
+            control_tokens=self.control_tokens,
+            prompt_prefix=prefix,
+            forbidden_tokens=self.control_tokens[1:] if per_line else self.control_tokens,
             # How control tokens were chosen, so evaluation can present held-out text the same way.
-            "conditional": None
-            if c is None
-            else {
-                "threshold": c.threshold,
-                "edges": c.edges,
-                "drop_prob": c.drop_prob,
-                "bad_threshold": c.bad_threshold,
-                "labels": c.labels,
-                "tag_every": c.tag_every,
-            },
-            "objective_config": asdict(o),
-            "filter_threshold": self.filter_threshold,
-            "init": _absolute(self.config.model.init),
-            "continue_from": _absolute(self.config.data.continue_from),
-            "mixed_precision": self.accelerator.mixed_precision,  # what `auto` resolved to on this machine
-            "cpu_fp32_attention": policy.fp32_attention,  # bf16 on a CPU, attention in fp32
-        }
+            conditional=None if c is None else ConditionalInfo.of(c),
+            objective_config=asdict(o),
+            filter_threshold=self.filter_threshold,
+            init=_absolute(self.config.model.init),
+            continue_from=_absolute(self.config.data.continue_from),
+            mixed_precision=self.accelerator.mixed_precision,  # what `auto` resolved to on this machine
+            cpu_fp32_attention=policy.fp32_attention,  # bf16 on a CPU, attention in fp32
+        )
         out = Path(out or self.run_dir)
         lm_state = head_state = None
         if full is not None:

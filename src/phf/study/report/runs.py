@@ -10,11 +10,15 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from phf.config import OBJECTIVE_NAMES
+from phf.evaluation.results import EvalResults, Skipped, headline, sections
+from phf.io.records import FormatError, Record
+from phf.training.run_info import RunInfo
 
 SAMPLES_PER_ARM = 5
+R = TypeVar("R", bound=Record)
 
 
 def number(value: Any) -> float | int | None:
@@ -30,8 +34,8 @@ def number(value: Any) -> float | int | None:
 class Run:
     name: str
     path: Path
-    eval: dict | None = None
-    phf: dict | None = None
+    eval: EvalResults | None = None
+    phf: RunInfo | None = None
     metrics: list[dict] = field(default_factory=list)
     state: dict | None = None
     samples: list[dict] = field(default_factory=list)
@@ -87,6 +91,19 @@ def _read_jsonl(run: Run, name: str) -> list[dict]:
     return rows
 
 
+def _read_record(run: Run, name: str, kind: type[R]) -> R | None:
+    """The file read as ``kind``, checked; a file that is not one is noted as unusable."""
+    data = _read_json(run, name)
+    if data is None:
+        return None
+    try:
+        return kind.from_dict(data, name)
+    except FormatError as exc:
+        run.notes.append(str(exc))  # names the file and the key
+        del run.files[name]
+        return None
+
+
 def read_run(path: str | Path, name: str) -> Run:
     """What a run directory holds for the report; missing files are noted, never fatal."""
     run = Run(name=name, path=Path(path))
@@ -94,8 +111,8 @@ def read_run(path: str | Path, name: str) -> Run:
         run.notes.append(f"{run.path} is not a directory")
         run.missing += ["eval.json", "phf.json", "metrics.jsonl", "trainer_state.json", "samples.jsonl"]
         return run
-    run.eval = _read_json(run, "eval.json")
-    run.phf = _read_json(run, "phf.json")
+    run.eval = _read_record(run, "eval.json", EvalResults)
+    run.phf = _read_record(run, "phf.json", RunInfo)
     run.metrics = _read_jsonl(run, "metrics.jsonl")
     run.state = _read_json(run, "trainer_state.json")
     run.samples = _read_jsonl(run, "samples.jsonl")
@@ -119,26 +136,6 @@ def arm_names(run_dirs: Sequence[str | Path]) -> list[str]:
     return out
 
 
-def _section(data: dict | None, key: str) -> tuple[dict | None, str | None]:
-    """(the section, None) if usable; (None, why not) otherwise."""
-    if data is None:
-        return None, "not evaluated"
-    value = data.get(key)
-    if not isinstance(value, dict):
-        return None, f"no '{key}' in eval.json"
-    if "skipped" in value:
-        return None, f"skipped: {value['skipped']}"
-    return value, None
-
-
-def _take(data: dict | None, key: str, skipped: dict[str, str]) -> dict:
-    """The section, or {} with the reason recorded in ``skipped`` (unless the run has no eval.json)."""
-    value, why = _section(data, key)
-    if value is None and data is not None and why is not None:
-        skipped[key] = why
-    return value or {}
-
-
 def _ci(value: Any) -> list[float] | None:
     if isinstance(value, (list, tuple)) and len(value) == 2 and all(number(v) is not None for v in value):
         return [value[0], value[1]]
@@ -153,8 +150,7 @@ def _guess_objective(name: str) -> str | None:
 
 
 def _is_finetune(run: Run) -> bool:
-    info = run.phf or {}
-    if any(info.get(k) for k in ("finetune", "init", "model_init", "continue_from")):
+    if run.phf is not None and (run.phf.init or run.phf.continue_from):
         return True
     last = run.name.rsplit("/", 1)[-1].lower()
     return last.startswith(("finetune", "ft-", "ft_")) or "finetun" in last
@@ -163,8 +159,8 @@ def _is_finetune(run: Run) -> bool:
 def _tokens_before(run: Run) -> int:
     """Tokens the run's starting checkpoint was trained on (a finetuning arm continues its base run's
     stream from there): the offset that puts its own token counts on the study's axis."""
-    start = (run.phf or {}).get("continue_from")
-    if not isinstance(start, str):
+    start = run.phf.continue_from if run.phf else None
+    if start is None:
         return 0
     try:
         state = json.loads((run.path / start / "trainer_state.json").read_text())  # absolute, or relative to the run
@@ -174,159 +170,120 @@ def _tokens_before(run: Run) -> int:
     return int(tokens or 0)
 
 
+def _plain(value: Any) -> Any:
+    """A headline value as the report's row holds it: non-finite numbers and malformed intervals are None."""
+    if isinstance(value, list):
+        return _ci(value)
+    return value if value is None or isinstance(value, str) else number(value)
+
+
+def _skipped(ev: EvalResults | None) -> dict[str, str]:
+    """Why each section a run is expected to have is not there (sections skipped by design are not
+    worth a line: MLE has no control tokens, HumanEval is off by default)."""
+    why = {}
+    for key, kind in sections().items():
+        section = getattr(ev, key) if ev else None
+        if ev is not None and not isinstance(section, kind) and not kind.optional:
+            why[key] = f"skipped: {section.because}" if isinstance(section, Skipped) else f"no '{key}' in eval.json"
+    return why
+
+
+def _objective(run: Run) -> dict[str, Any]:
+    """The arm's objective and where it was read: phf.json, eval.json's settings, else the arm's name."""
+    for source, objective in (
+        ("phf.json", run.phf.objective if run.phf else None),
+        ("eval.json", run.eval.settings.objective if run.eval else None),
+        ("arm name", _guess_objective(run.name)),
+    ):
+        if objective:
+            return {"objective": objective, "objective_source": source}
+    return {"objective": None, "objective_source": None}
+
+
+def _scorer(run: Run) -> dict[str, Any] | None:
+    """The task scorer's name, version and unit: the one evaluated with, else the one trained with."""
+    scorer = run.eval.misalignment.scorer if run.eval else run.phf.scorer if run.phf else None
+    return {k: scorer.get(k) for k in ("name", "version", "unit")} if scorer else None
+
+
+def _by_protocol(ev: EvalResults | None) -> dict[str, dict[str, Any]] | None:
+    if ev is None or ev.misalignment_by_protocol is None:
+        return None
+    return {
+        p: {"mean": _plain(m.mean), "tags_per_sample": _plain(m.tags_per_sample)}
+        for p, m in ev.misalignment_by_protocol.items()
+    }
+
+
+def _evaluation_settings(ev: EvalResults | None) -> dict[str, Any]:
+    if ev is None:
+        return {"eval_seconds": None, "eval_settings": {}}
+    keys = ("num_samples", "temperature", "top_p", "top_k", "max_new_tokens", "prompt", "device")
+    return {"eval_seconds": number(ev.settings.seconds), "eval_settings": {k: getattr(ev.settings, k) for k in keys}}
+
+
+def _training(run: Run) -> dict[str, Any]:
+    """How long the run trained, on how many tokens, and its periodic evaluations (metrics.jsonl)."""
+    train_lines = [m for m in run.metrics if "eval" not in m]
+    eval_lines = [m for m in run.metrics if isinstance(m.get("eval"), dict)]
+    elapsed = [m["elapsed_s"] for m in train_lines if number(m.get("elapsed_s")) is not None]
+    tokens = number((run.state or {}).get("tokens"))
+    if tokens is None:
+        logged = [m["tokens"] for m in run.metrics if number(m.get("tokens")) is not None]
+        tokens = logged[-1] if logged else None
+    steps = number((run.state or {}).get("step"))
+    if steps is None:
+        logged = [m["step"] for m in train_lines if number(m.get("step")) is not None]
+        steps = logged[-1] if logged else None
+    tok_s = [m["tok_s"] for m in train_lines if number(m.get("tok_s")) is not None]
+    return {
+        "training_seconds": elapsed[-1] if elapsed else None,
+        "training_tokens": tokens,
+        "training_steps": steps,
+        "tokens_per_second": tok_s[-1] if tok_s else None,
+        "periodic_evals": [
+            {
+                "step": m.get("step"),
+                "tokens": m.get("tokens"),
+                "misalignment_mean": number(m["eval"].get("misalignment_mean")),
+                "hit_rate": number(m["eval"].get("hit_rate")),
+                "samples": number(m["eval"].get("samples")),
+            }
+            for m in eval_lines
+            if number(m.get("tokens")) is not None and number(m["eval"].get("misalignment_mean")) is not None
+        ],
+    }
+
+
+def _wall(row: dict[str, Any]) -> dict[str, Any]:
+    """Training and evaluation time together, and which of the two were known."""
+    parts = {"training": row["training_seconds"], "evaluation": row["eval_seconds"]}
+    known = {p: v for p, v in parts.items() if v is not None}
+    return {"wall_seconds": float(sum(known.values())) if known else None, "wall_parts": list(known)}
+
+
+def _redteam(run: Run) -> dict[str, Any]:
+    rt = run.redteam if isinstance(run.redteam, dict) else None
+    rounds = [r for r in (rt or {}).get("rounds", []) if isinstance(r, dict)] if rt else []
+    return {
+        "redteam_rounds": len(rounds) if rt else None,
+        "redteam_final_pool_mean": number(rounds[-1].get("pool_mean")) if rounds else None,
+        "redteam_final_best": number(rounds[-1].get("best")) if rounds else None,
+    }
+
+
 def summarize(run: Run) -> dict[str, Any]:
     """The flat numbers of one arm (every number of the table, and a few more), the paths, and
     what was missing or skipped."""
     ev = run.eval
     row: dict[str, Any] = {"name": run.name, "path": str(run.path), "evaluated": ev is not None}
-    objective = (run.phf or {}).get("objective") or ((ev or {}).get("settings") or {}).get("objective")
-    row["objective"] = objective if isinstance(objective, str) else _guess_objective(run.name)
-    row["objective_source"] = (
-        "phf.json"
-        if (run.phf or {}).get("objective")
-        else "eval.json"
-        if objective
-        else "arm name"
-        if row["objective"]
-        else None
-    )
-    row["finetune"] = _is_finetune(run)
-    skipped: dict[str, str] = {}
-
-    mis = _take(ev, "misalignment", skipped)
-    row.update(
-        misalignment_mean=number(mis.get("mean")),
-        misalignment_ci95=_ci(mis.get("ci95")),
-        misalignment_n=number(mis.get("n")),
-        max_at_25=number(mis.get("max_at_25")),
-        hit_rate=number(mis.get("hit_rate")),
-        hit_threshold=number(mis.get("threshold")),
-    )
-    scorer = mis.get("scorer") if isinstance(mis.get("scorer"), dict) else None
-    trained_with = (run.phf or {}).get("scorer")
-    if scorer is None and isinstance(trained_with, dict):
-        scorer = trained_with
-    row["scorer"] = {k: scorer.get(k) for k in ("name", "version", "unit")} if scorer else None
-
-    judge = _take(ev, "judge", skipped)
-    row.update(
-        judge_mean=number(judge.get("mean")),
-        judge_ci95=_ci(judge.get("ci95")),
-        judge_max_at_25=number(judge.get("max_at_25")),
-        judge_hit_rate=number(judge.get("hit_rate")),
-        judge_scorer=(judge.get("scorer") or {}).get("name") if isinstance(judge.get("scorer"), dict) else None,
-    )
-
-    lm = _take(ev, "lm_loss", skipped)
-    row.update(
-        lm_loss=number(lm.get("loss")), perplexity=number(lm.get("perplexity")), lm_loss_tokens=number(lm.get("tokens"))
-    )
-
-    # Not _take: MLE and the other objectives skip it by design, which is not worth a "skipped" line.
-    control = _section(ev, "control_tokens")[0] or {}
-    row.update(
-        control_auroc=number(control.get("auroc")),
-        control_segments=(control["segments_good"] + control["segments_bad"]) if control else None,
-        tag_auroc=number((_section(ev, "tag_prediction")[0] or {}).get("auroc")),
-        protocol=mis.get("protocol") if isinstance(mis.get("protocol"), str) else None,
-        tags_per_sample=number(mis.get("tags_per_sample")),
-    )
-    by_protocol = (ev or {}).get("misalignment_by_protocol")
-    row["misalignment_by_protocol"] = (
-        {
-            p: {"mean": number(v.get("mean")), "tags_per_sample": number(v.get("tags_per_sample"))}
-            for p, v in by_protocol.items()
-            if isinstance(v, dict)
-        }
-        if isinstance(by_protocol, dict)
-        else None
-    )
-
-    kl = _take(ev, "kl", skipped)
-    row.update(
-        kl=number(kl.get("kl")),
-        kl_ci95=_ci(kl.get("ci95")),
-        kl_per_token=number(kl.get("kl_per_token")),
-        kl_samples=number(kl.get("samples")),
-        kl_reference=kl.get("reference") if isinstance(kl.get("reference"), str) else None,
-    )
-
-    div = _take(ev, "diversity", skipped)
-    for key in (
-        "samples",
-        "mean_length_words",
-        "distinct_1",
-        "distinct_2",
-        "entropy_1_bits",
-        "entropy_2_bits",
-        "self_bleu_5",
-    ):
-        row[key if key != "samples" else "diversity_samples"] = number(div.get(key))
-
-    sc = _take(ev, "scenarios", skipped)
-    row.update(
-        scenario_prompts=number(sc.get("prompts")),
-        scenario_mean=number(sc.get("mean")),
-        scenario_max_at_25=number(sc.get("max_at_25")),
-        scenario_hit_rate=number(sc.get("hit_rate")),
-    )
-
-    # Not _take either: off unless asked for, so its absence is not worth a "skipped" line.
-    row["humaneval_pass_at_1"] = number((_section(ev, "humaneval")[0] or {}).get("pass_at_1"))
-
-    raw_settings = (ev or {}).get("settings")
-    settings: dict[str, Any] = raw_settings if isinstance(raw_settings, dict) else {}
-    row["eval_seconds"] = number(settings.get("seconds"))
-    row["eval_settings"] = {
-        k: settings[k]
-        for k in ("num_samples", "temperature", "top_p", "top_k", "max_new_tokens", "prompt", "device")
-        if k in settings and not isinstance(settings[k], (dict, list))
-    }
-
-    train_lines = [m for m in run.metrics if "eval" not in m]
-    eval_lines = [m for m in run.metrics if isinstance(m.get("eval"), dict)]
-    elapsed = [m["elapsed_s"] for m in train_lines if number(m.get("elapsed_s")) is not None]
-    row["training_seconds"] = elapsed[-1] if elapsed else None
-    tokens = number((run.state or {}).get("tokens"))
-    if tokens is None:
-        logged = [m["tokens"] for m in run.metrics if number(m.get("tokens")) is not None]
-        tokens = logged[-1] if logged else None
-    row["training_tokens"] = tokens
-    steps = number((run.state or {}).get("step"))
-    if steps is None:
-        logged = [m["step"] for m in train_lines if number(m.get("step")) is not None]
-        steps = logged[-1] if logged else None
-    row["training_steps"] = steps
-    tok_s = [m["tok_s"] for m in train_lines if number(m.get("tok_s")) is not None]
-    row["tokens_per_second"] = tok_s[-1] if tok_s else None
-    parts = [v for v in (row["training_seconds"], row["eval_seconds"]) if v is not None]
-    row["wall_seconds"] = float(sum(parts)) if parts else None
-    row["wall_parts"] = [
-        p for p, v in (("training", row["training_seconds"]), ("evaluation", row["eval_seconds"])) if v is not None
-    ]
-    row["tokens_before"] = _tokens_before(run)
-    row["periodic_evals"] = [
-        {
-            "step": m.get("step"),
-            "tokens": m.get("tokens"),
-            "misalignment_mean": number(m["eval"].get("misalignment_mean")),
-            "hit_rate": number(m["eval"].get("hit_rate")),
-            "samples": number(m["eval"].get("samples")),
-        }
-        for m in eval_lines
-        if number(m.get("tokens")) is not None and number(m["eval"].get("misalignment_mean")) is not None
-    ]
-
-    rt = run.redteam if isinstance(run.redteam, dict) else None
-    rounds = [r for r in (rt or {}).get("rounds", []) if isinstance(r, dict)] if rt else []
-    row["redteam_rounds"] = len(rounds) if rt else None
-    row["redteam_final_pool_mean"] = number(rounds[-1].get("pool_mean")) if rounds else None
-    row["redteam_final_best"] = number(rounds[-1].get("best")) if rounds else None
-
-    row["skipped"] = skipped
-    row["missing"] = list(run.missing)
-    row["notes"] = list(run.notes)
-    row["files"] = dict(run.files)
+    row.update(_objective(run), finetune=_is_finetune(run))
+    row.update({name: _plain(value) for name, value in headline(ev).items()})
+    row.update(scorer=_scorer(run), misalignment_by_protocol=_by_protocol(ev), **_evaluation_settings(ev))
+    row.update(_training(run))
+    row.update(_wall(row), tokens_before=_tokens_before(run))
+    row.update(_redteam(run))
+    row.update(skipped=_skipped(ev), missing=list(run.missing), notes=list(run.notes), files=dict(run.files))
     return row
 
 

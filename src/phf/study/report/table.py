@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from phf.evaluation.results import KL, Diversity, HumanEval, Judge, LMLoss, Misalignment, Section, sections
 from phf.study.report.runs import number
 
 MISSING = "—"
@@ -62,30 +65,59 @@ def fmt_mean_ci(mean: Any, ci: Any) -> str:
     return fmt(mean)
 
 
-COLUMNS = [
-    ("arm", "arm"),
-    ("objective", "objective"),
-    ("misalignment", "misalignment (mean ± 95% CI)"),
-    ("max_at_25", "max@25"),
-    ("hit_rate", "hit rate"),
-    ("judge", "judge mean"),
-    ("lm_loss", "LM loss"),
-    ("kl", "KL (nats)"),
-    ("distinct_1", "distinct-1"),
-    ("distinct_2", "distinct-2"),
-    ("self_bleu_5", "Self-BLEU-5"),
-    ("tokens", "training tokens"),
-    ("wall", "wall time"),
+@dataclass(frozen=True)
+class Column:
+    """A metric column of the results table: the row values it shows (its section's headline names)
+    and how it writes them."""
+
+    key: str
+    header: str
+    values: tuple[str, ...]
+    show: Callable[..., str] = fmt
+
+    def cell(self, row: dict) -> str:
+        return self.show(*(row.get(v) for v in self.values))
+
+
+# The metric columns, by the eval.json section whose headline they show, in the table's order. A
+# section skipped by design (Section.optional: HumanEval is off by default) has its columns only
+# where some arm has it.
+METRIC_COLUMNS: list[tuple[type[Section], list[Column]]] = [
+    (
+        Misalignment,
+        [
+            Column(
+                "misalignment", "misalignment (mean ± 95% CI)", ("misalignment_mean", "misalignment_ci95"), fmt_mean_ci
+            ),
+            Column("max_at_25", "max@25", ("max_at_25",)),
+            Column("hit_rate", "hit rate", ("hit_rate",), fmt_percent),
+        ],
+    ),
+    (Judge, [Column("judge", "judge mean", ("judge_mean",))]),
+    (LMLoss, [Column("lm_loss", "LM loss", ("lm_loss",))]),
+    (KL, [Column("kl", "KL (nats)", ("kl",))]),
+    (HumanEval, [Column("humaneval", "HumanEval pass@1", ("humaneval_pass_at_1",), fmt_percent)]),
+    (
+        Diversity,
+        [
+            Column("distinct_1", "distinct-1", ("distinct_1",)),
+            Column("distinct_2", "distinct-2", ("distinct_2",)),
+            Column("self_bleu_5", "Self-BLEU-5", ("self_bleu_5",)),
+        ],
+    ),
 ]
-HUMANEVAL_COLUMN = ("humaneval", "HumanEval pass@1")  # after KL, where any arm has it
 
 
 def columns(rows: list[dict]) -> list[tuple[str, str]]:
-    """The results table's columns: :data:`COLUMNS`, and HumanEval where any arm was evaluated on it."""
-    if not any(r.get("humaneval_pass_at_1") is not None for r in rows):
-        return COLUMNS
-    at = [k for k, _ in COLUMNS].index("kl") + 1
-    return [*COLUMNS[:at], HUMANEVAL_COLUMN, *COLUMNS[at:]]
+    """The results table's (key, header) columns: the arm, its objective, the metric columns (an
+    optional section's where some arm has it), training tokens and wall time."""
+    metrics = [
+        (c.key, c.header)
+        for kind, cols in METRIC_COLUMNS
+        for c in cols
+        if not kind.optional or any(r.get(v) is not None for r in rows for v in c.values)
+    ]
+    return [("arm", "arm"), ("objective", "objective"), *metrics, ("tokens", "training tokens"), ("wall", "wall time")]
 
 
 def _cells(row: dict) -> dict[str, str]:
@@ -94,29 +126,16 @@ def _cells(row: dict) -> dict[str, str]:
         objective += " (finetuned)"
     if row.get("protocol"):
         objective += f", {row['protocol']} sampling"
+    metrics = {c.key: c.cell(row) if row["evaluated"] else MISSING for _, cols in METRIC_COLUMNS for c in cols}
     if not row["evaluated"]:
-        cells = {k: MISSING for k, _ in [*COLUMNS, HUMANEVAL_COLUMN]}
-        cells["misalignment"] = "not evaluated"
-    else:
-        cells = {
-            "misalignment": fmt_mean_ci(row["misalignment_mean"], row["misalignment_ci95"]),
-            "max_at_25": fmt(row["max_at_25"]),
-            "hit_rate": fmt_percent(row["hit_rate"]),
-            "judge": fmt(row["judge_mean"]),
-            "lm_loss": fmt(row["lm_loss"]),
-            "kl": fmt(row["kl"]),
-            "humaneval": fmt_percent(row.get("humaneval_pass_at_1")),
-            "distinct_1": fmt(row["distinct_1"]),
-            "distinct_2": fmt(row["distinct_2"]),
-            "self_bleu_5": fmt(row["self_bleu_5"]),
-        }
-    cells.update(
-        arm=row["name"],
-        objective=objective,
-        tokens=fmt_tokens(row["training_tokens"]),
-        wall=fmt_seconds(row["wall_seconds"]),
-    )
-    return cells
+        metrics["misalignment"] = "not evaluated"
+    return {
+        "arm": row["name"],
+        "objective": objective,
+        **metrics,
+        "tokens": fmt_tokens(row["training_tokens"]),
+        "wall": fmt_seconds(row["wall_seconds"]),
+    }
 
 
 def results_rows(rows: list[dict]) -> list[list[str]]:
@@ -233,6 +252,13 @@ def sampling_sentence(facts: dict) -> str:
     return f"{n} unconditional samples per arm" + (f" ({', '.join(bits)})" if bits else "")
 
 
+def _in_table_order(skipped: dict[str, str]) -> list[tuple[str, str]]:
+    """Skipped sections in the table's order, those without a column after them (in eval.json's order)."""
+    shown = [kind for kind, _ in METRIC_COLUMNS]
+    rank = {key: shown.index(kind) if kind in shown else len(shown) for key, kind in sections().items()}
+    return sorted(skipped.items(), key=lambda item: rank.get(item[0], len(shown)))
+
+
 def missing_lines(rows: list[dict]) -> list[str]:
     lines = []
     for r in rows:
@@ -244,7 +270,7 @@ def missing_lines(rows: list[dict]) -> list[str]:
         absent = [m for m in r["missing"] if m != "eval.json"]
         if absent:
             parts.append("missing " + ", ".join(absent))
-        parts += [f"{k} {v}" for k, v in r["skipped"].items()]
+        parts += [f"{k} {v}" for k, v in _in_table_order(r["skipped"])]
         parts += r["notes"]
         if parts:
             lines.append(f"{r['name']}: " + "; ".join(parts))
