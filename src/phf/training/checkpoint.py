@@ -75,7 +75,7 @@ class CheckpointManager:
         self.run_dir = Path(config.output_dir)
         self.root = self.run_dir / CHECKPOINTS
 
-    def progress(self, step: int) -> dict[str, int]:
+    def _progress(self, step: int) -> dict[str, int]:
         """Steps, samples and tokens done after ``step`` steps (the head of every trainer_state.json)."""
         t = self.config.training
         return {"step": step, "samples": step * t.batch_size, "tokens": step * t.batch_size * self.config.data.seq_len}
@@ -102,7 +102,7 @@ class CheckpointManager:
             acc.wait_for_everyone()
             if acc.is_main_process:
                 state = {
-                    **self.progress(step),
+                    **self._progress(step),
                     "format": CHECKPOINT_FORMAT,
                     "phf_version": __version__,
                     "files": directory_records(tmp),
@@ -163,4 +163,4 @@ class CheckpointManager:
             torch.save(head_state or policy.value_head.state_dict(), out / "value_head.pt")
         if out != self.run_dir:
             (out / "config.yaml").write_text(to_yaml(self.config))
-        (out / STATE_FILE).write_text(json.dumps(self.progress(step)))
+        (out / STATE_FILE).write_text(json.dumps(self._progress(step)))

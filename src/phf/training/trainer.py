@@ -333,7 +333,7 @@ class Trainer:
         read, at the latest one step later; ``train`` reads every step it logs, evaluates or saves
         after (:meth:`_due`), so no checkpoint holds one."""
         acc, device, t = self.accelerator, self.accelerator.device, self.config.training
-        batches = self._next_batches(step)
+        batches = self._next_batches(step)  # fetch
         # Every target counts (packed blocks have no padding); the sum is still reduced across ranks
         # so that masks, if a transform ever adds them, keep the normalisation global. Steps have one
         # shape, so it is built once: copying a host number to a GPU waits for the queued kernels.
@@ -343,7 +343,7 @@ class Trainer:
         totals: dict[str, torch.Tensor] = {}
         for k, batch in enumerate(batches):
             batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
-            with self._gradient_sync(k == len(batches) - 1):
+            with self._gradient_sync(k == len(batches) - 1):  # forward, loss, backward: gradients add up
                 with acc.autocast():
                     logp, values = self.model(batch["input_ids"], batch["labels"])
                 inputs = LossInputs(
@@ -354,11 +354,12 @@ class Trainer:
                     num_tokens=self._num_tokens,
                 )
                 loss, metrics = self.objective(inputs)
-                acc.backward(loss * acc.num_processes)
+                acc.backward(loss * acc.num_processes)  # x W: DDP averages gradients over ranks
             text = ~batch["is_control"]
             nll_text = (-logp.detach().float() * text).sum()
             for name, value in {"loss": loss, **metrics, "nll_text_sum": nll_text, "text_tokens": text.sum()}.items():
                 totals[name] = totals.get(name, 0) + value.detach().float()
+        # clip, update
         clip = parallel.clip_grad_norm if self.fsdp else acc.clip_grad_norm_
         grad_norm = (
             clip(self.model.parameters(), t.grad_clip)
