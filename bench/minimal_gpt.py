@@ -67,7 +67,7 @@ class MinimalGPT(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.cfg = cfg
-        # The two fields phf.training.trainer.flops_per_token reads, so MFU is computed the same way for both.
+        # The two fields phf.training.metrics.flops_per_token reads, so MFU is computed the same way for both.
         self.config = SimpleNamespace(num_hidden_layers=cfg.n_layer, hidden_size=cfg.n_embd)
         self.tok = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.pos = nn.Embedding(cfg.seq_len, cfg.n_embd)
@@ -134,7 +134,8 @@ def run_benchmark(
     ``(idx, targets)`` and returns the mean loss): the same loop then times another model class.
     ``profile_steps`` > 0 profiles that many more steps after the timed ones (``result["profile"]``,
     see ``bench/kernel_profile.py``)."""
-    from phf.training.trainer import flops_per_token, peak_flops
+    from phf.training.hardware import peak_flops
+    from phf.training.metrics import flops_per_token
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     bf16 = (dev.type == "cuda") if bf16 is None else bf16

@@ -302,14 +302,15 @@ def run_steps(trainer, first: int, count: int) -> dict | None:
     one, so no read is left for later; returns the last step's metrics."""
     metrics = None
     for step in range(first, first + count):
-        metrics = trainer._step(step, read=step == first + count - 1 or trainer._read_after(step))
+        metrics = trainer._step(step, read=step == first + count - 1 or any(trainer._due(step + 1)))
     return metrics
 
 
 def time_objective(spec: dict, objective: str) -> dict:
     import torch
 
-    from phf.training.trainer import Trainer, peak_flops
+    from phf.training.hardware import peak_flops
+    from phf.training.trainer import Trainer
 
     cuda = torch.cuda.is_available()
     rss_start = _start_memory_window(cuda)
@@ -391,8 +392,9 @@ def time_hf_trainer(spec: dict, stock: bool = False) -> dict:
     from phf.data.stream import PackedStream
     from phf.data.token_store import build_token_store
     from phf.data.tokenizer import load_tokenizer
+    from phf.training.hardware import mixed_precision, peak_flops
+    from phf.training.metrics import flops_per_token
     from phf.training.model import build_model
-    from phf.training.trainer import _mixed_precision, flops_per_token, peak_flops
 
     cuda = torch.cuda.is_available()
     rss_start = _start_memory_window(cuda)
@@ -450,7 +452,7 @@ def time_hf_trainer(spec: dict, stock: bool = False) -> dict:
                 self.end = time.perf_counter()
                 self.other_load = self.other.stop()
 
-    precision = _mixed_precision(t.mixed_precision)
+    precision = mixed_precision(t.mixed_precision)
     if t.schedule == "cosine":
         schedule, schedule_kwargs = (
             ("cosine_with_min_lr", {"min_lr_rate": t.min_lr_ratio}) if t.min_lr_ratio else ("cosine", {})
@@ -557,8 +559,8 @@ def time_minimal_gpt(spec: dict, phf_model: str | None = None) -> dict:
     import torch
 
     from minimal_gpt import run_benchmark
+    from phf.training.hardware import mixed_precision
     from phf.training.model import padded_vocab
-    from phf.training.trainer import _mixed_precision
 
     cuda = torch.cuda.is_available()
     config = shape_config(spec)
@@ -582,7 +584,7 @@ def time_minimal_gpt(spec: dict, phf_model: str | None = None) -> dict:
         lr=config.training.lr,
         weight_decay=config.training.weight_decay,
         grad_clip=config.training.grad_clip,
-        bf16=_mixed_precision(config.training.mixed_precision) == "bf16",
+        bf16=mixed_precision(config.training.mixed_precision) == "bf16",
         make_model=make_model,
         profile_steps=spec.get("profile", 0),
     )

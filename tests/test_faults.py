@@ -22,7 +22,8 @@ from phf.config import load_config
 from phf.data.score_corpus import score_corpus
 from phf.data.token_store import TokenStore, TokenStoreError, build_token_store
 from phf.io.run_lock import RunLock, RunLockedError
-from phf.training.trainer import Trainer, TrainingError, _usable_checkpoint, train
+from phf.training.checkpoint import latest_checkpoint
+from phf.training.trainer import Trainer, TrainingError, train
 
 ROOT = Path(__file__).resolve().parent.parent
 SLOW_SCORER = "tests.helpers.user_scorers:slow_score"
@@ -74,7 +75,7 @@ def test_damaged_latest_checkpoints_are_skipped_with_a_warning(reference, scored
     data[len(data) // 2] ^= 0xFF
     optimizer.write_bytes(bytes(data))
     with pytest.warns(UserWarning, match="skipping damaged checkpoint") as caught:
-        assert _usable_checkpoint(run) == checkpoints[0]
+        assert latest_checkpoint(run) == checkpoints[0]
     assert [str(w.message).split(": ", 1)[1] for w in caught] == [
         f"model.safetensors has {written // 2} bytes, {written} were written; resuming from an earlier one",
         f"{optimizer.name} does not match its checksum; resuming from an earlier one",
@@ -217,7 +218,7 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint(reference, sc
     ):
         train(load_config([], overrides(run, scored)))
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-0000002"], "no temp checkpoint left"
-    assert _usable_checkpoint(run) == run / "checkpoints" / "step-0000002"
+    assert latest_checkpoint(run) == run / "checkpoints" / "step-0000002"
     monkeypatch.setattr(Accelerator, "save_state", real)
     resume(run, scored)
     assert logged_steps(run) == [1, 2, 3, 4, 5, 6]

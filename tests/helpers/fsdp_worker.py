@@ -32,12 +32,12 @@ def overrides(out: Path, data: str, objective: str, extra: list[str]) -> list[st
 
 
 def die_after_checkpoint(trainer: Trainer):
-    """``trainer.save_state`` that ends the process (no clean-up, as SIGKILL) once step DIE_AFTER is saved."""
-    save = trainer.save_state
+    """``trainer.checkpoints.save`` that ends the process (no clean-up, as SIGKILL) once step DIE_AFTER is saved."""
+    save = trainer.checkpoints.save
 
-    def save_then_die() -> None:
-        save()
-        if trainer.step == DIE_AFTER:
+    def save_then_die(step, model, optimizer) -> None:
+        save(step, model, optimizer)
+        if step == DIE_AFTER:
             os._exit(9)
 
     return save_then_die
@@ -60,7 +60,7 @@ def main() -> None:
             }
             (Path(root) / f"shards-{objective}-{rank}.json").write_text(json.dumps(shards))
         if mode == "die":
-            trainer.save_state = die_after_checkpoint(trainer)  # type: ignore[method-assign]
+            trainer.checkpoints.save = die_after_checkpoint(trainer)  # type: ignore[method-assign]
         trainer.train()
 
 

@@ -112,17 +112,15 @@ def test_a_step_reads_the_previous_steps_metrics_once_its_own_are_queued(tmp_pat
     """Between the steps train() logs, saves or evaluates after, a step's metrics stay unread until
     the next step has queued its kernels: the device then always has a step to run while the host
     waits, as in a bare loop that never reads. The values train() logs do not change."""
-    from phf.training import trainer as trainer_module
+    from phf.training.metrics import QueuedMetrics
 
     events = []
-    real = trainer_module._QueuedMetrics.values
-    monkeypatch.setattr(
-        trainer_module._QueuedMetrics, "values", lambda self: events.append(f"read {self.step}") or real(self)
-    )
+    real = QueuedMetrics.values
+    monkeypatch.setattr(QueuedMetrics, "values", lambda self: events.append(f"read {self.step}") or real(self))
     handle = register_optimizer_step_post_hook(lambda *a: events.append("update"))
     try:
         trainer = Trainer(load_config([], tiny_overrides(tmp_path / "t", scored, steps=4, **{"training.log_every": 2})))
-        returned = [trainer._step(step, read=trainer._read_after(step)) for step in range(4)]
+        returned = [trainer._step(step, read=any(trainer._due(step + 1))) for step in range(4)]
     finally:
         handle.remove()
     assert events == ["update", "update", "read 0", "read 1", "update", "update", "read 2", "read 3"], events
@@ -143,10 +141,10 @@ def test_a_step_reads_the_previous_steps_metrics_once_its_own_are_queued(tmp_pat
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_queued_metrics_on_cuda_are_read_without_waiting_for_later_kernels():
-    from phf.training.trainer import _QueuedMetrics
+    from phf.training.metrics import QueuedMetrics
 
     values = torch.arange(3.0, device="cuda")
-    queued = _QueuedMetrics(0, ["a", "b", "c"], values)
+    queued = QueuedMetrics(0, ["a", "b", "c"], values)
     torch.cuda._sleep(2_000_000_000)  # a later step's work: about a second of GPU time
     values.add_(10.0)  # that overwrites the device tensor
     assert queued.values() == [0.0, 1.0, 2.0]  # the values as their step left them
@@ -415,7 +413,7 @@ def test_tensorboard_logging_when_asked(tmp_path, scored):
 def test_cpu_training_keeps_freed_memory_for_reuse_on_glibc():
     import platform
 
-    from phf.training.trainer import keep_freed_memory
+    from phf.training.hardware import keep_freed_memory
 
     applied = keep_freed_memory()
     if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
@@ -423,14 +421,14 @@ def test_cpu_training_keeps_freed_memory_for_reuse_on_glibc():
 
 
 def test_auto_precision_is_bf16_only_where_the_hardware_computes_it(monkeypatch):
-    from phf.training import trainer
+    from phf.training.hardware import mixed_precision
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for avx512_bf16, amx, expected in ((True, False, "bf16"), (False, True, "bf16"), (False, False, "no")):
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
-        assert trainer._mixed_precision("auto") == expected
-        assert trainer._mixed_precision("no") == "no"
+        assert mixed_precision("auto") == expected
+        assert mixed_precision("no") == "no"
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")  # a torch without the private probes
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
-    assert trainer._mixed_precision("auto") == "no"
+    assert mixed_precision("auto") == "no"

@@ -212,7 +212,7 @@ def _preset_file(study: StudyConfig, task: str, objective: str) -> str:
 
 
 def _finished(run_dir: Path) -> bool:
-    from phf.training.trainer import STATE_FILE
+    from phf.training.checkpoint import STATE_FILE
 
     return (run_dir / STATE_FILE).exists()  # save_final writes it last
 
