@@ -399,6 +399,8 @@ class RedTeamConfig:
     trials: int = 2  # the paper: 10
     completions: int = 8  # red-LM completions per round (the paper: 20)
     continuations: int = 16  # target continuations per candidate (the paper: 512)
+    k: int = 4  # few-shot examples drawn from the pool per round (the paper: 4)
+    temperature: float = 0.1  # the draw's: p ∝ exp(score / temperature) (the paper: 0.1)
     pool_size: int = 20  # initial prompts (the paper: 20 challenging prompts)
     red_lm: str = "smollm2"  # SmolLM2-135M-Instruct from its PyPI wheel, or a local instruct model directory
     scorer: str | None = None
