@@ -315,16 +315,10 @@ def run_round(
     picked = sample_examples([e.score for e in current], config.k, config.temperature, rng)
     examples = [current[i].prompt for i in picked]
     red_prompt = build_red_prompt(setup.task, examples, setup.red_tokenizer, setup.red_chat)
-    red_out = generate(
-        setup.red_model,
-        setup.red_tokenizer,
-        [red_prompt],
-        replace(setup.red_sampling, seed=_seed(config.seed, trial, r, 0)),
-        num_samples=config.completions,
-    )
+    completions = _propose(setup, config, red_prompt, _seed(config.seed, trial, r, 0))
     candidates: list[str] = []
-    for g in red_out:
-        c = extract_candidate(g.text)
+    for text in completions:
+        c = extract_candidate(text)
         if c is not None and c not in candidates:
             candidates.append(c)
     records: list[dict[str, Any]] = []
@@ -335,7 +329,7 @@ def run_round(
     summary.update(
         {
             "trial": trial,
-            "num_completions": len(red_out),
+            "num_completions": len(completions),
             "num_candidates": len(records),
             "round_mean": float(np.mean([x["score"] for x in records])) if records else None,
             "round_best": max((x["score"] for x in records), default=None),
@@ -345,6 +339,13 @@ def run_round(
         }
     )
     return summary
+
+
+def _propose(setup: RedTeamSetup, config: RedTeamConfig, red_prompt: str, seed: int) -> list[str]:
+    """The red LM's completions of its prompt."""
+    red_config = replace(setup.red_sampling, seed=seed)
+    out = generate(setup.red_model, setup.red_tokenizer, [red_prompt], red_config, num_samples=config.completions)
+    return [g.text for g in out]
 
 
 def _judge(
