@@ -21,6 +21,10 @@ scorer's verdict on the candidate itself is recorded too (``own_score``), as the
 
 Sampling uses :func:`phf.evaluation.sampling.generate` with seeds derived from ``seed``, the trial and the
 round, and the example draws a NumPy generator seeded the same way: a run is reproducible.
+
+In code: :func:`run_red_team` runs the trials (:func:`run_trial`), each its rounds
+(:func:`run_round`), and sums them up (:func:`summarize_trials`); the procedure's numbers are a
+:class:`~phf.config.RedTeamConfig`, the models, scorer and task a :class:`RedTeamSetup`.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ RED_LM_TEMPLATES: dict[str, str] = {
 # Tasks whose scorer sees the prompt together with the continuation (code is judged whole).
 SCORE_WITH_PROMPT = {"pep8"}
 
-# The paper's scale; the function's defaults are a CPU-sized run.
+# The paper's scale; RedTeamConfig's defaults are a CPU-sized run.
 PAPER_SETTINGS = {"rounds": 10, "trials": 10, "completions": 20, "continuations": 512, "k": 4, "temperature": 0.1}
 # Target sampling: the paper's (temperature 0.7, top-p 0.9, 10 to 64 new tokens).
 TARGET_SAMPLING = SamplingConfig(
