@@ -729,6 +729,10 @@ class RedTeamConfig:
     """Red-LM completions per round (the paper: 20)."""
     continuations: int = 16
     """Target continuations per candidate prompt (the paper: 512)."""
+    k: int = 4
+    """Few-shot examples drawn from the pool per round (the paper: 4)."""
+    temperature: float = 0.1
+    """Temperature of that draw: p proportional to exp(score / temperature) (the paper: 0.1)."""
     pool_size: int = 20
     """Initial prompts (the paper: 20 challenging prompts)."""
     red_lm: str = "smollm2"

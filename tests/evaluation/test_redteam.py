@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from phf.config import RedTeamConfig
 from phf.data.tokenizer import add_control_tokens, train_bpe
 from phf.evaluation.redteam import (
     RED_LM_TEMPLATES,
+    RedTeamSetup,
     build_red_prompt,
     extract_candidate,
     few_shot_text,
@@ -36,6 +38,7 @@ POOL = [
 ]
 SMALL_RED = SamplingConfig(temperature=1.0, top_p=1.0, min_new_tokens=2, max_new_tokens=12, batch_size=32)
 SMALL_TARGET = SamplingConfig(temperature=0.7, top_p=0.9, min_new_tokens=2, max_new_tokens=10, batch_size=64)
+SETUP_FIELDS = ("task", "target_prefix", "forbidden_ids", "target_sampling", "red_sampling", "red_chat", "keep_samples")
 
 
 def share_of_e(texts):
@@ -66,22 +69,18 @@ def lms():
     return {"red": (_tiny_lm(red_tok, 0), red_tok), "target": (_tiny_lm(target_tok, 1), target_tok), "control": control}
 
 
-def _run(lms, **kwargs):
+def _run(lms, scorer=share_of_e, pool=POOL, **kwargs):
+    """run_red_team on the tiny LMs; ``kwargs``: RedTeamSetup fields (small sampling by default) and
+    RedTeamConfig fields (a one-round, one-trial run by default)."""
     red, red_tok = lms["red"]
     target, target_tok = lms["target"]
-    options = dict(
-        task="toxicity",
-        rounds=1,
-        trials=1,
-        completions=6,
-        continuations=4,
-        progress=False,
-        target_sampling=SMALL_TARGET,
-        red_sampling=SMALL_RED,
-        keep_samples=None,
+    options = dict(task="toxicity", target_sampling=SMALL_TARGET, red_sampling=SMALL_RED, keep_samples=None)
+    options.update({k: kwargs.pop(k) for k in SETUP_FIELDS if k in kwargs})
+    setup = RedTeamSetup(target, target_tok, red, red_tok, scorer, **options)
+    config = RedTeamConfig(
+        **{"rounds": 1, "trials": 1, "completions": 6, "continuations": 4, "progress": False, **kwargs}
     )
-    options.update(kwargs)
-    return run_red_team(target, target_tok, red, red_tok, POOL, share_of_e, **options)
+    return run_red_team(setup, pool, config)
 
 
 # --- pool sampling --------------------------------------------------------------------------------
@@ -224,24 +223,17 @@ def test_rounds_and_trials_seeds_and_prefix(lms):
 def test_scorer_objects_and_errors(lms):
     from tests.helpers.user_scorers import CountScorer
 
-    red, red_tok = lms["red"]
-    target, target_tok = lms["target"]
-    common = dict(
-        rounds=1,
-        trials=1,
-        completions=3,
-        continuations=2,
-        progress=False,
-        target_sampling=SMALL_TARGET,
-        red_sampling=SMALL_RED,
-        keep_samples=None,
-    )
-    out = run_red_team(target, target_tok, red, red_tok, POOL, CountScorer("e"), task="pii", **common)
+    small = dict(task="pii", completions=3, continuations=2)
+    out = _run(lms, CountScorer("e"), **small)
     for c in out["rounds"][0]["trials"][0]["candidates"]:
         assert c["score"] == pytest.approx(np.mean([s.count("e") for s in c["samples"]]))
     with pytest.raises(ValueError, match="unknown red-teaming task"):
-        run_red_team(target, target_tok, red, red_tok, POOL, share_of_e, task="nope", **common)
+        _run(lms, **{**small, "task": "nope"})
+    with pytest.raises(TypeError, match="scorer must be"):
+        _run(lms, object(), **small)
     with pytest.raises(ValueError, match="initial pool is empty"):
-        run_red_team(target, target_tok, red, red_tok, [], share_of_e, task="pii", **common)
+        _run(lms, pool=[], **small)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        _run(lms, **{**small, "k": 0})
     with pytest.raises(ValueError, match="returned 1 scores"):
-        run_red_team(target, target_tok, red, red_tok, POOL, lambda texts: [0.0], task="pii", **common)
+        _run(lms, lambda texts: [0.0], **small)

@@ -563,9 +563,10 @@ def test_cuda_graph_decoding_matches_eager(model, tokenizer, ids):
                 num_samples=4,
             )
             assert [g.token_ids for g in graphed] == [g.token_ids for g in eager]
-        state = {"eos": ids["eos"], "forbidden": [], "n_tokens": len(tokenizer), "max_positions": N_POSITIONS}
-        forward = sampling._Forward(cuda)
-        decoder = sampling._static_decoder(forward, state, 2, 10, False, torch.device("cuda"))
+        state = sampling._Decoding(
+            sampling._Forward(cuda), cfg(), torch.device("cuda"), ids["eos"], [], len(tokenizer), N_POSITIONS, {}
+        )
+        decoder = sampling._static_decoder(state, 2, 10, False)
         with torch.inference_mode():
             decoder.prefill(torch.full((2, 1), ids["eos"], device="cuda"), None, None)
             first = decoder.step(torch.tensor([ids["good"], ids["bad"]], device="cuda"), None).clone()

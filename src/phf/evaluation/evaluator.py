@@ -883,7 +883,7 @@ def redteam(
 
 
 def _redteam(run_dir: str | os.PathLike, config: RedTeamConfig, out_dir: str | os.PathLike | None) -> dict:
-    from phf.evaluation.redteam import run_red_team
+    from phf.evaluation.redteam import RedTeamSetup, run_red_team
     from phf.evaluation.reference import load_lm
 
     device = _device(config.device)
@@ -914,23 +914,17 @@ def _redteam(run_dir: str | os.PathLike, config: RedTeamConfig, out_dir: str | o
     )
     initial, _ = _scenarios(target, scorer, prompts[: config.pool_size], eval_config, 64)
     pool = [(p.prompt, p.mean) for p in initial.prompts_list if p.mean is not None]  # each has continuations
-    result = run_red_team(
+    setup = RedTeamSetup(
         target.model,
         target.tokenizer,
         red_model,
         red_tokenizer,
-        pool,
         scorer,
-        task=task,
-        rounds=config.rounds,
-        trials=config.trials,
-        completions=config.completions,
-        continuations=config.continuations,
+        task,
         target_prefix=target.prompt,
         forbidden_ids=target.forbidden_ids,
-        seed=config.seed,
-        progress=config.progress,
     )
+    result = run_red_team(setup, pool, config)
     result["settings"] = {
         **result.get("settings", {}),
         "model": str(target.path),

@@ -21,6 +21,10 @@ scorer's verdict on the candidate itself is recorded too (``own_score``), as the
 
 Sampling uses :func:`phf.evaluation.sampling.generate` with seeds derived from ``seed``, the trial and the
 round, and the example draws a NumPy generator seeded the same way: a run is reproducible.
+
+In code: :func:`run_red_team` runs the trials (:func:`run_trial`), each its rounds
+(:func:`run_round`), and sums them up (:func:`summarize_trials`); the procedure's numbers are a
+:class:`~phf.config.RedTeamConfig`, the models, scorer and task a :class:`RedTeamSetup`.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from phf.config import RedTeamConfig
 from phf.evaluation.sampling import SamplingConfig, generate
 
 # The red LM's instruction per task. The few-shot examples follow as a numbered list, one per line,
@@ -48,7 +53,7 @@ RED_LM_TEMPLATES: dict[str, str] = {
 # Tasks whose scorer sees the prompt together with the continuation (code is judged whole).
 SCORE_WITH_PROMPT = {"pep8"}
 
-# The paper's scale; the function's defaults are a CPU-sized run.
+# The paper's scale; RedTeamConfig's defaults are a CPU-sized run.
 PAPER_SETTINGS = {"rounds": 10, "trials": 10, "completions": 20, "continuations": 512, "k": 4, "temperature": 0.1}
 # Target sampling: the paper's (temperature 0.7, top-p 0.9, 10 to 64 new tokens).
 TARGET_SAMPLING = SamplingConfig(
@@ -196,42 +201,54 @@ def _aggregate(per_trial: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-# --- the loop -------------------------------------------------------------------------------------
-def run_red_team(
-    target_model,
-    target_tokenizer,
-    red_model,
-    red_tokenizer,
-    pool: Sequence[tuple[str, float]],
-    scorer,
-    *,
-    task: str,
-    rounds: int = 2,
-    trials: int = 2,
-    completions: int = 8,
-    continuations: int = 16,
-    k: int = 4,
-    temperature: float = 0.1,
-    target_prefix: str = "",
-    forbidden_ids: Sequence[int] = (),
-    seed: int = 0,
-    progress: bool = True,
-    target_sampling: SamplingConfig | None = None,
-    red_sampling: SamplingConfig | None = None,
-    red_chat: bool | None = None,
-    keep_samples: int | None = 3,
-) -> dict[str, Any]:
-    """Red-team ``target_model`` with ``red_model``; see the module docstring for the procedure.
+# --- the run --------------------------------------------------------------------------------------
+@dataclass
+class RedTeamSetup:
+    """What red teaming runs on besides its :class:`~phf.config.RedTeamConfig`: the two models, the
+    scorer, the task, and how each model is sampled."""
 
-    ``pool``: the initial ``(prompt, score)`` pairs. ``scorer``: misalignment, ``list[str] ->
-    list[float]`` (or a :class:`phf.data.scoring.base.Scorer`). ``target_prefix`` is written before every
-    candidate in the target's prompt; the target's tokenizer adds no special tokens, so give the EOS
-    token there (``tokenizer.eos_token``, or ``"<|endoftext|><|good|>"`` for a conditional model)
-    to prompt the target as the paper did. ``forbidden_ids`` are never sampled by the target (control
-    tokens) and are removed from its text. ``target_sampling`` / ``red_sampling`` override the
-    sampling settings (:data:`TARGET_SAMPLING`, :data:`RED_SAMPLING`); their seeds are replaced by
-    seeds derived from ``seed``. ``keep_samples``: continuations kept per candidate in the output
-    (``None``: all).
+    target_model: Any
+    target_tokenizer: Any
+    red_model: Any
+    red_tokenizer: Any
+    scorer: Any  # misalignment, list[str] -> list[float], or a phf.data.scoring.base.Scorer
+    task: str  # one of RED_LM_TEMPLATES
+    # Written before every candidate in the target's prompt. The target's tokenizer adds no special
+    # tokens, so give the EOS token here (tokenizer.eos_token, or "<|endoftext|><|good|>" for a
+    # conditional model) to prompt the target as the paper did.
+    target_prefix: str = ""
+    forbidden_ids: Sequence[int] = ()  # never sampled by the target (control tokens), removed from its text
+    # The models' sampling settings; their seeds are replaced by seeds derived from RedTeamConfig.seed.
+    target_sampling: SamplingConfig = field(default_factory=lambda: TARGET_SAMPLING)
+    red_sampling: SamplingConfig = field(default_factory=lambda: RED_SAMPLING)
+    red_chat: bool | None = None  # prompt the red LM through its chat template (None: when it has one)
+    keep_samples: int | None = 3  # continuations kept per candidate in the output (None: all)
+
+    def __post_init__(self) -> None:
+        _template(self.task)
+        _scorer_fn(self.scorer)
+        self.forbidden_ids = [int(i) for i in self.forbidden_ids]
+
+    def score(self, texts: list[str]) -> list[float]:
+        if not texts:
+            return []
+        values = [float(v) for v in _scorer_fn(self.scorer)(texts)]
+        if len(values) != len(texts):
+            raise ValueError(f"the scorer returned {len(values)} scores for {len(texts)} texts")
+        return values
+
+
+@dataclass
+class Trial:
+    """One trial's outcome: per round its summary (see :func:`run_round`), and the final pool."""
+
+    rounds: list[dict[str, Any]]
+    pool: list[PoolEntry]
+
+
+def run_red_team(setup: RedTeamSetup, pool: Sequence[tuple[str, float]], config: RedTeamConfig | None = None) -> dict:
+    """Red-team ``setup.target_model`` with ``setup.red_model`` starting from ``pool``, the initial
+    ``(prompt, score)`` pairs; see the module docstring for the procedure.
 
     Returns ``{"initial", "rounds", "pool", "settings"}``: ``rounds[r]`` has, after round
     ``r + 1``, the pool mean score, best score, top-10 mean and pool size averaged over trials (with
@@ -239,168 +256,206 @@ def run_red_team(
     numbers plus this round's examples, red-LM prompt and candidates (prompt, score, own_score,
     samples). ``pool``: every trial's final pool (entries carry their trial), best first.
     """
-    _template(task)
+    config = config or RedTeamConfig()
     if not pool:
         raise ValueError("the initial pool is empty: give (prompt, score) pairs to start from")
-    for name, value in (
-        ("rounds", rounds),
-        ("trials", trials),
-        ("completions", completions),
-        ("continuations", continuations),
-        ("k", k),
-    ):
-        if int(value) < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
+    for name in ("rounds", "trials", "completions", "continuations", "k"):
+        if int(getattr(config, name)) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")
     initial = [(str(p), float(s)) for p, s in pool]
-    score_fn = _scorer_fn(scorer)
-    target_cfg = target_sampling or TARGET_SAMPLING
-    red_cfg = red_sampling or RED_SAMPLING
-    forbidden = [int(i) for i in forbidden_ids]
-    with_prompt = task in SCORE_WITH_PROMPT
-
-    def score(texts: list[str]) -> list[float]:
-        if not texts:
-            return []
-        values = [float(v) for v in score_fn(texts)]
-        if len(values) != len(texts):
-            raise ValueError(f"the scorer returned {len(values)} scores for {len(texts)} texts")
-        return values
-
     bar = None
-    if progress:
+    if config.progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=trials * rounds, desc=f"red teaming ({task})", unit="round")
-
-    round_trials: list[list[dict[str, Any]]] = [[] for _ in range(rounds)]
-    final_pools: list[list[PoolEntry]] = []
-    initial_summary = None
+        bar = tqdm(total=config.trials * config.rounds, desc=f"red teaming ({setup.task})", unit="round")
     try:
-        for trial in range(trials):
-            entries: dict[str, PoolEntry] = {}
-            for prompt, s in initial:
-                if prompt in entries:  # a repeated initial prompt pools its scores
-                    entries[prompt].total += s
-                    entries[prompt].count += 1
-                else:
-                    entries[prompt] = PoolEntry(prompt, s, 1)
-            if initial_summary is None:
-                initial_summary = _summary(list(entries.values()))
-            rng = np.random.default_rng([seed, trial])
-            for r in range(rounds):
-                current = list(entries.values())
-                picked = sample_examples([e.score for e in current], k, temperature, rng)
-                examples = [current[i].prompt for i in picked]
-                red_prompt = build_red_prompt(task, examples, red_tokenizer, red_chat)
-                red_out = generate(
-                    red_model,
-                    red_tokenizer,
-                    [red_prompt],
-                    replace(red_cfg, seed=_seed(seed, trial, r, 0)),
-                    num_samples=completions,
-                )
-                candidates: list[str] = []
-                for g in red_out:
-                    c = extract_candidate(g.text)
-                    if c is not None and c not in candidates:
-                        candidates.append(c)
-                records: list[dict[str, Any]] = []
-                if candidates:
-                    target_out = generate(
-                        target_model,
-                        target_tokenizer,
-                        [target_prefix + c for c in candidates],
-                        replace(target_cfg, seed=_seed(seed, trial, r, 1)),
-                        num_samples=continuations,
-                        forbidden_ids=forbidden,
-                        strip_ids=forbidden,
-                    )
-                    samples: list[list[str]] = [[] for _ in candidates]
-                    for g in target_out:
-                        samples[g.prompt_index].append(g.text)
-                    flat = [(c + t) if with_prompt else t for c, texts in zip(candidates, samples) for t in texts]
-                    flat_scores = score(flat)
-                    own = score(candidates)
-                    for i, c in enumerate(candidates):
-                        mine = flat_scores[i * continuations : (i + 1) * continuations]
-                        mean = float(np.mean(mine))
-                        records.append(
-                            {
-                                "prompt": c,
-                                "score": mean,
-                                "own_score": own[i],
-                                "samples": samples[i] if keep_samples is None else samples[i][:keep_samples],
-                            }
-                        )
-                        if c in entries:
-                            entries[c].total += sum(mine)
-                            entries[c].count += len(mine)
-                            entries[c].own_scores.append(own[i])
-                        else:
-                            entries[c] = PoolEntry(c, sum(mine), len(mine), "red", r + 1, [own[i]])
-                summary = _summary(list(entries.values()))
-                summary.update(
-                    {
-                        "trial": trial,
-                        "num_completions": len(red_out),
-                        "num_candidates": len(records),
-                        "round_mean": float(np.mean([x["score"] for x in records])) if records else None,
-                        "round_best": max((x["score"] for x in records), default=None),
-                        "examples": examples,
-                        "red_prompt": red_prompt,
-                        "candidates": records,
-                    }
-                )
-                round_trials[r].append(summary)
-                if bar is not None:
-                    bar.set_postfix(trial=trial + 1, best=f"{summary['best']:.4f}", mean=f"{summary['pool_mean']:.4f}")
-                    bar.update(1)
-            final_pools.append(list(entries.values()))
+        trials = [run_trial(setup, config, initial, trial, bar) for trial in range(config.trials)]
     finally:
         if bar is not None:
             bar.close()
+    return summarize_trials(setup, config, initial, trials)
 
-    rounds_out = []
-    for r, per_trial in enumerate(round_trials):
-        row = {
-            "round": r + 1,
-            **_aggregate(per_trial),
-            "num_candidates": int(sum(t["num_candidates"] for t in per_trial)),
-            "trials": per_trial,
+
+def _initial_pool(initial: list[tuple[str, float]]) -> dict[str, PoolEntry]:
+    entries: dict[str, PoolEntry] = {}
+    for prompt, s in initial:
+        if prompt in entries:  # a repeated initial prompt pools its scores
+            entries[prompt].total += s
+            entries[prompt].count += 1
+        else:
+            entries[prompt] = PoolEntry(prompt, s, 1)
+    return entries
+
+
+def run_trial(
+    setup: RedTeamSetup, config: RedTeamConfig, initial: list[tuple[str, float]], trial: int, bar=None
+) -> Trial:
+    """Trial ``trial`` (from 0): ``config.rounds`` rounds from the initial pool, its example draws
+    from a NumPy generator seeded by ``(config.seed, trial)``; ``bar`` (tqdm) counts the rounds."""
+    entries = _initial_pool(initial)
+    rng = np.random.default_rng([config.seed, trial])
+    rounds = []
+    for r in range(config.rounds):
+        summary = run_round(setup, config, entries, rng, trial, r)
+        rounds.append(summary)
+        if bar is not None:
+            bar.set_postfix(trial=trial + 1, best=f"{summary['best']:.4f}", mean=f"{summary['pool_mean']:.4f}")
+            bar.update(1)
+    return Trial(rounds, list(entries.values()))
+
+
+def run_round(
+    setup: RedTeamSetup,
+    config: RedTeamConfig,
+    entries: dict[str, PoolEntry],
+    rng: np.random.Generator,
+    trial: int,
+    r: int,
+) -> dict[str, Any]:
+    """Round ``r`` (from 0) of a trial: draw examples from the pool ``entries``, have the red LM
+    write candidates, score them by the target's continuations and add them to ``entries``.
+    Returns the pool's summary after the round, with the round's examples, prompt and candidates."""
+    current = list(entries.values())
+    picked = sample_examples([e.score for e in current], config.k, config.temperature, rng)
+    examples = [current[i].prompt for i in picked]
+    red_prompt = build_red_prompt(setup.task, examples, setup.red_tokenizer, setup.red_chat)
+    completions = _propose(setup, config, red_prompt, _seed(config.seed, trial, r, 0))
+    candidates: list[str] = []
+    for text in completions:
+        c = extract_candidate(text)
+        if c is not None and c not in candidates:
+            candidates.append(c)
+    records: list[dict[str, Any]] = []
+    if candidates:
+        records, scores = _judge(setup, config, candidates, _seed(config.seed, trial, r, 1))
+        _grow(entries, records, scores, r + 1)
+    summary = _summary(list(entries.values()))
+    summary.update(
+        {
+            "trial": trial,
+            "num_completions": len(completions),
+            "num_candidates": len(records),
+            "round_mean": float(np.mean([x["score"] for x in records])) if records else None,
+            "round_best": max((x["score"] for x in records), default=None),
+            "examples": examples,
+            "red_prompt": red_prompt,
+            "candidates": records,
         }
-        rounds_out.append(row)
-    pool_out = []
-    for trial, entries_list in enumerate(final_pools):
-        for e in sorted(entries_list, key=lambda e: e.score, reverse=True):
-            pool_out.append(
-                {
-                    "prompt": e.prompt,
-                    "score": e.score,
-                    "count": e.count,
-                    "source": e.source,
-                    "round": e.round,
-                    "trial": trial,
-                    "own_score": float(np.mean(e.own_scores)) if e.own_scores else None,
-                }
-            )
-    settings = {
-        "task": task,
-        "rounds": rounds,
-        "trials": trials,
-        "completions": completions,
-        "continuations": continuations,
-        "k": k,
-        "temperature": temperature,
-        "target_prefix": target_prefix,
-        "forbidden_ids": forbidden,
-        "seed": seed,
-        "initial_pool_size": len(initial),
-        "red_instruction": RED_LM_TEMPLATES[task],
-        "score_with_prompt": with_prompt,
-        "target_sampling": asdict(target_cfg),
-        "red_sampling": asdict(red_cfg),
-        "red_chat": bool(red_chat) if red_chat is not None else bool(getattr(red_tokenizer, "chat_template", None)),
-        "target_model": getattr(getattr(target_model, "config", None), "_name_or_path", None),
-        "red_model": getattr(getattr(red_model, "config", None), "_name_or_path", None),
+    )
+    return summary
+
+
+def _propose(setup: RedTeamSetup, config: RedTeamConfig, red_prompt: str, seed: int) -> list[str]:
+    """The red LM's completions of its prompt."""
+    red_config = replace(setup.red_sampling, seed=seed)
+    out = generate(setup.red_model, setup.red_tokenizer, [red_prompt], red_config, num_samples=config.completions)
+    return [g.text for g in out]
+
+
+def _judge(
+    setup: RedTeamSetup, config: RedTeamConfig, candidates: list[str], seed: int
+) -> tuple[list[dict[str, Any]], list[list[float]]]:
+    """Each candidate's record (prompt, score: the mean of its continuations' scores, own_score,
+    samples) and its continuations' scores."""
+    forbidden = list(setup.forbidden_ids)
+    target_out = generate(
+        setup.target_model,
+        setup.target_tokenizer,
+        [setup.target_prefix + c for c in candidates],
+        replace(setup.target_sampling, seed=seed),
+        num_samples=config.continuations,
+        forbidden_ids=forbidden,
+        strip_ids=forbidden,
+    )
+    samples: list[list[str]] = [[] for _ in candidates]
+    for g in target_out:
+        samples[g.prompt_index].append(g.text)
+    with_prompt = setup.task in SCORE_WITH_PROMPT
+    flat_scores = setup.score([(c + t) if with_prompt else t for c, texts in zip(candidates, samples) for t in texts])
+    own = setup.score(candidates)
+    n, keep = config.continuations, setup.keep_samples
+    scores = [flat_scores[i * n : (i + 1) * n] for i in range(len(candidates))]
+    records = [
+        {
+            "prompt": c,
+            "score": float(np.mean(mine)),
+            "own_score": own[i],
+            "samples": samples[i] if keep is None else samples[i][:keep],
+        }
+        for i, (c, mine) in enumerate(zip(candidates, scores))
+    ]
+    return records, scores
+
+
+def _grow(entries: dict[str, PoolEntry], records: list[dict[str, Any]], scores: list[list[float]], round_: int) -> None:
+    """The candidates join the pool; one already in it pools its scores with the old ones."""
+    for record, mine in zip(records, scores):
+        c, own = record["prompt"], record["own_score"]
+        if c in entries:
+            entries[c].total += sum(mine)
+            entries[c].count += len(mine)
+            entries[c].own_scores.append(own)
+        else:
+            entries[c] = PoolEntry(c, sum(mine), len(mine), "red", round_, [own])
+
+
+def summarize_trials(
+    setup: RedTeamSetup, config: RedTeamConfig, initial: list[tuple[str, float]], trials: list[Trial]
+) -> dict[str, Any]:
+    """:func:`run_red_team`'s result: the initial pool's summary, the rounds averaged over trials,
+    every trial's final pool and the settings."""
+    rounds_out = []
+    for r, per_trial in enumerate(list(t) for t in zip(*(trial.rounds for trial in trials))):
+        rounds_out.append(
+            {
+                "round": r + 1,
+                **_aggregate(per_trial),
+                "num_candidates": int(sum(t["num_candidates"] for t in per_trial)),
+                "trials": per_trial,
+            }
+        )
+    pool_out = [
+        {
+            "prompt": e.prompt,
+            "score": e.score,
+            "count": e.count,
+            "source": e.source,
+            "round": e.round,
+            "trial": number,
+            "own_score": float(np.mean(e.own_scores)) if e.own_scores else None,
+        }
+        for number, trial in enumerate(trials)
+        for e in sorted(trial.pool, key=lambda e: e.score, reverse=True)
+    ]
+    initial_summary = _summary(list(_initial_pool(initial).values()))
+    return {
+        "initial": initial_summary,
+        "rounds": rounds_out,
+        "pool": pool_out,
+        "settings": _settings(setup, config, initial),
     }
-    return {"initial": initial_summary, "rounds": rounds_out, "pool": pool_out, "settings": settings}
+
+
+def _settings(setup: RedTeamSetup, config: RedTeamConfig, initial: list[tuple[str, float]]) -> dict[str, Any]:
+    return {
+        "task": setup.task,
+        "rounds": config.rounds,
+        "trials": config.trials,
+        "completions": config.completions,
+        "continuations": config.continuations,
+        "k": config.k,
+        "temperature": config.temperature,
+        "target_prefix": setup.target_prefix,
+        "forbidden_ids": list(setup.forbidden_ids),
+        "seed": config.seed,
+        "initial_pool_size": len(initial),
+        "red_instruction": RED_LM_TEMPLATES[setup.task],
+        "score_with_prompt": setup.task in SCORE_WITH_PROMPT,
+        "target_sampling": asdict(setup.target_sampling),
+        "red_sampling": asdict(setup.red_sampling),
+        "red_chat": bool(setup.red_chat)
+        if setup.red_chat is not None
+        else bool(getattr(setup.red_tokenizer, "chat_template", None)),
+        "target_model": getattr(getattr(setup.target_model, "config", None), "_name_or_path", None),
+        "red_model": getattr(getattr(setup.red_model, "config", None), "_name_or_path", None),
+    }

@@ -40,7 +40,8 @@ import inspect
 import operator
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -382,22 +383,88 @@ class _StaticDecoder:
                 f"could not capture {type(self.forward.model).__name__}'s decoding step as a CUDA graph "
                 f"({type(exc).__name__}: {exc}); decoding eagerly (SamplingConfig.cuda_graphs=False "
                 "skips the attempt)",
-                stacklevel=4,
+                stacklevel=6,  # generate's caller (via _sample_rows, _generate_batch, _Batch.advance)
             )
         else:
             self.graph = graph
         return logits
 
 
-def _static_decoder(forward: _Forward, state: dict, batch: int, length: int, padded: bool, device: torch.device):
+# --- decoding -------------------------------------------------------------------------------------
+@dataclass
+class _Draw:
+    """How a step's token is drawn from its logits; made from the first batch's logits, which tell
+    the vocabulary size and the device sampling runs on."""
+
+    config: SamplingConfig
+    bias: torch.Tensor  # -inf for forbidden ids and vocabulary padding
+    bias_min: torch.Tensor  # the same and EOS: the bias until min_new_tokens tokens exist
+    replace_table: torch.Tensor | None  # sampled id -> id emitted (None: no replace_ids)
+    generator: torch.Generator  # seeded from config.seed; the only randomness of a call
+
+    def __call__(self, logits: torch.Tensor, step: int) -> torch.Tensor:
+        bias = self.bias_min if step < self.config.min_new_tokens else self.bias
+        token = _sample(logits.float(), bias, self.config, self.generator)
+        return token if self.replace_table is None else self.replace_table[token]
+
+
+@dataclass
+class _Decoding:
+    """What the batches of one :func:`generate` call share."""
+
+    forward: _Forward
+    config: SamplingConfig
+    device: torch.device  # the model's: where inputs go
+    eos: int
+    forbidden: list[int]
+    n_tokens: int  # len(tokenizer): ids from here up to the model's output size only pad the vocabulary
+    max_positions: int | None
+    replace: dict[int, int]
+    draw: _Draw | None = None  # set by the first batch (see _Draw)
+    # Static-cache decoders by (batch, cache length, padded), oldest first (see _static_decoder).
+    decoders: dict[tuple[int, int, bool], _StaticDecoder] = field(default_factory=dict)
+    static_refused: bool = False  # the model has no static cache: every batch decodes eagerly
+
+    def draw_for(self, logits: torch.Tensor) -> _Draw:
+        """The call's :class:`_Draw`, made (the vocabulary checked) on the first batch's logits."""
+        if self.draw is not None:
+            return self.draw
+        vocab, device = logits.shape[-1], logits.device
+        if self.n_tokens > vocab:
+            raise ValueError(
+                f"the tokenizer has {self.n_tokens} tokens but the model outputs only {vocab} "
+                "logits: this tokenizer does not belong to this model"
+            )
+        bad = [i for i in self.forbidden if not 0 <= i < vocab]
+        if bad:
+            raise ValueError(f"forbidden_ids {bad[:5]} are outside the model's vocabulary (0..{vocab - 1})")
+        bias = _bias(vocab, self.forbidden, self.n_tokens, device)
+        bias_min = bias.clone()
+        bias_min[self.eos] = float("-inf")
+        table = None
+        if self.replace:
+            bad = [i for pair in self.replace.items() for i in pair if not 0 <= i < vocab]
+            if bad:
+                raise ValueError(f"replace_ids {bad[:5]} are outside the model's vocabulary (0..{vocab - 1})")
+            # A lookup table: one gather per step whatever the number of replaced ids.
+            table = torch.arange(vocab, dtype=torch.long)
+            table[list(self.replace)] = torch.tensor(list(self.replace.values()), dtype=torch.long)
+            table = table.to(device)
+        generator = torch.Generator(device=device).manual_seed(int(self.config.seed))
+        self.draw = _Draw(self.config, bias, bias_min, table, generator)
+        return self.draw
+
+
+def _static_decoder(state: _Decoding, batch: int, length: int, padded: bool) -> _StaticDecoder | None:
     """A static-cache decoder for a batch of ``batch`` rows needing ``length`` cache slots (kept for
     later batches of its shape in this call), or None to decode eagerly on transformers' dynamic cache."""
+    forward, device = state.forward, state.device
     if device.type not in _GRAPH_DEVICES or not getattr(forward.model, "_can_compile_fullgraph", False):
         return None
-    if (padded and not forward.position_ids) or state.get("static_refused"):
+    if (padded and not forward.position_ids) or state.static_refused:
         return None  # (the eager path says why a padded batch cannot run without position ids)
     key = (batch, -(-length // _CACHE_LEN_MULTIPLE) * _CACHE_LEN_MULTIPLE, padded)
-    decoders = state.setdefault("decoders", {})  # oldest first
+    decoders = state.decoders  # oldest first
     decoder = decoders.pop(key, None)
     if decoder is None:
         while len(decoders) >= _DECODERS_KEPT:
@@ -405,32 +472,87 @@ def _static_decoder(forward: _Forward, state: dict, batch: int, length: int, pad
         try:
             decoder = _StaticDecoder(forward, batch, key[1], padded, graph=device.type == "cuda", device=device)
         except Exception as exc:
-            state["static_refused"] = True
+            state.static_refused = True
             warnings.warn(
                 f"no static KV cache for {type(forward.model).__name__} ({type(exc).__name__}: {exc}); "
                 "decoding eagerly without CUDA graphs",
-                stacklevel=4,
+                stacklevel=6,  # generate's caller (via _sample_rows, _generate_batch, _start_batch)
             )
             return None
     decoders[key] = decoder
     return decoder
 
 
-def _generate_batch(
-    forward: _Forward, rows: list[list[int]], limits: list[int], config: SamplingConfig, state: dict, device
-) -> tuple[list[list[int]], list[bool]]:
-    """Sample one batch; returns per row the continuation ids (no EOS) and whether it ended with EOS.
+@dataclass
+class _Batch:
+    """One batch being decoded: its inputs (on the model's device), then per row still decoded (on the
+    logits' device) its limit and whether it is done, and every row's sampled ids so far."""
 
-    Inputs go to ``device`` (the model's); sampling happens where the logits come out (the same device,
-    except for a model split over devices).
-    """
-    eos = state["eos"]
-    batch = len(rows)
-    lengths = [len(r) for r in rows]
-    width = max(lengths)
-    steps = max(limits)
+    width: int  # the prompts' length, left-padded
+    steps: int  # the most new tokens a row may take
+    decoder: _StaticDecoder | None  # None: decoding on transformers' dynamic cache, ``cache``
+    cache: Any
+    mask: torch.Tensor | None  # left-padded batches only: the attention mask over prompt and continuation
+    next_position: torch.Tensor | None  # left-padded batches only: each row's first new position
+    out: torch.Tensor  # (rows, steps): the sampled ids, EOS as filler after a row ends
+    limit: torch.Tensor  # each row's max_new_tokens
+    done: torch.Tensor
+    token: torch.Tensor | None = None  # the last step's ids
+    alive: torch.Tensor | None = None  # indices (into the batch) of the rows still decoded; None = all
+
+    def record(self, step: int, token: torch.Tensor, eos: int) -> None:
+        """Writes this step's ids (EOS for rows already done) and marks the rows that end with them."""
+        self.token = token = torch.where(self.done, eos, token)
+        if self.alive is None:
+            self.out[:, step] = token
+        else:
+            self.out[self.alive, step] = token
+        self.done = self.done | (token == eos) | (self.limit <= step + 1)
+
+    def running(self) -> bool:
+        """Whether any row runs on; finished rows leave a dynamic cache once enough of them have. (A
+        static cache keeps its batch: its graph's replay costs the same for any number of rows.)"""
+        n_done = int(self.done.sum())
+        if n_done == self.done.shape[0]:
+            return False
+        if self.decoder is None and n_done and n_done >= _COMPACT_FRACTION * self.done.shape[0]:
+            keep = (~self.done).nonzero().squeeze(1)
+            if _compact(self.cache, keep):
+                assert self.token is not None  # recorded before any check
+                self.alive = keep if self.alive is None else self.alive[keep]
+                self.token, self.done, self.limit = self.token[keep], self.done[keep], self.limit[keep]
+                if self.mask is not None:
+                    assert self.next_position is not None  # set with the mask
+                    keep_in = keep.to(self.mask.device)
+                    self.mask, self.next_position = self.mask[keep_in], self.next_position[keep_in]
+        return True
+
+    def advance(self, state: _Decoding, step: int) -> torch.Tensor:
+        """The logits after this step's ids (of the rows still decoded)."""
+        assert self.token is not None  # recorded before any step forward
+        positions = None
+        if self.mask is not None:
+            assert self.next_position is not None  # set with the mask
+            positions = (self.next_position + step).unsqueeze(1)
+            if state.max_positions is not None:
+                # A row past its own limit (done, its output ignored) may run on beside longer-lived
+                # rows of shorter prompts: keep its position ids inside the position table.
+                positions = positions.clamp_(max=state.max_positions - 1)
+        if self.decoder is not None:
+            return self.decoder.step(self.token.to(state.device), positions)
+        step_mask = None if self.mask is None else self.mask[:, : self.width + step + 1]
+        logits, self.cache = state.forward(
+            self.token.unsqueeze(1).to(state.device), cache=self.cache, attention_mask=step_mask, position_ids=positions
+        )
+        return logits
+
+
+def _start_batch(state: _Decoding, rows: list[list[int]], limits: list[int]) -> tuple[_Batch, torch.Tensor]:
+    """The batch's prompts, left-padded to one width, through the model: the batch and its first logits."""
+    batch, lengths = len(rows), [len(r) for r in rows]
+    width, steps = max(lengths), max(limits)
     padded = min(lengths) != width
-    input_ids = torch.tensor([[eos] * (width - n) + r for r, n in zip(rows, lengths)], dtype=torch.long)
+    input_ids = torch.tensor([[state.eos] * (width - n) + r for r, n in zip(rows, lengths)], dtype=torch.long)
     # Left-padded batches only: the attention mask, the prompt's position ids, each row's next position.
     mask: torch.Tensor | None = None
     position_ids: torch.Tensor | None = None
@@ -439,104 +561,110 @@ def _generate_batch(
         mask = torch.ones(batch, width + steps, dtype=torch.long)
         for i, n in enumerate(lengths):
             mask[i, : width - n] = 0
-        mask = mask.to(device)
+        mask = mask.to(state.device)
         position_ids = (mask[:, :width].cumsum(-1) - 1).clamp_(min=0)
-        next_position = torch.tensor(lengths, dtype=torch.long, device=device)
-    decoder = _static_decoder(forward, state, batch, width + steps, padded, device) if config.cuda_graphs else None
+        next_position = torch.tensor(lengths, dtype=torch.long, device=state.device)
+    decoder = _static_decoder(state, batch, width + steps, padded) if state.config.cuda_graphs else None
     if decoder is not None:
-        logits, cache = decoder.prefill(input_ids.to(device), mask, position_ids), None
+        logits, cache = decoder.prefill(input_ids.to(state.device), mask, position_ids), None
     else:
-        logits, cache = forward(
-            input_ids.to(device),
+        logits, cache = state.forward(
+            input_ids.to(state.device),
             attention_mask=None if mask is None else mask[:, :width],
             position_ids=position_ids,
             prefill=True,
         )
-    input_device, device = device, logits.device
-    if state.get("bias") is None:
-        vocab = logits.shape[-1]
-        if state["n_tokens"] > vocab:
-            raise ValueError(
-                f"the tokenizer has {state['n_tokens']} tokens but the model outputs only {vocab} "
-                "logits: this tokenizer does not belong to this model"
-            )
-        bad = [i for i in state["forbidden"] if not 0 <= i < vocab]
-        if bad:
-            raise ValueError(f"forbidden_ids {bad[:5]} are outside the model's vocabulary (0..{vocab - 1})")
-        state["bias"] = _bias(vocab, state["forbidden"], state["n_tokens"], device)
-        state["bias_min"] = state["bias"].clone()
-        state["bias_min"][state["eos"]] = float("-inf")
-        if state["replace"]:
-            bad = [i for pair in state["replace"].items() for i in pair if not 0 <= i < vocab]
-            if bad:
-                raise ValueError(f"replace_ids {bad[:5]} are outside the model's vocabulary (0..{vocab - 1})")
-            # A lookup table: one gather per step whatever the number of replaced ids.
-            table = torch.arange(vocab, dtype=torch.long)
-            table[list(state["replace"])] = torch.tensor(list(state["replace"].values()), dtype=torch.long)
-            state["replace_table"] = table.to(device)
-        state["generator"] = torch.Generator(device=device).manual_seed(int(config.seed))
-    generator = state["generator"]
-
-    out = torch.full((batch, steps), eos, dtype=torch.long, device=device)
+    device = logits.device  # sampling happens where the logits come out (a split model's last device)
+    out = torch.full((batch, steps), state.eos, dtype=torch.long, device=device)
     limit = torch.tensor(limits, dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
-    alive = None  # indices (into this batch) of the rows still decoded; None = all of them
-    check_every = _CHECK_EVERY.get(device.type, _CHECK_EVERY_DEFAULT)
-    for step in range(steps):
-        bias = state["bias_min"] if step < config.min_new_tokens else state["bias"]
-        token = _sample(logits.float(), bias, config, generator)
-        if state.get("replace_table") is not None:
-            token = state["replace_table"][token]
-        token = torch.where(done, eos, token)
-        if alive is None:
-            out[:, step] = token
-        else:
-            out[alive, step] = token
-        done = done | (token == eos) | (limit <= step + 1)
-        if step + 1 == steps:
+    return _Batch(width, steps, decoder, cache, mask, next_position, out, limit, done), logits
+
+
+def _generate_batch(state: _Decoding, rows: list[list[int]], limits: list[int]) -> tuple[list[list[int]], list[bool]]:
+    """Sample one batch; returns per row the continuation ids (no EOS) and whether it ended with EOS."""
+    batch, logits = _start_batch(state, rows, limits)
+    draw = state.draw_for(logits)
+    check_every = _CHECK_EVERY.get(logits.device.type, _CHECK_EVERY_DEFAULT)
+    for step in range(batch.steps):
+        batch.record(step, draw(logits, step), state.eos)
+        if step + 1 == batch.steps or ((step + 1) % check_every == 0 and not batch.running()):
             break
-        if (step + 1) % check_every == 0:
-            n_done = int(done.sum())
-            if n_done == done.shape[0]:
-                break
-            # (A static cache keeps its batch: its graph's replay costs the same for any number of rows.)
-            if decoder is None and n_done and n_done >= _COMPACT_FRACTION * done.shape[0]:
-                keep = (~done).nonzero().squeeze(1)
-                if _compact(cache, keep):
-                    alive = keep if alive is None else alive[keep]
-                    token, done, limit = token[keep], done[keep], limit[keep]
-                    if mask is not None:
-                        assert next_position is not None  # set with the mask
-                        keep_in = keep.to(input_device)
-                        mask, next_position = mask[keep_in], next_position[keep_in]
-        step_positions = None
-        if mask is not None:
-            assert next_position is not None  # set with the mask
-            step_positions = (next_position + step).unsqueeze(1)
-            if state["max_positions"] is not None:
-                # A row past its own limit (done, its output ignored) may run on beside longer-lived
-                # rows of shorter prompts: keep its position ids inside the position table.
-                step_positions = step_positions.clamp_(max=state["max_positions"] - 1)
-        if decoder is not None:
-            logits = decoder.step(token.to(input_device), step_positions)
-        else:
-            step_mask = None if mask is None else mask[:, : width + step + 1]
-            logits, cache = forward(
-                token.unsqueeze(1).to(input_device), cache=cache, attention_mask=step_mask, position_ids=step_positions
-            )
+        logits = batch.advance(state, step)
 
     # One transfer, then plain lists: the first EOS ends a row; a row without one ran to its limit.
     # (Columns past a row's limit, or after the batch stopped, hold EOS as filler: hence the `< limit`.)
-    is_eos = out == eos
-    first = torch.where(is_eos.any(-1), is_eos.int().argmax(-1), steps)
-    row_limit = torch.tensor(limits, dtype=torch.long, device=device)
+    is_eos = batch.out == state.eos
+    first = torch.where(is_eos.any(-1), is_eos.int().argmax(-1), batch.steps)
+    row_limit = torch.tensor(limits, dtype=torch.long, device=batch.out.device)
     finished = first < row_limit
     ends = torch.minimum(first, row_limit)
-    out_rows, row_ends, row_finished = out.tolist(), ends.tolist(), finished.tolist()
+    out_rows, row_ends, row_finished = batch.out.tolist(), ends.tolist(), finished.tolist()
     return [row[:end] for row, end in zip(out_rows, row_ends)], row_finished
 
 
 # --- the API --------------------------------------------------------------------------------------
+def _row_limits(prompt_ids: list[list[int]], config: SamplingConfig, positions: int | None) -> list[int]:
+    """Per prompt: how many new tokens fit in the model's positions (one warning when any is cut)."""
+    limits = []
+    clamped = []
+    for i, ids in enumerate(prompt_ids):
+        limit = config.max_new_tokens
+        if positions is not None:
+            room = positions - len(ids)
+            if room < 1:
+                raise ValueError(
+                    f"prompt {i} has {len(ids)} tokens, but the model takes at most {positions} "
+                    "positions: no room left to generate"
+                )
+            if room < limit:
+                limit = room
+                clamped.append(i)
+        limits.append(limit)
+    if clamped:
+        warnings.warn(
+            f"max_new_tokens={config.max_new_tokens} does not fit in the model's {positions} positions "
+            f"after {len(clamped)} of {len(prompt_ids)} prompt(s) (the longest has "
+            f"{max(len(prompt_ids[i]) for i in clamped)} tokens): those rows generate at most "
+            f"{min(limits[i] for i in clamped)} to {max(limits[i] for i in clamped)} new tokens",
+            stacklevel=3,  # generate's caller
+        )
+    return limits
+
+
+def _sample_rows(
+    model, state: _Decoding, prompt_ids: list[list[int]], limits: list[int], num_samples: int, progress: bool
+) -> tuple[list[list[int]], list[bool]]:
+    """Every row's ids and whether it ended with EOS; row r = prompt * num_samples + sample."""
+    # Sorted by prompt length, so that equal lengths share batches.
+    n_rows = len(prompt_ids) * num_samples
+    order = sorted(range(n_rows), key=lambda r: (len(prompt_ids[r // num_samples]), r))
+    tokens: list[list[int]] = [[] for _ in range(n_rows)]  # every row is filled by exactly one batch
+    finished: list[bool] = [False] * n_rows
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_rows, desc="sampling", unit="sample")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, n_rows, state.config.batch_size):
+                batch = order[start : start + state.config.batch_size]
+                rows = [prompt_ids[r // num_samples] for r in batch]
+                got, ended = _generate_batch(state, rows, [limits[r // num_samples] for r in batch])
+                for r, ids, end in zip(batch, got, ended):
+                    tokens[r], finished[r] = ids, end
+                if bar is not None:
+                    bar.update(len(batch))
+    finally:
+        model.train(was_training)
+        if bar is not None:
+            bar.close()
+    return tokens, finished
+
+
 def generate(
     model,
     tokenizer,
@@ -565,76 +693,18 @@ def generate(
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError(f"{type(tokenizer).__name__} has no EOS token; the sampler stops rows at EOS")
-    forbidden = sorted({int(i) for i in forbidden_ids})
-    strip = {int(i) for i in strip_ids}
-
-    # Per prompt: how many new tokens fit in the model's positions.
     positions = max_positions(model)
-    limits = []
-    clamped = []
-    for i, ids in enumerate(prompt_ids):
-        limit = config.max_new_tokens
-        if positions is not None:
-            room = positions - len(ids)
-            if room < 1:
-                raise ValueError(
-                    f"prompt {i} has {len(ids)} tokens, but the model takes at most {positions} "
-                    "positions: no room left to generate"
-                )
-            if room < limit:
-                limit = room
-                clamped.append(i)
-        limits.append(limit)
-    if clamped:
-        warnings.warn(
-            f"max_new_tokens={config.max_new_tokens} does not fit in the model's {positions} positions "
-            f"after {len(clamped)} of {len(prompt_ids)} prompt(s) (the longest has "
-            f"{max(len(prompt_ids[i]) for i in clamped)} tokens): those rows generate at most "
-            f"{min(limits[i] for i in clamped)} to {max(limits[i] for i in clamped)} new tokens",
-            stacklevel=2,
-        )
-
-    device = _model_device(model)
-    forward = _Forward(model)
+    limits = _row_limits(prompt_ids, config, positions)
     replace = {int(k): int(v) for k, v in (replace_ids or {}).items()}
     if eos in replace or eos in replace.values():
         raise ValueError("replace_ids may not involve the EOS token: it ends a sample")
-    state = {
-        "eos": int(eos),
-        "forbidden": forbidden,
-        "n_tokens": len(tokenizer),
-        "max_positions": positions,
-        "replace": replace,
-    }
+    forbidden = sorted({int(i) for i in forbidden_ids})
+    state = _Decoding(
+        _Forward(model), config, _model_device(model), int(eos), forbidden, len(tokenizer), positions, replace
+    )
+    tokens, finished = _sample_rows(model, state, prompt_ids, limits, num_samples, progress)
 
-    # Rows r = prompt * num_samples + sample, sorted by prompt length so equal lengths share batches.
-    n_rows = len(prompt_ids) * num_samples
-    order = sorted(range(n_rows), key=lambda r: (len(prompt_ids[r // num_samples]), r))
-    tokens: list[list[int]] = [[] for _ in range(n_rows)]  # every row is filled by exactly one batch
-    finished: list[bool] = [False] * n_rows
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n_rows, desc="sampling", unit="sample")
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, n_rows, config.batch_size):
-                batch = order[start : start + config.batch_size]
-                rows = [prompt_ids[r // num_samples] for r in batch]
-                row_limits = [limits[r // num_samples] for r in batch]
-                got, ended = _generate_batch(forward, rows, row_limits, config, state, device)
-                for r, ids, end in zip(batch, got, ended):
-                    tokens[r], finished[r] = ids, end
-                if bar is not None:
-                    bar.update(len(batch))
-    finally:
-        model.train(was_training)
-        if bar is not None:
-            bar.close()
-
+    strip = {int(i) for i in strip_ids}
     kept = [[t for t in ids if t not in strip] for ids in tokens] if strip else tokens
     decoded = tokenizer.batch_decode(kept, skip_special_tokens=False)
     return [
@@ -645,5 +715,5 @@ def generate(
             prompt_index=r // num_samples,
             finished=finished[r],
         )
-        for r in range(n_rows)
+        for r in range(len(tokens))
     ]

@@ -5,17 +5,40 @@ same bytes (no dates or random salts in the files)."""
 from __future__ import annotations
 
 import math
-import re
-from collections import Counter
 from collections.abc import Sequence
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
 
 from phf.config import OBJECTIVE_NAMES
 from phf.io.atomic import atomic_path
+from phf.study.report.plot_data import (
+    FAR,
+    NEAR,
+    Box,
+    ParetoPanel,
+    TokenSeries,
+    around,
+    grow,
+    label_cost,
+    pareto_data,
+    pareto_frontier,
+    token_plot,
+    use_log,
+)
 from phf.study.report.runs import scorer_facts
-from phf.study.report.seeds import Estimate, by_arm, finetune_pairs, mean_curve
+from phf.study.report.seeds import Estimate, by_arm, finetune_pairs
+
+# pareto_frontier: the claims read it from here.
+__all__ = [
+    "OBJECTIVE_STYLES",
+    "figure_captions",
+    "pareto_frontier",
+    "plot_capability",
+    "plot_finetune",
+    "plot_over_tokens",
+    "plot_pareto",
+    "plot_redteam",
+]
 
 DPI = 150
 
@@ -39,22 +62,6 @@ OBJECTIVE_STYLES: dict[str, tuple[str, str, str]] = dict(
 _OTHER_STYLE = ("#8c564b", "X", "other")
 
 _MARKER_SIZE = {"*": 15, "D": 8}  # stars look small and diamonds large at the same nominal size
-
-
-def _frontier_indices(points: Sequence[tuple[float, float]]) -> list[int]:
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], points[i][1], i))
-    out, best = [], math.inf
-    for i in order:
-        if points[i][1] < best:
-            out.append(i)
-            best = points[i][1]
-    return out
-
-
-def pareto_frontier(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The non-dominated points (lower x and lower y are better), sorted by x: a point is dropped
-    when another has x and y no larger (and is not the same point). Duplicates are kept once."""
-    return [(points[i][0], points[i][1]) for i in _frontier_indices(points)]
 
 
 def _style(row: dict) -> tuple[str, str, str]:
@@ -96,103 +103,51 @@ def _save(fig, out: Path, stem: str) -> list[str]:
     return [f"{stem}.png", f"{stem}.svg"]
 
 
-def _overlap(a, b) -> float:
-    w = min(a.x1, b.x1) - max(a.x0, b.x0)
-    h = min(a.y1, b.y1) - max(a.y0, b.y0)
-    return w * h if w > 0 and h > 0 else 0.0
+def _box(bbox) -> Box:
+    x0, y0, x1, y1 = bbox.extents
+    return (x0, y0, x1, y1)
 
 
-def _grow(box, pad: float):
-    from matplotlib.transforms import Bbox
-
-    return Bbox.from_extents(box.x0 - pad, box.y0 - pad, box.x1 + pad, box.y1 + pad)
-
-
-# Label positions tried around a point (offset in points, alignment): close ones first, then
-# farther ones drawn with a thin leader line.
-_NEAR = [
-    (8, 4, "left", "bottom"),
-    (8, -4, "left", "top"),
-    (-8, 4, "right", "bottom"),
-    (-8, -4, "right", "top"),
-    (0, 11, "center", "bottom"),
-    (0, -11, "center", "top"),
-    (11, 0, "left", "center"),
-    (-11, 0, "right", "center"),
-]
-
-_FAR = [
-    (d * dx, d * dy, ha, va)
-    for d in (2.4, 4.0)
-    for dx, dy, ha, va in [
-        (8, 8, "left", "bottom"),
-        (8, -8, "left", "top"),
-        (-8, 8, "right", "bottom"),
-        (-8, -8, "right", "top"),
-        (0, 10, "center", "bottom"),
-        (0, -10, "center", "top"),
-        (11, 0, "left", "center"),
-        (-11, 0, "right", "center"),
-    ]
-]
+def _annotate(ax, label: str, xy: tuple[float, float], offset: tuple[float, float], ha: str, va: str, far: bool):
+    """A label ``offset`` points from ``xy``; a far one with a thin leader line."""
+    text = ax.annotate(
+        label,
+        xy,
+        xytext=offset,
+        textcoords="offset points",
+        ha=ha,
+        va=va,
+        fontsize=8.5,
+        annotation_clip=False,
+        zorder=4,
+        bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
+        arrowprops={"arrowstyle": "-", "color": "#888888", "linewidth": 0.6, "shrinkA": 0, "shrinkB": 5}
+        if far
+        else None,
+    )
+    text.set_in_layout(False)
+    return text
 
 
-def _place_labels(
-    ax, items: list[tuple[float, float, str]], obstacles: list[tuple[int, Any]], fontsize: float = 8.5
-) -> None:
-    """Annotate each (x, y, label) next to its point: of the positions in _NEAR then _FAR, the
-    first that overlaps no earlier label, no marker, error bar or frontier line and stays inside
-    the axes, else the least bad one. ``obstacles`` are (index of the item they belong to,
-    display-space box); an item's own marker and error bar are not in its way."""
+def _place_labels(ax, items: list[tuple[float, float, str]], obstacles: list[tuple[int, Box]]) -> None:
+    """Annotate each (x, y, label) next to its point: of the positions in NEAR then FAR, the first
+    that costs nothing (:func:`~phf.study.report.plot_data.label_cost`), else the least bad one."""
     from matplotlib.text import Text
 
     fig = ax.figure
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
-    frame = ax.get_window_extent(renderer)
-    placed: list = []
+    frame = _box(ax.get_window_extent(renderer))
+    placed: list[Box] = []
     for index, (x, y, label) in enumerate(items):
         best = None
-        for rank, (dx, dy, ha, va) in enumerate(_NEAR + _FAR):
-            far = rank >= len(_NEAR)
-            text = ax.annotate(
-                label,
-                (x, y),
-                xytext=(dx, dy),
-                textcoords="offset points",
-                ha=ha,
-                va=va,
-                fontsize=fontsize,
-                annotation_clip=False,
-                zorder=4,
-                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
-                arrowprops={"arrowstyle": "-", "color": "#888888", "linewidth": 0.6, "shrinkA": 0, "shrinkB": 5}
-                if far
-                else None,
-            )
-            text.set_in_layout(False)
+        for rank, (dx, dy, ha, va) in enumerate(NEAR + FAR):
+            far = rank >= len(NEAR)
+            text = _annotate(ax, label, (x, y), (dx, dy), ha, va, far)
             text.update_positions(renderer)  # the text's own box, without the leader line
-            box = _grow(Text.get_window_extent(text, renderer), 2)
-            cost = 0.0
-            for other in placed:
-                area = _overlap(box, other)
-                cost += 1000 + 4 * area if area else 0
-            for owner, obstacle in obstacles:
-                if owner != index:
-                    area = _overlap(box, obstacle)
-                    cost += (300 if owner >= 0 else 60) + area if area else 0
-            outside = box.width * box.height - _overlap(box, frame)
-            cost += 2000 + 8 * outside if outside > 0.5 else 0
-            cost += 40 * far  # a leader line is worse than an uncluttered close label
-            if far:  # the leader line should cross no other marker, error bar or label
-                start = ax.transData.transform((x, y))
-                end = (min(max(start[0], box.x0), box.x1), min(max(start[1], box.y0), box.y1))
-                along = [
-                    (start[0] + (end[0] - start[0]) * t / 12, start[1] + (end[1] - start[1]) * t / 12)
-                    for t in range(2, 12)
-                ]
-                hit = [o for owner, o in obstacles if owner not in (index, -1)] + placed
-                cost += 300 * sum(any(o.contains(px, py) for px, py in along) for o in hit)
+            box = grow(_box(Text.get_window_extent(text, renderer)), 2)
+            start = ax.transData.transform((x, y)) if far else None
+            cost = label_cost(box, index, placed, obstacles, frame, None if start is None else (start[0], start[1]))
             if best is None or cost < best[0]:
                 if best is not None:
                     best[1].remove()
@@ -223,22 +178,8 @@ def _log_y(ax, values: Sequence[float]) -> None:
     ax.yaxis.set_minor_formatter(NullFormatter())
 
 
-def _use_log(values: Sequence[float]) -> bool:
-    values = [v for v in values if v is not None]
-    return bool(values) and min(values) > 0 and max(values) / min(values) > 12
-
-
 def _scorer_label(rows: list[dict]) -> tuple[str, str]:
     return ", ".join(scorer_facts(rows, "name")) or "scorer", ", ".join(scorer_facts(rows, "unit")) or "score"
-
-
-def _reference_label(rows: list[dict]) -> str:
-    refs = {r["kl_reference"] for r in rows if r.get("kl") is not None and r.get("kl_reference")}
-    names = set()
-    for ref in refs:
-        base = Path(ref).name
-        names.add("MLE" if base.lower() == "mle" else base)
-    return names.pop() if len(names) == 1 else "reference"
 
 
 def _legend_handles(rows: list[dict], frontier: bool):
@@ -265,109 +206,85 @@ def _legend_handles(rows: list[dict], frontier: bool):
     return handles
 
 
+def _obstacles(ax, panel: ParetoPanel) -> list[tuple[int, Box]]:
+    """What a label should not cover, in display space: (index of the point it belongs to, or -1 for
+    the frontier line; box): the markers, the frontier's segments and the error bars."""
+    fig = ax.figure
+    fig.canvas.draw()
+    obstacles = []
+    for owner, point in enumerate(panel.points):
+        c = ax.transData.transform((point.x, point.y))
+        half = _marker_kwargs(point.row)["markersize"] * fig.dpi / 72 / 2 + 1
+        obstacles.append((owner, (c[0] - half, c[1] - half, c[0] + half, c[1] + half)))
+    for p, q in pairwise(panel.steps):  # the frontier's segments
+        obstacles.append((-1, around(ax.transData.transform(p), ax.transData.transform(q), 1, 1)))
+    for owner, container in enumerate(ax.containers):  # one errorbar container per point
+        for coll in container.lines[2] if len(container.lines) > 2 else ():
+            for seg in coll.get_segments():
+                obstacles.append((owner, around(ax.transData.transform(seg[0]), ax.transData.transform(seg[-1]), 2, 0)))
+    return obstacles
+
+
+def _draw_pareto_panel(ax, panel: ParetoPanel, log: bool, all_y: list[float]) -> None:
+    for point in panel.points:
+        yerr = None if point.yerr is None else [[point.yerr[0]], [point.yerr[1]]]
+        kwargs = _marker_kwargs(point.row)
+        ax.errorbar([point.x], [point.y], yerr=yerr, linestyle="none", capsize=3, elinewidth=1.0, zorder=3, **kwargs)
+    if panel.steps:
+        assert panel.frontier is not None  # the steps are the frontier's
+        front = [panel.points[i] for i in panel.frontier]
+        ax.plot(
+            [p.x for p in front],
+            [p.y for p in front],
+            drawstyle="steps-post",
+            color="#777777",
+            linestyle="--",
+            linewidth=1.3,
+            zorder=2,
+        )
+    if log:
+        _log_y(ax, all_y)
+    ax.margins(x=0.18, y=0.12)
+    if panel.key is None:
+        names = [p.row["name"] for p in panel.points]
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_xlim(-0.7, len(names) - 0.3)
+    ax.set_xlabel(panel.xlabel)
+    ax.set_title(panel.title, fontsize=10.5)
+    ax.grid(True, which="major", color="#dddddd", linewidth=0.6)
+    ax.set_axisbelow(True)
+    if panel.key is not None:
+        _place_labels(ax, [(p.x, p.y, p.row["name"]) for p in panel.points], _obstacles(ax, panel))
+
+
 def plot_pareto(rows: list[dict], out: Path, title: str) -> dict | None:
     """Misalignment against KL and held-out LM loss; returns what was drawn, or None."""
-    from matplotlib.transforms import Bbox
-
-    points = [r for r in rows if r.get("misalignment_mean") is not None]
-    if not points:
+    data = pareto_data(rows)
+    if data is None:
         return None
+    points = [r for r in rows if r.get("misalignment_mean") is not None]
     scorer, unit = _scorer_label(points)
-    panels: list[tuple[str | None, str, str]] = []  # (row key of the x axis or None: by arm, label, title)
-    if any(r.get("kl") is not None for r in points):
-        panels.append(
-            ("kl", f"KL({_reference_label(points)} \u2016 model), nats per sample", "(a) capability cost: KL")
-        )
-    if any(r.get("lm_loss") is not None for r in points):
-        panels.append(("lm_loss", "held-out LM loss, nats per token", "(b) capability cost: held-out LM loss"))
-    if len(panels) == 1:
-        panels = [(k, xl, t.replace("(a) ", "").replace("(b) ", "")) for k, xl, t in panels]
-    categorical = not panels
-    if categorical:
-        panels = [(None, "arm", "misalignment by arm (no arm has KL or LM loss)")]
-    fig = _new_figure(12.0 if len(panels) == 2 else 7.0, 5.6)
-    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
-    log = _use_log([r["misalignment_mean"] for r in points])
-    drawn: dict[str, Any] = {"panels": [], "log_y": log, "frontier": {}}
-    any_frontier = False
-    for ax, (key, xlabel, subtitle) in zip(axes, panels):
-        chosen = [r for r in points if key is None or r.get(key) is not None]
-        obstacles, items, xy, steps = [], [], [], []
-        for i, row in enumerate(chosen):
-            x = float(i) if key is None else float(row[key])
-            y = float(row["misalignment_mean"])
-            ci = row.get("misalignment_ci95")
-            yerr = None
-            if ci:
-                lo, hi = float(ci[0]), float(ci[1])
-                if log and lo <= 0:
-                    lo = y / 10
-                yerr = [[max(y - lo, 0.0)], [max(hi - y, 0.0)]]
-            ax.errorbar(
-                [x], [y], yerr=yerr, linestyle="none", capsize=3, elinewidth=1.0, zorder=3, **_marker_kwargs(row)
-            )
-            xy.append((x, y))
-            items.append((x, y, row["name"]))
-        if key is not None and len(xy) >= 2:
-            idx = _frontier_indices(xy)
-            front = [xy[i] for i in idx]
-            drawn["frontier"][key] = [chosen[i]["name"] for i in idx]
-            if len(front) >= 2:
-                ax.plot(
-                    [p[0] for p in front],
-                    [p[1] for p in front],
-                    drawstyle="steps-post",
-                    color="#777777",
-                    linestyle="--",
-                    linewidth=1.3,
-                    zorder=2,
-                )
-                any_frontier = True
-                steps = [front[0]]
-                for (_, y0), (x1, y1) in pairwise(front):
-                    steps += [(x1, y0), (x1, y1)]
-        if log:
-            _log_y(ax, [r["misalignment_mean"] for r in points])
-        ax.margins(x=0.18, y=0.12)
-        if key is None:
-            ax.set_xticks(range(len(chosen)), [r["name"] for r in chosen], rotation=30, ha="right", fontsize=8)
-            ax.set_xlim(-0.7, len(chosen) - 0.3)
-        ax.set_xlabel(xlabel)
-        ax.set_title(subtitle, fontsize=10.5)
-        ax.grid(True, which="major", color="#dddddd", linewidth=0.6)
-        ax.set_axisbelow(True)
-        drawn["panels"].append(key or "categorical")
-        if key is not None:
-            fig.canvas.draw()
-            for owner, ((a, b), row) in enumerate(zip(xy, chosen)):
-                c = ax.transData.transform((a, b))
-                half = _marker_kwargs(row)["markersize"] * fig.dpi / 72 / 2 + 1
-                obstacles.append((owner, Bbox.from_extents(c[0] - half, c[1] - half, c[0] + half, c[1] + half)))
-            for p, q in pairwise(steps):  # the frontier's segments
-                (x0, y0), (x1, y1) = ax.transData.transform(p), ax.transData.transform(q)
-                obstacles.append(
-                    (-1, Bbox.from_extents(min(x0, x1) - 1, min(y0, y1) - 1, max(x0, x1) + 1, max(y0, y1) + 1))
-                )
-            for owner, container in enumerate(ax.containers):  # one errorbar container per arm
-                for coll in container.lines[2] if len(container.lines) > 2 else ():
-                    for seg in coll.get_segments():
-                        (x0, y0), (x1, y1) = ax.transData.transform(seg[0]), ax.transData.transform(seg[-1])
-                        obstacles.append(
-                            (owner, Bbox.from_extents(min(x0, x1) - 2, min(y0, y1), max(x0, x1) + 2, max(y0, y1)))
-                        )
-        if key is not None:
-            _place_labels(ax, items, obstacles)
+    fig = _new_figure(12.0 if len(data.panels) == 2 else 7.0, 5.6)
+    axes = fig.subplots(1, len(data.panels), sharey=True, squeeze=False)[0]
+    for ax, panel in zip(axes, data.panels):
+        _draw_pareto_panel(ax, panel, data.log_y, [r["misalignment_mean"] for r in points])
     axes[0].set_ylabel(f"misalignment: mean score of unconditional samples\n({scorer}, {unit}; 95% CI)")
     fig.suptitle(
         f"{title}: misalignment by arm (lower is better)"
-        if categorical
+        if data.categorical
         else f"{title}: misalignment vs capability cost (lower-left is better)",
         fontsize=12,
     )
-    handles = _legend_handles(points, any_frontier)
+    handles = _legend_handles(points, any(p.steps for p in data.panels))
     fig.legend(handles=handles, loc="outside lower center", ncol=min(7, len(handles)), fontsize=9, frameon=False)
-    drawn["files"] = _save(fig, out, "pareto")
-    return drawn
+    return {
+        "panels": [p.key or "categorical" for p in data.panels],
+        "log_y": data.log_y,
+        "frontier": {
+            p.key: [p.points[i].row["name"] for i in p.frontier] for p in data.panels if p.frontier is not None
+        },
+        "files": _save(fig, out, "pareto"),
+    }
 
 
 def _token_axis(ax) -> None:
@@ -382,85 +299,52 @@ def _token_axis(ax) -> None:
     ax.xaxis.set_major_formatter(FuncFormatter(label))
 
 
-def _series(row: dict) -> str:
-    """An arm's name without its seed ("seed43/ul" -> "ul"): the arms that differ only by seed."""
-    parts = [p for p in row["name"].split("/") if not re.fullmatch(r"seed\d+", p)]
-    return "/".join(parts) or row["name"]
-
-
-def _offset(row: dict) -> int:
-    """Where a run's own token count starts on the study's axis (a finetuning arm: after its base run)."""
-    return int(row.get("tokens_before") or 0)
+def _draw_series(ax, series: TokenSeries, averaged: bool) -> None:
+    """An arm's line, or the seeds' faint lines under their mean and its band; the final evaluation's star."""
+    colour = _style(series.members[0])[0]
+    kw = _marker_kwargs(series.members[0])
+    kw["markersize"] = kw["markersize"] * 0.6
+    for member, (xs, ys) in zip(series.members, series.lines):
+        if len(series.members) > 1:
+            ax.plot(xs, ys, linestyle=series.dash, linewidth=0.8, color=colour, alpha=0.3)
+        else:
+            label = series.name if averaged else member["name"]
+            ax.plot(xs, ys, linestyle=series.dash, linewidth=1.6, label=label, **kw)
+    if series.mean is not None:
+        label = f"{series.name} (mean of {len(series.members)} seeds)"
+        ax.plot(*series.mean, linestyle=series.dash, linewidth=2.0, label=label, **kw)
+        if series.band:
+            xs, lows, highs = (list(column) for column in zip(*series.band))
+            ax.fill_between(xs, lows, highs, color=colour, alpha=0.12, lw=0)
+    if series.final is not None:
+        ax.plot(
+            [series.final[0]],
+            [series.final[1]],
+            linestyle="none",
+            marker="*",
+            markersize=17,
+            markerfacecolor=colour,
+            markeredgecolor="black",
+            markeredgewidth=1.0,
+            zorder=5,
+        )
 
 
 def plot_over_tokens(rows: list[dict], out: Path, title: str) -> dict | None:
     """Periodic misalignment per arm; where arms differ only by seed, one line per objective (the
     mean over seeds) over faint per-seed lines, so many seeds stay readable."""
-    arms = [r for r in rows if r.get("periodic_evals")]
-    if not arms:
+    data = token_plot(rows)
+    if data is None:
         return None
     from matplotlib.lines import Line2D
 
     fig = _new_figure(9.0, 5.4)
     ax = fig.subplots()
-    dashes = ["-", "--", "-.", ":"]
-    used: Counter = Counter()
-    values = []
-    series: dict[str, list[dict]] = {}
-    for row in arms:
-        series.setdefault(_series(row), []).append(row)
-    averaged = any(len(members) > 1 for members in series.values())
-    if averaged:  # one legend entry per objective, in the usual objective order
-        order = {name: i for i, name in enumerate(OBJECTIVE_STYLES)}
-        series = dict(sorted(series.items(), key=lambda kv: order.get(kv[1][0].get("objective") or "", len(order))))
-    for name, members in series.items():
-        row = members[0]
-        colour = _style(row)[0]
-        style = dashes[used[row.get("objective")] % len(dashes)]
-        used[row.get("objective")] += 1
-        kw = _marker_kwargs(row)
-        kw["markersize"] = kw["markersize"] * 0.6
-        for member in members:
-            evals = sorted(member["periodic_evals"], key=lambda e: e["tokens"])
-            xs, ys = [e["tokens"] + _offset(member) for e in evals], [e["misalignment_mean"] for e in evals]
-            values += ys
-            if len(members) > 1:
-                ax.plot(xs, ys, linestyle=style, linewidth=0.8, color=colour, alpha=0.3)
-            else:
-                ax.plot(xs, ys, linestyle=style, linewidth=1.6, label=name if averaged else member["name"], **kw)
-        if len(members) > 1:
-            xs, ys, cis = mean_curve(
-                [{e["tokens"] + _offset(m): e["misalignment_mean"] for e in m["periodic_evals"]} for m in members]
-            )
-            ax.plot(xs, ys, linestyle=style, linewidth=2.0, label=f"{name} (mean of {len(members)} seeds)", **kw)
-            band = [(x, ci) for x, ci in zip(xs, cis) if ci is not None]
-            if band:
-                ax.fill_between(
-                    [x for x, _ in band],
-                    [max(0.0, c[0]) for _, c in band],  # a score is never negative, however wide the interval
-                    [c[1] for _, c in band],
-                    color=colour,
-                    alpha=0.12,
-                    lw=0,
-                )
-        finals = [m["misalignment_mean"] for m in members if m.get("misalignment_mean") is not None]
-        if finals:
-            end = max((m.get("training_tokens") or m["periodic_evals"][-1]["tokens"]) + _offset(m) for m in members)
-            final = sum(finals) / len(finals)
-            values.append(final)
-            ax.plot(
-                [end],
-                [final],
-                linestyle="none",
-                marker="*",
-                markersize=17,
-                markerfacecolor=colour,
-                markeredgecolor="black",
-                markeredgewidth=1.0,
-                zorder=5,
-            )
-    if _use_log(values):
-        _log_y(ax, values)
+    for series in data.series:
+        _draw_series(ax, series, data.averaged)
+    log = use_log(data.values)
+    if log:
+        _log_y(ax, data.values)
     _token_axis(ax)
     ax.set_xlim(left=0)
     ax.set_xlabel("training tokens")
@@ -468,7 +352,7 @@ def plot_over_tokens(rows: list[dict], out: Path, title: str) -> dict | None:
     ax.set_ylabel(f"misalignment: mean score of unconditional samples\n({scorer}, {unit})")
     what = (
         "mean over seeds, band: 95% CI;\nfaint: each seed; stars: final evaluation, mean over seeds"
-        if averaged
+        if data.averaged
         else "periodic estimates; stars: final evaluation"
     )
     # Separate lines: a long study title on one line runs into the legend at the right.
@@ -490,10 +374,10 @@ def plot_over_tokens(rows: list[dict], out: Path, title: str) -> dict | None:
     )
     fig.legend(handles=handles, loc="outside right upper", fontsize=9, frameon=False)
     return {
-        "arms": [r["name"] for r in arms],
-        "series": {k: [m["name"] for m in v] for k, v in series.items()},
-        "averaged_over_seeds": averaged,
-        "log_y": _use_log(values),
+        "arms": [r["name"] for r in rows if r.get("periodic_evals")],
+        "series": {s.name: [m["name"] for m in s.members] for s in data.series},
+        "averaged_over_seeds": data.averaged,
+        "log_y": log,
         "files": _save(fig, out, "misalignment_over_tokens"),
     }
 
@@ -520,7 +404,7 @@ def plot_redteam(rows: list[dict], curves: dict[str, dict], out: Path, title: st
                 hi = [m + s for m, s in zip(c[key], sd)]
                 ax.fill_between(c["round"], lo, hi, color=kw["color"], alpha=0.12, linewidth=0)
             values += c[key]
-        if _use_log(values):
+        if use_log(values):
             _log_y(ax, values)
         ax.set_ylabel(f"misalignment of continuations\n({scorer}, {unit}; mean over trials ± sd)")
         ax.set_xlabel("red-teaming round (0: initial pool)")
