@@ -55,6 +55,11 @@ class DataConfig:
     """Tokens per training sequence (documents are packed into sequences of this length)."""
     shuffle: bool = True
     """Shuffle the document order every epoch (seeded by training.seed)."""
+    shuffle_window: int = 1
+    """Read the packed sequences in a seeded random order within each run of this many (1: in
+    stream order). Documents are shuffled, then packed, so a batch of consecutive sequences comes
+    from few documents where they are long (PII, PEP8: docs/paper-vs-phf.md); a window of a few
+    hundred sequences mixes them while a continuation run still starts after what was read."""
     continue_from: str | None = None
     """A run directory: start where its stream stopped (pretrain-then-finetune)."""
     prefetch: bool | None = None
@@ -520,6 +525,7 @@ def _numeric_rules(config: TrainConfig) -> list[Rule]:
         ("training.logprob_keep_softmax_mb", t.logprob_keep_softmax_mb, _non_negative, ">= 0"),
         ("training.cpu_fp32_attention_below", t.cpu_fp32_attention_below, _non_negative, ">= 0"),
         ("data.tokenizer.vocab_size", d.tokenizer.vocab_size, _at_least_one, ">= 1"),
+        ("data.shuffle_window", d.shuffle_window, _at_least_one, ">= 1"),
         ("model.pad_vocab_multiple", m.pad_vocab_multiple, _at_least_one, ">= 1"),
         ("model.dropout", m.dropout, beta, "in [0, 1)"),
     ]

@@ -213,3 +213,24 @@ def test_every_block_is_a_window_of_the_stream_built_token_by_token(seq_len, tra
             assert sample.labels.tolist() == tokens[window][1:].tolist()
             assert sample.scores.tolist() == scores[window][1:].tolist()
             assert sample.is_control.tolist() == control[window][1:].tolist()
+
+
+def test_shuffle_window_permutes_blocks_within_windows_and_continues_after_them():
+    docs = [[([d * 10 + 1, d * 10 + 2, d * 10 + 3], 0.0)] for d in range(1, 30)]
+    store = make_store(docs)
+    plain = PackedStream(store, 4, EOS, seed=1)
+    windowed = PackedStream(store, 4, EOS, seed=1, shuffle_window=8)
+    n = plain.blocks_in_epoch(0)  # 29 documents of 4 tokens: 28 blocks, windows 0-7, 8-15, 16-23, 24-27
+    blocks = [plain[i].input_ids.tolist() for i in range(n)]
+    read = [windowed[i].input_ids.tolist() for i in range(n)]
+    assert read != blocks, "a window of 8 blocks reorders them"
+    for start in range(0, n, 8):  # each window holds the same blocks, in another order
+        assert sorted(read[start : start + 8]) == sorted(blocks[start : start + 8])
+    assert [windowed[i].input_ids.tolist() for i in range(n)] == read, "seeded: the same order again"
+    assert [PackedStream(store, 4, EOS, seed=1, shuffle_window=1)[i].input_ids.tolist() for i in range(n)] == blocks
+    # 5 samples read blocks from the whole first window (blocks 0-7: stream positions 0..32, i.e.
+    # documents 0-7 and the first token of document 8), so a continuation starts after document 8.
+    assert windowed.position_to_doc(5) == plain.position_to_doc(8) == 9
+    assert windowed.position_to_doc(8) == plain.position_to_doc(8)
+    with pytest.raises(ValueError, match="shuffle_window"):
+        PackedStream(store, 4, EOS, shuffle_window=0)

@@ -142,12 +142,17 @@ class PackedStream:
         *,
         seed: int = 0,
         shuffle: bool = True,
+        shuffle_window: int = 1,
         filtering: Filtering | None = None,
         conditional: Conditional | None = None,
         start_doc: int = 0,
     ):
         self.store, self.seq_len, self.eos_id = store, int(seq_len), int(eos_id)
         self.seed, self.shuffle = int(seed), bool(shuffle)
+        if int(shuffle_window) < 1:
+            raise ValueError(f"shuffle_window must be >= 1, got {shuffle_window}")
+        self.shuffle_window = int(shuffle_window)
+        self._window_order: tuple = (None, None, None)  # (epoch, first block, permutation) last used
         self.conditional, self.start_doc = conditional, int(start_doc)
         self.doc_offsets = np.asarray(store.doc_offsets, dtype=np.int64)
         # Plain ndarray views of the (memory-mapped) columns: indexing a np.memmap costs more per call.
@@ -295,8 +300,20 @@ class PackedStream:
         scores = np.where(is_inserted, inserted_scores[last], self.scores[source])
         return tokens, scores, inserted_control[last] & is_inserted
 
+    def _shuffled(self, epoch: int, block: int) -> int:
+        """The block read at stream position ``block``: a seeded permutation within its window."""
+        w = self.shuffle_window
+        if w == 1:
+            return block
+        start = block - block % w
+        if self._window_order[:2] != (epoch, start):  # a run reads a window's blocks one after another
+            size = min(w, self._epoch_blocks[epoch] - start)
+            self._window_order = (epoch, start, self._rng(epoch, 2 + start // w).permutation(size))
+        return start + int(self._window_order[2][block - start])
+
     def __getitem__(self, index: int) -> Sample:
         epoch, block = self._locate(int(index))
+        block = self._shuffled(epoch, block)
         order, cum, dropped = self._epoch(epoch)
         start, stop = block * self.seq_len, block * self.seq_len + self.seq_len + 1
         first, last = np.searchsorted(cum, [start, stop - 1], side="right")
@@ -310,6 +327,8 @@ class PackedStream:
         epoch, block = self._locate(int(samples_consumed))
         if epoch > 0:
             raise ValueError("the base run went past one epoch; nothing unseen is left to continue on")
+        # A window read in part was read in any of its blocks: continue after the whole window.
+        block = min(-(-block // self.shuffle_window) * self.shuffle_window, self._epoch_blocks[0])
         order, cum, _ = self._epoch(0)
         i = int(np.searchsorted(cum, block * self.seq_len, side="right"))
         kept_position = min(i + 1, len(order))  # the partially seen document counts as seen

@@ -64,6 +64,7 @@ def build_data(config: TrainConfig, accelerator, manifest: dict) -> TrainingData
         tokenizer.eos_token_id,
         seed=config.training.seed,
         shuffle=config.data.shuffle,
+        shuffle_window=config.data.shuffle_window,
         filtering=filtering,
         conditional=conditional,
         start_doc=start_doc,
@@ -178,6 +179,7 @@ def _continuation_start(config: TrainConfig, base_run: Path, store: TokenStore, 
         base_tokenizer.eos_token_id,
         seed=base.training.seed,
         shuffle=base.data.shuffle,
+        shuffle_window=base.data.shuffle_window,
         filtering=base_filter,
     )
     return base_stream.position_to_doc(consumed)
