@@ -21,17 +21,13 @@ from phf.data.token_store import build_token_store
 
 
 def documents_per_batch(stream: PackedStream, batch: int, batches: int) -> np.ndarray:
-    """Distinct documents in each of the first ``batches`` batches of epoch 0."""
-    order, cum, _ = stream._epoch(0)
-    counts = []
-    for b in range(batches):
-        docs: set[int] = set()
-        for i in range(b * batch, (b + 1) * batch):
-            start = stream._shuffled(0, stream._locate(i)[1]) * stream.seq_len
-            first, last = np.searchsorted(cum, [start, start + stream.seq_len], side="right")
-            docs.update(order[first : last + 1].tolist())
-        counts.append(len(docs))
-    return np.array(counts)
+    """Distinct documents in each of the first ``batches`` batches."""
+    return np.array(
+        [
+            len({int(d) for i in range(b * batch, (b + 1) * batch) for d in stream.sample_documents(i)})
+            for b in range(batches)
+        ]
+    )
 
 
 def main() -> None:

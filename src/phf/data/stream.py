@@ -311,14 +311,23 @@ class PackedStream:
             self._window_order = (epoch, start, self._rng(epoch, 2 + start // w).permutation(size))
         return start + int(self._window_order[2][block - start])
 
-    def __getitem__(self, index: int) -> Sample:
+    def _sample_span(self, index: int) -> tuple[np.ndarray, np.ndarray | None, int, int]:
+        """(documents, segment drop mask, lo, hi): sample ``index`` is positions [lo, hi) of the
+        stream made of those documents (one more than seq_len: the last label)."""
         epoch, block = self._locate(int(index))
         block = self._shuffled(epoch, block)
         order, cum, dropped = self._epoch(epoch)
         start, stop = block * self.seq_len, block * self.seq_len + self.seq_len + 1
         first, last = np.searchsorted(cum, [start, stop - 1], side="right")
         base = int(cum[first - 1]) if first else 0
-        tokens, scores, control = self._window(order[first : last + 1], dropped, start - base, stop - base)
+        return order[first : last + 1], dropped, start - base, stop - base
+
+    def sample_documents(self, index: int) -> np.ndarray:
+        """The documents (store indices) sample ``index`` reads from."""
+        return self._sample_span(index)[0]
+
+    def __getitem__(self, index: int) -> Sample:
+        tokens, scores, control = self._window(*self._sample_span(index))
         return Sample(tokens[:-1], tokens[1:], scores[1:], control[1:])
 
     def position_to_doc(self, samples_consumed: int) -> int:

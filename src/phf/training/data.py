@@ -58,17 +58,7 @@ def build_data(config: TrainConfig, accelerator, manifest: dict) -> TrainingData
     start_doc = 0
     if config.data.continue_from:
         start_doc = _continuation_start(config, Path(config.data.continue_from), store, base_tokenizer)
-    stream = PackedStream(
-        store,
-        config.data.seq_len,
-        tokenizer.eos_token_id,
-        seed=config.training.seed,
-        shuffle=config.data.shuffle,
-        shuffle_window=config.data.shuffle_window,
-        filtering=filtering,
-        conditional=conditional,
-        start_doc=start_doc,
-    )
+    stream = _stream(config, store, tokenizer.eos_token_id, filtering, conditional, start_doc)
     filter_threshold = filtering.resolved_threshold(store) if filtering else None
     return TrainingData(tokenizer, base_tokenizer, store, stream, control_tokens, conditional, filter_threshold)
 
@@ -173,16 +163,30 @@ def _continuation_start(config: TrainConfig, base_run: Path, store: TokenStore, 
         raise TrainingError("data.continue_from: the base run must use the same training.seed and data.seq_len")
     consumed = json.loads(state_file.read_text())["samples"]
     base_filter = Filtering(**asdict(base.objective.filtering)) if base.objective.name == "filtering" else None
-    base_stream = PackedStream(
+    return _stream(base, store, base_tokenizer.eos_token_id, base_filter).position_to_doc(consumed)
+
+
+def _stream(
+    config: TrainConfig,
+    store: TokenStore,
+    eos_id: int,
+    filtering: Filtering | None = None,
+    conditional: Conditional | None = None,
+    start_doc: int = 0,
+) -> PackedStream:
+    """The packed stream a run of ``config`` reads, with its batch transform."""
+    d = config.data
+    return PackedStream(
         store,
-        base.data.seq_len,
-        base_tokenizer.eos_token_id,
-        seed=base.training.seed,
-        shuffle=base.data.shuffle,
-        shuffle_window=base.data.shuffle_window,
-        filtering=base_filter,
+        d.seq_len,
+        eos_id,
+        seed=config.training.seed,
+        shuffle=d.shuffle,
+        shuffle_window=d.shuffle_window,
+        filtering=filtering,
+        conditional=conditional,
+        start_doc=start_doc,
     )
-    return base_stream.position_to_doc(consumed)
 
 
 class Prefetch:
