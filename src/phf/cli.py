@@ -78,6 +78,7 @@ def _cmd_score(args) -> int:
 
 
 def _cmd_train(args) -> int:
+    from phf.training.parallel import end_process_group
     from phf.training.trainer import train
 
     config = settings(args)
@@ -86,7 +87,10 @@ def _cmd_train(args) -> int:
         from phf.evaluation.evaluator import periodic_evaluator
 
         evaluate = periodic_evaluator(seed=config.training.seed)
-    last = train(config, resume=args.resume, evaluate=evaluate)
+    try:
+        last = train(config, resume=args.resume, evaluate=evaluate)
+    finally:
+        end_process_group()
     numbers = ", ".join(
         f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in last.items() if v is not None
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 from tests.helpers.training import OBJECTIVE_SETTINGS, tiny_overrides
 
 from phf.config import load_config
+from phf.training.parallel import end_process_group
 from phf.training.trainer import Trainer
 
 STEPS, SAVE_EVERY, DIE_AFTER = 4, 2, 2
@@ -62,6 +63,7 @@ def main() -> None:
         if mode == "die":
             trainer.checkpoints.save = die_after_checkpoint(trainer)  # type: ignore[method-assign]
         trainer.train()
+    end_process_group()
 
 
 if __name__ == "__main__":

@@ -123,3 +123,14 @@ def full_state_dict(model: nn.Module) -> dict[str, Any]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def end_process_group() -> None:
+    """Destroy the default process group, if this process made one (DDP or FSDP under torchrun).
+
+    Left to interpreter exit, gloo's worker threads can outlive Python and abort the process
+    (SIGABRT, "terminate called without an active exception") after a run that succeeded."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
