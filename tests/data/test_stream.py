@@ -1,5 +1,6 @@
 """The training stream: packing, conditional token insertion, filtering, continuation, by hand."""
 
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -234,3 +235,21 @@ def test_shuffle_window_permutes_blocks_within_windows_and_continues_after_them(
     assert windowed.position_to_doc(8) == plain.position_to_doc(8)
     with pytest.raises(ValueError, match="shuffle_window"):
         PackedStream(store, 4, EOS, shuffle_window=0)
+
+
+def test_training_warns_when_stream_order_batches_would_read_one_document():
+    from phf.config import DataConfig, TrainConfig, TrainingConfig
+    from phf.training.data import _warn_if_batches_read_one_document
+
+    def config(window: int) -> TrainConfig:
+        data = DataConfig(path="corpus", seq_len=4, shuffle_window=window)
+        return TrainConfig(output_dir="run", data=data, training=TrainingConfig(batch_size=2))
+
+    # A batch is 8 tokens: documents of 20 tokens hold most of the corpus, documents of 3 none of it.
+    long_docs = make_store([[(list(range(1, 21)), 0.0)] for _ in range(3)] + [[([1, 2, 3], 0.0)]])
+    with pytest.warns(UserWarning, match=r"95% of corpus's tokens .* data.shuffle_window=512"):
+        _warn_if_batches_read_one_document(config(1), long_docs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_if_batches_read_one_document(config(512), long_docs)
+        _warn_if_batches_read_one_document(config(1), make_store([[([1, 2, 3], 0.0)]] * 10))
