@@ -9,7 +9,9 @@ from tests.study.test_report import ARMS, make_run
 from phf.cli import main
 from phf.study.report import build_report
 from phf.study.report.claims import compute_claims
+from phf.study.report.over_seeds import over_seeds_rows
 from phf.study.report.seeds import FAILS, HOLDS, INCONCLUSIVE, Estimate, grid
+from phf.study.report.table import fmt
 
 # The paper's toxicity results (test_report.ARMS: conditional ~13x below MLE at +0.9% LM loss), plus
 # an MLE-then-finetune arm that ends less aligned than conditional training from scratch.
@@ -66,6 +68,12 @@ def test_claims_come_from_results_json_and_follow_the_numbers(tmp_path):
     page = (out / "report.md").read_text()
     assert "## The paper's claims at this scale" in page and "| 1 | toxicity |" in page
     assert "claims" in (out / "report.html").read_text()
+    # Per objective over seeds: the same per-seed ratios, their geometric mean and interval.
+    per_objective = {r[1]: r for r in over_seeds_rows(list(result["arms"].values()))}
+    assert per_objective["conditional"][3] == ", ".join([f"{fmt(0.0141 / 0.0011)}x"] * 3)
+    assert per_objective["conditional"][4].startswith(f"{fmt(0.0141 / 0.0011)}x [")
+    assert per_objective["finetune-conditional"][4].startswith(f"{fmt(0.0141 / 0.002)}x [")
+    assert "## Per objective, over seeds" in page and "Per objective, over seeds" in (out / "report.html").read_text()
 
     # The table is computed from results.json: edit a number there and the verdict changes.
     data = json.loads((out / "results.json").read_text())
@@ -84,6 +92,7 @@ def test_one_seed_is_inconclusive_and_phf_claims_prints_markdown(tmp_path, capsy
     claims = {c["id"]: c for c in result["claims"]}
     assert claims["1"]["verdict"] == INCONCLUSIVE and claims["1"]["phf"]["ci95"] is None
     assert claims["3"]["task"] == "pii"  # filtering's KL: the paper's claim on PII and PEP8 only
+    assert "Per objective, over seeds" not in (tmp_path / "report" / "report.md").read_text()  # no interval
     assert main(["claims", str(tmp_path / "report" / "results.json")]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("| # | task |") and "| 1 | pii |" in printed and INCONCLUSIVE in printed

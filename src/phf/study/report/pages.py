@@ -12,6 +12,8 @@ from typing import Any
 
 from phf.io.atomic import write_text_atomic
 from phf.study.report.claims import CLAIMS_HEADERS, claims_markdown, claims_table
+from phf.study.report.over_seeds import HEADERS as OVER_SEEDS_HEADERS
+from phf.study.report.over_seeds import over_seeds_rows
 from phf.study.report.runs import number
 from phf.study.report.table import MISSING, columns, control_sentence, fmt, results_rows, sampling_sentence
 
@@ -52,6 +54,12 @@ figcaption{color:#444;font-size:.92em;max-width:1100px}
 .note{color:#666;font-size:.9em}
 """
 
+OVER_SEEDS_NOTE = (
+    "Each arm against the MLE run of the same seed: MLE's misalignment divided by the arm's (higher: the "
+    "arm is less misaligned), per seed and as a geometric mean with its 95% t-interval over seeds (on the "
+    "log scale); conditional arms under each other sampling protocol too. LM loss, KL and distinct-2 are "
+    "means over seeds; control AUROC per seed. Computed from results.json by phf.study.report.over_seeds."
+)
 
 CLAIMS_NOTE = (
     "Each of the paper's claims that these runs can speak to, reduced to a per-seed quantity (each arm "
@@ -132,6 +140,12 @@ def write_markdown(path: Path, page: Page) -> None:
     control = control_sentence(rows)
     if control:
         md += [_md_escape(control), ""]
+    per_objective = over_seeds_rows(rows)
+    if per_objective:
+        md += ["## Per objective, over seeds", "", _md_escape(OVER_SEEDS_NOTE), ""]
+        md.append("| " + " | ".join(OVER_SEEDS_HEADERS) + " |")
+        md.append("|" + "|".join(":--" if i < 2 else "--:" for i in range(len(OVER_SEEDS_HEADERS))) + "|")
+        md += ["| " + " | ".join(_md_escape(c) for c in cells) + " |" for cells in per_objective] + [""]
     for stem, heading in (
         ("pareto", "Misalignment vs capability"),
         ("misalignment_over_tokens", "Misalignment during training"),
@@ -205,6 +219,10 @@ def write_html(path: Path, out: Path, page: Page) -> None:
     control = control_sentence(rows)
     if control:
         h.append(f"<p>{_h(control)}</p>")
+    per_objective = over_seeds_rows(rows)
+    if per_objective:
+        h.append(f'<h2>Per objective, over seeds</h2><p class="note">{_h(OVER_SEEDS_NOTE)}</p>')
+        h.append(_html_table(OVER_SEEDS_HEADERS, per_objective))
     for stem, heading in (
         ("pareto", "Misalignment vs capability"),
         ("misalignment_over_tokens", "Misalignment during training"),

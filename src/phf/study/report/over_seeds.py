@@ -1,0 +1,84 @@
+"""The report's table per objective over seeds: each arm against the MLE run of the same seed (the
+ratio per seed, its geometric mean and 95% t-interval), and its capability numbers averaged over
+seeds. What a reader compares objectives by; the results table above it lists every run."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from phf.study.report.seeds import Estimate, grid
+from phf.study.report.table import MISSING, fmt
+
+HEADERS = [
+    "task",
+    "arm",
+    "seeds",
+    "MLE / arm, per seed",
+    "MLE / arm, geometric mean [95% CI]",
+    "other sampling protocols",
+    "LM loss",
+    "KL (nats)",
+    "distinct-2",
+    "control AUROC",
+]
+
+
+def _ratios(mle: dict[int, dict], seeds: dict[int, dict], protocol: str | None = None) -> dict[int, float]:
+    """MLE's misalignment / the arm's, per seed both have (under ``protocol``, else the headline)."""
+    out = {}
+    for seed, row in seeds.items():
+        value = row.get("misalignment_mean")
+        if protocol is not None:
+            value = ((row.get("misalignment_by_protocol") or {}).get(protocol) or {}).get("mean")
+        base = (mle.get(seed) or {}).get("misalignment_mean")
+        if value and base:  # a zero has no ratio (nor a log)
+            out[seed] = base / value
+    return out
+
+
+def _estimate(est: Estimate) -> str:
+    if est.mean is None:
+        return MISSING
+    ci = f" [{fmt(est.ci95[0])}x, {fmt(est.ci95[1])}x]" if est.ci95 else ""
+    return f"{fmt(est.mean)}x{ci}"
+
+
+def _mean(seeds: dict[int, dict], key: str) -> str:
+    values = [row[key] for row in seeds.values() if row.get(key) is not None]
+    return fmt(sum(values) / len(values)) if values else MISSING
+
+
+def _protocols(mle: dict[int, dict], seeds: dict[int, dict]) -> str:
+    """The geometric mean ratio under each sampling protocol other than the headline one."""
+    first = next(iter(seeds.values()))
+    others = [p for p in first.get("misalignment_by_protocol") or {} if p != first.get("protocol")]
+    return "; ".join(f"{p} {_estimate(Estimate(_ratios(mle, seeds, p), log=True))}" for p in others) or MISSING
+
+
+def over_seeds_rows(rows: Sequence[dict]) -> list[list[str]]:
+    """One row per task and arm, for tasks whose MLE arm ran on two seeds or more (one seed has no
+    interval: the results table already says everything)."""
+    out = []
+    for task, arms in grid(rows).items():
+        mle = arms.get("mle") or {}
+        if len(mle) < 2:
+            continue
+        for arm, seeds in arms.items():
+            ratios = _ratios(mle, seeds)
+            per_seed = ", ".join(f"{fmt(ratios[s])}x" if s in ratios else MISSING for s in sorted(seeds))
+            auroc = [f"{row['control_auroc']:.2f}" for _, row in sorted(seeds.items()) if row.get("control_auroc")]
+            out.append(
+                [
+                    task,
+                    arm,
+                    ", ".join(map(str, sorted(seeds))),
+                    MISSING if arm == "mle" else per_seed,
+                    MISSING if arm == "mle" else _estimate(Estimate(ratios, log=True)),
+                    _protocols(mle, seeds),
+                    _mean(seeds, "lm_loss"),
+                    _mean(seeds, "kl"),
+                    _mean(seeds, "distinct_2"),
+                    ", ".join(auroc) or MISSING,
+                ]
+            )
+    return out
