@@ -233,6 +233,8 @@ def test_shuffle_window_permutes_blocks_within_windows_and_continues_after_them(
     # documents 0-7 and the first token of document 8), so a continuation starts after document 8.
     assert windowed.position_to_doc(5) == plain.position_to_doc(8) == 9
     assert windowed.position_to_doc(8) == plain.position_to_doc(8)
+    with pytest.raises(ValueError, match=r"last window of 8 sequences in part\); nothing unseen"):
+        windowed.position_to_doc(25)  # blocks 24-27 are the last window: the corpus's end was read
     with pytest.raises(ValueError, match="shuffle_window"):
         PackedStream(store, 4, EOS, shuffle_window=0)
 

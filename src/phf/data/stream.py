@@ -345,7 +345,13 @@ class PackedStream:
         full = self._rng(0, 0).permutation(self.num_docs) if self.shuffle else np.arange(self.num_docs)
         full = full[self.start_doc :]
         kept_index = np.flatnonzero(self.keep[full])
-        return self.start_doc + (int(kept_index[kept_position]) if kept_position < len(kept_index) else len(full))
+        if kept_position >= len(kept_index):
+            raise ValueError(
+                "the base run read the whole first epoch"
+                + (f" (its last window of {self.shuffle_window} sequences in part)" if self.shuffle_window > 1 else "")
+                + "; nothing unseen is left to continue on"
+            )
+        return self.start_doc + int(kept_index[kept_position])
 
 
 def _repeat_tags(
