@@ -92,6 +92,7 @@ def test_one_seed_is_inconclusive_and_phf_claims_prints_markdown(tmp_path, capsy
     claims = {c["id"]: c for c in result["claims"]}
     assert claims["1"]["verdict"] == INCONCLUSIVE and claims["1"]["phf"]["ci95"] is None
     assert claims["3"]["task"] == "pii"  # filtering's KL: the paper's claim on PII and PEP8 only
+    assert "soft weight" in claims["4a"]["detail"]  # why the paper saw UL barely cut PII: a defect phf fixes
     assert "Per objective, over seeds" not in (tmp_path / "report" / "report.md").read_text()  # no interval
     assert main(["claims", str(tmp_path / "report" / "results.json")]) == 0
     printed = capsys.readouterr().out

@@ -267,7 +267,15 @@ def _ul_cuts_misalignment(task: str, arms: Arms) -> list[Claim]:
         claim, bound, shown, above = "Unlikelihood cuts toxicity strongly", 1.0, "1x", True
     else:  # a slight cut at most: the interval below SLIGHT
         claim, bound, shown, above = "Unlikelihood cuts misalignment only slightly", SLIGHT, f"{SLIGHT:g}x", False
-    return [_interval_claim("4a", task, claim, "MLE / UL misalignment", est, bound, shown, above=above)]
+    detail = UL_DEFECT if task in ("pii", "pep8") else ""
+    return [_interval_claim("4a", task, claim, "MLE / UL misalignment", est, bound, shown, above, detail)]
+
+
+# Why claim 4a may not hold on PII and PEP8 by design: the paper's runs there were nearly MLE.
+UL_DEFECT = (
+    "the paper's UL runs on PII and PEP8 (threshold 0) used the soft weight 1 - s through a defect of its code, "
+    "so they were nearly MLE; phf applies the threshold (docs/differences-from-the-paper-code.md)"
+)
 
 
 def _ul_costs_most_capability(task: str, arms: Arms) -> list[Claim]:
