@@ -82,7 +82,7 @@ def _rows(scored: Path) -> list[dict]:
     return [row for f in files for row in pq.read_table(f).to_pylist()]
 
 
-def _write_scored(path: Path, rows: list[tuple[list[str], list[float]]]) -> Path:
+def _write_scored(path: Path, rows: list[tuple[list[str], list[float]]], segmenter: str | None = None) -> Path:
     """A scored corpus written by hand, for scores (NaN) no real scorer gives on demand."""
     (path / "data").mkdir(parents=True)
     avg = [float(np.nanmean(s)) if not all(math.isnan(x) for x in s) else math.nan for _, s in rows]
@@ -101,7 +101,7 @@ def _write_scored(path: Path, rows: list[tuple[list[str], list[float]]]) -> Path
     )
     manifest = {
         "input": {"path": "hand", "fingerprint": hashlib.sha256(repr(rows).encode()).hexdigest()},
-        "scorer": {"name": "hand", "version": "1"},
+        "scorer": {"name": "hand", "version": "1", **({"segmenter": segmenter} if segmenter else {})},
         "counts": {"documents_scored": len(rows), "segments": sum(len(t) for t, _ in rows)},
     }
     (path / "manifest.json").write_text(json.dumps(manifest))
@@ -208,6 +208,26 @@ def test_gpt2_store_segment_boundary_rule(gpt2, tmp_path):
     assert tokens.tolist() == [15496, 612, 13]
     assert scores.tolist() == [0.125] * 3 and starts.tolist() == [1, 0, 0]
     assert store.meta["num_segments"] == 4 and store.meta["segments_without_tokens"] == 1
+
+
+def test_line_corpora_are_tokenized_line_by_line(tmp_path):
+    """Code: a BPE token may span a newline and the next line's indentation; tokenized by
+    document, an indented line's first token then starts at the end of the previous line (its
+    control token would sit before the newline). Line corpora are tokenized line by line."""
+    lines = ["class A:\n", "    def f(self):\n", "        return 1\n", "\n", "    x = 2\n", "y = 3"]
+    scores = [0.0, 1.0, 0.0, 0.0, 1.0, 0.5]
+    bpe = load_tokenizer("bpe", texts=["".join(lines)] * 50, vocab_size=300, cache=False)
+    by_document = build_token_store(_write_scored(tmp_path / "doc", [(lines, scores)]), bpe, progress=False)
+    by_line = build_token_store(_write_scored(tmp_path / "line", [(lines, scores)], "line"), bpe, progress=False)
+    assert (by_document.meta["tokenized_by"], by_line.meta["tokenized_by"]) == ("document", "line")
+
+    def segments(store):
+        tokens, token_scores, starts = store.doc(0)
+        cuts = [*np.flatnonzero(starts).tolist(), len(tokens)]
+        return [(bpe.decode(tokens[a:b].tolist()), float(token_scores[a])) for a, b in zip(cuts, cuts[1:])]
+
+    assert any(text.startswith("\n ") for text, _ in segments(by_document)), "the BPE glues newline and indent"
+    assert segments(by_line) == list(zip(lines, scores))
 
 
 @pytest.mark.network

@@ -16,6 +16,12 @@ Segment scores reach tokens through the tokenizer's character offsets: a token b
 segment holding its *last* character, because GPT-2's BPE glues a word's leading space to the
 word while phf's segmenter leaves that space at the end of the previous segment.
 
+Except corpora segmented into lines (code): there a BPE token often spans a line break and the
+next line's indentation (``"\n    "``), so a control token placed before the token that holds a
+line's start sat *before the newline*, at the end of the previous line, and only for indented
+lines (measured on the PEP8 study, docs/paper-vs-phf.md). Such corpora are tokenized line by line,
+so that every line starts a token and its tag follows the newline, as the paper's text-level tags do.
+
 Documents are tokenized with ``split_special_tokens=True``: a literal ``<|endoftext|>`` or
 ``<|good|>`` inside a document is ordinary text, never EOS or a control token.
 """
@@ -74,9 +80,16 @@ def corpus_fingerprint(manifest: dict) -> str:
 
 def default_store_path(scored_dir: str | os.PathLike, tokenizer) -> Path:
     """``<cache>/tokens/<16 hex>``: one store per (scored corpus, tokenizer)."""
+    return _default_path(*_fingerprints(_read_manifest(Path(scored_dir)), tokenizer))
+
+
+def _fingerprints(manifest: dict, tokenizer) -> tuple[str, str]:
+    """(corpus, encoding) fingerprints. The encoding is the tokenizer and, for line corpora, the
+    line-by-line tokenization, so a store built by document for such a corpus is not reused."""
     from phf.data.tokenizer import tokenizer_fingerprint
 
-    return _default_path(corpus_fingerprint(_read_manifest(Path(scored_dir))), tokenizer_fingerprint(tokenizer))
+    by = _tokenized_by(manifest)
+    return corpus_fingerprint(manifest), tokenizer_fingerprint(tokenizer) + ("" if by == "document" else f"+by-{by}")
 
 
 def _default_path(corpus_fp: str, tokenizer_fp: str) -> Path:
@@ -275,8 +288,23 @@ def _token_segments(seg_len: np.ndarray, segs_per_doc: np.ndarray, tok_count: np
     return seg
 
 
-def _map_batch(encoder, batch, vocab_size: int, dtype: np.dtype) -> dict:
-    """Tokenize one record batch of a scored shard and map segment scores onto its tokens."""
+def _tokenized_by(manifest: dict) -> str:
+    """ "line" for corpora segmented into lines (each line tokenized on its own), else "document"."""
+    return "line" if (manifest.get("scorer") or {}).get("segmenter") == "line" else "document"
+
+
+def _encode_by_segment(encoder, batch, segs_per_doc: np.ndarray, vocab_size: int):
+    """(tokens per document, token ids, segment of each token): every segment tokenized on its own."""
+    segs = batch.column("texts").flatten().fill_null("").to_pylist()
+    seg_tok, ids, _ = _encode(encoder, segs, vocab_size)
+    seg_doc = np.repeat(np.arange(len(segs_per_doc)), segs_per_doc)
+    tok_count = np.bincount(seg_doc, weights=seg_tok, minlength=len(segs_per_doc)).astype(np.int64)
+    return tok_count, ids, np.repeat(np.arange(len(segs)), seg_tok)
+
+
+def _map_batch(encoder, batch, vocab_size: int, dtype: np.dtype, by: str = "document") -> dict:
+    """Tokenize one record batch of a scored shard (by document or by line) and map segment
+    scores onto its tokens."""
     import pyarrow.compute as pc
 
     seg_len, seg_score, segs_per_doc = _segments(batch)
@@ -288,9 +316,12 @@ def _map_batch(encoder, batch, vocab_size: int, dtype: np.dtype) -> dict:
     fallback = np.nan_to_num(avg, nan=0.0)
     seg_score = np.where(nan, fallback[np.repeat(np.arange(batch.num_rows), segs_per_doc)], seg_score)
 
-    docs = pc.binary_join(batch.column("texts"), "").fill_null("").to_pylist()
-    tok_count, ids, offsets = _encode(encoder, docs, vocab_size)
-    seg = _token_segments(seg_len, segs_per_doc, tok_count, offsets)
+    if by == "line":
+        tok_count, ids, seg = _encode_by_segment(encoder, batch, segs_per_doc, vocab_size)
+    else:
+        docs = pc.binary_join(batch.column("texts"), "").fill_null("").to_pylist()
+        tok_count, ids, offsets = _encode(encoder, docs, vocab_size)
+        seg = _token_segments(seg_len, segs_per_doc, tok_count, offsets)
     seg_start = np.ones(len(seg), np.uint8)
     seg_start[1:] = seg[1:] != seg[:-1]
     owned = np.bincount(seg, minlength=len(seg_len)) > 0 if len(seg) else np.zeros(len(seg_len), bool)
@@ -375,7 +406,7 @@ DOC_COLUMNS = {"tok_count": np.int64, "avg": np.float64, "doc_index": np.int64}
 
 
 def _tokenize_shards(
-    tmp: Path, files: list[Path], encoder, vocab_size: int, batch_docs: int, bar
+    tmp: Path, files: list[Path], encoder, vocab_size: int, batch_docs: int, bar, by: str
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """Stream the scored shards through _map_batch, record batch by record batch: per-token
     columns go straight to their .bin files in ``tmp`` (memory stays flat); the per-document
@@ -392,7 +423,7 @@ def _tokenize_shards(
     ):
         for file in files:
             for batch in pq.ParquetFile(file).iter_batches(batch_size=batch_docs, columns=READ_COLUMNS):
-                part = _map_batch(encoder, batch, vocab_size, dtype)
+                part = _map_batch(encoder, batch, vocab_size, dtype, by)
                 part["tokens"].tofile(f_tok)
                 part["scores"].tofile(f_score)
                 part["seg_start"].tofile(f_start)
@@ -414,7 +445,9 @@ def _write_arrays(tmp: Path, scored_dir: Path, manifest: dict, tokenizer, batch_
     encoder = _document_encoder(tokenizer)
     started = time.perf_counter()
     with tqdm(total=expected_docs, unit="doc", desc="tokenizing", disable=not progress, smoothing=0.1) as bar:
-        per_doc, totals = _tokenize_shards(tmp, files, encoder, len(tokenizer), batch_docs, bar)
+        per_doc, totals = _tokenize_shards(
+            tmp, files, encoder, len(tokenizer), batch_docs, bar, _tokenized_by(manifest)
+        )
     n_docs = len(per_doc["tok_count"])
     if expected_docs is not None and n_docs != expected_docs:
         raise TokenStoreError(
@@ -462,6 +495,7 @@ def _store_meta(scored_dir: Path, manifest: dict, corpus_fp: str, tokenizer, tok
             "scorer": manifest.get("scorer"),
         },
         "documents_have_eos": False,
+        "tokenized_by": _tokenized_by(manifest),
         "split_special_tokens": True,
         **counts,
     }
@@ -494,15 +528,12 @@ def build_token_store(
     and the tokenizer fingerprint. Built in a temp dir next to the target and renamed at the end,
     so a killed build never leaves a directory that looks complete.
     """
-    from phf.data.tokenizer import tokenizer_fingerprint
-
     scored_dir = Path(scored_dir)
     if batch_docs < 1:
         raise TokenStoreError("batch_docs must be >= 1")
     manifest = _read_manifest(scored_dir)
     _check_tokenizer(tokenizer)
-    corpus_fp = corpus_fingerprint(manifest)
-    tokenizer_fp = tokenizer_fingerprint(tokenizer)
+    corpus_fp, tokenizer_fp = _fingerprints(manifest, tokenizer)
     explicit = out is not None
     target = Path(out) if out is not None else _default_path(corpus_fp, tokenizer_fp)
     target.parent.mkdir(parents=True, exist_ok=True)
