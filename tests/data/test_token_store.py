@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -224,7 +225,7 @@ def test_line_corpora_are_tokenized_line_by_line(tmp_path):
     def segments(store):
         tokens, token_scores, starts = store.doc(0)
         cuts = [*np.flatnonzero(starts).tolist(), len(tokens)]
-        return [(bpe.decode(tokens[a:b].tolist()), float(token_scores[a])) for a, b in zip(cuts, cuts[1:])]
+        return [(bpe.decode(tokens[a:b].tolist()), float(token_scores[a])) for a, b in itertools.pairwise(cuts)]
 
     assert any(text.startswith("\n ") for text, _ in segments(by_document)), "the BPE glues newline and indent"
     assert segments(by_line) == list(zip(lines, scores))
