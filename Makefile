@@ -46,7 +46,8 @@ lock:
 demo: setup
 	$(BIN)/phf experiment configs/experiments/demo.yaml out=$(DEMO)
 
-# The paper's three studies at CPU scale (toxicity: 62 min on 2 bf16 cores, docs/paper-vs-phf.md; not CI), then
+# The paper's three studies at CPU scale (each 63-69 min of one bf16 core, 32-38 min of wall time run as two
+# one-thread workers of `phf experiment --only`; docs/paper-vs-phf.md; not CI), then
 # the paper's claims checked over all three (docs/paper-vs-phf.md). Rerunning continues where it stopped.
 paper: setup
 	$(BIN)/phf experiment configs/experiments/paper-toxicity.yaml out=$(PAPER)/toxicity
