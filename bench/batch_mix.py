@@ -16,7 +16,7 @@ import argparse
 import numpy as np
 from transformers import AutoTokenizer
 
-from phf.data.stream import PackedStream
+from phf.data.stream import PackedStream, long_document_share
 from phf.data.token_store import build_token_store
 
 
@@ -42,10 +42,11 @@ def main() -> None:
 
     store = build_token_store(args.scored, AutoTokenizer.from_pretrained(args.tokenizer), progress=False)
     lengths = np.diff(np.asarray(store.doc_offsets))
+    batch_tokens = args.seq_len * args.batch
     print(
         f"{args.scored}: {len(lengths)} documents, {int(lengths.sum()):,} tokens, median document "
-        f"{np.median(lengths):.0f} tokens, {lengths[lengths > args.seq_len * args.batch].sum() / lengths.sum():.0%} "
-        f"of tokens in documents longer than a batch ({args.seq_len * args.batch} tokens)"
+        f"{np.median(lengths):.0f} tokens, {long_document_share(store, batch_tokens):.0%} "
+        f"of tokens in documents longer than a batch ({batch_tokens} tokens)"
     )
     print("| shuffle_window | documents per batch (median) | batches from one document |")
     print("|--:|--:|--:|")

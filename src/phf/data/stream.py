@@ -354,6 +354,13 @@ class PackedStream:
         return self.start_doc + int(kept_index[kept_position])
 
 
+def long_document_share(store: TokenStore, tokens: int) -> float:
+    """The share of the store's tokens in documents longer than ``tokens`` (a batch): where it is
+    large, sequences read in stream order put most batches on a single document."""
+    lengths = np.diff(np.asarray(store.doc_offsets))
+    return float(lengths[lengths > tokens].sum() / max(int(lengths.sum()), 1))
+
+
 def _repeat_tags(
     positions: np.ndarray, doc: np.ndarray, doc_offsets: np.ndarray, tags: np.ndarray, every: int
 ) -> tuple[np.ndarray, np.ndarray]:

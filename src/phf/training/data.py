@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from phf.config import ConditionalConfig, ObjectiveConfig, TrainConfig
-from phf.data.stream import Conditional, Filtering, PackedStream, bucket_edges
+from phf.data.stream import Conditional, Filtering, PackedStream, bucket_edges, long_document_share
 from phf.data.token_store import TokenStore
 from phf.training.checkpoint import STATE_FILE, saved_checkpoints
 from phf.training.errors import TrainingError
@@ -78,8 +78,7 @@ def _warn_if_batches_read_one_document(config: TrainConfig, store: TokenStore) -
     if d.shuffle_window > 1:
         return
     batch_tokens = config.training.batch_size * d.seq_len
-    lengths = np.diff(np.asarray(store.doc_offsets))
-    share = float(lengths[lengths > batch_tokens].sum() / max(int(lengths.sum()), 1))
+    share = long_document_share(store, batch_tokens)
     if share > LONG_DOCUMENT_SHARE:
         warnings.warn(
             f"{share:.0%} of {d.path}'s tokens are in documents longer than a batch ({batch_tokens} tokens): "

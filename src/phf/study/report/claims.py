@@ -22,7 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from phf.errors import PhfError
-from phf.study.report.seeds import FAILS, HOLDS, INCONCLUSIVE, NOT_MEASURED, Estimate, grid
+from phf.study.report.seeds import (
+    FAILS,
+    HOLDS,
+    INCONCLUSIVE,
+    NOT_MEASURED,
+    Arms,
+    Estimate,
+    grid,
+    misalignment_cut,
+    paired,
+    protocol_ratio,
+    quotient,
+)
 
 FEEDBACK = ("filtering", "conditional", "ul", "rwr", "awr")
 LM_TOLERANCE = 0.02  # "close to MLE": held-out LM loss at most 2% above MLE's
@@ -44,24 +56,6 @@ class Claim:
 
 
 PAPER_NUMBERS = {("1", "toxicity"): "12.8x (0.0141 vs 0.0011)", ("8", "pii"): "1.38x (0.0018 vs 0.0013)"}
-
-
-# One task's evaluated rows: arm -> seed -> report row (phf.study.report.seeds.grid).
-Arms = dict[str, dict[int, dict]]
-
-
-def _paired(arms: Arms, a: str, b: str, f: Callable[[dict, dict], float | None]) -> dict[int, float]:
-    out = {}
-    for seed in sorted(set(arms.get(a, {})) & set(arms.get(b, {}))):
-        value = f(arms[a][seed], arms[b][seed])
-        if value is not None:
-            out[seed] = value
-    return out
-
-
-def _ratio(key: str) -> Callable[[dict, dict], float | None]:
-    """How many times lower the arm's ``key`` is than the baseline's (so a claim reads "MLE / arm")."""
-    return lambda arm, base: _quotient(base, arm, key)
 
 
 def _diff(key: str) -> Callable[[dict, dict], float | None]:
@@ -173,28 +167,15 @@ def _all_above(id_: str, task: str, claim: str, measure: str, parts: dict[str, E
 # The paper's claims, one function each, in its order. Each returns its rows for one task: none
 # where the runs lack the arms it compares, several where it compares several arm pairs (claim 8).
 
-_MISALIGNMENT_CUT = _ratio("misalignment_mean")
-
-
-def _protocol_ratio(protocol: str) -> Callable[[dict, dict], float | None]:
-    """MLE's headline misalignment / conditional's under one sampling ``protocol``."""
-
-    def f(cond: dict, mle: dict) -> float | None:
-        mine = ((cond.get("misalignment_by_protocol") or {}).get(protocol) or {}).get("mean")
-        base = mle.get("misalignment_mean")
-        return None if mine is None or base is None or mine <= 0 else base / mine
-
-    return f
-
 
 def _conditional_cuts_misalignment(task: str, arms: Arms) -> list[Claim]:
     """Conditional training cuts misalignment: the run's headline protocol (the paper's sampling)
     decides; phf's other protocols are shown beside it."""
     if "conditional" not in arms or "mle" not in arms:
         return []
-    est = Estimate(_paired(arms, "conditional", "mle", _MISALIGNMENT_CUT), log=True)
+    est = Estimate(paired(arms, "conditional", "mle", misalignment_cut), log=True)
     protocols = sorted({p for r in arms["conditional"].values() for p in (r.get("misalignment_by_protocol") or {})})
-    others = {p: Estimate(_paired(arms, "conditional", "mle", _protocol_ratio(p)), log=True) for p in protocols}
+    others = {p: Estimate(paired(arms, "conditional", "mle", protocol_ratio(p)), log=True) for p in protocols}
     return [
         _interval_claim(
             "1",
@@ -244,9 +225,7 @@ def _filtering_costs_most_kl(task: str, arms: Arms) -> list[Claim]:
     """Filtering pays the largest KL: the paper found it on PII and PEP8 only."""
     if task not in ("pii", "pep8") or "filtering" not in arms:
         return []
-    parts = {
-        o: Estimate(_paired(arms, "filtering", o, _diff("kl"))) for o in FEEDBACK if o != "filtering" and o in arms
-    }
+    parts = {o: Estimate(paired(arms, "filtering", o, _diff("kl"))) for o in FEEDBACK if o != "filtering" and o in arms}
     return [
         _all_above(
             "3",
@@ -262,7 +241,7 @@ def _ul_cuts_misalignment(task: str, arms: Arms) -> list[Claim]:
     """Unlikelihood cuts misalignment: strongly on toxicity, only slightly on PII and PEP8."""
     if "ul" not in arms or "mle" not in arms:
         return []
-    est = Estimate(_paired(arms, "ul", "mle", _MISALIGNMENT_CUT), log=True)
+    est = Estimate(paired(arms, "ul", "mle", misalignment_cut), log=True)
     if task == "toxicity":  # a cut: the interval above 1x
         claim, bound, shown, above = "Unlikelihood cuts toxicity strongly", 1.0, "1x", True
     else:  # a slight cut at most: the interval below SLIGHT
@@ -283,7 +262,7 @@ def _ul_costs_most_capability(task: str, arms: Arms) -> list[Claim]:
     if "ul" not in arms or "mle" not in arms:
         return []
     parts = {
-        o: Estimate(_paired(arms, "ul", o, _diff("lm_loss"))) for o in ("mle", *FEEDBACK) if o != "ul" and o in arms
+        o: Estimate(paired(arms, "ul", o, _diff("lm_loss"))) for o in ("mle", *FEEDBACK) if o != "ul" and o in arms
     }
     return [
         _all_above(
@@ -303,7 +282,7 @@ def _robust_under_red_teaming(task: str, arms: Arms) -> list[Claim]:
     rest = [a for a in ("mle", "ul", "rwr", "awr") if a in arms and not (task == "toxicity" and a == "ul")]
     if not robust or not rest:
         return []
-    parts = {f"{o} - {a}": Estimate(_paired(arms, o, a, _diff("redteam_final_best"))) for a in robust for o in rest}
+    parts = {f"{o} - {a}": Estimate(paired(arms, o, a, _diff("redteam_final_best"))) for a in robust for o in rest}
     return [
         _all_above(
             "5",
@@ -316,7 +295,7 @@ def _robust_under_red_teaming(task: str, arms: Arms) -> list[Claim]:
 
 
 def _relative_lm_loss(cond: dict, mle: dict) -> float | None:
-    q = _quotient(cond, mle, "lm_loss")
+    q = quotient(cond, mle, "lm_loss")
     return None if q is None else q - 1
 
 
@@ -324,7 +303,7 @@ def _conditional_keeps_capability(task: str, arms: Arms) -> list[Claim]:
     """Conditional training's held-out LM loss stays within LM_TOLERANCE of MLE's."""
     if "conditional" not in arms or "mle" not in arms:
         return []
-    est = Estimate(_paired(arms, "conditional", "mle", _relative_lm_loss))
+    est = Estimate(paired(arms, "conditional", "mle", _relative_lm_loss))
     return [
         _interval_claim(
             "6",
@@ -342,7 +321,7 @@ def _conditional_keeps_capability(task: str, arms: Arms) -> list[Claim]:
 def _diversity_does_not_collapse(task: str, arms: Arms) -> list[Claim]:
     """No objective's distinct-2 falls below COLLAPSE times MLE's."""
     parts = {
-        o: Estimate(_paired(arms, o, "mle", lambda a, m: _quotient(a, m, "distinct_2")), log=True)
+        o: Estimate(paired(arms, o, "mle", lambda a, m: quotient(a, m, "distinct_2")), log=True)
         for o in FEEDBACK
         if o in arms
     }
@@ -368,7 +347,7 @@ def _pretraining_beats_finetuning(task: str, arms: Arms) -> list[Claim]:
         objective = arm.removeprefix("finetune-")
         if objective not in arms:
             continue
-        est = Estimate(_paired(arms, objective, arm, _MISALIGNMENT_CUT), log=True)
+        est = Estimate(paired(arms, objective, arm, misalignment_cut), log=True)
         claims.append(
             _interval_claim(
                 "8",
@@ -414,11 +393,6 @@ CLAIM_CHECKS: tuple[Callable[[str, Arms], list[Claim]], ...] = (
     _pretraining_beats_finetuning,  # 8
     _finetuning_control_tokens,  # 9
 )
-
-
-def _quotient(a: dict, b: dict, key: str) -> float | None:
-    x, y = a.get(key), b.get(key)
-    return None if x is None or y is None or y <= 0 else x / y
 
 
 def compute_claims(rows: Sequence[dict]) -> list[dict]:

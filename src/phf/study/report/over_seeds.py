@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from phf.study.report.seeds import Estimate, grid
+from phf.study.report.seeds import Arms, Estimate, grid, misalignment_cut, paired, protocol_ratio
 from phf.study.report.table import MISSING, fmt
 
 HEADERS = [
@@ -23,17 +23,9 @@ HEADERS = [
 ]
 
 
-def _ratios(mle: dict[int, dict], seeds: dict[int, dict], protocol: str | None = None) -> dict[int, float]:
-    """MLE's misalignment / the arm's, per seed both have (under ``protocol``, else the headline)."""
-    out = {}
-    for seed, row in seeds.items():
-        value = row.get("misalignment_mean")
-        if protocol is not None:
-            value = ((row.get("misalignment_by_protocol") or {}).get(protocol) or {}).get("mean")
-        base = (mle.get(seed) or {}).get("misalignment_mean")
-        if value and base:  # a zero has no ratio (nor a log)
-            out[seed] = base / value
-    return out
+def _ratios(arms: Arms, arm: str, protocol: str | None = None) -> dict[int, float]:
+    """MLE's misalignment / the arm's, per seed both ran (under ``protocol``, else the headline)."""
+    return paired(arms, arm, "mle", misalignment_cut if protocol is None else protocol_ratio(protocol))
 
 
 def _estimate(est: Estimate) -> str:
@@ -48,11 +40,11 @@ def _mean(seeds: dict[int, dict], key: str) -> str:
     return fmt(sum(values) / len(values)) if values else MISSING
 
 
-def _protocols(mle: dict[int, dict], seeds: dict[int, dict]) -> str:
+def _protocols(arms: Arms, arm: str) -> str:
     """The geometric mean ratio under each sampling protocol other than the headline one."""
-    first = next(iter(seeds.values()))
+    first = next(iter(arms[arm].values()))
     others = [p for p in first.get("misalignment_by_protocol") or {} if p != first.get("protocol")]
-    return "; ".join(f"{p} {_estimate(Estimate(_ratios(mle, seeds, p), log=True))}" for p in others) or MISSING
+    return "; ".join(f"{p} {_estimate(Estimate(_ratios(arms, arm, p), log=True))}" for p in others) or MISSING
 
 
 def over_seeds_rows(rows: Sequence[dict]) -> list[list[str]]:
@@ -64,7 +56,7 @@ def over_seeds_rows(rows: Sequence[dict]) -> list[list[str]]:
         if len(mle) < 2:
             continue
         for arm, seeds in arms.items():
-            ratios = _ratios(mle, seeds)
+            ratios = _ratios(arms, arm)
             per_seed = ", ".join(f"{fmt(ratios[s])}x" if s in ratios else MISSING for s in sorted(seeds))
             auroc = [f"{row['control_auroc']:.2f}" for _, row in sorted(seeds.items()) if row.get("control_auroc")]
             out.append(
@@ -74,7 +66,7 @@ def over_seeds_rows(rows: Sequence[dict]) -> list[list[str]]:
                     ", ".join(map(str, sorted(seeds))),
                     MISSING if arm == "mle" else per_seed,
                     MISSING if arm == "mle" else _estimate(Estimate(ratios, log=True)),
-                    _protocols(mle, seeds),
+                    _protocols(arms, arm),
                     _mean(seeds, "lm_loss"),
                     _mean(seeds, "kl"),
                     _mean(seeds, "distinct_2"),

@@ -79,6 +79,41 @@ def grid(rows: Sequence[dict]) -> dict[str, dict[str, dict[int, dict]]]:
     return grid
 
 
+# One task's evaluated rows: arm -> seed -> report row (grid).
+Arms = dict[str, dict[int, dict]]
+
+
+def paired(arms: Arms, a: str, b: str, f: Callable[[dict, dict], float | None]) -> dict[int, float]:
+    """``f(row of a, row of b)`` for every seed both arms ran (None: left out)."""
+    out = {}
+    for seed in sorted(set(arms.get(a, {})) & set(arms.get(b, {}))):
+        value = f(arms[a][seed], arms[b][seed])
+        if value is not None:
+            out[seed] = value
+    return out
+
+
+def quotient(a: dict, b: dict, key: str) -> float | None:
+    x, y = a.get(key), b.get(key)
+    return None if x is None or y is None or y <= 0 else x / y
+
+
+def misalignment_cut(arm: dict, mle: dict) -> float | None:
+    """How many times lower the arm's misalignment is than MLE's (a claim reads "MLE / arm")."""
+    return quotient(mle, arm, "misalignment_mean")
+
+
+def protocol_ratio(protocol: str) -> Callable[[dict, dict], float | None]:
+    """MLE's headline misalignment / the arm's under one sampling ``protocol``."""
+
+    def f(arm: dict, mle: dict) -> float | None:
+        mine = ((arm.get("misalignment_by_protocol") or {}).get(protocol) or {}).get("mean")
+        base = mle.get("misalignment_mean")
+        return None if mine is None or base is None or mine <= 0 else base / mine
+
+    return f
+
+
 def by_arm(rows: Sequence[dict], key: str) -> dict[str, dict[str, Estimate]]:
     """task -> arm -> the mean and 95% interval over seeds of ``key`` (arms in the order they came)."""
     out: dict[str, dict[str, Estimate]] = {}
