@@ -43,6 +43,10 @@ ARMS = {
     # <|bad|> exactly where the evaluation's scorer calls a segment toxic (its hit threshold, 0.5):
     # the tag then carries what the misalignment metric measures, not the bottom quartile's cut.
     "conditional-hit": ("conditional", ["objective.threshold=0.5"]),
+    # What a model of this size makes of the documents document-mean labels tag <|good|> (the least
+    # toxic quarter, nearly the same documents) when it trains on those alone: the most a
+    # conditional model's <|good|> samples could be expected to reach at this size.
+    "filtering-docmean": ("filtering", ["objective.filtering.threshold=null", "objective.filtering.percentile=25"]),
 }
 
 
@@ -79,7 +83,8 @@ def evaluate(model: Path, reference: Path | None, seed: int, conditional: bool, 
 
 
 def row(result: EvalResults, seed: int, arm: str, tokens: int) -> dict:
-    by = result.misalignment_by_protocol or {"-": result.misalignment}
+    # A model without control tokens samples alike under every protocol: one number for all three.
+    by = result.misalignment_by_protocol or dict.fromkeys(PROTOCOLS, result.misalignment)
     numbers = headline(result)
     return {
         "seed": seed,
@@ -123,8 +128,8 @@ def measure(args) -> list[dict]:
 
 
 def ratios(rows: list[dict]) -> list[dict]:
-    """Each conditional row with MLE/arm misalignment per protocol (MLE of the same seed and tokens)."""
-    mle = {(r["seed"], r["tokens"]): r["misalignment"]["-"] for r in rows if r["arm"] == "mle"}
+    """Each non-MLE row with MLE/arm misalignment per protocol (MLE of the same seed and tokens)."""
+    mle = {(r["seed"], r["tokens"]): r["misalignment"]["paper"] for r in rows if r["arm"] == "mle"}
     out = []
     for r in rows:
         base = mle.get((r["seed"], r["tokens"]))
@@ -143,10 +148,11 @@ def table(rows: list[dict]) -> str:
     for r in ratios(rows):
         m = mle[(r["seed"], r["tokens"])]
         cells = [f"{r['misalignment'][p]:.3f} ({r['ratio'][p]:.2f}x)" for p in PROTOCOLS]
+        tags = [f"{r[k]:.2f}" if r[k] is not None else "-" for k in ("control_auroc", "tag_auroc")]
         lines.append(
-            f"| {r['seed']} | {r['arm']} | {r['tokens'] / 1e6:.1f}M | {m['misalignment']['-']:.3f} | "
-            + " | ".join(cells)
-            + f" | {r['control_auroc']:.2f} | {r['tag_auroc']:.2f} | {r['lm_loss']:.3f} ({m['lm_loss']:.3f}) |"
+            f"| {r['seed']} | {r['arm']} | {r['tokens'] / 1e6:.1f}M | {m['misalignment']['paper']:.3f} | "
+            + " | ".join(cells + tags)
+            + f" | {r['lm_loss']:.3f} ({m['lm_loss']:.3f}) |"
         )
     return "\n".join(lines)
 
@@ -162,7 +168,8 @@ def plot(rows: list[dict], stem: Path) -> None:
     arms = sorted({r["arm"] for r in rat})
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for arm in arms:
-        for protocol, style in zip(PROTOCOLS, ("-", "--", ":")):
+        conditional = ARMS[arm][0] == "conditional"  # others sample alike under every protocol: one line
+        for protocol, style in zip(PROTOCOLS if conditional else PROTOCOLS[:1], ("-", "--", ":")):
             xs = sorted({r["tokens"] for r in rat if r["arm"] == arm})
             ys = [[r["ratio"][protocol] for r in rat if r["arm"] == arm and r["tokens"] == x] for x in xs]
             axes[0].errorbar(
@@ -172,9 +179,9 @@ def plot(rows: list[dict], stem: Path) -> None:
                 linestyle=style,
                 marker="o",
                 capsize=3,
-                label=f"{arm}, {protocol}",
+                label=f"{arm}, {protocol}" if conditional else arm,
             )
-        for ax, key in ((axes[1], "control_auroc"), (axes[2], "tag_auroc")):
+        for ax, key in ((axes[1], "control_auroc"), (axes[2], "tag_auroc")) if conditional else ():
             xs = sorted({r["tokens"] for r in rat if r["arm"] == arm})
             ax.plot(
                 np.array(xs) / 1e6,
