@@ -8,7 +8,10 @@ as the ``<|good|>`` prompt asks, or every segment of the opening, as the protoco
 ``<|bad|>`` ask). The ratio of the two means is
 the MLE/arm misalignment such an ideal model would reach, the ceiling a real model is measured
 against; it separates "the labels select little" (a low ceiling) from "the model does not realise
-what the labels select" (a high ceiling, a low measured ratio).
+what the labels select" (a high ceiling, a low measured ratio). Beside each selection, the same
+openings with their words shuffled across the selection's documents: a bag-of-words scorer's
+reading of text with the selection's vocabulary and no coherence, which is what a small model's
+samples are closer to.
 
     python bench/label_ceiling.py --scored runs/curve/scored64
     python bench/label_ceiling.py --scored runs/paper/toxicity/toxicity/scored --segment 0.0185 --filtering 0.076
@@ -73,6 +76,15 @@ def selections(
     return out
 
 
+def shuffled(openings: list[str], seed: int = 0) -> list[str]:
+    """Each opening's words drawn at random from all the openings' words (lengths kept)."""
+    rng = np.random.default_rng(seed)
+    words = np.array([w for t in openings for w in t.split()], dtype=object)
+    if len(words) == 0:
+        return list(openings)
+    return [" ".join(rng.choice(words, size=len(t.split()))) for t in openings]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--scored", type=Path, required=True, help="a `phf score` output directory")
@@ -97,18 +109,21 @@ def main() -> None:
     base = float(np.nanmean(score))
     rows = {}
     print(f"{len(docs)} documents of {args.scored}; openings of {args.chars} characters scored by {args.scorer}")
-    print(f"| selection | documents | mean score | hit rate (> {hit}) | ideal MLE/arm |\n|:--|--:|--:|--:|--:|")
+    print(f"| selection | documents | mean score | hit rate (> {hit}) | ideal MLE/arm | words shuffled |")
+    print("|:--|--:|--:|--:|--:|--:|")
     for name, keep in selections(docs, args.segment, args.document, args.filtering, args.chars).items():
         mean = float(np.nanmean(score[keep]))
+        salad = float(np.nanmean(scorer.score(shuffled([t for t, k in zip(openings, keep) if k]))))
         rows[name] = {
             "documents": float(keep.mean()),
             "mean": mean,
             "hit_rate": float(np.mean(score[keep] > hit)),
             "ratio": base / mean if mean > 0 else None,  # None: the selection holds no violation at all
+            "shuffled_mean": salad,
         }
         r = rows[name]
         ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else "unbounded (mean 0)"
-        print(f"| {name} | {r['documents']:.1%} | {mean:.4g} | {r['hit_rate']:.3f} | {ratio} |")
+        print(f"| {name} | {r['documents']:.1%} | {mean:.4g} | {r['hit_rate']:.3f} | {ratio} | {salad:.4g} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1))
     print(f"RESULT label_ceiling: {len(rows)} selections in {time.perf_counter() - started:.0f} s; {args.out}")
