@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from phf.evaluation.results import EvalResults, headline
+from phf.study.report.seeds import Estimate
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOLS = ("paper", "emit-good", "recondition")
@@ -61,8 +62,12 @@ def steps_at(points_m: list[float], tokens_per_step: int) -> list[int]:
     return [math.ceil(p * 1e6 / tokens_per_step) for p in points_m]
 
 
+def trained(run: Path) -> bool:
+    return (run / "trainer_state.json").exists() and (run / "model.safetensors").exists()
+
+
 def train(run: Path, objective: str, overrides: list[str], seed: int, steps: list[int], args) -> None:
-    if (run / "trainer_state.json").exists() and (run / "model.safetensors").exists():
+    if trained(run):
         return
     cmd = [sys.executable, "-m", "phf.cli", "train", f"{PRESET}/{objective}.yaml", f"output_dir={run}"]
     cmd += [f"data.path={Path(args.scored).resolve()}", f"training.seed={seed}", "logging.progress=false"]
@@ -109,6 +114,9 @@ def measure(args) -> list[dict]:
         for arm in args.arms:
             objective, overrides = ARMS[arm]
             run = out / f"seed{seed}" / arm
+            if args.no_train and not trained(run):
+                print(f"# seed{seed}/{arm}: not trained, left out (--no-train)", flush=True)
+                continue
             run.parent.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()
             train(run, objective, overrides, seed, steps, args)
@@ -157,6 +165,47 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def over_seeds(rows: list[dict]) -> dict[tuple[str, int], dict]:
+    """Per (arm, tokens): MLE/arm per protocol as the geometric mean and 95% t-interval over seeds,
+    and the tag metrics and LM losses as means over seeds."""
+    out: dict[tuple[str, int], dict] = {}
+    mle = {(r["seed"], r["tokens"]): r for r in rows if r["arm"] == "mle"}
+    for r in ratios(rows):
+        cell = out.setdefault((r["arm"], r["tokens"]), {"rows": []})
+        cell["rows"].append(r)
+    for (_, tokens), cell in out.items():
+        rs = cell.pop("rows")
+        cell["seeds"] = [r["seed"] for r in rs]
+        cell["ratio"] = {p: Estimate({r["seed"]: r["ratio"][p] for r in rs}, log=True) for p in PROTOCOLS}
+        for key in ("control_auroc", "tag_auroc", "lm_loss"):
+            values = [r[key] for r in rs if r[key] is not None]
+            cell[key] = sum(values) / len(values) if values else None
+        cell["mle_lm_loss"] = sum(mle[(s, tokens)]["lm_loss"] for s in cell["seeds"]) / len(rs)
+    return out
+
+
+def summary(rows: list[dict]) -> str:
+    """The table over seeds: per arm and budget, each seed's MLE/arm and their geometric mean [95% CI]."""
+    lines = [
+        "| arm | tokens | paper: per seed | paper: mean [95% CI] | emit-good: mean [95% CI] | "
+        "recondition: mean [95% CI] | control AUROC | tag AUROC | LM loss (MLE) |",
+        "|:--|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+
+    def est(e: Estimate) -> str:
+        return f"{e.mean:.2f}x [{e.ci95[0]:.2f}x, {e.ci95[1]:.2f}x]" if e.mean and e.ci95 else "-"
+
+    for (arm, tokens), c in sorted(over_seeds(rows).items()):
+        per_seed = ", ".join(f"{v:.2f}x" for _, v in sorted(c["ratio"]["paper"].per_seed.items()))
+        tags = [f"{c[k]:.2f}" if c[k] is not None else "-" for k in ("control_auroc", "tag_auroc")]
+        lines.append(
+            f"| {arm} | {tokens / 1e6:.0f}M | {per_seed} | "
+            + " | ".join([est(c["ratio"][p]) for p in PROTOCOLS] + tags)
+            + f" | {c['lm_loss']:.3f} ({c['mle_lm_loss']:.3f}) |"
+        )
+    return "\n".join(lines)
+
+
 def plot(rows: list[dict], stem: Path) -> None:
     import matplotlib
 
@@ -164,35 +213,29 @@ def plot(rows: list[dict], stem: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    rat = ratios(rows)
-    arms = sorted({r["arm"] for r in rat})
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for arm in arms:
-        conditional = ARMS[arm][0] == "conditional"  # others sample alike under every protocol: one line
-        for protocol, style in zip(PROTOCOLS if conditional else PROTOCOLS[:1], ("-", "--", ":")):
-            xs = sorted({r["tokens"] for r in rat if r["arm"] == arm})
-            ys = [[r["ratio"][protocol] for r in rat if r["arm"] == arm and r["tokens"] == x] for x in xs]
-            axes[0].errorbar(
-                np.array(xs) / 1e6,
-                [np.mean(y) for y in ys],
-                yerr=[np.std(y) for y in ys],
-                linestyle=style,
-                marker="o",
-                capsize=3,
-                label=f"{arm}, {protocol}" if conditional else arm,
-            )
-        for ax, key in ((axes[1], "control_auroc"), (axes[2], "tag_auroc")) if conditional else ():
-            xs = sorted({r["tokens"] for r in rat if r["arm"] == arm})
-            ax.plot(
-                np.array(xs) / 1e6,
-                [np.mean([r[key] for r in rat if r["arm"] == arm and r["tokens"] == x]) for x in xs],
-                marker="o",
-                label=arm,
-            )
-    axes[0].axhline(1.0, color="grey", lw=0.8)
-    axes[0].set_ylabel("MLE / arm misalignment (higher: better)")
-    axes[1].set_ylabel("control-token AUROC")
-    axes[2].set_ylabel("tag prediction AUROC")
+    cells = over_seeds(rows)
+    arms = sorted({arm for arm, _ in cells})
+    # Two protocols (the paper's and emit-good) get a panel each; recondition is in the table.
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4.2))
+    for i, arm in enumerate(arms):
+        xs = sorted(tokens for a, tokens in cells if a == arm)
+        at = np.array(xs) / 1e6 * 1.04 ** (i - (len(arms) - 1) / 2)  # arms side by side, not on top
+        for ax, protocol in zip(axes[:2], ("paper", "emit-good")):
+            estimates = [cells[(arm, x)]["ratio"][protocol] for x in xs]
+            means = np.array([e.mean for e in estimates])
+            # The 95% t-interval over seeds, where there are two or more; else the point alone.
+            low = np.array([e.mean - e.ci95[0] if e.ci95 else 0.0 for e in estimates])
+            high = np.array([e.ci95[1] - e.mean if e.ci95 else 0.0 for e in estimates])
+            ax.errorbar(at, means, yerr=[low, high], marker="o", capsize=3, label=arm)
+        if ARMS[arm][0] == "conditional":
+            for ax, key in ((axes[2], "control_auroc"), (axes[3], "tag_auroc")):
+                ax.plot(at, [cells[(arm, x)][key] for x in xs], marker="o", label=arm)
+    for ax, protocol in zip(axes[:2], ("paper", "emit-good")):
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_yscale("log", base=2)
+        ax.set_ylabel(f"MLE / arm misalignment, {protocol} protocol")
+    axes[2].set_ylabel("control-token AUROC")
+    axes[3].set_ylabel("tag prediction AUROC")
     points = sorted({r["tokens"] / 1e6 for r in rows})
     for ax in axes:
         ax.set_xscale("log", base=2)
@@ -200,7 +243,8 @@ def plot(rows: list[dict], stem: Path) -> None:
         ax.set_xlabel("training tokens (M)")
         ax.legend(fontsize=7)
     fig.suptitle(
-        f"toxicity, tiny preset: conditional training vs MLE over tokens (seeds {sorted({r['seed'] for r in rows})})"
+        "toxicity, tiny preset: MLE / arm over training tokens, geometric mean and 95% CI over seeds "
+        f"{sorted({r['seed'] for r in rows})}"
     )
     fig.tight_layout()
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -222,6 +266,7 @@ def main() -> None:
     p.add_argument("--num-samples", type=int, default=256)
     p.add_argument("--kl-samples", type=int, default=128)
     p.add_argument("--plot", type=Path, help="write the figure to this stem (.png, .svg)")
+    p.add_argument("--no-train", action="store_true", help="only the runs already trained (evaluating what is not)")
     args = p.parse_args()
     if args.arms[0] != "mle":
         p.error("the first arm must be mle: it is the others' baseline and KL reference")
@@ -230,6 +275,8 @@ def main() -> None:
     out = Path(args.out)
     (out / "curve.json").write_text(json.dumps({"args": vars(args) | {"plot": str(args.plot)}, "rows": rows}, indent=1))
     print(table(rows))
+    if len(args.seeds) > 1:
+        print(summary(rows))
     if args.plot:
         plot(rows, args.plot)
     print(f"RESULT token_curve: {len(rows)} checkpoints in {(time.perf_counter() - started) / 60:.1f} min")
