@@ -108,7 +108,7 @@ def checkpoint(run: Path, step: int, last: int) -> Path:
 def measure(args) -> list[dict]:
     tokens_per_step = args.batch_size * args.seq_len
     steps = steps_at(args.points, tokens_per_step)
-    out = Path(args.out)
+    out = Path(args.out).resolve()  # the runs are made with cwd=ROOT: name them from where we are
     rows = []
     for seed in args.seeds:
         for arm in args.arms:
