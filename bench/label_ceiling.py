@@ -29,16 +29,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
+from phf.data.score_corpus import scored_document_segments
 from phf.data.scoring import get_scorer, hit_threshold
 
 
 def load(scored: Path) -> list[dict]:
-    files = sorted((scored / "data").glob("*.parquet"))
-    if not files:
-        raise SystemExit(f"{scored} holds no data/*.parquet: pass a `phf score` output directory")
-    return [row for f in files for row in pq.read_table(f, columns=["texts", "scores"]).to_pylist()]
+    docs = [{"texts": texts, "scores": scores} for texts, scores in scored_document_segments(scored)]
+    if not docs:
+        raise SystemExit(f"{scored} holds no scored documents: pass a `phf score` output directory")
+    return docs
 
 
 def resolve(spec: str, values: np.ndarray) -> float:

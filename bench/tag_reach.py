@@ -63,7 +63,6 @@ def main() -> None:
     p.add_argument("--out", type=Path, help="write the table (JSON)")
     args = p.parse_args()
     started = time.perf_counter()
-    torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(args.run)
     model = AutoModelForCausalLM.from_pretrained(args.run).eval()
     docs = documents(args.scored, args.shards)

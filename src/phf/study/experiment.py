@@ -17,7 +17,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from omegaconf import OmegaConf
@@ -27,6 +27,9 @@ from phf.config import HUMANEVAL_PROBLEMS, OBJECTIVES, PROTOCOLS, ConfigError, E
 from phf.errors import PhfError
 from phf.io.atomic import atomic_path
 from phf.io.integrity import remove_stale_temps
+
+if TYPE_CHECKING:
+    from phf.study.workers import Slot
 
 TASK_SCORERS = {"toxicity": "toxicity", "pii": "pii", "pep8": "pep8"}
 
@@ -305,14 +308,6 @@ def _prepare_data(study: StudyConfig, task: str, out: Path, engine: str = "local
     )
 
 
-def _devices(study: StudyConfig) -> list[str]:
-    if study.devices:
-        return list(study.devices)
-    import torch
-
-    return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-
-
 def arm_label(arm: Arm) -> str:
     """The arm as ``--only`` names it: TASK/seedS/ARM."""
     return f"{arm.task}/seed{arm.seed}/{arm.name}"
@@ -378,19 +373,20 @@ def run_experiment(
             f"--workers {workers}: runs several arms at once on this machine; not with "
             + ("--engine ray (Ray places the arms)" if engine != "local" else f"--only {only!r} (one arm)")
         )
-    cpu_slots(workers)  # a bad --workers is refused before anything is written
+    cpu = cpu_slots(workers)  # a bad --workers is refused before anything is written
     if engine == "ray":
         from phf.io.ray import connected
 
         with connected(ray_address):  # one Ray session for the scoring and the arms
-            return _run_experiment(study_path, overrides, only, report, engine, progress, workers)
-    return _run_experiment(study_path, overrides, only, report, engine, progress, workers)
+            return _run_experiment(study_path, overrides, only, report, engine, progress, cpu)
+    return _run_experiment(study_path, overrides, only, report, engine, progress, cpu)
 
 
 def _run_experiment(
-    study_path: str, overrides, only: str | None, report: bool, engine: str, bars: bool, workers: int
+    study_path: str, overrides, only: str | None, report: bool, engine: str, bars: bool, cpu: list[Slot]
 ) -> dict[str, Any]:
-    from phf.study.workers import cpu_slots, gpu_slots, run_parallel
+    """``cpu``: the --workers shares of the cores (one share: arms one at a time, in this process)."""
+    from phf.study.workers import gpu_devices, gpu_slots, run_parallel
 
     study = load_study(study_path, overrides)
     out = Path(study.out)
@@ -404,12 +400,12 @@ def _run_experiment(
     else:
         arms_run = arms
 
-    devices = _devices(study) if not only and engine == "local" else []
+    devices = gpu_devices(study) if not only and engine == "local" else []
     slots = gpu_slots(devices) if len(devices) >= 2 else []
-    if devices and workers > 1:
-        print(f"--workers {workers} is for CPU runs: {len(devices)} GPU(s) here, one arm on each at a time")
-    elif workers > 1:
-        slots = cpu_slots(workers)
+    if devices and len(cpu) > 1:
+        print(f"--workers {len(cpu)} is for CPU runs: {len(devices)} GPU(s) here, one arm on each at a time")
+    elif len(cpu) > 1:
+        slots = cpu
     stages = [("data", t) for t in study.tasks if only is None]
     if not slots and engine == "local":
         for arm in arms_run:

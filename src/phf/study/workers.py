@@ -33,6 +33,15 @@ class Slot:
     cores: list[int] | None = None  # pin the process to these cores (Linux)
 
 
+def gpu_devices(study: StudyConfig) -> list[str]:
+    """The study's ``devices``, else every visible GPU."""
+    if study.devices:
+        return list(study.devices)
+    import torch
+
+    return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+
+
 def gpu_slots(devices: list[str]) -> list[Slot]:
     return [Slot(device, {"CUDA_VISIBLE_DEVICES": device.split(":")[-1]}) for device in devices]
 
